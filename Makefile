@@ -1,0 +1,42 @@
+# tf-puma: `make demo` (set-up, then the main job) and `make test` (set-up, then every test).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+BAZEL ?= bazel
+BAZEL_FLAGS := --repo_env=PYTHON_BIN_PATH=$(abspath $(PY))
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: setup build bazel-build test test-bazel demo bench clean
+
+$(STAMP): requirements.txt setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The op library with the system compiler (setup.py) -> tf_puma/_puma_ops.so
+build: setup
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+
+# The same library with Bazel (offline) -> bazel-bin/custom_ops/_puma_ops.so
+bazel-build: setup
+	$(BAZEL) build $(BAZEL_FLAGS) //custom_ops:_puma_ops.so
+
+test: build bazel-build
+	$(PY) -m pytest -q tests
+	TF_PUMA_OPS_LIBRARY=$(abspath bazel-bin/custom_ops/_puma_ops.so) $(PY) -m pytest -q tests/test_kernels.py
+
+demo: build
+	$(PY) -m tf_puma.demo
+
+bench: build
+	$(PY) benchmarks/ring_gemm.py
+	$(PY) benchmarks/secure_matmul.py
+
+clean:
+	rm -rf build tf_puma/_puma_ops.so *.egg-info
+	-$(BAZEL) clean

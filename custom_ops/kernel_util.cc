@@ -1,0 +1,101 @@
+#include "custom_ops/kernel_util.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "custom_ops/aes_ctr.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/lib/core/threadpool.h"
+
+namespace tf_puma {
+
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+using tensorflow::TensorShapeUtils;
+namespace errors = tensorflow::errors;
+
+bool ReadKey(OpKernelContext* ctx, int index, PrgKey* key) {
+  const Tensor& t = ctx->input(index);
+  if (t.dims() != 1 || t.dim_size(0) != 2) {
+    ctx->CtxFailure(errors::InvalidArgument(
+        "input ", index, " must be a 128-bit key, an int64 tensor of shape [2]; got shape ",
+        t.shape().DebugString()));
+    return false;
+  }
+  std::memcpy(key->bytes, t.flat<int64_t>().data(), 16);
+  return true;
+}
+
+bool ReadStream(OpKernelContext* ctx, int index, uint64_t* stream) {
+  const Tensor& t = ctx->input(index);
+  if (!TensorShapeUtils::IsScalar(t.shape())) {
+    ctx->CtxFailure(errors::InvalidArgument("input ", index,
+                                            " must be a scalar stream id; got shape ",
+                                            t.shape().DebugString()));
+    return false;
+  }
+  *stream = static_cast<uint64_t>(t.scalar<int64_t>()());
+  return true;
+}
+
+bool ReadShape(OpKernelContext* ctx, int index, TensorShape* shape) {
+  const Tensor& t = ctx->input(index);
+  if (!TensorShapeUtils::IsVector(t.shape())) {
+    ctx->CtxFailure(errors::InvalidArgument("input ", index, " must be a shape vector; got ",
+                                            t.shape().DebugString()));
+    return false;
+  }
+  auto status = TensorShapeUtils::MakeShape(t.vec<int64_t>(), shape);
+  if (!status.ok()) {
+    ctx->CtxFailure(status);
+    return false;
+  }
+  return true;
+}
+
+ParallelRunner TfRunner(OpKernelContext* ctx) {
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  return [pool](int64_t total, int64_t cost_per_unit,
+                const std::function<void(int64_t, int64_t)>& work) {
+    pool->ParallelFor(total, cost_per_unit, work);
+  };
+}
+
+void ParallelElementwise(const ParallelRunner& runner, int64_t n, int64_t cost_per_element,
+                         const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  if (n < 16384) {
+    fn(0, n);
+    return;
+  }
+  runner(n, cost_per_element, fn);
+}
+
+void PrgFill(const PrgKey& key, uint64_t stream, uint32_t sub, uint64_t* out, int64_t n,
+             const ParallelRunner& runner) {
+  if (n <= 0) return;
+  uint8_t iv[16] = {0};
+  for (int i = 0; i < 8; ++i) iv[i] = static_cast<uint8_t>(stream >> (56 - 8 * i));
+  for (int i = 0; i < 4; ++i) iv[8 + i] = static_cast<uint8_t>(sub >> (24 - 8 * i));
+  const int64_t full_blocks = n / 2;
+  // Pieces of whole blocks in parallel; ~20 cycles a block is a fair cost estimate for AES-NI.
+  auto fill = [&](int64_t begin, int64_t end) {
+    Aes128CtrKeystream(key.bytes, iv, static_cast<uint64_t>(begin),
+                       static_cast<uint64_t>(end - begin),
+                       reinterpret_cast<uint8_t*>(out + 2 * begin));
+  };
+  if (full_blocks < 8192) {
+    fill(0, full_blocks);
+  } else {
+    runner(full_blocks, 20, fill);
+  }
+  if (n % 2) {
+    uint64_t last[2];
+    Aes128CtrKeystream(key.bytes, iv, static_cast<uint64_t>(full_blocks), 1,
+                       reinterpret_cast<uint8_t*>(last));
+    out[n - 1] = last[0];
+  }
+}
+
+}  // namespace tf_puma

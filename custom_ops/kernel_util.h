@@ -1,0 +1,50 @@
+// Helpers shared by the tf-puma kernels: reading keys and streams, the PRG fill F(key, stream,
+// sub), and TensorFlow's CPU thread pool as a ParallelRunner.
+#ifndef TF_PUMA_CUSTOM_OPS_KERNEL_UTIL_H_
+#define TF_PUMA_CUSTOM_OPS_KERNEL_UTIL_H_
+
+#include <cstdint>
+
+#include "custom_ops/ring_gemm.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+
+namespace tf_puma {
+
+struct PrgKey {
+  uint8_t bytes[16];
+};
+
+// Input `index` as a 128-bit key (int64[2]); sets an InvalidArgument error on a bad shape.
+bool ReadKey(tensorflow::OpKernelContext* ctx, int index, PrgKey* key);
+
+// Input `index` as a scalar stream id.
+bool ReadStream(tensorflow::OpKernelContext* ctx, int index, uint64_t* stream);
+
+// Input `index` as a shape vector (int64 elements, each >= 0).
+bool ReadShape(tensorflow::OpKernelContext* ctx, int index, tensorflow::TensorShape* shape);
+
+// TensorFlow's intra-op thread pool of this kernel's device.
+ParallelRunner TfRunner(tensorflow::OpKernelContext* ctx);
+
+// out[0..n) = F(key, stream, sub): AES-128-CTR keystream with counter block
+// stream (64 bits) || sub (32 bits) || block index (32 bits), big-endian, read as little-endian
+// uint64 words. Runs in parallel on `runner`. n must be < 2^33.
+void PrgFill(const PrgKey& key, uint64_t stream, uint32_t sub, uint64_t* out, int64_t n,
+             const ParallelRunner& runner);
+
+// Elementwise loop over [0, n) split over the runner; fn(begin, end).
+void ParallelElementwise(const ParallelRunner& runner, int64_t n, int64_t cost_per_element,
+                         const std::function<void(int64_t, int64_t)>& fn);
+
+// uint64 view of an int64 tensor's data (the ring Z_2^64 in two's complement).
+inline const uint64_t* RingData(const tensorflow::Tensor& t) {
+  return reinterpret_cast<const uint64_t*>(t.flat<int64_t>().data());
+}
+inline uint64_t* RingData(tensorflow::Tensor* t) {
+  return reinterpret_cast<uint64_t*>(t->flat<int64_t>().data());
+}
+
+}  // namespace tf_puma
+
+#endif  // TF_PUMA_CUSTOM_OPS_KERNEL_UTIL_H_

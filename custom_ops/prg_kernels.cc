@@ -1,0 +1,123 @@
+// Kernels: fresh keys, the PRG and PRSS zero shares (interfaces in prg_ops.cc).
+#include <sys/random.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "custom_ops/aes_ctr.h"
+#include "custom_ops/kernel_util.h"
+#include "tensorflow/core/framework/op_kernel.h"
+
+namespace tf_puma {
+
+using tensorflow::DEVICE_CPU;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+namespace errors = tensorflow::errors;
+
+class NewKeyOp : public OpKernel {
+ public:
+  explicit NewKeyOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    Tensor* key = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({2}), &key));
+    auto* bytes = reinterpret_cast<uint8_t*>(key->flat<int64_t>().data());
+    size_t filled = 0;
+    while (filled < 16) {
+      ssize_t got = getrandom(bytes + filled, 16 - filled, 0);
+      if (got < 0 && errno == EINTR) continue;
+      OP_REQUIRES(ctx, got > 0,
+                  errors::Unavailable("getrandom failed: ", std::strerror(errno),
+                                      "; the party cannot draw a fresh key"));
+      filled += static_cast<size_t>(got);
+    }
+  }
+};
+
+class PrgUniformOp : public OpKernel {
+ public:
+  explicit PrgUniformOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    int64_t sub;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("sub", &sub));
+    OP_REQUIRES(ctx, sub >= 0 && sub < (int64_t{1} << 32),
+                errors::InvalidArgument("sub must be in [0, 2^32), got ", sub));
+    sub_ = static_cast<uint32_t>(sub);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    PrgKey key;
+    uint64_t stream;
+    TensorShape shape;
+    if (!ReadKey(ctx, 0, &key) || !ReadStream(ctx, 1, &stream) || !ReadShape(ctx, 2, &shape)) {
+      return;
+    }
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &out));
+    PrgFill(key, stream, sub_, RingData(out), out->NumElements(), TfRunner(ctx));
+  }
+
+ private:
+  uint32_t sub_;
+};
+
+class ZeroShareOp : public OpKernel {
+ public:
+  explicit ZeroShareOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    PrgKey own, next;
+    uint64_t stream;
+    TensorShape shape;
+    if (!ReadKey(ctx, 0, &own) || !ReadKey(ctx, 1, &next) || !ReadStream(ctx, 2, &stream) ||
+        !ReadShape(ctx, 3, &shape)) {
+      return;
+    }
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &out));
+    Tensor tmp;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, shape, &tmp));
+    const int64_t n = out->NumElements();
+    auto runner = TfRunner(ctx);
+    uint64_t* alpha = RingData(out);
+    const uint64_t* theirs = RingData(tmp);
+    PrgFill(own, stream, 0, alpha, n, runner);
+    PrgFill(next, stream, 0, RingData(&tmp), n, runner);
+    ParallelElementwise(runner, n, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) alpha[i] -= theirs[i];
+    });
+  }
+};
+
+class Aes128CtrOp : public OpKernel {
+ public:
+  explicit Aes128CtrOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_blocks", &num_blocks_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("portable", &portable_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    PrgKey key, iv;
+    if (!ReadKey(ctx, 0, &key) || !ReadKey(ctx, 1, &iv)) return;
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({2 * num_blocks_}), &out));
+    Aes128CtrKeystream(key.bytes, iv.bytes, 0, static_cast<uint64_t>(num_blocks_),
+                       reinterpret_cast<uint8_t*>(RingData(out)), portable_);
+  }
+
+ private:
+  int64_t num_blocks_;
+  bool portable_;
+};
+
+REGISTER_KERNEL_BUILDER(Name("PumaNewKey").Device(DEVICE_CPU), NewKeyOp);
+REGISTER_KERNEL_BUILDER(Name("PumaPrgUniform").Device(DEVICE_CPU).HostMemory("shape"),
+                        PrgUniformOp);
+REGISTER_KERNEL_BUILDER(Name("PumaZeroShare").Device(DEVICE_CPU).HostMemory("shape"),
+                        ZeroShareOp);
+REGISTER_KERNEL_BUILDER(Name("PumaAes128Ctr").Device(DEVICE_CPU), Aes128CtrOp);
+
+}  // namespace tf_puma

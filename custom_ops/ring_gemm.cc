@@ -1,0 +1,171 @@
+// Ring GEMM over Z_2^64: packed panels, register-blocked micro-kernels, run-time dispatch.
+//
+// Both operands are packed once per call into micro-panels (A: [M/MR][K][MR], B: [N/NR][K][NR],
+// zero-padded), then the MR x NR tiles of C are computed in parallel, each over the full K. The
+// AVX-512 micro-kernel keeps an 8 x 16 tile of C in 16 zmm registers and multiplies with
+// vpmullq (AVX512DQ); the portable kernel does the same arithmetic in scalar code. Both give the
+// exact product mod 2^64, so results are bit-identical.
+#include "custom_ops/ring_gemm.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+namespace tf_puma {
+namespace {
+
+constexpr int64_t kMr = 8;   // rows of a micro-tile
+constexpr int64_t kNr = 16;  // columns of a micro-tile (two zmm registers of 8 lanes)
+
+inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Packs op(A) (M x K) into panels of kMr rows: panel p, step k holds A[p*kMr + r][k], r < kMr.
+void PackA(int64_t M, int64_t K, const uint64_t* A, int64_t lda, bool trans, uint64_t* out,
+           int64_t p_begin, int64_t p_end) {
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    uint64_t* dst = out + p * K * kMr;
+    const int64_t rows = std::min(kMr, M - p * kMr);
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t r = 0; r < kMr; ++r) {
+        const int64_t i = p * kMr + r;
+        dst[k * kMr + r] = r < rows ? (trans ? A[k * lda + i] : A[i * lda + k]) : 0;
+      }
+    }
+  }
+}
+
+// Packs op(B) (K x N) into panels of kNr columns: panel q, step k holds B[k][q*kNr + c].
+void PackB(int64_t N, int64_t K, const uint64_t* B, int64_t ldb, bool trans, uint64_t* out,
+           int64_t q_begin, int64_t q_end) {
+  for (int64_t q = q_begin; q < q_end; ++q) {
+    uint64_t* dst = out + q * K * kNr;
+    const int64_t cols = std::min(kNr, N - q * kNr);
+    for (int64_t k = 0; k < K; ++k) {
+      if (!trans && cols == kNr) {
+        std::memcpy(dst + k * kNr, B + k * ldb + q * kNr, kNr * sizeof(uint64_t));
+        continue;
+      }
+      for (int64_t c = 0; c < kNr; ++c) {
+        const int64_t j = q * kNr + c;
+        dst[k * kNr + c] = c < cols ? (trans ? B[j * ldb + k] : B[k * ldb + j]) : 0;
+      }
+    }
+  }
+}
+
+// tile[kMr][kNr] = sum_k a[k][:] (x) b[k][:], portable.
+void MicroKernelPortable(int64_t K, const uint64_t* a, const uint64_t* b, uint64_t* tile) {
+  uint64_t acc[kMr][kNr] = {};
+  for (int64_t k = 0; k < K; ++k) {
+    const uint64_t* ak = a + k * kMr;
+    const uint64_t* bk = b + k * kNr;
+    for (int64_t r = 0; r < kMr; ++r) {
+      for (int64_t c = 0; c < kNr; ++c) acc[r][c] += ak[r] * bk[c];
+    }
+  }
+  std::memcpy(tile, acc, sizeof(acc));
+}
+
+__attribute__((target("avx512f,avx512dq"))) void MicroKernelAvx512(int64_t K,
+                                                                     const uint64_t* a,
+                                                                     const uint64_t* b,
+                                                                     uint64_t* tile) {
+  __m512i c00 = _mm512_setzero_si512(), c01 = _mm512_setzero_si512();
+  __m512i c10 = _mm512_setzero_si512(), c11 = _mm512_setzero_si512();
+  __m512i c20 = _mm512_setzero_si512(), c21 = _mm512_setzero_si512();
+  __m512i c30 = _mm512_setzero_si512(), c31 = _mm512_setzero_si512();
+  __m512i c40 = _mm512_setzero_si512(), c41 = _mm512_setzero_si512();
+  __m512i c50 = _mm512_setzero_si512(), c51 = _mm512_setzero_si512();
+  __m512i c60 = _mm512_setzero_si512(), c61 = _mm512_setzero_si512();
+  __m512i c70 = _mm512_setzero_si512(), c71 = _mm512_setzero_si512();
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512i b0 = _mm512_loadu_si512(b + k * kNr);
+    const __m512i b1 = _mm512_loadu_si512(b + k * kNr + 8);
+    const uint64_t* ak = a + k * kMr;
+#define TF_PUMA_ROW(r, lo, hi)                                          \
+  {                                                                      \
+    const __m512i ar = _mm512_set1_epi64(static_cast<int64_t>(ak[r]));   \
+    lo = _mm512_add_epi64(lo, _mm512_mullo_epi64(ar, b0));               \
+    hi = _mm512_add_epi64(hi, _mm512_mullo_epi64(ar, b1));               \
+  }
+    TF_PUMA_ROW(0, c00, c01)
+    TF_PUMA_ROW(1, c10, c11)
+    TF_PUMA_ROW(2, c20, c21)
+    TF_PUMA_ROW(3, c30, c31)
+    TF_PUMA_ROW(4, c40, c41)
+    TF_PUMA_ROW(5, c50, c51)
+    TF_PUMA_ROW(6, c60, c61)
+    TF_PUMA_ROW(7, c70, c71)
+#undef TF_PUMA_ROW
+  }
+  const __m512i rows[kMr][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31},
+                                {c40, c41}, {c50, c51}, {c60, c61}, {c70, c71}};
+  for (int64_t r = 0; r < kMr; ++r) {
+    _mm512_storeu_si512(tile + r * kNr, rows[r][0]);
+    _mm512_storeu_si512(tile + r * kNr + 8, rows[r][1]);
+  }
+}
+
+bool CpuHasAvx512() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+  return has;
+}
+
+using MicroKernel = void (*)(int64_t, const uint64_t*, const uint64_t*, uint64_t*);
+
+MicroKernel ChooseKernel(GemmPath path) {
+  switch (path) {
+    case GemmPath::kPortable:
+      return MicroKernelPortable;
+    case GemmPath::kAvx512:
+      return CpuHasAvx512() ? MicroKernelAvx512 : MicroKernelPortable;
+    case GemmPath::kAuto:
+    default:
+      return CpuHasAvx512() ? MicroKernelAvx512 : MicroKernelPortable;
+  }
+}
+
+}  // namespace
+
+ParallelRunner SerialRunner() {
+  return [](int64_t total, int64_t, const std::function<void(int64_t, int64_t)>& work) {
+    if (total > 0) work(0, total);
+  };
+}
+
+const char* RingGemmAutoPathName() { return CpuHasAvx512() ? "avx512" : "portable"; }
+
+void RingGemmAccumulate(int64_t M, int64_t N, int64_t K, const uint64_t* A, int64_t lda,
+                        bool trans_a, const uint64_t* B, int64_t ldb, bool trans_b, uint64_t* C,
+                        int64_t ldc, const ParallelRunner& runner, GemmPath path) {
+  if (M <= 0 || N <= 0 || K <= 0) return;
+  const MicroKernel kernel = ChooseKernel(path);
+  const int64_t a_panels = CeilDiv(M, kMr), b_panels = CeilDiv(N, kNr);
+  std::unique_ptr<uint64_t[]> packed_a(new uint64_t[a_panels * K * kMr]);
+  std::unique_ptr<uint64_t[]> packed_b(new uint64_t[b_panels * K * kNr]);
+  runner(a_panels, K * kMr * 2, [&](int64_t b, int64_t e) {
+    PackA(M, K, A, lda, trans_a, packed_a.get(), b, e);
+  });
+  runner(b_panels, K * kNr * 2, [&](int64_t b, int64_t e) {
+    PackB(N, K, B, ldb, trans_b, packed_b.get(), b, e);
+  });
+  // Tiles ordered B-panel-major so consecutive tiles of one worker reuse a B panel from cache.
+  const int64_t tiles = a_panels * b_panels;
+  runner(tiles, K * kMr * kNr, [&](int64_t begin, int64_t end) {
+    alignas(64) uint64_t tile[kMr * kNr];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t q = t / a_panels, p = t % a_panels;
+      kernel(K, packed_a.get() + p * K * kMr, packed_b.get() + q * K * kNr, tile);
+      const int64_t rows = std::min(kMr, M - p * kMr), cols = std::min(kNr, N - q * kNr);
+      for (int64_t r = 0; r < rows; ++r) {
+        uint64_t* c_row = C + (p * kMr + r) * ldc + q * kNr;
+        for (int64_t c = 0; c < cols; ++c) c_row[c] += tile[r * kNr + c];
+      }
+    }
+  });
+}
+
+}  // namespace tf_puma

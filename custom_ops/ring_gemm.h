@@ -1,0 +1,39 @@
+// Matrix multiplication over the ring Z_2^64 (uint64 with wrap-around).
+//
+// C[M,N] += op(A)[M,K] @ op(B)[K,N] mod 2^64, row-major with leading dimensions.
+// op(A) = A or A^T (A stored [K,M]); same for B. Tiled for cache, vectorised with AVX-512
+// (vpmullq, chosen at run time when the CPU has AVX512F+DQ), with a portable scalar fallback
+// that gives bit-identical results.
+#ifndef TF_PUMA_CUSTOM_OPS_RING_GEMM_H_
+#define TF_PUMA_CUSTOM_OPS_RING_GEMM_H_
+
+#include <cstdint>
+#include <functional>
+
+namespace tf_puma {
+
+// Runs work(begin, end) over [0, total) split into pieces, possibly in parallel, and returns when
+// all pieces are done. cost_per_unit is a rough cycle count for one unit of work.
+using ParallelRunner =
+    std::function<void(int64_t total, int64_t cost_per_unit,
+                       const std::function<void(int64_t begin, int64_t end)>& work)>;
+
+// A runner that executes everything on the calling thread.
+ParallelRunner SerialRunner();
+
+// Which micro-kernel to use; kAuto picks AVX-512 when the CPU has it (kAvx512 on a CPU without
+// it falls back to portable).
+enum class GemmPath { kAuto, kPortable, kAvx512 };
+
+// Name of the path kAuto takes on this CPU ("avx512" or "portable").
+const char* RingGemmAutoPathName();
+
+// C += op(A) @ op(B) over Z_2^64.
+void RingGemmAccumulate(int64_t M, int64_t N, int64_t K, const uint64_t* A, int64_t lda,
+                        bool trans_a, const uint64_t* B, int64_t ldb, bool trans_b, uint64_t* C,
+                        int64_t ldc, const ParallelRunner& runner,
+                        GemmPath path = GemmPath::kAuto);
+
+}  // namespace tf_puma
+
+#endif  // TF_PUMA_CUSTOM_OPS_RING_GEMM_H_

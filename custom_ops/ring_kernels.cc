@@ -1,0 +1,233 @@
+// Kernels: ring matmul and the parties' local multiplication steps (interfaces in ring_ops.cc).
+#include <string>
+#include <vector>
+
+#include "custom_ops/kernel_util.h"
+#include "custom_ops/ring_gemm.h"
+#include "tensorflow/core/framework/op_kernel.h"
+
+namespace tf_puma {
+
+using tensorflow::DEVICE_CPU;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Status;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+namespace errors = tensorflow::errors;
+
+namespace {
+
+// How a (possibly batched) op(a) @ op(b) maps onto 2-D GEMMs.
+struct MatMulPlan {
+  int64_t batch = 1, m = 0, k = 0, n = 0;
+  int64_t a_stride = 0, b_stride = 0;  // elements between batch items; 0 = broadcast matrix
+  TensorShape out_shape;
+};
+
+Status PlanMatMul(const TensorShape& a, const TensorShape& b, bool trans_a, bool trans_b,
+                  MatMulPlan* plan) {
+  if (a.dims() < 2 || b.dims() < 2) {
+    return errors::InvalidArgument("ring matmul needs operands of rank >= 2; got ",
+                                   a.DebugString(), " and ", b.DebugString());
+  }
+  const int ra = a.dims(), rb = b.dims();
+  plan->m = a.dim_size(trans_a ? ra - 1 : ra - 2);
+  plan->k = a.dim_size(trans_a ? ra - 2 : ra - 1);
+  const int64_t kb = b.dim_size(trans_b ? rb - 1 : rb - 2);
+  plan->n = b.dim_size(trans_b ? rb - 2 : rb - 1);
+  if (plan->k != kb) {
+    return errors::InvalidArgument("ring matmul inner dimensions differ: ", a.DebugString(),
+                                   (trans_a ? "^T" : ""), " @ ", b.DebugString(),
+                                   (trans_b ? "^T" : ""));
+  }
+  TensorShape batch;
+  if (ra > 2 && rb > 2) {
+    if (ra != rb) {
+      return errors::InvalidArgument("ring matmul batch ranks differ: ", a.DebugString(), " @ ",
+                                     b.DebugString(), "; broadcast them first");
+    }
+    for (int i = 0; i < ra - 2; ++i) {
+      if (a.dim_size(i) != b.dim_size(i)) {
+        return errors::InvalidArgument("ring matmul batch dimensions differ: ",
+                                       a.DebugString(), " @ ", b.DebugString());
+      }
+      batch.AddDim(a.dim_size(i));
+    }
+  } else {
+    const TensorShape& batched = ra > 2 ? a : b;
+    for (int i = 0; i < batched.dims() - 2; ++i) batch.AddDim(batched.dim_size(i));
+  }
+  plan->batch = batch.num_elements();
+  plan->a_stride = ra > 2 ? plan->m * plan->k : 0;
+  plan->b_stride = rb > 2 ? plan->k * plan->n : 0;
+  plan->out_shape = batch;
+  plan->out_shape.AddDim(plan->m);
+  plan->out_shape.AddDim(plan->n);
+  return tensorflow::OkStatus();
+}
+
+// One term C_b += op(A_b) @ op(B_b) for every batch item b.
+struct GemmTerm {
+  const uint64_t* a;
+  const uint64_t* b;
+};
+
+// Accumulates all terms into out (already initialised), batch by batch. Small batched problems
+// run one batch item per thread; large ones split each GEMM over the pool.
+void RunBatchedGemm(const MatMulPlan& p, bool trans_a, bool trans_b,
+                    const std::vector<GemmTerm>& terms, uint64_t* out,
+                    const ParallelRunner& runner, GemmPath path = GemmPath::kAuto) {
+  const int64_t lda = trans_a ? p.m : p.k;
+  const int64_t ldb = trans_b ? p.k : p.n;
+  auto one_batch = [&](int64_t i, const ParallelRunner& inner) {
+    for (const GemmTerm& t : terms) {
+      RingGemmAccumulate(p.m, p.n, p.k, t.a + i * p.a_stride, lda, trans_a,
+                         t.b + i * p.b_stride, ldb, trans_b, out + i * p.m * p.n, p.n, inner,
+                         path);
+    }
+  };
+  const int64_t work = p.m * p.n * p.k;
+  if (p.batch > 1 && work < (int64_t{1} << 21)) {
+    const ParallelRunner serial = SerialRunner();
+    runner(p.batch, work * static_cast<int64_t>(terms.size()), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) one_batch(i, serial);
+    });
+  } else {
+    for (int64_t i = 0; i < p.batch; ++i) one_batch(i, runner);
+  }
+}
+
+class RingMatMulOp : public OpKernel {
+ public:
+  explicit RingMatMulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("transpose_a", &trans_a_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("transpose_b", &trans_b_));
+    std::string kernel;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("kernel", &kernel));
+    path_ = kernel == "portable" ? GemmPath::kPortable
+            : kernel == "avx512" ? GemmPath::kAvx512
+                                 : GemmPath::kAuto;
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& a = ctx->input(0);
+    const Tensor& b = ctx->input(1);
+    MatMulPlan plan;
+    OP_REQUIRES_OK(ctx, PlanMatMul(a.shape(), b.shape(), trans_a_, trans_b_, &plan));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, plan.out_shape, &out));
+    out->flat<int64_t>().setZero();
+    RunBatchedGemm(plan, trans_a_, trans_b_, {{RingData(a), RingData(b)}}, RingData(out),
+                   TfRunner(ctx), path_);
+  }
+
+ private:
+  bool trans_a_, trans_b_;
+  GemmPath path_;
+};
+
+// Reads the two keys and the stream that follow the four share inputs.
+bool ReadPrss(OpKernelContext* ctx, PrgKey* own, PrgKey* next, uint64_t* stream) {
+  return ReadKey(ctx, 4, own) && ReadKey(ctx, 5, next) && ReadStream(ctx, 6, stream);
+}
+
+// alpha = F(own, s, 0) - F(next, s, 0) written into out (n elements).
+void FillZeroShare(const PrgKey& own, const PrgKey& next, uint64_t stream, uint64_t* out,
+                   uint64_t* scratch, int64_t n, const ParallelRunner& runner) {
+  PrgFill(own, stream, 0, out, n, runner);
+  PrgFill(next, stream, 0, scratch, n, runner);
+  ParallelElementwise(runner, n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) out[i] -= scratch[i];
+  });
+}
+
+class MatMulShareOp : public OpKernel {
+ public:
+  explicit MatMulShareOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("transpose_a", &trans_a_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("transpose_b", &trans_b_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x_own = ctx->input(0);
+    const Tensor& x_next = ctx->input(1);
+    const Tensor& y_own = ctx->input(2);
+    const Tensor& y_next = ctx->input(3);
+    OP_REQUIRES(ctx, x_own.shape() == x_next.shape() && y_own.shape() == y_next.shape(),
+                errors::InvalidArgument("the two shares of an operand must have one shape; got ",
+                                        x_own.shape().DebugString(), " vs ",
+                                        x_next.shape().DebugString(), " and ",
+                                        y_own.shape().DebugString(), " vs ",
+                                        y_next.shape().DebugString()));
+    PrgKey own, next;
+    uint64_t stream;
+    if (!ReadPrss(ctx, &own, &next, &stream)) return;
+    MatMulPlan plan;
+    OP_REQUIRES_OK(ctx, PlanMatMul(x_own.shape(), y_own.shape(), trans_a_, trans_b_, &plan));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, plan.out_shape, &out));
+    const int64_t n_out = out->NumElements();
+    const int64_t n_y = y_own.NumElements();
+    Tensor scratch;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64,
+                                           TensorShape({std::max(n_out, n_y)}), &scratch));
+    auto runner = TfRunner(ctx);
+    FillZeroShare(own, next, stream, RingData(out), RingData(&scratch), n_out, runner);
+    // y_sum = y_own + y_next, then z += x_own @ y_sum + x_next @ y_own.
+    uint64_t* y_sum = RingData(&scratch);
+    const uint64_t* yo = RingData(y_own);
+    const uint64_t* yn = RingData(y_next);
+    ParallelElementwise(runner, n_y, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) y_sum[i] = yo[i] + yn[i];
+    });
+    RunBatchedGemm(plan, trans_a_, trans_b_,
+                   {{RingData(x_own), y_sum}, {RingData(x_next), yo}}, RingData(out), runner);
+  }
+
+ private:
+  bool trans_a_, trans_b_;
+};
+
+class MulShareOp : public OpKernel {
+ public:
+  explicit MulShareOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const TensorShape& shape = ctx->input(0).shape();
+    for (int i = 1; i < 4; ++i) {
+      OP_REQUIRES(ctx, ctx->input(i).shape() == shape,
+                  errors::InvalidArgument("elementwise share multiplication needs equal shapes "
+                                          "(broadcast first); input 0 is ",
+                                          shape.DebugString(), ", input ", i, " is ",
+                                          ctx->input(i).shape().DebugString()));
+    }
+    PrgKey own, next;
+    uint64_t stream;
+    if (!ReadPrss(ctx, &own, &next, &stream)) return;
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &out));
+    Tensor scratch;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, shape, &scratch));
+    const int64_t n = out->NumElements();
+    auto runner = TfRunner(ctx);
+    uint64_t* z = RingData(out);
+    FillZeroShare(own, next, stream, z, RingData(&scratch), n, runner);
+    const uint64_t* xo = RingData(ctx->input(0));
+    const uint64_t* xn = RingData(ctx->input(1));
+    const uint64_t* yo = RingData(ctx->input(2));
+    const uint64_t* yn = RingData(ctx->input(3));
+    ParallelElementwise(runner, n, 4, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) z[i] += xo[i] * (yo[i] + yn[i]) + xn[i] * yo[i];
+    });
+  }
+};
+
+}  // namespace
+
+REGISTER_KERNEL_BUILDER(Name("PumaRingMatMul").Device(DEVICE_CPU), RingMatMulOp);
+REGISTER_KERNEL_BUILDER(Name("PumaMatMulShare").Device(DEVICE_CPU), MatMulShareOp);
+REGISTER_KERNEL_BUILDER(Name("PumaMulShare").Device(DEVICE_CPU), MulShareOp);
+
+}  // namespace tf_puma

@@ -1,0 +1,251 @@
+// Kernels: local steps of the TruncPr protocol (interfaces and roles in trunc_ops.cc).
+//
+// All arithmetic is on uint64 (Z_2^64); ">>" below is a logical shift.
+#include <vector>
+
+#include "custom_ops/kernel_util.h"
+#include "tensorflow/core/framework/op_kernel.h"
+
+namespace tf_puma {
+
+using tensorflow::DEVICE_CPU;
+using tensorflow::OpInputList;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+namespace errors = tensorflow::errors;
+
+namespace {
+
+constexpr uint64_t kOffset = uint64_t{1} << 62;  // shifts |x| < 2^62 into [0, 2^63)
+
+int64_t ReadBits(OpKernelConstruction* ctx) {
+  int64_t bits = 0;
+  auto status = ctx->GetAttr("bits", &bits);
+  if (!status.ok()) {
+    ctx->CtxFailure(status);
+  } else if (bits < 1 || bits > 61) {
+    ctx->CtxFailure(errors::InvalidArgument("TruncPr shifts by 1..61 bits, got ", bits));
+  }
+  return bits;
+}
+
+// Allocates output `output`; nullptr (with the error set on ctx) on failure.
+Tensor* AllocateLike(OpKernelContext* ctx, int output, const TensorShape& shape) {
+  Tensor* t = nullptr;
+  auto status = ctx->allocate_output(output, shape, &t);
+  if (!status.ok()) {
+    ctx->CtxFailure(status);
+    return nullptr;
+  }
+  return t;
+}
+
+// c = masked_own + masked_other + sum(extras), all of one shape; returns false on error.
+bool OpenMasked(OpKernelContext* ctx, const ParallelRunner& runner, Tensor* c) {
+  const Tensor& own = ctx->input(0);
+  const Tensor& other = ctx->input(1);
+  OpInputList extras;
+  if (!ctx->input_list("extras", &extras).ok()) return false;
+  std::vector<const uint64_t*> parts = {RingData(own), RingData(other)};
+  for (const Tensor& e : extras) parts.push_back(RingData(e));
+  const TensorShape& shape = own.shape();
+  if (other.shape() != shape) {
+    ctx->CtxFailure(errors::InvalidArgument("masked values differ in shape: ",
+                                            shape.DebugString(), " vs ",
+                                            other.shape().DebugString()));
+    return false;
+  }
+  for (const Tensor& e : extras) {
+    if (e.shape() != shape) {
+      ctx->CtxFailure(errors::InvalidArgument("extra share of shape ", e.shape().DebugString(),
+                                              " does not match ", shape.DebugString()));
+      return false;
+    }
+  }
+  if (!ctx->allocate_temp(tensorflow::DT_INT64, shape, c).ok()) return false;
+  uint64_t* out = RingData(c);
+  ParallelElementwise(runner, c->NumElements(), static_cast<int64_t>(parts.size()),
+                      [&](int64_t b, int64_t e) {
+                        for (int64_t i = b; i < e; ++i) {
+                          uint64_t s = 0;
+                          for (const uint64_t* p : parts) s += p[i];
+                          out[i] = s;
+                        }
+                      });
+  return true;
+}
+
+class TruncPrDealOp : public OpKernel {
+ public:
+  explicit TruncPrDealOp(OpKernelConstruction* ctx) : OpKernel(ctx), bits_(ReadBits(ctx)) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    PrgKey own, next;
+    uint64_t stream;
+    TensorShape shape;
+    if (!ReadKey(ctx, 0, &own) || !ReadKey(ctx, 1, &next) || !ReadStream(ctx, 2, &stream) ||
+        !ReadShape(ctx, 3, &shape)) {
+      return;
+    }
+    TensorShape corr_shape({2});
+    corr_shape.AppendShape(shape);
+    Tensor* corr = AllocateLike(ctx, 0, corr_shape);
+    Tensor* share_own = AllocateLike(ctx, 1, shape);
+    Tensor* share_next = AllocateLike(ctx, 2, shape);
+    if (!corr || !share_own || !share_next) return;
+    const int64_t n = shape.num_elements();
+    auto runner = TfRunner(ctx);
+    Tensor r_a_t, r_b_t;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, shape, &r_a_t));
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, shape, &r_b_t));
+    uint64_t* r_a = RingData(&r_a_t);
+    uint64_t* r_b = RingData(&r_b_t);
+    uint64_t* rb_b = RingData(corr);
+    uint64_t* rc_b = rb_b + n;
+    PrgFill(next, stream, 0, r_a, n, runner);  // A's mask (k_j)
+    PrgFill(own, stream, 0, r_b, n, runner);   // B's mask (k_{j+2})
+    PrgFill(next, stream, 1, rb_b, n, runner);  // A's share of msb(r)
+    PrgFill(next, stream, 2, rc_b, n, runner);  // A's share of the shifted low bits of r
+    const int bits = static_cast<int>(bits_);
+    ParallelElementwise(runner, n, 4, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const uint64_t r = r_a[i] + r_b[i];
+        rb_b[i] = (r >> 63) - rb_b[i];
+        rc_b[i] = ((r << 1) >> (bits + 1)) - rc_b[i];
+      }
+    });
+    PrgFill(own, stream, 3, RingData(share_own), n, runner);
+    PrgFill(next, stream, 3, RingData(share_next), n, runner);
+  }
+
+ private:
+  const int64_t bits_;
+};
+
+class TruncPrMaskOp : public OpKernel {
+ public:
+  explicit TruncPrMaskOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("add_offset", &add_offset_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    PrgKey key;
+    uint64_t stream;
+    if (!ReadKey(ctx, 1, &key) || !ReadStream(ctx, 2, &stream)) return;
+    const Tensor& u = ctx->input(0);
+    Tensor* out = AllocateLike(ctx, 0, u.shape());
+    if (!out) return;
+    const int64_t n = u.NumElements();
+    auto runner = TfRunner(ctx);
+    uint64_t* m = RingData(out);
+    PrgFill(key, stream, 0, m, n, runner);
+    const uint64_t* in = RingData(u);
+    const uint64_t offset = add_offset_ ? kOffset : 0;
+    ParallelElementwise(runner, n, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) m[i] += in[i] + offset;
+    });
+  }
+
+ private:
+  bool add_offset_;
+};
+
+class TruncPrFinishAOp : public OpKernel {
+ public:
+  explicit TruncPrFinishAOp(OpKernelConstruction* ctx) : OpKernel(ctx), bits_(ReadBits(ctx)) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const int n_extras = ctx->num_inputs() - 4;
+    PrgKey key;
+    uint64_t stream;
+    if (!ReadKey(ctx, 2 + n_extras, &key) || !ReadStream(ctx, 3 + n_extras, &stream)) return;
+    auto runner = TfRunner(ctx);
+    Tensor c_t;
+    if (!OpenMasked(ctx, runner, &c_t)) return;
+    const TensorShape& shape = c_t.shape();
+    Tensor* msg = AllocateLike(ctx, 0, shape);
+    Tensor* share = AllocateLike(ctx, 1, shape);
+    if (!msg || !share) return;
+    const int64_t n = shape.num_elements();
+    uint64_t* y = RingData(msg);   // holds rb_A, then msg
+    Tensor rc_t;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, shape, &rc_t));
+    uint64_t* rc = RingData(&rc_t);
+    uint64_t* t = RingData(share);
+    PrgFill(key, stream, 1, y, n, runner);
+    PrgFill(key, stream, 2, rc, n, runner);
+    PrgFill(key, stream, 3, t, n, runner);
+    const uint64_t* c = RingData(c_t);
+    const int bits = static_cast<int>(bits_);
+    const uint64_t offset_out = uint64_t{1} << (62 - bits);
+    ParallelElementwise(runner, n, 6, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const uint64_t c63 = c[i] >> 63;
+        const uint64_t b_share = y[i] + c63 - 2 * c63 * y[i];
+        const uint64_t y_a =
+            ((c[i] << 1) >> (bits + 1)) - rc[i] + (b_share << (63 - bits)) - offset_out;
+        y[i] = y_a - t[i];
+      }
+    });
+  }
+
+ private:
+  const int64_t bits_;
+};
+
+class TruncPrFinishBOp : public OpKernel {
+ public:
+  explicit TruncPrFinishBOp(OpKernelConstruction* ctx) : OpKernel(ctx), bits_(ReadBits(ctx)) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const int n_extras = ctx->num_inputs() - 5;
+    const Tensor& corr = ctx->input(2 + n_extras);
+    PrgKey key;
+    uint64_t stream;
+    if (!ReadKey(ctx, 3 + n_extras, &key) || !ReadStream(ctx, 4 + n_extras, &stream)) return;
+    auto runner = TfRunner(ctx);
+    Tensor c_t;
+    if (!OpenMasked(ctx, runner, &c_t)) return;
+    const TensorShape& shape = c_t.shape();
+    TensorShape corr_shape({2});
+    corr_shape.AppendShape(shape);
+    OP_REQUIRES(ctx, corr.shape() == corr_shape,
+                errors::InvalidArgument("dealer correlation must have shape ",
+                                        corr_shape.DebugString(), ", got ",
+                                        corr.shape().DebugString()));
+    Tensor* msg = AllocateLike(ctx, 0, shape);
+    Tensor* share = AllocateLike(ctx, 1, shape);
+    if (!msg || !share) return;
+    const int64_t n = shape.num_elements();
+    uint64_t* t = RingData(share);
+    PrgFill(key, stream, 3, t, n, runner);
+    const uint64_t* c = RingData(c_t);
+    const uint64_t* rb = RingData(corr);
+    const uint64_t* rc = rb + n;
+    uint64_t* y = RingData(msg);
+    const int bits = static_cast<int>(bits_);
+    ParallelElementwise(runner, n, 5, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const uint64_t c63 = c[i] >> 63;
+        const uint64_t b_share = rb[i] - 2 * c63 * rb[i];
+        y[i] = (b_share << (63 - bits)) - rc[i] - t[i];
+      }
+    });
+  }
+
+ private:
+  const int64_t bits_;
+};
+
+}  // namespace
+
+REGISTER_KERNEL_BUILDER(Name("PumaTruncPrDeal").Device(DEVICE_CPU).HostMemory("shape"),
+                        TruncPrDealOp);
+REGISTER_KERNEL_BUILDER(Name("PumaTruncPrMask").Device(DEVICE_CPU), TruncPrMaskOp);
+REGISTER_KERNEL_BUILDER(Name("PumaTruncPrFinishA").Device(DEVICE_CPU), TruncPrFinishAOp);
+REGISTER_KERNEL_BUILDER(Name("PumaTruncPrFinishB").Device(DEVICE_CPU), TruncPrFinishBOp);
+
+}  // namespace tf_puma

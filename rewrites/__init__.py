@@ -1,0 +1,1 @@
+"""Graph rewrites from plaintext TensorFlow ops to tf-puma protocols (issue 4)."""

@@ -1,0 +1,38 @@
+"""Shared fixtures: one local three-party cluster per test session, this process as the client."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tf_puma  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    local = tf_puma.LocalCluster()
+    spec = local.start()
+    try:
+        tf_puma.connect(spec)
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def check(secret_result: np.ndarray, reference: np.ndarray, tol: float) -> float:
+    """Asserts max |secret - reference| <= tol and returns the max error."""
+    secret_result = np.asarray(secret_result, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    assert secret_result.shape == reference.shape, (secret_result.shape, reference.shape)
+    err = float(np.max(np.abs(secret_result - reference))) if reference.size else 0.0
+    assert err <= tol, f"max abs error {err:.3g} exceeds the bound {tol:.3g}"
+    return err

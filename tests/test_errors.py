@@ -1,0 +1,109 @@
+"""Errors a user can hit: wrong inputs, values out of range, missing or dead parties."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_puma
+from tf_puma.cluster import Cluster, free_port
+
+
+def test_wrong_dtype_is_rejected(cluster):
+    @tf.function
+    def run(a):
+        return tf_puma.reveal(tf_puma.share(a))
+
+    with pytest.raises(TypeError, match="cannot secret-share dtype string"):
+        run(tf.constant(["a"]))
+
+
+def test_dynamic_shape_is_rejected(cluster):
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+    def run(a):
+        return tf_puma.reveal(tf_puma.share(a, name="tokens"))
+
+    with pytest.raises(ValueError, match="tokens: secure inputs need a static shape"):
+        run.get_concrete_function()
+
+
+def test_value_out_of_fixed_point_range(cluster):
+    @tf.function
+    def run(a):
+        return tf_puma.reveal(tf_puma.share(a, name="features"))
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="features has a value outside"):
+        run(tf.constant([1.0, 1e9]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN"):
+        run(tf.constant([np.nan, 1.0]))
+
+
+def test_matmul_shape_mismatch(cluster):
+    @tf.function
+    def run(a, b):
+        return tf_puma.reveal(tf_puma.share(a) @ tf_puma.share(b))
+
+    with pytest.raises(ValueError, match="Dimensions must be equal|inner dimensions"):
+        run(tf.zeros([2, 3]), tf.zeros([4, 2]))
+
+
+def test_cluster_spec_errors():
+    with pytest.raises(ValueError, match="lacks job"):
+        Cluster.from_spec({"puma": ["a:1", "b:2", "c:3"]})
+    with pytest.raises(ValueError, match="3 puma tasks"):
+        Cluster.from_spec({"client": ["a:1"], "puma": ["b:2"]})
+    with pytest.raises(ValueError, match="neither a JSON file nor JSON text"):
+        Cluster.from_spec("no-such-file.json")
+
+
+def _run_script(code: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_missing_party_is_a_clear_error_within_the_deadline():
+    spec = {"client": [f"127.0.0.1:{free_port()}"],
+            "puma": [f"127.0.0.1:{free_port()}" for _ in range(3)]}
+    start = time.monotonic()
+    proc = _run_script(f"""
+        import tf_puma
+        tf_puma.connect({spec!r}, timeout=2)
+    """, timeout=60)
+    assert proc.returncode != 0
+    assert "party 0 is not reachable" in proc.stderr
+    assert "tf-puma party --cluster SPEC --task 0" in proc.stderr
+    assert time.monotonic() - start < 30
+
+
+def test_dead_party_fails_the_call_within_the_deadline():
+    proc = _run_script("""
+        import time, numpy as np, tensorflow as tf, tf_puma
+        local = tf_puma.LocalCluster()
+        spec = local.start()
+        tf_puma.connect(spec)
+        @tf.function
+        def run(a):
+            s = tf_puma.share(a)
+            return tf_puma.reveal(s * s)
+        x = tf.constant(np.ones(16))
+        print("first", run(x).numpy().sum(), flush=True)
+        local.kill_party(2)
+        start = time.monotonic()
+        try:
+            run(x).numpy()
+            print("NO ERROR")
+        except Exception as err:
+            print("ERROR", type(err).__name__, round(time.monotonic() - start, 1), flush=True)
+            print(str(err)[:300])
+        local.stop()
+    """, timeout=240)
+    assert "first 16.0" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    line = next(l for l in proc.stdout.splitlines() if l.startswith(("ERROR", "NO ERROR")))
+    assert line.startswith("ERROR"), proc.stdout
+    assert float(line.split()[-1]) < 60

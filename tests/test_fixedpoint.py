@@ -1,0 +1,41 @@
+"""Fixed-point codec: round trip, range checks, ring wrap-around of negatives."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_puma.fixedpoint import FixedPoint
+
+
+@pytest.mark.parametrize("frac_bits", [12, 18, 24])
+def test_round_trip_error_is_half_ulp(frac_bits):
+    fxp = FixedPoint(frac_bits)
+    x = np.random.default_rng(0).uniform(-1000, 1000, size=10_000)
+    back = fxp.decode_np(fxp.encode_np(x))
+    assert np.max(np.abs(back - x)) <= fxp.ulp / 2 + 1e-12
+
+
+def test_negative_values_are_twos_complement():
+    fxp = FixedPoint(18)
+    enc = fxp.encode_np(np.array([-1.0, -0.5]))
+    assert enc.tolist() == [-(2 ** 18), -(2 ** 17)]
+    assert (enc.view(np.uint64) == np.array([2 ** 64 - 2 ** 18, 2 ** 64 - 2 ** 17],
+                                            dtype=np.uint64)).all()
+
+
+def test_range_is_checked_in_numpy_and_tf():
+    fxp = FixedPoint(18)
+    assert fxp.max_abs == 2.0 ** 26
+    with pytest.raises(ValueError, match="outside the fixed-point range"):
+        fxp.encode_np(np.array([2.0 ** 27]))
+    with pytest.raises(ValueError, match="NaN"):
+        fxp.encode_np(np.array([np.nan]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="outside the fixed-point range"):
+        fxp.encode(tf.constant([1.0, -(2.0 ** 27)]))
+    ok = fxp.encode(tf.constant([1.5, -2.25], tf.float64)).numpy()
+    assert ok.tolist() == [int(1.5 * 2 ** 18), int(-2.25 * 2 ** 18)]
+
+
+def test_bad_frac_bits():
+    with pytest.raises(ValueError, match="frac_bits"):
+        FixedPoint(40)

@@ -1,0 +1,210 @@
+"""Kernel tests against numpy references, run on the local CPU (no cluster needed).
+
+Also run against the Bazel-built library by `make test` (TF_PUMA_OPS_LIBRARY).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_puma import _ops
+
+ops = _ops.load()
+rng = np.random.default_rng(7)
+
+
+def key_tensor(hex_bytes: str) -> tf.Tensor:
+    return tf.constant(np.frombuffer(bytes.fromhex(hex_bytes), dtype="<i8").copy())
+
+
+def keystream_hex(out: tf.Tensor) -> list[str]:
+    raw = out.numpy().astype("<i8").tobytes()
+    return [raw[i:i + 16].hex() for i in range(0, len(raw), 16)]
+
+
+def random_ring(shape) -> np.ndarray:
+    return rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, size=shape,
+                        dtype=np.int64, endpoint=True)
+
+
+# --- AES-128-CTR ---------------------------------------------------------------------------
+# NIST SP 800-38A, F.5.1 CTR-AES128.Encrypt: keystream = plaintext XOR ciphertext.
+NIST_KEY = "2b7e151628aed2a6abf7158809cf4f3c"
+NIST_IV = "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff"
+NIST_PLAIN = ["6bc1bee22e409f96e93d7e117393172a", "ae2d8a571e03ac9c9eb76fac45af8e51",
+              "30c81c46a35ce411e5fbc1191a0a52ef", "f69f2445df4f9b17ad2b417be66c3710"]
+NIST_CIPHER = ["874d6191b620e3261bef6864990db6ce", "9806f66b7970fdff8617187bb9fffdff",
+               "5ae4df3edbd5d35e5b4f09020db03eab", "1e031dda2fbe03d1792170a0f3009cee"]
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_aes_ctr_nist_sp800_38a(portable):
+    out = ops.puma_aes128_ctr(key_tensor(NIST_KEY), key_tensor(NIST_IV), num_blocks=4,
+                              portable=portable)
+    expected = [bytes(a ^ b for a, b in zip(bytes.fromhex(p), bytes.fromhex(c))).hex()
+                for p, c in zip(NIST_PLAIN, NIST_CIPHER)]
+    assert keystream_hex(out) == expected
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_aes_fips197_single_block(portable):
+    out = ops.puma_aes128_ctr(key_tensor("000102030405060708090a0b0c0d0e0f"),
+                              key_tensor("00112233445566778899aabbccddeeff"), num_blocks=1,
+                              portable=portable)
+    assert keystream_hex(out) == ["69c4e0d86a7b0430d8cdb78070b4c55a"]
+
+
+def test_aes_fast_and_portable_paths_agree():
+    key, iv = tf.constant(random_ring([2])), tf.constant(random_ring([2]))
+    fast = ops.puma_aes128_ctr(key, iv, num_blocks=1001)
+    slow = ops.puma_aes128_ctr(key, iv, num_blocks=1001, portable=True)
+    np.testing.assert_array_equal(fast.numpy(), slow.numpy())
+
+
+def prg_iv(stream: int, sub: int) -> tf.Tensor:
+    iv = stream.to_bytes(8, "big") + sub.to_bytes(4, "big") + bytes(4)
+    return tf.constant(np.frombuffer(iv, dtype="<i8").copy())
+
+
+def test_prg_is_aes_ctr_with_stream_layout():
+    key = tf.constant(random_ring([2]))
+    for stream, sub in [(0, 0), (5, 0), (5, 3), (2 ** 40 + 7, 1)]:
+        got = ops.puma_prg_uniform(key, tf.constant(stream, tf.int64), [3, 7], sub=sub)
+        raw = ops.puma_aes128_ctr(key, prg_iv(stream, sub), num_blocks=11)
+        np.testing.assert_array_equal(got.numpy().ravel(), raw.numpy()[:21])
+
+
+def test_prg_large_parallel_fill_matches_serial_blocks():
+    key = tf.constant(random_ring([2]))
+    n = 300_001  # large enough to split over the thread pool; odd to hit the tail element
+    got = ops.puma_prg_uniform(key, tf.constant(9, tf.int64), [n]).numpy()
+    raw = ops.puma_aes128_ctr(key, prg_iv(9, 0), num_blocks=(n + 1) // 2).numpy()
+    np.testing.assert_array_equal(got, raw[:n])
+
+
+def test_prg_uniform_bits():
+    key = tf.constant(random_ring([2]))
+    out = ops.puma_prg_uniform(key, tf.constant(1, tf.int64), [200_000]).numpy()
+    bits = (out.view(np.uint64)[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)
+    freq = bits.mean(axis=0)
+    # 200k samples per bit: std 0.0011; 6 sigma bound.
+    assert np.all(np.abs(freq - 0.5) < 0.0067), freq
+
+
+def test_new_key_is_fresh_each_call():
+    keys = {tuple(ops.puma_new_key().numpy()) for _ in range(50)}
+    assert len(keys) == 50
+
+
+def test_zero_shares_sum_to_zero():
+    keys = [tf.constant(random_ring([2])) for _ in range(3)]
+    s = tf.constant(17, tf.int64)
+    alphas = [ops.puma_zero_share(keys[i], keys[(i + 1) % 3], s, [4, 5]) for i in range(3)]
+    total = sum(a.numpy().astype(np.uint64) for a in alphas)
+    assert not total.any()
+    assert len({a.numpy().tobytes() for a in alphas}) == 3
+
+
+def test_key_shape_errors_are_clear():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="128-bit key"):
+        ops.puma_prg_uniform(tf.constant([1, 2, 3], tf.int64), tf.constant(0, tf.int64), [2])
+
+
+# --- ring matmul ----------------------------------------------------------------------------
+def ring_matmul_ref(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.matmul(a.view(np.uint64), b.view(np.uint64)).view(np.int64)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 5, 7), (17, 33, 9), (64, 64, 64),
+                                   (128, 768, 768), (5, 0, 4), (0, 3, 2)])
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_ring_matmul_matches_numpy(m, k, n, ta, tb):
+    a, b = random_ring([m, k]), random_ring([k, n])
+    got = ops.puma_ring_mat_mul(a.T.copy() if ta else a, b.T.copy() if tb else b,
+                                transpose_a=ta, transpose_b=tb)
+    np.testing.assert_array_equal(got.numpy(), ring_matmul_ref(a, b))
+
+
+@pytest.mark.parametrize("m,k,n,ta,tb", [(33, 65, 17, False, False), (8, 16, 16, True, True),
+                                         (128, 300, 70, False, True)])
+def test_portable_and_avx512_kernels_are_bit_identical(m, k, n, ta, tb):
+    a, b = random_ring([k, m] if ta else [m, k]), random_ring([n, k] if tb else [k, n])
+    outs = [ops.puma_ring_mat_mul(a, b, transpose_a=ta, transpose_b=tb, kernel=kern).numpy()
+            for kern in ("portable", "avx512", "auto")]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+    np.testing.assert_array_equal(outs[0], ring_matmul_ref(a.T if ta else a, b.T if tb else b))
+
+
+def test_ring_matmul_batched_and_broadcast():
+    a, b, w = random_ring([2, 3, 8, 16]), random_ring([2, 3, 16, 5]), random_ring([16, 4])
+    np.testing.assert_array_equal(ops.puma_ring_mat_mul(a, b).numpy(), ring_matmul_ref(a, b))
+    np.testing.assert_array_equal(ops.puma_ring_mat_mul(a, w).numpy(), ring_matmul_ref(a, w))
+    v = random_ring([5, 8])
+    np.testing.assert_array_equal(ops.puma_ring_mat_mul(v, a).numpy(), ring_matmul_ref(v, a))
+
+
+def test_ring_matmul_shape_errors():
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="inner dimensions|"):
+        ops.puma_ring_mat_mul(random_ring([2, 3]), random_ring([4, 2]))
+
+
+# --- parties' local multiplication steps ----------------------------------------------------
+def replicated(x: np.ndarray) -> list[np.ndarray]:
+    s0, s1 = random_ring(x.shape), random_ring(x.shape)
+    return [s0, s1, (x.view(np.uint64) - s0.view(np.uint64) - s1.view(np.uint64)).view(np.int64)]
+
+
+def ring_sum(parts) -> np.ndarray:
+    total = np.zeros(np.shape(parts[0]), dtype=np.uint64)
+    for p in parts:
+        total += np.asarray(p).view(np.uint64)
+    return total.view(np.int64)
+
+
+def test_mul_and_matmul_share_sum_to_products():
+    keys = [tf.constant(random_ring([2])) for _ in range(3)]
+    s = tf.constant(3, tf.int64)
+    x, y = random_ring([6, 9]), random_ring([6, 9])
+    xs, ys = replicated(x), replicated(y)
+    z = [ops.puma_mul_share(xs[i], xs[(i + 1) % 3], ys[i], ys[(i + 1) % 3], keys[i],
+                            keys[(i + 1) % 3], s).numpy() for i in range(3)]
+    np.testing.assert_array_equal(ring_sum(z), (x.view(np.uint64) * y.view(np.uint64)).view(
+        np.int64))
+    b = random_ring([2, 9, 4])
+    xb, bs = replicated(random_ring([2, 6, 9])), replicated(b)
+    xfull = ring_sum(xb)
+    z = [ops.puma_mat_mul_share(xb[i], xb[(i + 1) % 3], bs[i], bs[(i + 1) % 3], keys[i],
+                                keys[(i + 1) % 3], s).numpy() for i in range(3)]
+    np.testing.assert_array_equal(ring_sum(z), ring_matmul_ref(xfull, b))
+
+
+# --- TruncPr local steps, the three roles simulated in one process --------------------------
+@pytest.mark.parametrize("bits", [1, 18, 36])
+@pytest.mark.parametrize("with_extra", [False, True])
+def test_trunc_pr_roles(bits, with_extra):
+    keys = [tf.constant(random_ring([2])) for _ in range(3)]
+    a, b, d = 1, 2, 0  # A = j, B = j + 1, D = j + 2 with j = 1
+    s = tf.constant(11, tf.int64)
+    n = 20_000
+    x = rng.integers(-(2 ** 61), 2 ** 61, size=n, dtype=np.int64)
+    x[:6] = [0, 1, -1, 2 ** 61, -(2 ** 61), 2 ** bits]
+    u = replicated(x)  # x = u_A + u_B + u_D
+    u_a, u_b, u_d = u[0], u[1], u[2]
+    if not with_extra:
+        u_a = ring_sum([u_a, u_d])
+    extras = [u_d] if with_extra else []
+    corr, d_own, d_next = ops.puma_trunc_pr_deal(keys[d], keys[a], s, [n], bits=bits)
+    m_a = ops.puma_trunc_pr_mask(u_a, keys[a], s, add_offset=True)
+    m_b = ops.puma_trunc_pr_mask(u_b, keys[d], s, add_offset=False)
+    msg_a, t_j = ops.puma_trunc_pr_finish_a(m_a, m_b, extras, keys[a], s, bits=bits)
+    msg_b, t_j2 = ops.puma_trunc_pr_finish_b(m_b, m_a, extras, corr, keys[d], s, bits=bits)
+    t_j1 = ring_sum([msg_a.numpy(), msg_b.numpy()])
+    # D's shares are (t_{j+2}, t_j); A's and B's copies of them agree.
+    np.testing.assert_array_equal(d_own.numpy(), t_j2.numpy())
+    np.testing.assert_array_equal(d_next.numpy(), t_j.numpy())
+    result = ring_sum([t_j.numpy(), t_j1, t_j2.numpy()])
+    err = result - np.floor_divide(x, 2 ** bits)
+    assert set(np.unique(err)) <= {0, 1}, np.unique(err)

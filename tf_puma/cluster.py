@@ -1,0 +1,187 @@
+"""The cluster: one `client` task and three `puma` party tasks, and how to reach them.
+
+Spec (JSON, or TF_CONFIG's `cluster` dict): {"client": ["host:port"], "puma": ["h0:p", "h1:p",
+"h2:p"]}. Nothing assumes localhost; `LocalCluster` starts three party servers on loopback for
+tests and demos and always tears them down.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Mapping
+
+NUM_PARTIES = 3
+PARTY_JOB = "puma"
+CLIENT_JOB = "client"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """Addresses of the client task and of the three parties."""
+
+    client: str
+    parties: tuple[str, str, str]
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any] | str | os.PathLike) -> "Cluster":
+        """From a dict, a JSON string, or a path to a JSON file (TF_CONFIG-style accepted)."""
+        if isinstance(spec, (str, os.PathLike)):
+            text = str(spec)
+            if os.path.exists(text):
+                with open(text, encoding="utf-8") as fh:
+                    text = fh.read()
+            try:
+                spec = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"cluster spec is neither a JSON file nor JSON text: {err}") from err
+        if "cluster" in spec and isinstance(spec["cluster"], Mapping):
+            spec = spec["cluster"]
+        missing = [job for job in (CLIENT_JOB, PARTY_JOB) if job not in spec]
+        if missing:
+            raise ValueError(f"cluster spec lacks job(s) {missing}: expected "
+                             '{"client": ["host:port"], "puma": ["h0:p", "h1:p", "h2:p"]}')
+        client, parties = list(spec[CLIENT_JOB]), list(spec[PARTY_JOB])
+        if len(client) != 1 or len(parties) != NUM_PARTIES:
+            raise ValueError(f"cluster spec needs 1 client task and {NUM_PARTIES} puma tasks, got "
+                             f"{len(client)} and {len(parties)}")
+        return cls(client=client[0], parties=tuple(parties))  # type: ignore[arg-type]
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {CLIENT_JOB: [self.client], PARTY_JOB: list(self.parties)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict())
+
+
+def party_device(i: int) -> str:
+    """TensorFlow device string of party i."""
+    return f"/job:{PARTY_JOB}/replica:0/task:{i}/device:CPU:0"
+
+
+CLIENT_DEVICE = f"/job:{CLIENT_JOB}/replica:0/task:0/device:CPU:0"
+
+
+def wait_reachable(address: str, timeout: float) -> None:
+    """Raises ConnectionError naming `address` unless a TCP connection succeeds within timeout."""
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except OSError as err:
+            last = err
+            time.sleep(0.1)
+    raise ConnectionError(f"cannot reach {address} within {timeout:.0f} s ({last})")
+
+
+_connected: Cluster | None = None
+
+
+def connect(cluster: Cluster | Mapping[str, Any] | str, timeout: float = 30.0) -> Cluster:
+    """Makes this process the cluster's client task so tf.function code can place ops on parties.
+
+    Checks every party is reachable first, so a missing party is a clear error, not a hang.
+    Connecting again to the same cluster is a no-op; TensorFlow allows one cluster per process.
+    """
+    global _connected
+    if not isinstance(cluster, Cluster):
+        cluster = Cluster.from_spec(cluster)
+    if _connected is not None:
+        if _connected == cluster:
+            return cluster
+        raise RuntimeError(f"this process is already connected to {_connected.as_dict()}; "
+                           "use one process per cluster")
+    for i, address in enumerate(cluster.parties):
+        try:
+            wait_reachable(address, timeout)
+        except ConnectionError as err:
+            raise ConnectionError(f"party {i} is not reachable: {err}. Start it with "
+                                  f"`tf-puma party --cluster SPEC --task {i}`") from err
+    import tensorflow as tf  # noqa: PLC0415 (keep `tf_puma.cluster` importable without TF work)
+
+    from tf_puma import _ops  # noqa: PLC0415
+
+    _ops.load()
+    tf.config.experimental_connect_to_cluster(tf.train.ClusterSpec(cluster.as_dict()),
+                                              job_name=CLIENT_JOB, task_index=0)
+    _connected = cluster
+    return cluster
+
+
+def connected_cluster() -> Cluster | None:
+    return _connected
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LocalCluster:
+    """Three party servers on 127.0.0.1 in subprocesses (`with LocalCluster() as cluster:`)."""
+
+    def __init__(self, start_timeout: float = 60.0, extra_env: Mapping[str, str] | None = None):
+        ports = [free_port() for _ in range(NUM_PARTIES + 1)]
+        self.cluster = Cluster(client=f"127.0.0.1:{ports[0]}",
+                               parties=tuple(f"127.0.0.1:{p}" for p in ports[1:]))  # type: ignore
+        self._start_timeout = start_timeout
+        self._env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(extra_env or {})}
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self) -> Cluster:
+        spec = self.cluster.to_json()
+        for i in range(NUM_PARTIES):
+            self.processes.append(subprocess.Popen(
+                [sys.executable, "-m", "tf_puma.cli", "party", "--cluster", spec, "--task", str(i)],
+                env=self._env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+        atexit.register(self.stop)
+        try:
+            for i, proc in enumerate(self.processes):
+                self._wait_ready(i, proc)
+        except Exception:
+            self.stop()
+            raise
+        return self.cluster
+
+    def _wait_ready(self, i: int, proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + self._start_timeout
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"party {i} exited with code {proc.wait()} while starting")
+            if line.startswith("tf-puma party ready"):
+                return
+        raise TimeoutError(f"party {i} did not start within {self._start_timeout} s")
+
+    def kill_party(self, i: int) -> None:
+        """Stops party i abruptly (failure tests)."""
+        self.processes[i].kill()
+        self.processes[i].wait()
+
+    def stop(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.processes:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,272 @@
+"""Linear and multiplicative protocols on 2-out-of-3 replicated shares over Z_2^64.
+
+Refer to: ABY3 (Mohassel, Rindal, CCS 2018), Section 3 (arithmetic sharing, multiplication) and
+Dalskov, Escudero, Keller, "Secure Evaluation of Quantized Neural Networks" (PETS 2020),
+Section 3.2.2 (probabilistic truncation TruncPr), as used by PUMA (arXiv 2307.12533).
+
+Costs (n = number of output values, one ring element = 8 bytes):
+| protocol          | rounds | ring elements sent                 |
+|-------------------|--------|------------------------------------|
+| add/sub/neg/public| 0      | 0                                  |
+| mul, matmul (int) | 1      | 3n (each party sends n)            |
+| trunc             | 2      | 6n (A: 2n, B: 2n, dealer D: 2n)    |
+| mul, matmul (fxp) | 2      | 8n (A: 2n, B: 2n, D: 4n)           |
+Fixed-point products are truncated in the same two rounds as the multiplication itself: the 3-out-
+of-3 product shares feed TruncPr's masked opening directly, so no separate reshare is needed.
+TruncPr's result is floor(x / 2^m) + e with e in {0, 1}, so within one unit in the last place of x / 2^m, when
+|x| < 2^62; there is no large-error probability, unlike local share truncation.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import numpy as np
+import tensorflow as tf
+
+from tf_puma import _ops, costs, runtime
+from tf_puma.cluster import NUM_PARTIES
+from tf_puma.fixedpoint import FixedPoint
+from tf_puma.sharing import Shared
+
+Public = Union[float, int, np.ndarray]
+_FXP = FixedPoint()
+
+
+def fixed_point() -> FixedPoint:
+    """The fixed-point format protocols truncate to."""
+    return _FXP
+
+
+def set_fixed_point(fxp: FixedPoint) -> None:
+    global _FXP
+    _FXP = fxp
+
+
+def _aligned(x: Shared, y: Shared) -> tuple[Shared, Shared]:
+    """Brings x and y to the same fractional bits by exact left shifts."""
+    if x.frac_bits == y.frac_bits:
+        return x, y
+    if x.frac_bits < y.frac_bits:
+        y, x = _aligned(y, x)
+        return x, y
+    shift = 2 ** (x.frac_bits - y.frac_bits)
+    return x, y.map_local(lambda s: s * shift, frac_bits=x.frac_bits)
+
+
+def add(x: Shared, y: Union[Shared, Public]) -> Shared:
+    """x + y. Local: z_i = x_i + y_i (public y is added to share 0 only)."""
+    if not isinstance(y, Shared):
+        return add_public(x, y)
+    x, y = _aligned(x, y)
+    pairs = []
+    for i in range(NUM_PARTIES):
+        with tf.device(runtime.device(i)):
+            pairs.append((x.pairs[i][0] + y.pairs[i][0], x.pairs[i][1] + y.pairs[i][1]))
+    return Shared(pairs, x.frac_bits, max(x.depth, y.depth))
+
+
+def neg(x: Shared) -> Shared:
+    """-x. Local."""
+    return x.map_local(tf.negative)
+
+
+def sub(x: Shared, y: Union[Shared, Public]) -> Shared:
+    """x - y. Local."""
+    if not isinstance(y, Shared):
+        return add_public(x, -np.asarray(y, dtype=np.float64))
+    return add(x, neg(y))
+
+
+def _encode_public(c: Public, frac_bits: int) -> np.ndarray:
+    c = np.asarray(c, dtype=np.float64)
+    if not np.all(np.isfinite(c)):
+        raise ValueError("public constants must be finite")
+    return np.round(c * 2.0 ** frac_bits).astype(np.int64)
+
+
+def add_public(x: Shared, c: Public) -> Shared:
+    """x + c for a public constant c. Local: share x_0 (held by P0 first and P2 second) += c."""
+    enc = _encode_public(c, x.frac_bits)
+    pairs = list(x.pairs)
+    with tf.device(runtime.device(0)):
+        pairs[0] = (pairs[0][0] + runtime.const_on(0, enc), pairs[0][1])
+    with tf.device(runtime.device(2)):
+        pairs[2] = (pairs[2][0], pairs[2][1] + runtime.const_on(2, enc))
+    return Shared(pairs, x.frac_bits, x.depth)
+
+
+def mul_public(x: Shared, c: Public, fxp: FixedPoint | None = None) -> Shared:
+    """x * c for a public constant c: local product, then TruncPr when c is not an integer.
+
+    Integers (every element of c integral) multiply exactly with no communication; other
+    constants are encoded with f fractional bits and cost one trunc (2 rounds).
+    """
+    fxp = fxp or _FXP
+    c = np.asarray(c, dtype=np.float64)
+    integral = np.all(np.round(c) == c) and np.all(np.abs(c) < 2 ** 62)
+    frac = 0 if integral else fxp.frac_bits
+    enc = _encode_public(c, frac)
+    with costs.protocol("mul_public", rounds=0 if integral else 2):
+        pairs = []
+        for i in range(NUM_PARTIES):
+            with tf.device(runtime.device(i)):
+                k = runtime.const_on(i, enc)
+                pairs.append((x.pairs[i][0] * k, x.pairs[i][1] * k))
+        product = Shared(pairs, x.frac_bits + frac, x.depth)
+        return _truncate_to(product, fxp)
+
+
+def _truncate_to(x: Shared, fxp: FixedPoint) -> Shared:
+    """Drops fractional bits beyond fxp's with TruncPr (value unchanged up to 1 ulp)."""
+    if x.frac_bits <= fxp.frac_bits:
+        return x
+    with tf.name_scope("rescale"):
+        return _trunc_replicated(x, x.frac_bits - fxp.frac_bits, fxp.frac_bits)
+
+
+def trunc(x: Shared, bits: int) -> Shared:
+    """x / 2^bits (value divided, same fractional bits) by TruncPr: 2 rounds, 6n ring elements.
+
+    Exact up to one unit in the last place; x's ring value must stay below 2^62 in magnitude.
+    """
+    with costs.protocol("trunc", rounds=2), tf.name_scope("trunc"):
+        return _trunc_replicated(x, bits, x.frac_bits)
+
+
+def _trunc_replicated(x: Shared, bits: int, out_frac: int) -> Shared:
+    """TruncPr on replicated x: A = party j uses u_A = x_j + x_{j+1}; B = party j+1, u_B = x_{j+2}."""
+    stream = runtime.new_stream()
+    a, b, _ = _roles(stream)
+    with tf.device(runtime.device(a)):
+        u_a = x.pairs[a][0] + x.pairs[a][1]
+    u_b = x.pairs[b][1]
+    return _trunc_pr(u_a, u_b, None, x.shape, bits, stream, out_frac, x.depth)
+
+
+def _roles(stream: int) -> tuple[int, int, int]:
+    """(A, B, dealer) for a TruncPr call; rotated by stream to balance the parties' load."""
+    j = stream % NUM_PARTIES
+    return j, (j + 1) % NUM_PARTIES, (j + 2) % NUM_PARTIES
+
+
+def _trunc_pr(u_a: tf.Tensor, u_b: tf.Tensor, u_dealer: tf.Tensor | None, shape: tf.TensorShape,
+              bits: int, stream: int, out_frac: int, depth: int) -> Shared:
+    """TruncPr of x = u_A + u_B (+ u_D, sent by the dealer to A and B in the first round).
+
+    1. D: deal corr = shares of (msb(r), low bits of r / 2^m) to B; r = F(k_j) + F(k_{j+2}).
+    2. A, B: exchange m_A = u_A + 2^62 + F(k_j), m_B = u_B + F(k_{j+2}) -> c = x + 2^62 + r.
+    3. A, B: local y_A, y_B with y_A + y_B = floor(x / 2^m) + e; exchange y - t -> t_{j+1}.
+    Output shares t_j = F(k_j, 3), t_{j+2} = F(k_{j+2}, 3), t_{j+1} as exchanged.
+    """
+    ops = _ops.load()
+    keys = runtime.prss()
+    a, b, d = _roles(stream)
+    s = {p: runtime.const_on(p, stream) for p in (a, b, d)}
+    with tf.device(runtime.device(d)):
+        corr, d_own, d_next = ops.puma_trunc_pr_deal(keys.own[d], keys.next[d], s[d],
+                                                     runtime.shape_on(d, shape), bits=bits)
+    with tf.device(runtime.device(a)):
+        m_a = ops.puma_trunc_pr_mask(u_a, keys.own[a], s[a], add_offset=True)
+    with tf.device(runtime.device(b)):
+        m_b = ops.puma_trunc_pr_mask(u_b, keys.next[b], s[b], add_offset=False)
+    extras_a = [] if u_dealer is None else [runtime.transfer(u_dealer, d, a)]
+    extras_b = [] if u_dealer is None else [runtime.transfer(u_dealer, d, b)]
+    m_b_at_a = runtime.transfer(m_b, b, a)
+    m_a_at_b = runtime.transfer(m_a, a, b)
+    corr_at_b = runtime.transfer(corr, d, b)
+    with tf.device(runtime.device(a)):
+        msg_a, t_j = ops.puma_trunc_pr_finish_a(m_a, m_b_at_a, extras_a, keys.own[a], s[a],
+                                                bits=bits)
+    with tf.device(runtime.device(b)):
+        msg_b, t_j2 = ops.puma_trunc_pr_finish_b(m_b, m_a_at_b, extras_b, corr_at_b,
+                                                 keys.next[b], s[b], bits=bits)
+    msg_b_at_a = runtime.transfer(msg_b, b, a)
+    msg_a_at_b = runtime.transfer(msg_a, a, b)
+    with tf.device(runtime.device(a)):
+        t_j1_a = msg_a + msg_b_at_a
+    with tf.device(runtime.device(b)):
+        t_j1_b = msg_a_at_b + msg_b
+    pairs: list = [None] * NUM_PARTIES
+    pairs[a] = (t_j, t_j1_a)
+    pairs[b] = (t_j1_b, t_j2)
+    pairs[d] = (d_own, d_next)
+    for p in pairs:
+        for t in p:
+            t.set_shape(shape)
+    return Shared(pairs, out_frac, depth + 2)
+
+
+def _reshare(z: list[tf.Tensor], frac_bits: int, depth: int) -> Shared:
+    """3-out-of-3 shares z_i -> replicated: party i receives z_{i+1} (1 round, n each)."""
+    pairs = [(z[i], runtime.transfer(z[(i + 1) % NUM_PARTIES], (i + 1) % NUM_PARTIES, i))
+             for i in range(NUM_PARTIES)]
+    return Shared(pairs, frac_bits, depth + 1)
+
+
+def _product(z: list[tf.Tensor], frac_bits: int, depth: int, stream: int,
+             fxp: FixedPoint) -> Shared:
+    """Finishes a product from 3-out-of-3 shares z_i: TruncPr if fixed point, else reshare."""
+    if frac_bits <= fxp.frac_bits:
+        return _reshare(z, frac_bits, depth)
+    a, b, d = _roles(stream)
+    return _trunc_pr(z[a], z[b], z[d], z[a].shape, frac_bits - fxp.frac_bits, stream,
+                     fxp.frac_bits, depth)
+
+
+def _product_cost(x: Shared, y: Shared, fxp: FixedPoint) -> int:
+    return 2 if x.frac_bits + y.frac_bits > fxp.frac_bits else 1
+
+
+def mul(x: Shared, y: Union[Shared, Public], fxp: FixedPoint | None = None) -> Shared:
+    """Elementwise x * y (broadcasting).
+
+    z_i = x_i y_i + x_i y_{i+1} + x_{i+1} y_i + alpha_i   (alpha: PRSS zero share)
+    then TruncPr on (z_A, z_B, z_D) for fixed point (2 rounds), else a reshare (1 round).
+    """
+    if not isinstance(y, Shared):
+        return mul_public(x, y, fxp)
+    fxp = fxp or _FXP
+    ops = _ops.load()
+    shape = tf.broadcast_static_shape(x.shape, y.shape)
+    with costs.protocol("mul", rounds=_product_cost(x, y, fxp)), tf.name_scope("mul"):
+        keys = runtime.prss()
+        stream = runtime.new_stream()
+        z = []
+        for i in range(NUM_PARTIES):
+            with tf.device(runtime.device(i)):
+                xs = [tf.broadcast_to(t, shape) if t.shape != shape else t for t in x.pairs[i]]
+                ys = [tf.broadcast_to(t, shape) if t.shape != shape else t for t in y.pairs[i]]
+                z.append(ops.puma_mul_share(xs[0], xs[1], ys[0], ys[1], keys.own[i],
+                                            keys.next[i], runtime.const_on(i, stream)))
+        return _product(z, x.frac_bits + y.frac_bits, max(x.depth, y.depth), stream, fxp)
+
+
+def matmul(x: Shared, y: Shared, transpose_a: bool = False, transpose_b: bool = False,
+           fxp: FixedPoint | None = None) -> Shared:
+    """op(x) @ op(y), batched like tf.linalg.matmul (batch dims broadcast).
+
+    z_i = x_i @ (y_i + y_{i+1}) + x_{i+1} @ y_i + alpha_i   (two ring GEMMs per party)
+    then TruncPr (2 rounds, 8 ring elements per output) or a reshare for integer operands.
+    """
+    fxp = fxp or _FXP
+    ops = _ops.load()
+    x_shape, y_shape = x.shape, y.shape
+    if x_shape.rank is None or y_shape.rank is None or x_shape.rank < 2 or y_shape.rank < 2:
+        raise ValueError(f"matmul needs operands of rank >= 2, got {x_shape} and {y_shape}")
+    x_batch, y_batch = x_shape[:-2], y_shape[:-2]
+    if x_shape.rank > 2 and y_shape.rank > 2 and x_batch != y_batch:
+        batch = tf.broadcast_static_shape(x_batch, y_batch)
+        x = x.map_local(lambda t: tf.broadcast_to(t, batch.concatenate(x_shape[-2:])))
+        y = y.map_local(lambda t: tf.broadcast_to(t, batch.concatenate(y_shape[-2:])))
+    with costs.protocol("matmul", rounds=_product_cost(x, y, fxp)), tf.name_scope("matmul"):
+        keys = runtime.prss()
+        stream = runtime.new_stream()
+        z = []
+        for i in range(NUM_PARTIES):
+            with tf.device(runtime.device(i)):
+                z.append(ops.puma_mat_mul_share(
+                    x.pairs[i][0], x.pairs[i][1], y.pairs[i][0], y.pairs[i][1], keys.own[i],
+                    keys.next[i], runtime.const_on(i, stream), transpose_a=transpose_a,
+                    transpose_b=transpose_b))
+        return _product(z, x.frac_bits + y.frac_bits, max(x.depth, y.depth), stream, fxp)

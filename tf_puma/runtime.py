@@ -1,0 +1,169 @@
+"""Per-graph protocol state: devices, PRSS keys, stream ids, and every cross-party transfer.
+
+Protocols build TensorFlow graphs (inside `tf.function`); each party's ops are placed on its own
+device and TensorFlow's partitioner turns every cross-device edge into a Send/Recv over gRPC. All
+such edges go through `transfer`, which names the op, counts its bytes and rounds, and lets tests
+record each party's view. `audit_graph` checks a traced graph has no other cross-device edge.
+
+PRSS (pseudo-random secret sharing): on every execution of a secure graph each party i draws a
+fresh 128-bit key k_i from its OS (PumaNewKey) and sends it to party i-1 only, so party i holds
+(k_i, k_{i+1}); the client and the third party never see it. Fresh keys per execution make every
+call's randomness fresh without any counter the client could replay or parties could desync; one
+execution separates its uses of a key by a stream id unique in the graph. The key exchange runs in
+parallel with the client's input sharing, so it adds no round to the critical path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from typing import Iterator, Sequence, Union
+
+import numpy as np
+import tensorflow as tf
+
+from tf_puma import _ops, costs
+from tf_puma.cluster import CLIENT_DEVICE, NUM_PARTIES, party_device
+
+Endpoint = Union[int, str]  # a party index or "client"
+CLIENT = costs.CLIENT
+TRANSFER_PREFIX = "puma_transfer"
+
+
+def device(endpoint: Endpoint) -> str:
+    return CLIENT_DEVICE if endpoint == CLIENT else party_device(int(endpoint))
+
+
+def static_num_elements(shape: tf.TensorShape) -> int:
+    """Elements of a static shape (unknown dimensions count as 1; traced shapes are static)."""
+    return int(np.prod([d if d is not None else 1 for d in shape.as_list()], dtype=np.int64))
+
+
+class _ViewRecorder:
+    """Every tensor each party receives while active (security tests)."""
+
+    def __init__(self) -> None:
+        self.received: list[list[tf.Tensor]] = [[] for _ in range(NUM_PARTIES)]
+
+
+_local = threading.local()
+
+
+def _recorders() -> list[_ViewRecorder]:
+    if not hasattr(_local, "recorders"):
+        _local.recorders = []
+    return _local.recorders
+
+
+@contextlib.contextmanager
+def record_views() -> Iterator[_ViewRecorder]:
+    """Records the tensors each party receives in transfers made inside the block."""
+    rec = _ViewRecorder()
+    _recorders().append(rec)
+    try:
+        yield rec
+    finally:
+        _recorders().remove(rec)
+
+
+def transfer(tensor: tf.Tensor, src: Endpoint, dst: Endpoint) -> tf.Tensor:
+    """Moves `tensor` from src's device to dst's: one message, counted in the cost ledger."""
+    if src == dst:
+        return tensor
+    with tf.device(device(dst)):
+        out = tf.identity(tensor, name=f"{TRANSFER_PREFIX}_{src}_to_{dst}")
+    costs.record_transfer(src, static_num_elements(tensor.shape) * tensor.dtype.size)
+    if dst != CLIENT:
+        for rec in _recorders():
+            rec.received[int(dst)].append(out)
+    return out
+
+
+class Prss:
+    """The parties' keys for one graph: own[i] = k_i and next[i] = k_{i+1}, both on party i."""
+
+    def __init__(self) -> None:
+        ops = _ops.load()
+        self.own: list[tf.Tensor] = []
+        for i in range(NUM_PARTIES):
+            with tf.device(party_device(i)):
+                self.own.append(ops.puma_new_key(name="prss_key"))
+        self.next = [transfer(self.own[(i + 1) % NUM_PARTIES], (i + 1) % NUM_PARTIES, i)
+                     for i in range(NUM_PARTIES)]
+
+
+class _GraphState:
+    def __init__(self) -> None:
+        self.prss: Prss | None = None
+        self.next_stream = 1
+
+
+_graph_states: "weakref.WeakKeyDictionary[tf.Graph, _GraphState]" = weakref.WeakKeyDictionary()
+
+
+def require_graph() -> None:
+    """Raises unless called while building a graph (protocols never run eagerly)."""
+    if tf.executing_eagerly():
+        raise RuntimeError("tf-puma protocols build graphs: call them inside a tf.function "
+                           "(eager execution would route values through the client)")
+
+
+def _state() -> _GraphState:
+    require_graph()
+    graph = tf.compat.v1.get_default_graph()
+    state = _graph_states.get(graph)
+    if state is None:
+        state = _graph_states[graph] = _GraphState()
+    return state
+
+
+def prss() -> Prss:
+    """This graph's PRSS keys, created on first use."""
+    state = _state()
+    if state.prss is None:
+        with costs.protocol("prss_setup", rounds=1, detached=True), tf.name_scope("prss_setup"):
+            state.prss = Prss()
+    return state.prss
+
+
+def new_stream() -> int:
+    """A stream id unique within the current graph (separates uses of one key)."""
+    state = _state()
+    stream = state.next_stream
+    state.next_stream += 1
+    return stream
+
+
+def const_on(endpoint: Endpoint, value, dtype: tf.DType = tf.int64) -> tf.Tensor:
+    """A constant placed on `endpoint`'s device (constants must not cross devices implicitly)."""
+    with tf.device(device(endpoint)):
+        return tf.constant(value, dtype=dtype)
+
+
+def shape_on(endpoint: Endpoint, shape: tf.TensorShape | Sequence[int]) -> tf.Tensor:
+    dims = tf.TensorShape(shape)
+    if not dims.is_fully_defined():
+        raise ValueError(f"tf-puma needs static shapes inside secure graphs, got {dims}")
+    return const_on(endpoint, dims.as_list())
+
+
+def audit_graph(graph: tf.Graph) -> list[str]:
+    """Lists violations: cross-device edges not made by `transfer`, and unplaced secure ops.
+
+    Returns human-readable problems (empty = clean). Function-call ops and their inputs are
+    checked through the graph's own nodes only.
+    """
+    problems = []
+    for op in graph.get_operations():
+        if op.type in ("Placeholder", "NoOp") or not op.device:
+            if op.type.startswith("Puma"):
+                problems.append(f"{op.name} ({op.type}) has no device")
+            continue
+        for inp in op.inputs:
+            src = inp.op.device
+            if src and tf.DeviceSpec.from_string(src) != tf.DeviceSpec.from_string(op.device):
+                if not op.name.split("/")[-1].startswith(TRANSFER_PREFIX):
+                    problems.append(f"{inp.op.name} ({src}) -> {op.name} ({op.device}) "
+                                    "crosses devices outside transfer()")
+    return problems
