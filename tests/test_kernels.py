@@ -208,3 +208,19 @@ def test_trunc_pr_roles(bits, with_extra):
     result = ring_sum([t_j.numpy(), t_j1, t_j2.numpy()])
     err = result - np.floor_divide(x, 2 ** bits)
     assert set(np.unique(err)) <= {0, 1}, np.unique(err)
+
+
+# --- boolean AND local step -----------------------------------------------------------------
+def xor_replicated(x: np.ndarray) -> list[np.ndarray]:
+    s0, s1 = random_ring(x.shape), random_ring(x.shape)
+    return [s0, s1, x ^ s0 ^ s1]
+
+
+def test_and_shares_xor_to_the_and():
+    keys = [tf.constant(random_ring([2])) for _ in range(3)]
+    s = tf.constant(4, tf.int64)
+    x, y = random_ring([5, 33]), random_ring([5, 33])
+    xs, ys = xor_replicated(x), xor_replicated(y)
+    z = [ops.puma_and_share(xs[i], xs[(i + 1) % 3], ys[i], ys[(i + 1) % 3], keys[i],
+                            keys[(i + 1) % 3], s).numpy() for i in range(3)]
+    np.testing.assert_array_equal(z[0] ^ z[1] ^ z[2], x & y)

@@ -3,4 +3,7 @@
 | module       | protocols                                                     |
 |--------------|---------------------------------------------------------------|
 | arithmetic   | add, sub, neg, add_public, mul_public, mul, matmul, trunc       |
+| boolean      | XOR sharing, and_, addends, msb (Kogge-Stone), b2a             |
+| compare      | less, greater, select, relu, maximum, reduce_max               |
+| tensor       | local shape operations: stack, concat, reshape, transpose, ... |
 """

@@ -1,0 +1,78 @@
+"""Boolean sharing, MSB, bit injection and comparisons on three real TF servers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_puma
+from tf_puma import costs
+from tf_puma.protocols import boolean, compare
+from tests.conftest import check
+
+ULP = 2.0 ** -18
+
+
+def run_secure(fn, *arrays, dtype=tf.float64):
+    @tf.function
+    def run(*xs):
+        return tf_puma.reveal(fn(*[tf_puma.share(x) for x in xs]), dtype=dtype)
+
+    return run(*[tf.constant(a) for a in arrays]).numpy()
+
+
+def test_and_of_boolean_shares(cluster, rng):
+    x, y = rng.integers(-2 ** 63, 2 ** 63 - 1, size=(40,)), rng.integers(-2 ** 63, 2 ** 63 - 1,
+                                                                      size=(40,))
+
+    @tf.function
+    def run(a, b):
+        sa, sb = tf_puma.share(a, frac_bits=0), tf_puma.share(b, frac_bits=0)
+        # Each party's first share XORed: addends give boolean sharings of x_j; AND them.
+        a0, a1, a2 = boolean.addends(sa)
+        b0, _, _ = boolean.addends(sb)
+        both = (a0 ^ a1 ^ a2) & b0
+        words = [tf.bitwise.bitwise_xor(*both.pairs[0]), both.pairs[1][1]]
+        s_a = [sa.pairs[0][0], sa.pairs[0][1], sa.pairs[1][1]]
+        return tf.bitwise.bitwise_xor(words[0], words[1]), s_a, sb.pairs[0][0]
+
+    got, s_a, b0 = run(tf.constant(x), tf.constant(y))
+    s_a = [t.numpy() for t in s_a]
+    np.testing.assert_array_equal(got.numpy(), (s_a[0] ^ s_a[1] ^ s_a[2]) & b0.numpy())
+
+
+def test_msb_and_b2a_on_edge_values(cluster, rng):
+    values = np.concatenate([rng.uniform(-1e7, 1e7, size=2000), rng.normal(size=2000) * 1e-4,
+                             [0.0, ULP, -ULP, 2.0 ** 26, -(2.0 ** 26), 1.0, -1.0]])
+    with costs.Ledger() as ledger:
+        bits = run_secure(compare.is_negative, values, dtype=tf.int64)
+    np.testing.assert_array_equal(bits, (np.round(values * 2 ** 18) < 0).astype(np.int64))
+    assert ledger.ops["less"].rounds == 10
+    assert ledger.critical_rounds == 1 + 10 + 1
+
+
+def test_less_greater_with_shared_and_public(cluster, rng):
+    x, y = rng.normal(size=500) * 10, rng.normal(size=500) * 10
+    np.testing.assert_array_equal(run_secure(compare.less, x, y, dtype=tf.int64), x < y)
+    np.testing.assert_array_equal(
+        run_secure(lambda a: compare.greater(a, 1.5), x, dtype=tf.int64), x > 1.5)
+    np.testing.assert_array_equal(
+        run_secure(lambda a: compare.less(a, -2.0), x, dtype=tf.int64), x < -2.0)
+
+
+def test_select_relu_maximum(cluster, rng):
+    x, y = rng.normal(size=(6, 50)) * 5, rng.normal(size=(6, 50)) * 5
+    check(run_secure(compare.relu, x), np.maximum(x, 0), ULP)
+    check(run_secure(compare.maximum, x, y), np.maximum(x, y), ULP)
+    check(run_secure(lambda a, b: compare.select(compare.less(a, b), a, 7.0), x, y),
+          np.where(x < y, x, 7.0), ULP)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 128])
+def test_reduce_max_along_axis(cluster, rng, n):
+    x = rng.normal(size=(3, n)) * 20
+    check(run_secure(lambda a: compare.reduce_max(a, axis=-1), x), x.max(axis=-1), ULP)
+    x3 = rng.normal(size=(n, 2, 3))
+    check(run_secure(lambda a: compare.reduce_max(a, axis=0, keepdims=True), x3),
+          x3.max(axis=0, keepdims=True), ULP)

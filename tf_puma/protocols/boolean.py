@@ -1,0 +1,208 @@
+"""Boolean (XOR) replicated sharing with 64 bits packed per int64 word, and conversions.
+
+Refer to: ABY3 (Mohassel, Rindal, CCS 2018), Section 5.3 (bit decomposition / A2B with a
+parallel-prefix adder) and Section 5.4 (bit injection), as in SPU's libspu/mpc/aby3.
+
+A secret word w = w_0 ^ w_1 ^ w_2; party i holds (w_i, w_{i+1}), like `Shared`.
+
+Costs per value (a word = 64 bits):
+| protocol  | rounds | bits sent per party          |
+|-----------|--------|------------------------------|
+| xor, shifts, addends | 0 | 0                         |
+| and_      | 1      | 64 per word                  |
+| msb       | 8      | 64 x 14 (CSA, G, 6 prefix levels of 2 words, the last 1) |
+| b2a       | 2      | P0: 128, P1, P2: 64          |
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+from tf_puma import _ops, costs, runtime
+from tf_puma.cluster import NUM_PARTIES
+from tf_puma.sharing import SharePair, Shared
+
+WORD_BITS = 64
+
+
+class BoolShared:
+    """XOR-replicated shares: `pairs[i] = (w_i, w_{i+1})` on party i, int64 words of 64 bits."""
+
+    def __init__(self, pairs: Sequence[SharePair], depth: int = 0):
+        self.pairs: tuple[SharePair, ...] = tuple((p[0], p[1]) for p in pairs)
+        self.depth = depth
+
+    @property
+    def shape(self) -> tf.TensorShape:
+        return self.pairs[0][0].shape
+
+    def map_local(self, fn) -> "BoolShared":
+        """A share-wise function that commutes with XOR (shifts, masks, reshapes)."""
+        pairs = []
+        for i, (a, b) in enumerate(self.pairs):
+            with tf.device(runtime.device(i)):
+                pairs.append((fn(a), fn(b)))
+        return BoolShared(pairs, self.depth)
+
+    def __xor__(self, other: "BoolShared") -> "BoolShared":
+        return xor(self, other)
+
+    def __and__(self, other: "BoolShared") -> "BoolShared":
+        return and_(self, other)
+
+    def __lshift__(self, bits: int) -> "BoolShared":
+        return self.map_local(lambda t: tf.bitwise.left_shift(t, tf.constant(bits, tf.int64)))
+
+
+def xor(x: BoolShared, y: BoolShared) -> BoolShared:
+    """x ^ y. Local."""
+    pairs = []
+    for i in range(NUM_PARTIES):
+        with tf.device(runtime.device(i)):
+            pairs.append((tf.bitwise.bitwise_xor(x.pairs[i][0], y.pairs[i][0]),
+                          tf.bitwise.bitwise_xor(x.pairs[i][1], y.pairs[i][1])))
+    return BoolShared(pairs, max(x.depth, y.depth))
+
+
+def and_(x: BoolShared, y: BoolShared) -> BoolShared:
+    """x & y, 64 ANDs per word.
+
+    z_i = (x_i & y_i) ^ (x_i & y_{i+1}) ^ (x_{i+1} & y_i) ^ beta_i, then party i receives
+    z_{i+1}. Cost: 1 round, one word per party per word.
+    """
+    ops = _ops.load()
+    with costs.protocol("and", rounds=1), tf.name_scope("and"):
+        keys = runtime.prss()
+        stream = runtime.new_stream()
+        z = []
+        for i in range(NUM_PARTIES):
+            with tf.device(runtime.device(i)):
+                z.append(ops.puma_and_share(x.pairs[i][0], x.pairs[i][1], y.pairs[i][0],
+                                            y.pairs[i][1], keys.own[i], keys.next[i],
+                                            runtime.const_on(i, stream)))
+        pairs = [(z[i], runtime.transfer(z[(i + 1) % NUM_PARTIES], (i + 1) % NUM_PARTIES, i))
+                 for i in range(NUM_PARTIES)]
+        return BoolShared(pairs, max(x.depth, y.depth) + 1)
+
+
+def addends(x: Shared) -> tuple[BoolShared, BoolShared, BoolShared]:
+    """Boolean sharings of the three arithmetic shares x_0, x_1, x_2 (x = their ring sum).
+
+    x_j is known to parties j and j-1, so its XOR sharing (x_j in slot j, zeros elsewhere) needs
+    no communication.
+    """
+    out = []
+    for j in range(NUM_PARTIES):
+        pairs = []
+        for i in range(NUM_PARTIES):
+            with tf.device(runtime.device(i)):
+                a, b = x.pairs[i]
+                zero = tf.zeros_like(a)
+                pairs.append((a if i == j else zero, b if (i + 1) % NUM_PARTIES == j else zero))
+        out.append(BoolShared(pairs, x.depth))
+    return out[0], out[1], out[2]
+
+
+def _stack(parts: Sequence[BoolShared]) -> BoolShared:
+    pairs = []
+    for i in range(NUM_PARTIES):
+        with tf.device(runtime.device(i)):
+            pairs.append((tf.stack([p.pairs[i][0] for p in parts]),
+                          tf.stack([p.pairs[i][1] for p in parts])))
+    return BoolShared(pairs, max(p.depth for p in parts))
+
+
+def _unstack(x: BoolShared, n: int) -> list[BoolShared]:
+    # Slices, not tf.unstack: Grappler's arithmetic optimizer rewrites Pack(Unpack(x):k, ...)
+    # into x without checking the order of the outputs (TF 2.21), which breaks Pack([u:1, u:1]).
+    return [x.map_local(lambda t, k=k: t[k]) for k in range(n)]
+
+
+def msb(x: Shared) -> BoolShared:
+    """The most significant bit of x (its sign), in bit 0 of a boolean sharing.
+
+    1. Addends A, B, C of x as boolean sharings (local).
+    2. Carry-save adder: S = A ^ B ^ C, M = ((A ^ C) & (B ^ C)) ^ C, Y = M << 1  (1 round).
+    3. Generate G = S & Y, propagate P = S ^ Y (1 round).
+    4. Kogge-Stone: G ^= P & (G << s), P &= P << s for s = 1, 2, 4, 8, 16, 32  (6 rounds).
+    5. msb = P_63 ^ G_62 with the original P (the carry into bit 63 is G_62).
+    Cost: 8 rounds (log2 64 + 2).
+    """
+    with costs.protocol("msb", rounds=8), tf.name_scope("msb"):
+        a, b, c = addends(x)
+        s = a ^ b ^ c
+        y = (and_(a ^ c, b ^ c) ^ c) << 1
+        g = and_(s, y)
+        p0 = p = s ^ y
+        shift = 1
+        while shift < WORD_BITS:
+            if shift == WORD_BITS // 2:
+                g = g ^ and_(p, g << shift)
+            else:
+                both = and_(_stack([p, p]), _stack([g << shift, p << shift]))
+                pg, p = _unstack(both, 2)
+                g = g ^ pg
+            shift *= 2
+
+        def bit(t_p: tf.Tensor, t_g: tf.Tensor) -> tf.Tensor:
+            one = tf.constant(1, tf.int64)
+            top = tf.bitwise.bitwise_and(tf.bitwise.right_shift(t_p, tf.constant(63, tf.int64)),
+                                         one)
+            carry = tf.bitwise.bitwise_and(tf.bitwise.right_shift(t_g, tf.constant(62, tf.int64)),
+                                           one)
+            return tf.bitwise.bitwise_xor(top, carry)
+
+        pairs = []
+        for i in range(NUM_PARTIES):
+            with tf.device(runtime.device(i)):
+                pairs.append((bit(p0.pairs[i][0], g.pairs[i][0]),
+                              bit(p0.pairs[i][1], g.pairs[i][1])))
+        return BoolShared(pairs, g.depth)
+
+
+def b2a(bit: BoolShared) -> Shared:
+    """Arithmetic sharing (integer, frac_bits 0) of a shared bit held in bit 0 of each word.
+
+    With b = b_0 ^ b_1 ^ b_2: P0 knows c = b_0 ^ b_1 and shares it (c_0 = F(k_0), c_1 = F(k_1),
+    c_2 = c - c_0 - c_1 sent to P1 and P2); b_2 is known to P1 and P2. Then
+    b = c + b_2 - 2 c b_2 with one integer multiplication. Cost: 2 rounds.
+    """
+    ops = _ops.load()
+    from tf_puma.protocols import arithmetic  # noqa: PLC0415 (arithmetic imports sharing only)
+
+    with costs.protocol("b2a", rounds=2), tf.name_scope("b2a"):
+        keys = runtime.prss()
+        stream = runtime.new_stream()
+        shape = bit.shape
+        one = {i: runtime.const_on(i, 1) for i in range(NUM_PARTIES)}
+
+        def prg(party: int, key: tf.Tensor) -> tf.Tensor:
+            with tf.device(runtime.device(party)):
+                out = ops.puma_prg_uniform(key, runtime.const_on(party, stream),
+                                           runtime.shape_on(party, shape))
+                out.set_shape(shape)
+                return out
+
+        c0_p0, c1_p0 = prg(0, keys.own[0]), prg(0, keys.next[0])
+        with tf.device(runtime.device(0)):
+            c = tf.bitwise.bitwise_and(tf.bitwise.bitwise_xor(*bit.pairs[0]), one[0])
+            c2 = c - c0_p0 - c1_p0
+        c_shared = Shared([(c0_p0, c1_p0), (prg(1, keys.own[1]), runtime.transfer(c2, 0, 1)),
+                           (runtime.transfer(c2, 0, 2), prg(2, keys.next[2]))], 0,
+                          bit.depth + 1)
+        with tf.device(runtime.device(1)):
+            b2_p1 = tf.bitwise.bitwise_and(bit.pairs[1][1], one[1])
+        with tf.device(runtime.device(2)):
+            b2_p2 = tf.bitwise.bitwise_and(bit.pairs[2][0], one[2])
+        zero = {i: runtime.const_on(i, 0) for i in range(NUM_PARTIES)}
+        with tf.device(runtime.device(0)):
+            z0 = tf.fill(shape, zero[0])
+        with tf.device(runtime.device(1)):
+            z1 = tf.fill(shape, zero[1])
+        with tf.device(runtime.device(2)):
+            z2 = tf.fill(shape, zero[2])
+        d = Shared([(z0, z0), (z1, b2_p1), (b2_p2, z2)], 0, bit.depth)
+        cd = arithmetic.mul(c_shared, d)
+        return c_shared + d - cd.map_local(lambda t: t * 2)

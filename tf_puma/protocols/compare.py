@@ -1,0 +1,90 @@
+"""Comparison, selection and max on arithmetic shares, through the sign bit.
+
+Refer to: PUMA (arXiv 2307.12533) Section 2 (building blocks) and ABY3 Section 5 (msb, bit
+injection). less(x, y) = msb(x - y), exact while |x - y| < 2^63 in ring units.
+
+| protocol         | rounds | notes                                 |
+|------------------|--------|---------------------------------------|
+| less / greater   | 10     | msb (8) + b2a (2); result is a 0/1 integer share |
+| select           | 1      | y + b (x - y), b an integer share      |
+| relu             | 11     | x (1 - msb(x))                         |
+| maximum          | 11     | select(less(y, x), x, y)               |
+| reduce_max       | 11 ceil(log2 n) | pairwise tree along an axis    |
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import numpy as np
+import tensorflow as tf
+
+from tf_puma import costs
+from tf_puma.protocols import arithmetic, tensor
+from tf_puma.protocols.boolean import b2a, msb
+from tf_puma.sharing import Shared
+
+Public = Union[float, int, np.ndarray]
+
+
+def is_negative(x: Shared) -> Shared:
+    """[x < 0] as an integer (frac_bits 0) share. 10 rounds."""
+    with costs.protocol("less", rounds=10):
+        return b2a(msb(x))
+
+
+def less(x: Shared, y: Union[Shared, Public]) -> Shared:
+    """[x < y] as an integer share (0 or 1)."""
+    return is_negative(arithmetic.sub(x, y))
+
+
+def greater(x: Shared, y: Union[Shared, Public]) -> Shared:
+    """[x > y] as an integer share (0 or 1)."""
+    if isinstance(y, Shared):
+        return is_negative(arithmetic.sub(y, x))
+    return is_negative(arithmetic.add_public(arithmetic.neg(x), y))
+
+
+def select(bit: Shared, if_true: Union[Shared, Public], if_false: Union[Shared, Public]) -> Shared:
+    """bit ? if_true : if_false for an integer 0/1 share `bit`: if_false + bit (if_true -
+    if_false). One exact (untruncated) multiplication: 1 round."""
+    if bit.frac_bits != 0:
+        raise ValueError("select needs an integer (frac_bits 0) bit share, e.g. from less()")
+    if not isinstance(if_true, Shared) and not isinstance(if_false, Shared):
+        raise TypeError("select needs at least one shared branch")
+    if isinstance(if_true, Shared):
+        diff = arithmetic.sub(if_true, if_false)
+    else:
+        diff = arithmetic.add_public(arithmetic.neg(if_false), if_true)
+    with costs.protocol("select", rounds=1):
+        chosen = arithmetic.mul(bit, diff)
+    return arithmetic.add(chosen, if_false)
+
+
+def relu(x: Shared) -> Shared:
+    """max(x, 0) = x (1 - [x < 0])."""
+    keep = arithmetic.add_public(arithmetic.neg(is_negative(x)), 1)
+    return arithmetic.mul(keep, x)
+
+
+def maximum(x: Shared, y: Shared) -> Shared:
+    """Elementwise max(x, y)."""
+    return select(less(y, x), x, y)
+
+
+def reduce_max(x: Shared, axis: int = -1, keepdims: bool = False) -> Shared:
+    """Max along an axis by a pairwise tree: ceil(log2 n) levels of one comparison each."""
+    axis %= x.shape.rank
+    with tf.name_scope("reduce_max"):
+        while x.shape[axis] > 1:
+            n = x.shape[axis]
+            half = n // 2
+            lo = tensor.slice_along(x, axis, 0, half)
+            hi = tensor.slice_along(x, axis, half, half)
+            best = maximum(lo, hi)
+            if n % 2:
+                best = tensor.concat([best, tensor.slice_along(x, axis, 2 * half, 1)], axis)
+            x = best
+        if not keepdims:
+            x = x.map_local(lambda t: tf.squeeze(t, axis=axis))
+        return x

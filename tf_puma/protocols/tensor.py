@@ -1,0 +1,65 @@
+"""Shape operations on shared tensors: local, applied to both shares on every party."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+from tf_puma import runtime
+from tf_puma.cluster import NUM_PARTIES
+from tf_puma.sharing import Shared
+
+
+def combine(fn, xs: Sequence[Shared]) -> Shared:
+    """fn(list of tensors) -> tensor, applied share-wise on each party (all xs at one scale)."""
+    frac = {x.frac_bits for x in xs}
+    if len(frac) != 1:
+        raise ValueError(f"cannot combine shared tensors with different fractional bits {frac}")
+    pairs = []
+    for i in range(NUM_PARTIES):
+        with tf.device(runtime.device(i)):
+            pairs.append((fn([x.pairs[i][0] for x in xs]), fn([x.pairs[i][1] for x in xs])))
+    return Shared(pairs, frac.pop(), max(x.depth for x in xs))
+
+
+def stack(xs: Sequence[Shared], axis: int = 0) -> Shared:
+    return combine(lambda ts: tf.stack(ts, axis=axis), xs)
+
+
+def concat(xs: Sequence[Shared], axis: int) -> Shared:
+    return combine(lambda ts: tf.concat(ts, axis=axis), xs)
+
+
+def unstack(x: Shared, axis: int = 0) -> list[Shared]:
+    """Slices along `axis` (tf.gather, never tf.unstack: Grappler's arithmetic optimizer in TF
+    2.21 rewrites Pack(Unpack(x):k, ...) into x without checking the output order)."""
+    return [x.map_local(lambda t, k=k: tf.gather(t, k, axis=axis))
+            for k in range(x.shape[axis])]
+
+
+def reshape(x: Shared, shape: Sequence[int]) -> Shared:
+    return x.map_local(lambda t: tf.reshape(t, shape))
+
+
+def transpose(x: Shared, perm: Sequence[int]) -> Shared:
+    return x.map_local(lambda t: tf.transpose(t, perm))
+
+
+def broadcast_to(x: Shared, shape: Sequence[int]) -> Shared:
+    return x.map_local(lambda t: tf.broadcast_to(t, shape))
+
+
+def slice_along(x: Shared, axis: int, begin: int, size: int) -> Shared:
+    """x[..., begin:begin+size, ...] along `axis`."""
+    rank = x.shape.rank
+    axis %= rank
+    begins = [0] * rank
+    sizes = [-1] * rank
+    begins[axis], sizes[axis] = begin, size
+    return x.map_local(lambda t: tf.slice(t, begins, sizes))
+
+
+def reduce_sum(x: Shared, axis: int, keepdims: bool = False) -> Shared:
+    """Sum along an axis: local (shares add)."""
+    return x.map_local(lambda t: tf.reduce_sum(t, axis=axis, keepdims=keepdims))
