@@ -5,5 +5,7 @@
 | arithmetic   | add, sub, neg, add_public, mul_public, mul, matmul, trunc       |
 | boolean      | XOR sharing, and_, addends, msb (Kogge-Stone), b2a             |
 | compare      | less, greater, select, relu, maximum, reduce_max               |
-| tensor       | local shape operations: stack, concat, reshape, transpose, ... |
+| tensor       | local shape operations: stack, repeat, concat, reshape, ...     |
+| approx       | polynomial, exp, gelu, silu, reciprocal, rsqrt                  |
+| nn           | softmax, layer_norm, rms_norm, embedding, sigmoid, tanh         |
 """

@@ -141,7 +141,8 @@ def msb(x: Shared) -> BoolShared:
             if shift == WORD_BITS // 2:
                 g = g ^ and_(p, g << shift)
             else:
-                both = and_(_stack([p, p]), _stack([g << shift, p << shift]))
+                both = and_(p.map_local(lambda t: tf.broadcast_to(t, [2, *t.shape.as_list()])),
+                            _stack([g << shift, p << shift]))
                 pg, p = _unstack(both, 2)
                 g = g ^ pg
             shift *= 2

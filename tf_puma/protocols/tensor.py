@@ -27,6 +27,13 @@ def stack(xs: Sequence[Shared], axis: int = 0) -> Shared:
     return combine(lambda ts: tf.stack(ts, axis=axis), xs)
 
 
+def repeat(x: Shared, count: int) -> Shared:
+    """count copies of x stacked on a new leading axis (broadcast, never tf.stack([x] * n):
+    Grappler's ReplacePackWithTileReshape rewrite breaks that pattern in TF 2.21)."""
+    return x.map_local(lambda t: tf.broadcast_to(tf.expand_dims(t, 0),
+                                                 [count, *t.shape.as_list()]))
+
+
 def concat(xs: Sequence[Shared], axis: int) -> Shared:
     return combine(lambda ts: tf.concat(ts, axis=axis), xs)
 

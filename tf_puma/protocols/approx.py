@@ -1,0 +1,260 @@
+"""Fixed-point approximations of nonlinear functions on shared values.
+
+Refer to: PUMA (arXiv 2307.12533) Section 4 (GeLU, Softmax, LayerNorm) and SPU's
+libspu/kernel/hal/fxp_approx.cc. One public function per math function; each states its formula,
+valid range, error (tested in tests/test_approx.py) and cost.
+
+Normalisation without bit decomposition: reciprocal and rsqrt compare x with the powers of two
+2^j of a stated range in one batched comparison. The differences of neighbouring comparison bits
+form a one-hot vector e_j = [2^j <= x < 2^(j+1)], and any function of j is then a local, exact
+linear combination sum_j e_j c_j with public c_j (integer shares times public fixed-point
+constants need no truncation).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tf_puma import costs
+from tf_puma.protocols import arithmetic, compare, tensor
+from tf_puma.sharing import Shared
+
+# Most extra fractional bits for polynomial coefficients (see `polynomial`).
+MAX_COEFF_BITS = 24
+
+
+def powers(x: Shared, needed: Sequence[int]) -> dict[int, Shared]:
+    """x^k for every k in `needed` (and what they are built from): x^k = x^h x^(k-h) with h the
+    largest power of two below k, so x^k is ready after 2 ceil(log2 k) rounds."""
+    out = {1: x}
+
+    def build(k: int) -> Shared:
+        if k not in out:
+            high = 1 << (k.bit_length() - 1)
+            if high == k:
+                half = build(k // 2)
+                out[k] = arithmetic.mul(half, half)
+            else:
+                out[k] = arithmetic.mul(build(high), build(k - high))
+        return out[k]
+
+    for k in needed:
+        build(k)
+    return out
+
+
+def polynomial(x_powers: dict[int, Shared], coeffs: Sequence[float], bound: float) -> Shared:
+    """sum_k coeffs[k] x^k for |x| <= bound, from precomputed powers, with one TruncPr (2 rounds).
+
+    Each c_k is encoded with f + e fractional bits, multiplied locally into x^k (frac f), summed
+    and truncated by f + e bits. e is the largest (<= MAX_COEFF_BITS) keeping the sum below 2^61
+    in the ring for |x| <= bound, so tiny high-order coefficients keep their precision. Outside
+    the bound the result is meaningless (callers select it away).
+    """
+    fxp = arithmetic.fixed_point()
+    magnitude = sum(abs(c) * bound ** k for k, c in enumerate(coeffs) if k) or 1.0
+    extra = int(min(MAX_COEFF_BITS, math.floor(61 - 2 * fxp.frac_bits - math.log2(magnitude))))
+    if extra < 0:
+        raise ValueError(f"polynomial too large for the ring on |x| <= {bound}")
+    frac = fxp.frac_bits + extra
+    x1 = x_powers[1]
+    total = None
+    for k, c in enumerate(coeffs):
+        if k == 0 or c == 0:
+            continue
+        enc = int(round(c * 2.0 ** frac))
+        term = x_powers[k].map_local(lambda t, e=enc: t * e, frac_bits=x1.frac_bits + frac)
+        total = term if total is None else arithmetic.add(total, term)
+    with costs.protocol("polynomial", rounds=2):
+        out = arithmetic._trunc_replicated(total, frac, x1.frac_bits)
+    return arithmetic.add_public(out, coeffs[0]) if coeffs[0] else out
+
+
+def exp(x: Shared) -> Shared:
+    """e^x for x <= 0 (softmax after max subtraction), 0 below -14 (e^-14 < 2^-18).
+
+    (1 + x/16 + x^2/512 + x^3/24576)^16: third-order Taylor of e^(x/16), then 4 squarings.
+    Error <= 1.5e-4 absolute on [-14, 0] (approximation 5.9e-5 plus fixed-point growth
+    16 ulp); PUMA's (1 + x/2^n)^(2^n) needs n = 8 and 18 rounds for 2e-3. Cost: 15 rounds
+    (the clip's comparison runs alongside the polynomial).
+    """
+    with tf.name_scope("exp"):
+        below = compare.less(x, -14.0)
+        y = polynomial(powers(x, [2, 3]), [1.0, 1 / 16, 1 / 512, 1 / 24576], bound=14.0)
+        for _ in range(4):
+            y = arithmetic.mul(y, y)
+        keep = arithmetic.add_public(arithmetic.neg(below), 1)
+        return arithmetic.mul(keep, y)
+
+
+def _piecewise(x: Shared, bounds: Sequence[float], pieces: Sequence) -> Shared:
+    """sum over segments [bounds[i-1], bounds[i]) of piece_i, with one batched comparison.
+
+    pieces[i] is a Shared value, a public constant, or None for zero. Segment indicators are
+    differences of the bits [x < bound], so each costs one exact multiplication (1 round).
+    """
+    lt = compare.less(tensor.repeat(x, len(bounds)), np.reshape(
+        np.asarray(bounds, dtype=np.float64), [-1] + [1] * x.shape.rank))
+    bits = [tensor.slice_along(lt, 0, i, 1).map_local(lambda t: tf.squeeze(t, 0))
+            for i in range(len(bounds))]
+    out = None
+    for i, piece in enumerate(pieces):
+        if piece is None:
+            continue
+        # indicator of segment i: [x < b_i] - [x < b_{i-1}] (first: [x < b_0], last: 1 - [x < b_n])
+        if i == 0:
+            ind = bits[0]
+        elif i == len(bounds):
+            ind = arithmetic.add_public(arithmetic.neg(bits[-1]), 1)
+        else:
+            ind = arithmetic.sub(bits[i], bits[i - 1])
+        term = arithmetic.mul(ind, piece) if isinstance(piece, Shared) else \
+            arithmetic.mul_public(ind, piece)
+        out = term if out is None else arithmetic.add(out, term)
+    return out
+
+
+# PUMA's piecewise polynomials (Section 4.1), kept as method="puma" for comparison.
+GELU_P3 = [-0.5054031199708174, -0.42226581151983866, -0.11807612951181953,
+           -0.011034134030615728]
+GELU_P6 = [0.008526321541038084, 0.5, 0.3603292692789629, 0.0, -0.037688200365904236, 0.0,
+           0.0018067462606141187]
+SILU_P2 = [-0.3067541139982155, -0.0819767021525476, -0.0055465625580307]
+SILU_P6 = [0.0085064025895951, 0.5, 0.2281430841728270, 0.0, -0.011113046708173, 0.0,
+           0.0002743776353465]
+
+# Ours (benchmarks/fit_activations.py): f(x) = x/2 + h(x) on [-T, T] with h even (a polynomial
+# in x^2), 0 below -T and x above T. Float error: GeLU 2.8e-3 (T = 4), SiLU 1.1e-2 (T = 7),
+# against PUMA's 2.0e-2 and 7.2e-2 (its pieces jump at x = 3 and x = 4), same round count.
+GELU_T, GELU_EVEN = 4.0, [
+    0.0028083107023848548, 0.0, 0.38346616104061304, 0.0, -0.052380728564189453, 0.0,
+    0.004931377273066095, 0.0, -0.00024242248229543488, 0.0, 4.7324706277543416e-06]
+SILU_T, SILU_EVEN = 7.0, [
+    0.010753600952061196, 0.0, 0.22569245512428524, 0.0, -0.011302392791544534, 0.0,
+    0.00038957014388555543, 0.0, -6.838017261510225e-06, 0.0, 4.6584579051831605e-08]
+
+
+def _even_activation(x: Shared, bound: float, even: Sequence[float]) -> Shared:
+    """x/2 + h(x) on [-T, T], 0 below, x above, h(x) = sum_k c_2k x^2k.
+
+    h is evaluated in v = (x / s)^2 with s = 2^ceil(log2 T), so every power of v stays <= 1
+    (x^10 itself would overflow the ring's 2^62 before truncation): v costs one multiplication
+    whose truncation also divides by s^2, then v^2..v^5 (6 rounds) and one TruncPr (2), alongside
+    the batched comparison (10), then the selection (1): 11 rounds.
+    """
+    log_s = math.ceil(math.log2(bound))
+    v = arithmetic.mul(x, x, shift=2 * log_s)
+    scaled = [even[2 * k] * 4.0 ** (log_s * k) for k in range(len(even) // 2 + 1)]
+    pw = powers(v, [k for k, c in enumerate(scaled) if c and k])
+    inner = arithmetic.add(polynomial(pw, scaled, 1.0), arithmetic.mul_public(x, 0.5))
+    return _piecewise(x, [-bound, bound], [None, inner, x])
+
+
+def gelu(x: Shared, method: str = "even") -> Shared:
+    """GeLU x Phi(x) (BERT's erf form; the tanh form differs from it by < 1e-3).
+
+    method="even" (default): x/2 + even degree-10 polynomial on [-4, 4]; max abs error 3e-3
+    (+ fixed point) on the whole line. method="puma": PUMA's pieces (0 below -4, cubic on
+    [-4, -1.95), degree 6 on [-1.95, 3], x above 3), max abs error 2.0e-2. Cost: 11 rounds.
+    """
+    with costs.protocol("gelu", rounds=11), tf.name_scope("gelu"):
+        if method == "even":
+            return _even_activation(x, GELU_T, GELU_EVEN)
+        if method != "puma":
+            raise ValueError(f"gelu method must be 'even' or 'puma', got {method!r}")
+        pw = powers(x, [2, 3, 4, 6])
+        p3 = polynomial(pw, GELU_P3, bound=4.0)
+        p6 = polynomial(pw, GELU_P6, bound=3.0)
+        return _piecewise(x, [-4.0, -1.95, 3.0], [None, p3, p6, x])
+
+
+def silu(x: Shared, method: str = "even") -> Shared:
+    """SiLU x sigmoid(x) (LLaMA).
+
+    method="even" (default): x/2 + even degree-10 polynomial on [-7, 7]; max abs error 1.1e-2.
+    method="puma": 0 below -8, quadratic on [-8, -4), degree 6 on [-4, 4], x above 4; max abs
+    error 7.2e-2 (at x = 4). Cost: 11 rounds.
+    """
+    with costs.protocol("silu", rounds=11), tf.name_scope("silu"):
+        if method == "even":
+            return _even_activation(x, SILU_T, SILU_EVEN)
+        if method != "puma":
+            raise ValueError(f"silu method must be 'even' or 'puma', got {method!r}")
+        pw = powers(x, [2, 4, 6])
+        p2 = polynomial(pw, SILU_P2, bound=8.0)
+        p6 = polynomial(pw, SILU_P6, bound=4.0)
+        return _piecewise(x, [-8.0, -4.0, 4.0], [None, p2, p6, x])
+
+
+def _one_hot_octaves(x: Shared, lo: float, hi: float) -> tuple[list[int], list[Shared]]:
+    """j_min..j_max with 2^j_min <= lo and hi < 2^(j_max+1), and e_j = [2^j <= x < 2^(j+1)]
+    as integer shares (values below 2^j_min count in the first octave, above in the last)."""
+    j_min, j_max = math.floor(math.log2(lo)), math.floor(math.log2(hi))
+    js = list(range(j_min, j_max + 1))
+    thresholds = np.asarray([2.0 ** j for j in js[1:]], dtype=np.float64)
+    if len(thresholds) == 0:
+        ones = arithmetic.add_public(x.map_local(tf.zeros_like, frac_bits=0), 1)
+        return js, [ones]
+    lt = compare.less(tensor.repeat(x, len(thresholds)),
+                      thresholds.reshape([-1] + [1] * x.shape.rank))
+    bits = [tensor.slice_along(lt, 0, i, 1).map_local(lambda t: tf.squeeze(t, 0))
+            for i in range(len(thresholds))]
+    onehot = [bits[0]]
+    onehot += [arithmetic.sub(bits[i], bits[i - 1]) for i in range(1, len(bits))]
+    onehot.append(arithmetic.add_public(arithmetic.neg(bits[-1]), 1))
+    return js, onehot
+
+
+def _public_mix(onehot: Sequence[Shared], values: Sequence[float]) -> Shared:
+    """sum_j e_j v_j, exact and local: integer shares times public fixed-point constants."""
+    fxp = arithmetic.fixed_point()
+    out = None
+    for e, v in zip(onehot, values):
+        enc = int(round(v * 2.0 ** fxp.frac_bits))
+        term = e.map_local(lambda t, c=enc: t * c, frac_bits=fxp.frac_bits)
+        out = term if out is None else arithmetic.add(out, term)
+    return out
+
+
+def reciprocal(x: Shared, lo: float = 2.0 ** -7, hi: float = 2.0 ** 14,
+               iterations: int = 3) -> Shared:
+    """1 / x for x in [lo, hi] (positive).
+
+    x = m 2^j with m in [1, 2) (j from the one-hot octave), 1/m by the linear guess
+    24/17 - 8/17 m (relative error <= 1/17) and Newton y <- y (2 - m y) (the error squares
+    each step), then
+    1/x = (1/m) 2^-j. Relative error <= 1e-4 plus 2 ulp absolute for 3 iterations.
+    Cost: 10 + 2 + 2 + 4 iterations + 2 rounds (28 for 3 iterations).
+    """
+    with tf.name_scope("reciprocal"):
+        js, onehot = _one_hot_octaves(x, lo, hi)
+        scale = _public_mix(onehot, [2.0 ** -j for j in js])
+        m = arithmetic.mul(x, scale)
+        y = arithmetic.add_public(arithmetic.mul_public(m, -8 / 17), 24 / 17)
+        for _ in range(iterations):
+            my = arithmetic.mul(m, y)
+            y = arithmetic.mul(y, arithmetic.add_public(arithmetic.neg(my), 2.0))
+        return arithmetic.mul(y, scale)
+
+
+def rsqrt(x: Shared, lo: float = 2.0 ** -10, hi: float = 2.0 ** 14,
+          iterations: int = 3) -> Shared:
+    """1 / sqrt(x) for x in [lo, hi] (positive).
+
+    x = m 2^j, m in [1, 2): 1/sqrt(m) by the linear guess 1.2759 - 0.2929 m (error < 3%) and
+    Newton y <- y (3 - m y^2) / 2, then times the public mix sum_j e_j 2^(-j/2).
+    Relative error <= 1e-4 plus 2 ulp for 3 iterations. Cost: 10 + 2 + 2 + 6 per iteration + 2.
+    """
+    with tf.name_scope("rsqrt"):
+        js, onehot = _one_hot_octaves(x, lo, hi)
+        m = arithmetic.mul(x, _public_mix(onehot, [2.0 ** -j for j in js]))
+        y = arithmetic.add_public(arithmetic.mul_public(m, -0.2929), 1.2759)
+        for _ in range(iterations):
+            t = arithmetic.mul(m, arithmetic.mul(y, y))
+            y = arithmetic.mul_public(arithmetic.mul(y, arithmetic.add_public(
+                arithmetic.neg(t), 3.0)), 0.5)
+        return arithmetic.mul(y, _public_mix(onehot, [2.0 ** (-j / 2) for j in js]))

@@ -1,0 +1,98 @@
+"""Transformer layers on shared values: Softmax, LayerNorm, RMSNorm, Embedding.
+
+Refer to: PUMA (arXiv 2307.12533) Section 4.2 (Softmax: max subtraction, clipped exp, one
+reciprocal per row), 4.3 (LayerNorm through rsqrt) and 4.4 (Embedding as a one-hot matmul).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tf_puma import runtime, sharing
+from tf_puma.protocols import approx, arithmetic, compare, tensor
+from tf_puma.sharing import Shared
+
+
+def softmax(x: Shared, mask: np.ndarray | None = None) -> Shared:
+    """Softmax along the last axis; `mask` (public, 0/1, broadcastable) excludes entries.
+
+    Masked entries are lowered by 2^12 before the max and their exponentials zeroed after.
+    m = max(x); e = exp(x - m) (clipped below -14); s = sum(e); y = e * (1/s), one reciprocal
+    per row broadcast over the row (s in [1, n] since the max contributes e^0 = 1).
+    Cost: 11 ceil(log2 n) (max tree) + 15 (exp) + reciprocal on [1, n] + 2 rounds.
+    """
+    with tf.name_scope("softmax"):
+        n = x.shape[-1]
+        if mask is not None:
+            mask01 = np.asarray(mask).astype(np.int64)
+            x = arithmetic.add_public(x, (mask01 - 1) * 4096.0)
+        m = compare.reduce_max(x, axis=-1, keepdims=True)
+        e = approx.exp(arithmetic.sub(x, m))
+        if mask is not None:
+            e = e.map_local(lambda t: t * tf.constant(mask01))
+        s = tensor.reduce_sum(e, axis=-1, keepdims=True)
+        inv = approx.reciprocal(s, lo=1.0, hi=float(n))
+        return arithmetic.mul(e, inv)
+
+
+def _normalise(x: Shared, centre: bool, eps: float) -> Shared:
+    n = x.shape[-1]
+    if centre:
+        mean = arithmetic.mul_public(tensor.reduce_sum(x, -1, keepdims=True), 1.0 / n)
+        x = arithmetic.sub(x, mean)
+    var = arithmetic.mul_public(tensor.reduce_sum(arithmetic.mul(x, x), -1, keepdims=True),
+                                1.0 / n)
+    r = approx.rsqrt(arithmetic.add_public(var, eps), lo=2.0 ** -10, hi=2.0 ** 14)
+    return arithmetic.mul(x, r)
+
+
+def layer_norm(x: Shared, gamma: Shared | None = None, beta: Shared | None = None,
+               eps: float = 1e-5) -> Shared:
+    """(x - mean) / sqrt(var + eps) * gamma + beta over the last axis (variance in [2^-10,
+    2^14] after eps; eps below one ulp acts as 2^-18). Cost: rsqrt + 8 rounds."""
+    with tf.name_scope("layer_norm"):
+        y = _normalise(x, centre=True, eps=max(eps, 2.0 ** -18))
+        if gamma is not None:
+            y = arithmetic.mul(y, gamma)
+        return arithmetic.add(y, beta) if beta is not None else y
+
+
+def rms_norm(x: Shared, gamma: Shared | None = None, eps: float = 1e-6) -> Shared:
+    """x / sqrt(mean(x^2) + eps) * gamma (LLaMA)."""
+    with tf.name_scope("rms_norm"):
+        y = _normalise(x, centre=False, eps=max(eps, 2.0 ** -18))
+        return arithmetic.mul(y, gamma) if gamma is not None else y
+
+
+def embedding(token_ids: tf.Tensor, table: Shared) -> Shared:
+    """table[token_ids] with secret ids: the client one-hot encodes its ids and shares the
+    one-hot rows (integers); the lookup is one_hot @ table with no truncation (1 round)."""
+    vocab = table.shape[0]
+    with tf.name_scope("embedding"):
+        with tf.device(runtime.CLIENT_DEVICE):
+            ids = tf.convert_to_tensor(token_ids)
+            check = tf.debugging.assert_less(
+                ids, tf.cast(vocab, ids.dtype),
+                message=f"token id outside the embedding table's {vocab} rows")
+            with tf.control_dependencies([check]):
+                one_hot = tf.one_hot(ids, vocab, dtype=tf.int64)
+        return arithmetic.matmul(sharing.share(one_hot, frac_bits=0, name="one_hot"), table)
+
+
+def sigmoid(x: Shared) -> Shared:
+    """1 / (1 + e^-|x|) for x >= 0, mirrored (1 - s) for x < 0; exp on [-14, 0], reciprocal on
+    [1, 2]. Error <= 2e-4."""
+    with tf.name_scope("sigmoid"):
+        neg = compare.is_negative(x)
+        abs_x = arithmetic.sub(x, arithmetic.mul(neg, arithmetic.mul_public(x, 2)))
+        s = approx.reciprocal(arithmetic.add_public(approx.exp(arithmetic.neg(abs_x)), 1.0),
+                              lo=1.0, hi=2.0)
+        return compare.select(neg, arithmetic.add_public(arithmetic.neg(s), 1.0), s)
+
+
+def tanh(x: Shared) -> Shared:
+    """tanh(x) = 2 sigmoid(2x) - 1."""
+    with tf.name_scope("tanh"):
+        return arithmetic.add_public(arithmetic.mul_public(sigmoid(arithmetic.mul_public(x, 2)),
+                                                           2), -1.0)
