@@ -33,6 +33,13 @@ def test_exp_on_softmax_range(cluster):
     print(f"exp max abs error {err:.2e}")
 
 
+@pytest.mark.parametrize("n,bound", [(5, 9e-3), (6, 4.5e-3), (7, 2.5e-3), (8, 2.2e-3)])
+def test_exp_puma_variant_errors(cluster, n, bound):
+    # PUMA's (1 + x/2^n)^(2^n): approximation 0.27/2^n plus fixed-point growth 2^n ulp.
+    x = np.linspace(-14, 0, 2001)
+    check(run_secure(lambda a: approx.exp(a, method="puma", n=n), x), np.exp(x), bound)
+
+
 def test_gelu_erf_and_tanh_forms(cluster):
     x = np.linspace(-8, 8, 4001)
     out = run_secure(approx.gelu, x)

@@ -76,3 +76,18 @@ def test_reduce_max_along_axis(cluster, rng, n):
     x3 = rng.normal(size=(n, 2, 3))
     check(run_secure(lambda a: compare.reduce_max(a, axis=0, keepdims=True), x3),
           x3.max(axis=0, keepdims=True), ULP)
+
+
+def test_equal_with_public_and_shared(cluster, rng):
+    x = rng.integers(-3, 4, size=200).astype(np.float64)
+    y = rng.integers(-3, 4, size=200).astype(np.float64)
+    np.testing.assert_array_equal(run_secure(compare.equal, x, y, dtype=tf.int64), x == y)
+    np.testing.assert_array_equal(
+        run_secure(lambda a: compare.equal(a, 2.0), x, dtype=tf.int64), x == 2.0)
+
+
+@pytest.mark.parametrize("n", [5, 16])
+def test_argmax_one_hot(cluster, rng, n):
+    x = rng.normal(size=(3, n))
+    out = run_secure(lambda a: compare.argmax(a, axis=-1), x, dtype=tf.int64)
+    np.testing.assert_array_equal(out, np.eye(n, dtype=np.int64)[x.argmax(-1)])

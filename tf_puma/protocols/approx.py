@@ -74,18 +74,25 @@ def polynomial(x_powers: dict[int, Shared], coeffs: Sequence[float], bound: floa
     return arithmetic.add_public(out, coeffs[0]) if coeffs[0] else out
 
 
-def exp(x: Shared) -> Shared:
+def exp(x: Shared, method: str = "taylor3", n: int = 8) -> Shared:
     """e^x for x <= 0 (softmax after max subtraction), 0 below -14 (e^-14 < 2^-18).
 
-    (1 + x/16 + x^2/512 + x^3/24576)^16: third-order Taylor of e^(x/16), then 4 squarings.
-    Error <= 1.5e-4 absolute on [-14, 0] (approximation 5.9e-5 plus fixed-point growth
-    16 ulp); PUMA's (1 + x/2^n)^(2^n) needs n = 8 and 18 rounds for 2e-3. Cost: 15 rounds
-    (the clip's comparison runs alongside the polynomial).
+    method="taylor3" (default): (1 + x/16 + x^2/512 + x^3/24576)^16, a third-order Taylor of
+    e^(x/16) then 4 squarings. Error <= 1.5e-4 absolute on [-14, 0] (5.9e-5 approximation plus
+    fixed-point growth of 16 ulp). 15 rounds (the clip's comparison runs alongside).
+    method="puma": (1 + x/2^n)^(2^n) with n squarings; error about 0.27/2^n + 2^n ulp
+    (8.6e-3 at n = 5, 2.1e-3 at n = 7, 1.1e-3 + 1e-3 at n = 8), 2n + 3 rounds.
     """
     with tf.name_scope("exp"):
         below = compare.less(x, -14.0)
-        y = polynomial(powers(x, [2, 3]), [1.0, 1 / 16, 1 / 512, 1 / 24576], bound=14.0)
-        for _ in range(4):
+        if method == "taylor3":
+            y, squarings = polynomial(powers(x, [2, 3]), [1.0, 1 / 16, 1 / 512, 1 / 24576],
+                                      bound=14.0), 4
+        elif method == "puma":
+            y, squarings = arithmetic.add_public(arithmetic.mul_public(x, 2.0 ** -n), 1.0), n
+        else:
+            raise ValueError(f"exp method must be 'taylor3' or 'puma', got {method!r}")
+        for _ in range(squarings):
             y = arithmetic.mul(y, y)
         keep = arithmetic.add_public(arithmetic.neg(below), 1)
         return arithmetic.mul(keep, y)

@@ -9,7 +9,9 @@ injection). less(x, y) = msb(x - y), exact while |x - y| < 2^63 in ring units.
 | select           | 1      | y + b (x - y), b an integer share      |
 | relu             | 11     | x (1 - msb(x))                         |
 | maximum          | 11     | select(less(y, x), x, y)               |
+| equal            | 10     | 1 - [x < y] - [x > y], one batched comparison |
 | reduce_max       | 11 ceil(log2 n) | pairwise tree along an axis    |
+| argmax           | 11 ceil(log2 n) | the same tree, carrying indices (one-hot out) |
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ def greater(x: Shared, y: Union[Shared, Public]) -> Shared:
     if isinstance(y, Shared):
         return is_negative(arithmetic.sub(y, x))
     return is_negative(arithmetic.add_public(arithmetic.neg(x), y))
+
+
+def equal(x: Shared, y: Union[Shared, Public]) -> Shared:
+    """[x == y] as an integer share: both strict comparisons in one batched msb."""
+    d = arithmetic.sub(x, y)
+    both = is_negative(tensor.concat([tensor.repeat(d, 1), tensor.repeat(arithmetic.neg(d), 1)],
+                                     0))
+    lt = tensor.slice_along(both, 0, 0, 1).map_local(lambda t: tf.squeeze(t, 0))
+    gt = tensor.slice_along(both, 0, 1, 1).map_local(lambda t: tf.squeeze(t, 0))
+    return arithmetic.add_public(arithmetic.neg(arithmetic.add(lt, gt)), 1)
 
 
 def select(bit: Shared, if_true: Union[Shared, Public], if_false: Union[Shared, Public]) -> Shared:
@@ -88,3 +100,33 @@ def reduce_max(x: Shared, axis: int = -1, keepdims: bool = False) -> Shared:
         if not keepdims:
             x = x.map_local(lambda t: tf.squeeze(t, axis=axis))
         return x
+
+
+def argmax(x: Shared, axis: int = -1) -> Shared:
+    """One-hot integer share of the position of the max along `axis` (first one on ties)."""
+    axis %= x.shape.rank
+    n = x.shape[axis]
+    with tf.name_scope("argmax"):
+        shape = [1] * x.shape.rank
+        shape[axis] = n
+        # index rows: position k holds e_k (as integers), carried through the max tree
+        eye = np.eye(n, dtype=np.int64).reshape(shape[:axis] + [n] + shape[axis + 1:] + [n])
+        ones = x.map_local(lambda t: tf.zeros_like(t), frac_bits=0)
+        idx = arithmetic.add_public(tensor.broadcast_to(
+            ones.map_local(lambda t: tf.expand_dims(t, -1)), x.shape.as_list() + [n]), eye)
+        vals = x.map_local(lambda t: tf.expand_dims(t, -1))
+        while vals.shape[axis] > 1:
+            m = vals.shape[axis]
+            half = m // 2
+            lo_v, hi_v = tensor.slice_along(vals, axis, 0, half), tensor.slice_along(
+                vals, axis, half, half)
+            lo_i, hi_i = tensor.slice_along(idx, axis, 0, half), tensor.slice_along(
+                idx, axis, half, half)
+            take_hi = less(lo_v, hi_v)
+            new_v = select(take_hi, hi_v, lo_v)
+            new_i = select(take_hi, hi_i, lo_i)
+            if m % 2:
+                new_v = tensor.concat([new_v, tensor.slice_along(vals, axis, 2 * half, 1)], axis)
+                new_i = tensor.concat([new_i, tensor.slice_along(idx, axis, 2 * half, 1)], axis)
+            vals, idx = new_v, new_i
+        return idx.map_local(lambda t: tf.squeeze(t, axis=axis))
