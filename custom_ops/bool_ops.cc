@@ -3,6 +3,8 @@
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
+#include <vector>
+
 namespace tf_puma {
 
 using ::tensorflow::shape_inference::InferenceContext;
@@ -27,6 +29,50 @@ REGISTER_OP("PumaAndShare")
 Party i's local step of a bitwise AND of XOR-replicated shares (64 ANDs per word):
   z_i = (x_i & y_i) ^ (x_i & y_{i+1}) ^ (x_{i+1} & y_i) ^ beta_i,
 beta_i = F(k_i, s, 0) ^ F(k_{i+1}, s, 0), a PRSS sharing of zero under XOR.
+)doc");
+
+}  // namespace tf_puma
+
+namespace tf_puma {
+
+REGISTER_OP("PumaBitPack")
+    .Input("words: int64")
+    .Attr("positions: list(int)")
+    .Attr("portable: bool = false")
+    .Output("packed: int64")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      std::vector<int32_t> positions;
+      TF_RETURN_IF_ERROR(c->GetAttr("positions", &positions));
+      ::tensorflow::shape_inference::ShapeHandle words;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &words));
+      const auto n = c->Value(c->Dim(words, 0));
+      if (n < 0) {
+        c->set_output(0, c->Vector(::tensorflow::shape_inference::InferenceContext::kUnknownDim));
+      } else {
+        c->set_output(0, c->Vector((n * static_cast<int64_t>(positions.size()) + 63) / 64));
+      }
+      return ::tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+Bits `positions` (strictly increasing) of every word, packed densely: bit j of word e goes to bit e*P + j of the output
+stream (P = len(positions), 64 bits per output word). Linear over XOR, so it applies share-wise.
+BMI2's pext is used when the CPU has it; `portable` forces the plain loop (tests).
+)doc");
+
+REGISTER_OP("PumaBitUnpack")
+    .Input("packed: int64")
+    .Attr("positions: list(int)")
+    .Attr("num_words: int >= 0")
+    .Attr("portable: bool = false")
+    .Output("words: int64")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      int64_t n;
+      TF_RETURN_IF_ERROR(c->GetAttr("num_words", &n));
+      c->set_output(0, c->Vector(n));
+      return ::tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+Inverse of PumaBitPack: word e gets stream bit e*P + j at bit positions[j]; other bits are 0.
 )doc");
 
 }  // namespace tf_puma

@@ -224,3 +224,35 @@ def test_and_shares_xor_to_the_and():
     z = [ops.puma_and_share(xs[i], xs[(i + 1) % 3], ys[i], ys[(i + 1) % 3], keys[i],
                             keys[(i + 1) % 3], s).numpy() for i in range(3)]
     np.testing.assert_array_equal(z[0] ^ z[1] ^ z[2], x & y)
+
+
+def test_bit_pack_unpack_round_trip():
+    words = random_ring([37])
+    positions = [0, 5, 31, 62, 63]
+    packed = ops.puma_bit_pack(words, positions=positions)
+    assert packed.shape == [(37 * 5 + 63) // 64]
+    bits = np.unpackbits(packed.numpy().view(np.uint8), bitorder="little")[:37 * 5]
+    expected = ((words.view(np.uint64)[:, None] >> np.array(positions, dtype=np.uint64))
+                & np.uint64(1)).reshape(-1)
+    np.testing.assert_array_equal(bits, expected)
+    back = ops.puma_bit_unpack(packed, positions=positions, num_words=37).numpy()
+    mask = np.uint64(sum(1 << p for p in positions))
+    np.testing.assert_array_equal(back.view(np.uint64), words.view(np.uint64) & mask)
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_bit_pack_parallel_blocks(portable):
+    words = random_ring([100_003])
+    positions = list(range(0, 63, 2))
+    packed = ops.puma_bit_pack(words, positions=positions, portable=portable)
+    np.testing.assert_array_equal(packed.numpy(), ops.puma_bit_pack(
+        words, positions=positions, portable=not portable).numpy())
+    back = ops.puma_bit_unpack(packed, positions=positions, num_words=100_003,
+                               portable=portable).numpy()
+    mask = np.uint64(sum(1 << p for p in positions))
+    np.testing.assert_array_equal(back.view(np.uint64), words.view(np.uint64) & mask)
+
+
+def test_bit_pack_rejects_unsorted_positions():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="strictly increasing"):
+        ops.puma_bit_pack(random_ring([3]), positions=[5, 1])

@@ -10,7 +10,7 @@ Costs per value (a word = 64 bits):
 |-----------|--------|------------------------------|
 | xor, shifts, addends | 0 | 0                         |
 | and_      | 1      | 64 per word                  |
-| msb       | 8      | 64 x 14 (CSA, G, 6 prefix levels of 2 words, the last 1) |
+| msb       | 8      | 245 (CSA 63, G 63, prefix levels 119: only the bits the carry into bit 63 needs) |
 | b2a       | 2      | P0: 128, P1, P2: 64          |
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from tf_puma import _ops, costs, runtime
@@ -105,47 +106,91 @@ def addends(x: Shared) -> tuple[BoolShared, BoolShared, BoolShared]:
     return out[0], out[1], out[2]
 
 
-def _stack(parts: Sequence[BoolShared]) -> BoolShared:
+def _and_at(pairs_of_operands: Sequence[tuple[BoolShared, BoolShared, Sequence[int]]]
+            ) -> list[BoolShared]:
+    """ANDs of several operand pairs, each only at the listed bit positions, in one round.
+
+    The needed bits of every operand are packed densely across elements (PumaBitPack, local and
+    XOR-linear), ANDed as packed words, and unpacked to their positions (other bits 0), so a
+    level sends sum(len(positions)) bits per element instead of whole words.
+    """
+    ops = _ops.load()
+    shape = pairs_of_operands[0][0].shape
+    n = int(np.prod(shape.as_list()))
+    lefts, rights, sizes = [], [], []
+
+    def pack(x: BoolShared, positions: Sequence[int]) -> BoolShared:
+        return x.map_local(lambda t: ops.puma_bit_pack(tf.reshape(t, [n]),
+                                                       positions=list(positions)))
+
+    for x, y, positions in pairs_of_operands:
+        lefts.append(pack(x, positions))
+        rights.append(pack(y, positions))
+        sizes.append(lefts[-1].shape[0])
+    both = and_(_concat(lefts), _concat(rights))
+    out, start = [], 0
+    for (_, _, positions), size in zip(pairs_of_operands, sizes):
+        part = both.map_local(lambda t, b=start, k=size: t[b:b + k])
+        out.append(part.map_local(lambda t, p=list(positions): tf.reshape(
+            ops.puma_bit_unpack(t, positions=p, num_words=n), shape)))
+        start += size
+    return out
+
+
+def _concat(parts: Sequence[BoolShared]) -> BoolShared:
+    if len(parts) == 1:
+        return parts[0]
     pairs = []
     for i in range(NUM_PARTIES):
         with tf.device(runtime.device(i)):
-            pairs.append((tf.stack([p.pairs[i][0] for p in parts]),
-                          tf.stack([p.pairs[i][1] for p in parts])))
+            pairs.append((tf.concat([p.pairs[i][0] for p in parts], 0),
+                          tf.concat([p.pairs[i][1] for p in parts], 0)))
     return BoolShared(pairs, max(p.depth for p in parts))
 
 
-def _unstack(x: BoolShared, n: int) -> list[BoolShared]:
-    # Slices, not tf.unstack: Grappler's arithmetic optimizer rewrites Pack(Unpack(x):k, ...)
-    # into x without checking the order of the outputs (TF 2.21), which breaks Pack([u:1, u:1]).
-    return [x.map_local(lambda t, k=k: t[k]) for k in range(n)]
+def _msb_plan() -> list[tuple[int, list[int], list[int]]]:
+    """For each Kogge-Stone shift s (1..32): the positions i where G[i] ^= P[i] & G[i-s] and
+    P[i] = P[i] & P[i-s] are needed for the carry into bit 63 (backwards from G[62])."""
+    need_g, need_p, plan = {62}, set(), []
+    for s in (32, 16, 8, 4, 2, 1):
+        and_g = sorted(i for i in need_g if i >= s)
+        and_p = sorted(i for i in need_p if i >= s)
+        plan.append((s, and_g, and_p))
+        need_p = need_p | set(and_g) | {i - s for i in and_p}
+        need_g = need_g | {i - s for i in and_g}
+    return plan[::-1]
+
+
+_MSB_PLAN = _msb_plan()
+_LOW_63 = list(range(63))
 
 
 def msb(x: Shared) -> BoolShared:
     """The most significant bit of x (its sign), in bit 0 of a boolean sharing.
 
     1. Addends A, B, C of x as boolean sharings (local).
-    2. Carry-save adder: S = A ^ B ^ C, M = ((A ^ C) & (B ^ C)) ^ C, Y = M << 1  (1 round).
-    3. Generate G = S & Y, propagate P = S ^ Y (1 round).
-    4. Kogge-Stone: G ^= P & (G << s), P &= P << s for s = 1, 2, 4, 8, 16, 32  (6 rounds).
-    5. msb = P_63 ^ G_62 with the original P (the carry into bit 63 is G_62).
-    Cost: 8 rounds (log2 64 + 2).
+    2. Carry-save adder: S = A ^ B ^ C, M = ((A ^ C) & (B ^ C)) ^ C on bits 0..62, Y = M << 1.
+    3. Generate G = S & Y on bits 0..62, propagate P = S ^ Y.
+    4. Kogge-Stone levels s = 1, 2, ..., 32: G[i] ^= P[i] & G[i-s], P[i] &= P[i-s], computed only
+       at the positions the carry into bit 63 depends on (119 ANDs over all levels).
+    5. msb = P_63 ^ G_62 with the original P.
+    Cost: 8 rounds (log2 64 + 2); 63 + 63 + 119 = 245 bits per party per value.
     """
     with costs.protocol("msb", rounds=8), tf.name_scope("msb"):
         a, b, c = addends(x)
         s = a ^ b ^ c
-        y = (and_(a ^ c, b ^ c) ^ c) << 1
-        g = and_(s, y)
+        (m,) = _and_at([(a ^ c, b ^ c, _LOW_63)])
+        y = (m ^ c) << 1
+        (g,) = _and_at([(s, y, _LOW_63)])
         p0 = p = s ^ y
-        shift = 1
-        while shift < WORD_BITS:
-            if shift == WORD_BITS // 2:
-                g = g ^ and_(p, g << shift)
-            else:
-                both = and_(p.map_local(lambda t: tf.broadcast_to(t, [2, *t.shape.as_list()])),
-                            _stack([g << shift, p << shift]))
-                pg, p = _unstack(both, 2)
-                g = g ^ pg
-            shift *= 2
+        for shift, at_g, at_p in _MSB_PLAN:
+            work = [(p, g << shift, at_g)]
+            if at_p:
+                work.append((p, p << shift, at_p))
+            results = _and_at(work)
+            g = g ^ results[0]
+            if at_p:
+                p = results[1]
 
         def bit(t_p: tf.Tensor, t_g: tf.Tensor) -> tf.Tensor:
             one = tf.constant(1, tf.int64)
