@@ -182,10 +182,183 @@ class BitUnpackOp : public OpKernel {
   bool portable_ = false;
 };
 
+// Segments of a packed AND: segment k covers positions[offset_k .. offset_k + counts[k]).
+struct Segments {
+  std::vector<uint64_t> masks;
+  std::vector<int> widths;
+
+  int64_t Words(int64_t n, size_t k) const { return (n * widths[k] + 63) / 64; }
+  int64_t TotalWords(int64_t n) const {
+    int64_t total = 0;
+    for (size_t k = 0; k < widths.size(); ++k) total += Words(n, k);
+    return total;
+  }
+};
+
+bool ReadSegments(OpKernelConstruction* ctx, Segments* seg) {
+  std::vector<int32_t> positions, counts;
+  int n_attr = 0;
+  if (!ctx->GetAttr("positions", &positions).ok() || !ctx->GetAttr("counts", &counts).ok() ||
+      !ctx->GetAttr("N", &n_attr).ok()) {
+    ctx->CtxFailure(errors::InvalidArgument("missing positions/counts/N"));
+    return false;
+  }
+  if (static_cast<int>(counts.size()) != n_attr) {
+    ctx->CtxFailure(errors::InvalidArgument("counts must have N = ", n_attr, " entries"));
+    return false;
+  }
+  size_t at = 0;
+  for (int32_t count : counts) {
+    uint64_t mask = 0;
+    for (int32_t j = 0; j < count; ++j, ++at) {
+      if (at >= positions.size() || positions[at] < 0 || positions[at] >= 64 ||
+          (j > 0 && positions[at] <= positions[at - 1])) {
+        ctx->CtxFailure(errors::InvalidArgument(
+            "each segment's positions must be strictly increasing in [0, 64)"));
+        return false;
+      }
+      mask |= uint64_t{1} << positions[at];
+    }
+    seg->masks.push_back(mask);
+    seg->widths.push_back(count);
+  }
+  if (at != positions.size()) {
+    ctx->CtxFailure(errors::InvalidArgument("counts do not add up to len(positions)"));
+    return false;
+  }
+  return true;
+}
+
+// Packs bits `mask` (width bits) of src[0..n) densely into dst (zeroed, Words(n) words).
+void PackBits(const uint64_t* src, int64_t n, uint64_t mask, int width, uint64_t* dst,
+              const ParallelRunner& runner) {
+  if (width == 0) return;
+  auto extract = HasBmi2() ? ExtractBmi2 : ExtractPortable;
+  runner((n + 63) / 64, 64 * 8, [&](int64_t b_begin, int64_t b_end) {
+    for (int64_t e = b_begin * 64; e < std::min(n, b_end * 64); ++e) {
+      const uint64_t v = extract(src[e], mask);
+      const int64_t bit = e * width;
+      const int shift = static_cast<int>(bit & 63);
+      dst[bit >> 6] |= v << shift;
+      if (shift && shift + width > 64) dst[(bit >> 6) + 1] |= v >> (64 - shift);
+    }
+  });
+}
+
+class AndPackedShareOp : public OpKernel {
+ public:
+  explicit AndPackedShareOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    ReadSegments(ctx, &seg_);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const int num = static_cast<int>(seg_.widths.size());
+    const TensorShape& shape = ctx->input(0).shape();
+    for (int i = 1; i < 4 * num; ++i) {
+      OP_REQUIRES(ctx, ctx->input(i).shape() == shape,
+                  errors::InvalidArgument("packed AND operands must share one shape; got ",
+                                          shape.DebugString(), " and ",
+                                          ctx->input(i).shape().DebugString()));
+    }
+    PrgKey own, next;
+    uint64_t stream;
+    if (!ReadKey(ctx, 4 * num, &own) || !ReadKey(ctx, 4 * num + 1, &next) ||
+        !ReadStream(ctx, 4 * num + 2, &stream)) {
+      return;
+    }
+    const int64_t n = shape.num_elements();
+    const int64_t total = seg_.TotalWords(n);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({total}), &out));
+    Tensor scratch_t;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64,
+                                           TensorShape({4 * std::max<int64_t>(total, 1)}),
+                                           &scratch_t));
+    uint64_t* z = RingData(out);
+    uint64_t* scratch = RingData(&scratch_t);
+    std::memset(scratch, 0, 4 * std::max<int64_t>(total, 1) * sizeof(uint64_t));
+    uint64_t* xo = scratch;
+    uint64_t* xn = scratch + total;
+    uint64_t* yo = scratch + 2 * total;
+    uint64_t* yn = scratch + 3 * total;
+    auto runner = TfRunner(ctx);
+    int64_t at = 0;
+    for (int k = 0; k < num; ++k) {
+      PackBits(RingData(ctx->input(k)), n, seg_.masks[k], seg_.widths[k], xo + at, runner);
+      PackBits(RingData(ctx->input(num + k)), n, seg_.masks[k], seg_.widths[k], xn + at, runner);
+      PackBits(RingData(ctx->input(2 * num + k)), n, seg_.masks[k], seg_.widths[k], yo + at,
+               runner);
+      PackBits(RingData(ctx->input(3 * num + k)), n, seg_.masks[k], seg_.widths[k], yn + at,
+               runner);
+      at += seg_.Words(n, k);
+    }
+    PrgFill(own, stream, 0, z, total, runner);
+    Tensor theirs_t;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, TensorShape({total}),
+                                           &theirs_t));
+    uint64_t* theirs = RingData(&theirs_t);
+    PrgFill(next, stream, 0, theirs, total, runner);
+    ParallelElementwise(runner, total, 4, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        z[i] ^= theirs[i] ^ (xo[i] & (yo[i] ^ yn[i])) ^ (xn[i] & yo[i]);
+      }
+    });
+  }
+
+ private:
+  Segments seg_;
+};
+
+class BitUnpackSegmentsOp : public OpKernel {
+ public:
+  explicit BitUnpackSegmentsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    ReadSegments(ctx, &seg_);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& packed = ctx->input(0);
+    const TensorShape& shape = ctx->input(1).shape();
+    const int64_t n = shape.num_elements();
+    OP_REQUIRES(ctx, packed.dims() == 1 && packed.dim_size(0) == seg_.TotalWords(n),
+                errors::InvalidArgument("expected ", seg_.TotalWords(n), " packed words for ",
+                                        n, " values, got shape ", packed.shape().DebugString()));
+    auto deposit = HasBmi2() ? DepositBmi2 : DepositPortable;
+    auto runner = TfRunner(ctx);
+    const uint64_t* src = RingData(packed);
+    for (size_t k = 0; k < seg_.widths.size(); ++k) {
+      Tensor* out = nullptr;
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(static_cast<int>(k), shape, &out));
+      uint64_t* dst = RingData(out);
+      const int width = seg_.widths[k];
+      const uint64_t mask = seg_.masks[k];
+      const uint64_t low = width == 64 ? ~uint64_t{0} : (uint64_t{1} << width) - 1;
+      if (width == 0) {
+        std::memset(dst, 0, n * sizeof(uint64_t));
+      } else {
+        runner(n, 8, [&](int64_t begin, int64_t end) {
+          for (int64_t e = begin; e < end; ++e) {
+            const int64_t bit = e * width;
+            const int shift = static_cast<int>(bit & 63);
+            uint64_t v = src[bit >> 6] >> shift;
+            if (shift && shift + width > 64) v |= src[(bit >> 6) + 1] << (64 - shift);
+            dst[e] = deposit(v & low, mask);
+          }
+        });
+      }
+      src += seg_.Words(n, k);
+    }
+  }
+
+ private:
+  Segments seg_;
+};
+
 }  // namespace
 
 REGISTER_KERNEL_BUILDER(Name("PumaAndShare").Device(DEVICE_CPU), AndShareOp);
 REGISTER_KERNEL_BUILDER(Name("PumaBitPack").Device(DEVICE_CPU), BitPackOp);
 REGISTER_KERNEL_BUILDER(Name("PumaBitUnpack").Device(DEVICE_CPU), BitUnpackOp);
+REGISTER_KERNEL_BUILDER(Name("PumaAndPackedShare").Device(DEVICE_CPU), AndPackedShareOp);
+REGISTER_KERNEL_BUILDER(Name("PumaBitUnpackSegments").Device(DEVICE_CPU), BitUnpackSegmentsOp);
 
 }  // namespace tf_puma

@@ -76,3 +76,48 @@ Inverse of PumaBitPack: word e gets stream bit e*P + j at bit positions[j]; othe
 )doc");
 
 }  // namespace tf_puma
+
+namespace tf_puma {
+
+REGISTER_OP("PumaAndPackedShare")
+    .Input("x_own: N * int64")
+    .Input("x_next: N * int64")
+    .Input("y_own: N * int64")
+    .Input("y_next: N * int64")
+    .Input("key_own: int64")
+    .Input("key_next: int64")
+    .Input("stream: int64")
+    .Attr("N: int >= 1")
+    .Attr("positions: list(int)")
+    .Attr("counts: list(int)")
+    .Output("z: int64")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->Vector(::tensorflow::shape_inference::InferenceContext::kUnknownDim));
+      return ::tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+Party i's local step of N bitwise ANDs x_k & y_k restricted to bit positions: segment k uses the
+next counts[k] entries of `positions` (strictly increasing). Each segment's bits are packed
+densely across all words of x_k (as PumaBitPack) and padded to whole words; segments follow each
+other. z = packed((x_i & y_i) ^ (x_i & y_{i+1}) ^ (x_{i+1} & y_i)) ^ beta_i, beta_i the XOR zero
+share F(k_i, s, 0) ^ F(k_{i+1}, s, 0) over the packed words: one message of sum_k
+ceil(n counts[k] / 64) words.
+)doc");
+
+REGISTER_OP("PumaBitUnpackSegments")
+    .Input("packed: int64")
+    .Input("like: int64")
+    .Attr("N: int >= 1")
+    .Attr("positions: list(int)")
+    .Attr("counts: list(int)")
+    .Output("words: N * int64")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      for (int k = 0; k < c->num_outputs(); ++k) c->set_output(k, c->input(1));
+      return ::tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+Inverse of the packing of PumaAndPackedShare: output k has the shape of `like` and holds
+segment k's bits at its positions (other bits 0).
+)doc");
+
+}  // namespace tf_puma

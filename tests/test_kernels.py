@@ -256,3 +256,25 @@ def test_bit_pack_parallel_blocks(portable):
 def test_bit_pack_rejects_unsorted_positions():
     with pytest.raises(tf.errors.InvalidArgumentError, match="strictly increasing"):
         ops.puma_bit_pack(random_ring([3]), positions=[5, 1])
+
+
+def test_and_packed_share_segments():
+    keys = [tf.constant(random_ring([2])) for _ in range(3)]
+    s = tf.constant(8, tf.int64)
+    x1, y1, x2, y2 = (random_ring([7, 11]) for _ in range(4))
+    seg1, seg2 = [0, 3, 40, 62], list(range(63))
+    shares = [xor_replicated(v) for v in (x1, x2, y1, y2)]
+    z = []
+    for i in range(3):
+        j = (i + 1) % 3
+        z.append(ops.puma_and_packed_share(
+            [shares[0][i], shares[1][i]], [shares[0][j], shares[1][j]],
+            [shares[2][i], shares[3][i]], [shares[2][j], shares[3][j]], keys[i], keys[j], s,
+            positions=seg1 + seg2, counts=[len(seg1), len(seg2)]).numpy())
+    packed = z[0] ^ z[1] ^ z[2]
+    out1, out2 = ops.puma_bit_unpack_segments(packed, x1, N=2, positions=seg1 + seg2,
+                                              counts=[len(seg1), len(seg2)])
+    m1 = np.uint64(sum(1 << p for p in seg1))
+    m2 = np.uint64(sum(1 << p for p in seg2))
+    np.testing.assert_array_equal(out1.numpy().view(np.uint64), (x1 & y1).view(np.uint64) & m1)
+    np.testing.assert_array_equal(out2.numpy().view(np.uint64), (x2 & y2).view(np.uint64) & m2)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import tensorflow as tf
 
 from tf_puma import _ops, costs, runtime
@@ -106,46 +105,39 @@ def addends(x: Shared) -> tuple[BoolShared, BoolShared, BoolShared]:
     return out[0], out[1], out[2]
 
 
-def _and_at(pairs_of_operands: Sequence[tuple[BoolShared, BoolShared, Sequence[int]]]
-            ) -> list[BoolShared]:
+def _and_at(work: Sequence[tuple[BoolShared, BoolShared, Sequence[int]]]) -> list[BoolShared]:
     """ANDs of several operand pairs, each only at the listed bit positions, in one round.
 
-    The needed bits of every operand are packed densely across elements (PumaBitPack, local and
-    XOR-linear), ANDed as packed words, and unpacked to their positions (other bits 0), so a
-    level sends sum(len(positions)) bits per element instead of whole words.
+    One PumaAndPackedShare per party packs the needed bits of every operand densely across
+    values, ANDs them and adds the XOR zero share; the packed words are reshared and unpacked to
+    their positions (other bits 0). A call sends sum(len(positions)) bits per value per party.
     """
     ops = _ops.load()
-    shape = pairs_of_operands[0][0].shape
-    n = int(np.prod(shape.as_list()))
-    lefts, rights, sizes = [], [], []
-
-    def pack(x: BoolShared, positions: Sequence[int]) -> BoolShared:
-        return x.map_local(lambda t: ops.puma_bit_pack(tf.reshape(t, [n]),
-                                                       positions=list(positions)))
-
-    for x, y, positions in pairs_of_operands:
-        lefts.append(pack(x, positions))
-        rights.append(pack(y, positions))
-        sizes.append(lefts[-1].shape[0])
-    both = and_(_concat(lefts), _concat(rights))
-    out, start = [], 0
-    for (_, _, positions), size in zip(pairs_of_operands, sizes):
-        part = both.map_local(lambda t, b=start, k=size: t[b:b + k])
-        out.append(part.map_local(lambda t, p=list(positions): tf.reshape(
-            ops.puma_bit_unpack(t, positions=p, num_words=n), shape)))
-        start += size
-    return out
-
-
-def _concat(parts: Sequence[BoolShared]) -> BoolShared:
-    if len(parts) == 1:
-        return parts[0]
-    pairs = []
-    for i in range(NUM_PARTIES):
-        with tf.device(runtime.device(i)):
-            pairs.append((tf.concat([p.pairs[i][0] for p in parts], 0),
-                          tf.concat([p.pairs[i][1] for p in parts], 0)))
-    return BoolShared(pairs, max(p.depth for p in parts))
+    keys = runtime.prss()
+    with costs.protocol("and", rounds=1), tf.name_scope("and_packed"):
+        stream = runtime.new_stream()
+        positions = [p for _, _, pos in work for p in pos]
+        counts = [len(pos) for _, _, pos in work]
+        z = []
+        for i in range(NUM_PARTIES):
+            with tf.device(runtime.device(i)):
+                z.append(ops.puma_and_packed_share(
+                    [x.pairs[i][0] for x, _, _ in work], [x.pairs[i][1] for x, _, _ in work],
+                    [y.pairs[i][0] for _, y, _ in work], [y.pairs[i][1] for _, y, _ in work],
+                    keys.own[i], keys.next[i], runtime.const_on(i, stream),
+                    positions=positions, counts=counts))
+        depth = max(max(x.depth, y.depth) for x, y, _ in work) + 1
+        unpacked = []
+        for i in range(NUM_PARTIES):
+            received = runtime.transfer(z[(i + 1) % NUM_PARTIES], (i + 1) % NUM_PARTIES, i)
+            with tf.device(runtime.device(i)):
+                like = work[0][0].pairs[i][0]
+                unpacked.append(tuple(
+                    ops.puma_bit_unpack_segments(packed, like, N=len(counts),
+                                                 positions=positions, counts=counts)
+                    for packed in (z[i], received)))
+        return [BoolShared([(unpacked[i][0][k], unpacked[i][1][k]) for i in range(NUM_PARTIES)],
+                           depth) for k in range(len(work))]
 
 
 def _msb_plan() -> list[tuple[int, list[int], list[int]]]:
