@@ -195,10 +195,10 @@ struct Segments {
   }
 };
 
-bool ReadSegments(OpKernelConstruction* ctx, Segments* seg) {
+bool ReadSegments(OpKernelConstruction* ctx, const char* attr, Segments* seg) {
   std::vector<int32_t> positions, counts;
   int n_attr = 0;
-  if (!ctx->GetAttr("positions", &positions).ok() || !ctx->GetAttr("counts", &counts).ok() ||
+  if (!ctx->GetAttr(attr, &positions).ok() || !ctx->GetAttr("counts", &counts).ok() ||
       !ctx->GetAttr("N", &n_attr).ok()) {
     ctx->CtxFailure(errors::InvalidArgument("missing positions/counts/N"));
     return false;
@@ -248,7 +248,7 @@ void PackBits(const uint64_t* src, int64_t n, uint64_t mask, int width, uint64_t
 class AndPackedShareOp : public OpKernel {
  public:
   explicit AndPackedShareOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    ReadSegments(ctx, &seg_);
+    if (ReadSegments(ctx, "positions", &seg_)) ReadSegments(ctx, "y_positions", &y_seg_);
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -286,10 +286,10 @@ class AndPackedShareOp : public OpKernel {
     for (int k = 0; k < num; ++k) {
       PackBits(RingData(ctx->input(k)), n, seg_.masks[k], seg_.widths[k], xo + at, runner);
       PackBits(RingData(ctx->input(num + k)), n, seg_.masks[k], seg_.widths[k], xn + at, runner);
-      PackBits(RingData(ctx->input(2 * num + k)), n, seg_.masks[k], seg_.widths[k], yo + at,
-               runner);
-      PackBits(RingData(ctx->input(3 * num + k)), n, seg_.masks[k], seg_.widths[k], yn + at,
-               runner);
+      PackBits(RingData(ctx->input(2 * num + k)), n, y_seg_.masks[k], y_seg_.widths[k],
+               yo + at, runner);
+      PackBits(RingData(ctx->input(3 * num + k)), n, y_seg_.masks[k], y_seg_.widths[k],
+               yn + at, runner);
       at += seg_.Words(n, k);
     }
     PrgFill(own, stream, 0, z, total, runner);
@@ -306,13 +306,13 @@ class AndPackedShareOp : public OpKernel {
   }
 
  private:
-  Segments seg_;
+  Segments seg_, y_seg_;
 };
 
 class BitUnpackSegmentsOp : public OpKernel {
  public:
   explicit BitUnpackSegmentsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    ReadSegments(ctx, &seg_);
+    ReadSegments(ctx, "positions", &seg_);
   }
 
   void Compute(OpKernelContext* ctx) override {

@@ -89,6 +89,7 @@ REGISTER_OP("PumaAndPackedShare")
     .Input("stream: int64")
     .Attr("N: int >= 1")
     .Attr("positions: list(int)")
+    .Attr("y_positions: list(int)")
     .Attr("counts: list(int)")
     .Output("z: int64")
     .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
@@ -96,10 +97,11 @@ REGISTER_OP("PumaAndPackedShare")
       return ::tensorflow::OkStatus();
     })
     .Doc(R"doc(
-Party i's local step of N bitwise ANDs x_k & y_k restricted to bit positions: segment k uses the
-next counts[k] entries of `positions` (strictly increasing). Each segment's bits are packed
-densely across all words of x_k (as PumaBitPack) and padded to whole words; segments follow each
-other. z = packed((x_i & y_i) ^ (x_i & y_{i+1}) ^ (x_{i+1} & y_i)) ^ beta_i, beta_i the XOR zero
+Party i's local step of N bitwise ANDs restricted to bit positions: segment k uses the next
+counts[k] entries of `positions` (strictly increasing) for x_k and of `y_positions` for y_k, so
+result bit positions[j] is x_k[positions[j]] & y_k[y_positions[j]] (y_positions = positions - s
+ANDs with y << s without shifting). Each segment's bits are packed densely across all words
+(as PumaBitPack) and padded to whole words; segments follow each other. z = packed((x_i & y_i) ^ (x_i & y_{i+1}) ^ (x_{i+1} & y_i)) ^ beta_i, beta_i the XOR zero
 share F(k_i, s, 0) ^ F(k_{i+1}, s, 0) over the packed words: one message of sum_k
 ceil(n counts[k] / 64) words.
 )doc");

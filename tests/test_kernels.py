@@ -270,11 +270,18 @@ def test_and_packed_share_segments():
         z.append(ops.puma_and_packed_share(
             [shares[0][i], shares[1][i]], [shares[0][j], shares[1][j]],
             [shares[2][i], shares[3][i]], [shares[2][j], shares[3][j]], keys[i], keys[j], s,
-            positions=seg1 + seg2, counts=[len(seg1), len(seg2)]).numpy())
+            positions=seg1 + seg2, y_positions=[0, 1, 37, 59] + seg2,
+            counts=[len(seg1), len(seg2)]).numpy())
     packed = z[0] ^ z[1] ^ z[2]
     out1, out2 = ops.puma_bit_unpack_segments(packed, x1, N=2, positions=seg1 + seg2,
                                               counts=[len(seg1), len(seg2)])
     m1 = np.uint64(sum(1 << p for p in seg1))
     m2 = np.uint64(sum(1 << p for p in seg2))
-    np.testing.assert_array_equal(out1.numpy().view(np.uint64), (x1 & y1).view(np.uint64) & m1)
+    # segment 1 pairs x1 bits (0, 3, 40, 62) with y1 bits (0, 1, 37, 59)
+    x1u, y1u = x1.view(np.uint64), y1.view(np.uint64)
+    expected1 = np.zeros_like(x1u)
+    for px, py in zip(seg1, [0, 1, 37, 59]):
+        bit = ((x1u >> np.uint64(px)) & (y1u >> np.uint64(py))) & np.uint64(1)
+        expected1 |= bit << np.uint64(px)
+    np.testing.assert_array_equal(out1.numpy().view(np.uint64), expected1)
     np.testing.assert_array_equal(out2.numpy().view(np.uint64), (x2 & y2).view(np.uint64) & m2)

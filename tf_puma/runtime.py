@@ -97,9 +97,20 @@ class _GraphState:
     def __init__(self) -> None:
         self.prss: Prss | None = None
         self.next_stream = 1
+        self.scalars: dict = {}  # (endpoint, value, dtype) -> constant tensor
 
 
 _graph_states: "weakref.WeakKeyDictionary[tf.Graph, _GraphState]" = weakref.WeakKeyDictionary()
+
+
+def exclude_from_autograph(module_globals: dict) -> None:
+    """Marks a module's public functions `do_not_convert`: protocol code is plain Python that
+    builds graphs, and AutoGraph transpiling it (recursively, on every trace) costs seconds."""
+    name = module_globals["__name__"]
+    for key, value in list(module_globals.items()):
+        if (callable(value) and not key.startswith("__") and not isinstance(value, type)
+                and getattr(value, "__module__", None) == name):
+            module_globals[key] = tf.autograph.experimental.do_not_convert(value)
 
 
 def require_graph() -> None:
@@ -136,9 +147,26 @@ def new_stream() -> int:
 
 
 def const_on(endpoint: Endpoint, value, dtype: tf.DType = tf.int64) -> tf.Tensor:
-    """A constant placed on `endpoint`'s device (constants must not cross devices implicitly)."""
+    """A constant placed on `endpoint`'s device (constants must not cross devices implicitly).
+
+    Python scalars are created once per graph and device (graphs stay small and quick to trace).
+    """
+    if isinstance(value, int) and not tf.executing_eagerly():
+        cache = _state().scalars
+        key = (endpoint, value, dtype)
+        if key not in cache:
+            with tf.device(device(endpoint)), _no_deps():
+                cache[key] = tf.constant(value, dtype=dtype)
+        return cache[key]
     with tf.device(device(endpoint)):
         return tf.constant(value, dtype=dtype)
+
+
+@contextlib.contextmanager
+def _no_deps() -> Iterator[None]:
+    """Creates ops free of any enclosing tf.control_dependencies (shared constants)."""
+    with tf.control_dependencies(None):
+        yield
 
 
 def shape_on(endpoint: Endpoint, shape: tf.TensorShape | Sequence[int]) -> tf.Tensor:

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tf_puma import costs
+from tf_puma import costs, runtime
 from tf_puma.protocols import arithmetic, compare, tensor
 from tf_puma.sharing import Shared
 
@@ -265,3 +265,6 @@ def rsqrt(x: Shared, lo: float = 2.0 ** -10, hi: float = 2.0 ** 14,
             y = arithmetic.mul_public(arithmetic.mul(y, arithmetic.add_public(
                 arithmetic.neg(t), 3.0)), 0.5)
         return arithmetic.mul(y, _public_mix(onehot, [2.0 ** (-j / 2) for j in js]))
+
+
+runtime.exclude_from_autograph(globals())

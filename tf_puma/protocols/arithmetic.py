@@ -276,3 +276,6 @@ def matmul(x: Shared, y: Shared, transpose_a: bool = False, transpose_b: bool = 
                     keys.next[i], runtime.const_on(i, stream), transpose_a=transpose_a,
                     transpose_b=transpose_b))
         return _product(z, x.frac_bits + y.frac_bits, max(x.depth, y.depth), stream, fxp)
+
+
+runtime.exclude_from_autograph(globals())

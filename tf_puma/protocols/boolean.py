@@ -53,7 +53,12 @@ class BoolShared:
         return and_(self, other)
 
     def __lshift__(self, bits: int) -> "BoolShared":
-        return self.map_local(lambda t: tf.bitwise.left_shift(t, tf.constant(bits, tf.int64)))
+        pairs = []
+        for i, (a, b) in enumerate(self.pairs):
+            k = runtime.const_on(i, bits)
+            with tf.device(runtime.device(i)):
+                pairs.append((tf.bitwise.left_shift(a, k), tf.bitwise.left_shift(b, k)))
+        return BoolShared(pairs, self.depth)
 
 
 def xor(x: BoolShared, y: BoolShared) -> BoolShared:
@@ -105,8 +110,10 @@ def addends(x: Shared) -> tuple[BoolShared, BoolShared, BoolShared]:
     return out[0], out[1], out[2]
 
 
-def _and_at(work: Sequence[tuple[BoolShared, BoolShared, Sequence[int]]]) -> list[BoolShared]:
-    """ANDs of several operand pairs, each only at the listed bit positions, in one round.
+def _and_at(work: Sequence[tuple[BoolShared, BoolShared, Sequence[int], int]]
+            ) -> list[BoolShared]:
+    """ANDs x & (y << shift) of several operand triples (x, y, positions, shift), each only at
+    the listed bit positions (all >= shift), in one round.
 
     One PumaAndPackedShare per party packs the needed bits of every operand densely across
     values, ANDs them and adds the XOR zero share; the packed words are reshared and unpacked to
@@ -116,17 +123,18 @@ def _and_at(work: Sequence[tuple[BoolShared, BoolShared, Sequence[int]]]) -> lis
     keys = runtime.prss()
     with costs.protocol("and", rounds=1), tf.name_scope("and_packed"):
         stream = runtime.new_stream()
-        positions = [p for _, _, pos in work for p in pos]
-        counts = [len(pos) for _, _, pos in work]
+        positions = [p for _, _, pos, _ in work for p in pos]
+        y_positions = [p - shift for _, _, pos, shift in work for p in pos]
+        counts = [len(pos) for _, _, pos, _ in work]
         z = []
         for i in range(NUM_PARTIES):
             with tf.device(runtime.device(i)):
                 z.append(ops.puma_and_packed_share(
-                    [x.pairs[i][0] for x, _, _ in work], [x.pairs[i][1] for x, _, _ in work],
-                    [y.pairs[i][0] for _, y, _ in work], [y.pairs[i][1] for _, y, _ in work],
+                    [w[0].pairs[i][0] for w in work], [w[0].pairs[i][1] for w in work],
+                    [w[1].pairs[i][0] for w in work], [w[1].pairs[i][1] for w in work],
                     keys.own[i], keys.next[i], runtime.const_on(i, stream),
-                    positions=positions, counts=counts))
-        depth = max(max(x.depth, y.depth) for x, y, _ in work) + 1
+                    positions=positions, y_positions=y_positions, counts=counts))
+        depth = max(max(w[0].depth, w[1].depth) for w in work) + 1
         unpacked = []
         for i in range(NUM_PARTIES):
             received = runtime.transfer(z[(i + 1) % NUM_PARTIES], (i + 1) % NUM_PARTIES, i)
@@ -171,32 +179,29 @@ def msb(x: Shared) -> BoolShared:
     with costs.protocol("msb", rounds=8), tf.name_scope("msb"):
         a, b, c = addends(x)
         s = a ^ b ^ c
-        (m,) = _and_at([(a ^ c, b ^ c, _LOW_63)])
-        y = (m ^ c) << 1
-        (g,) = _and_at([(s, y, _LOW_63)])
+        (m,) = _and_at([(a ^ c, b ^ c, _LOW_63, 0)])
+        carries = m ^ c
+        y = carries << 1
+        (g,) = _and_at([(s, carries, _LOW_63[1:], 1)])  # G_0 = S_0 & Y_0 = 0
         p0 = p = s ^ y
         for shift, at_g, at_p in _MSB_PLAN:
-            work = [(p, g << shift, at_g)]
+            work = [(p, g, at_g, shift)]
             if at_p:
-                work.append((p, p << shift, at_p))
+                work.append((p, p, at_p, shift))
             results = _and_at(work)
             g = g ^ results[0]
             if at_p:
                 p = results[1]
 
-        def bit(t_p: tf.Tensor, t_g: tf.Tensor) -> tf.Tensor:
-            one = tf.constant(1, tf.int64)
-            top = tf.bitwise.bitwise_and(tf.bitwise.right_shift(t_p, tf.constant(63, tf.int64)),
-                                         one)
-            carry = tf.bitwise.bitwise_and(tf.bitwise.right_shift(t_g, tf.constant(62, tf.int64)),
-                                           one)
-            return tf.bitwise.bitwise_xor(top, carry)
-
-        pairs = []
-        for i in range(NUM_PARTIES):
+        def bit(i: int, t_p: tf.Tensor, t_g: tf.Tensor) -> tf.Tensor:
+            one, c63, c62 = (runtime.const_on(i, v) for v in (1, 63, 62))
             with tf.device(runtime.device(i)):
-                pairs.append((bit(p0.pairs[i][0], g.pairs[i][0]),
-                              bit(p0.pairs[i][1], g.pairs[i][1])))
+                top = tf.bitwise.bitwise_and(tf.bitwise.right_shift(t_p, c63), one)
+                carry = tf.bitwise.bitwise_and(tf.bitwise.right_shift(t_g, c62), one)
+                return tf.bitwise.bitwise_xor(top, carry)
+
+        pairs = [(bit(i, p0.pairs[i][0], g.pairs[i][0]), bit(i, p0.pairs[i][1], g.pairs[i][1]))
+                 for i in range(NUM_PARTIES)]
         return BoolShared(pairs, g.depth)
 
 
@@ -244,3 +249,6 @@ def b2a(bit: BoolShared) -> Shared:
         d = Shared([(z0, z0), (z1, b2_p1), (b2_p2, z2)], 0, bit.depth)
         cd = arithmetic.mul(c_shared, d)
         return c_shared + d - cd.map_local(lambda t: t * 2)
+
+
+runtime.exclude_from_autograph(globals())

@@ -21,7 +21,7 @@ from typing import Union
 import numpy as np
 import tensorflow as tf
 
-from tf_puma import costs
+from tf_puma import costs, runtime
 from tf_puma.protocols import arithmetic, tensor
 from tf_puma.protocols.boolean import b2a, msb
 from tf_puma.sharing import Shared
@@ -130,3 +130,6 @@ def argmax(x: Shared, axis: int = -1) -> Shared:
                 new_i = tensor.concat([new_i, tensor.slice_along(idx, axis, 2 * half, 1)], axis)
             vals, idx = new_v, new_i
         return idx.map_local(lambda t: tf.squeeze(t, axis=axis))
+
+
+runtime.exclude_from_autograph(globals())

@@ -96,3 +96,6 @@ def tanh(x: Shared) -> Shared:
     with tf.name_scope("tanh"):
         return arithmetic.add_public(arithmetic.mul_public(sigmoid(arithmetic.mul_public(x, 2)),
                                                            2), -1.0)
+
+
+runtime.exclude_from_autograph(globals())

@@ -70,3 +70,6 @@ def slice_along(x: Shared, axis: int, begin: int, size: int) -> Shared:
 def reduce_sum(x: Shared, axis: int, keepdims: bool = False) -> Shared:
     """Sum along an axis: local (shares add)."""
     return x.map_local(lambda t: tf.reduce_sum(t, axis=axis, keepdims=keepdims))
+
+
+runtime.exclude_from_autograph(globals())
