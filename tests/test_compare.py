@@ -42,6 +42,19 @@ def test_and_of_boolean_shares(cluster, rng):
     np.testing.assert_array_equal(got.numpy(), (s_a[0] ^ s_a[1] ^ s_a[2]) & b0.numpy())
 
 
+def test_a2b_gives_the_twos_complement_word(cluster, rng):
+    x = np.concatenate([rng.uniform(-1e6, 1e6, size=500), [0.0, -ULP, 2.0 ** 25]])
+
+    @tf.function
+    def run(a):
+        bits = boolean.a2b(tf_puma.share(a))
+        # open the XOR sharing on the client (test only)
+        return tf.bitwise.bitwise_xor(tf.bitwise.bitwise_xor(*bits.pairs[0]), bits.pairs[1][1])
+
+    np.testing.assert_array_equal(run(tf.constant(x)).numpy(), np.round(x * 2 ** 18).astype(
+        np.int64))
+
+
 def test_msb_and_b2a_on_edge_values(cluster, rng):
     values = np.concatenate([rng.uniform(-1e7, 1e7, size=2000), rng.normal(size=2000) * 1e-4,
                              [0.0, ULP, -ULP, 2.0 ** 26, -(2.0 ** 26), 1.0, -1.0]])

@@ -3,8 +3,8 @@
 | module       | protocols                                                     |
 |--------------|---------------------------------------------------------------|
 | arithmetic   | add, sub, neg, add_public, mul_public, mul, matmul, trunc       |
-| boolean      | XOR sharing, and_, addends, msb (Kogge-Stone), b2a             |
-| compare      | less, greater, select, relu, maximum, reduce_max               |
+| boolean      | XOR sharing, and_, addends, msb and a2b (Kogge-Stone), b2a     |
+| compare      | less, greater, equal, select, relu, maximum, reduce_max, argmax |
 | tensor       | local shape operations: stack, repeat, concat, reshape, ...     |
 | approx       | polynomial, exp, gelu, silu, reciprocal, rsqrt                  |
 | nn           | softmax, layer_norm, rms_norm, embedding, sigmoid, tanh         |

@@ -11,6 +11,7 @@ Costs per value (a word = 64 bits):
 | xor, shifts, addends | 0 | 0                         |
 | and_      | 1      | 64 per word                  |
 | msb       | 8      | 245 (CSA 63, G 63, prefix levels 119: only the bits the carry into bit 63 needs) |
+| a2b       | 8      | about 560 (every carry)      |
 | b2a       | 2      | P0: 128, P1, P2: 64          |
 """
 
@@ -203,6 +204,31 @@ def msb(x: Shared) -> BoolShared:
         pairs = [(bit(i, p0.pairs[i][0], g.pairs[i][0]), bit(i, p0.pairs[i][1], g.pairs[i][1]))
                  for i in range(NUM_PARTIES)]
         return BoolShared(pairs, g.depth)
+
+
+def a2b(x: Shared) -> BoolShared:
+    """Bit decomposition: the boolean sharing of x's 64-bit word (x = sum of its shares).
+
+    As msb, with the Kogge-Stone levels computing every carry: G[i] ^= P[i] & G[i-s] and
+    P[i] &= P[i-s] for all i in [s, 63), then x = P ^ (G << 1). Cost: 8 rounds; 63 + 62 +
+    sum over s of (2 (63 - s)) - (63 - 32) bits per party per value (~560).
+    """
+    with costs.protocol("a2b", rounds=8), tf.name_scope("a2b"):
+        a, b, c = addends(x)
+        s = a ^ b ^ c
+        (m,) = _and_at([(a ^ c, b ^ c, _LOW_63, 0)])
+        carries = m ^ c
+        y = carries << 1
+        (g,) = _and_at([(s, carries, _LOW_63[1:], 1)])
+        p0 = p = s ^ y
+        for shift in (1, 2, 4, 8, 16, 32):
+            at = list(range(shift, 63))
+            work = [(p, g, at, shift)] + ([(p, p, at, shift)] if shift < 32 else [])
+            results = _and_at(work)
+            g = g ^ results[0]
+            if shift < 32:
+                p = results[1]
+        return p0 ^ (g << 1)
 
 
 def b2a(bit: BoolShared) -> Shared:
