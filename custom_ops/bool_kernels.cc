@@ -57,25 +57,6 @@ class AndShareOp : public OpKernel {
   }
 };
 
-// Reads the `positions` attribute: strictly increasing, each in [0, 64).
-bool ReadPositions(OpKernelConstruction* ctx, std::vector<int32_t>* positions, uint64_t* mask) {
-  if (!ctx->GetAttr("positions", positions).ok()) {
-    ctx->CtxFailure(errors::InvalidArgument("missing positions"));
-    return false;
-  }
-  *mask = 0;
-  for (size_t j = 0; j < positions->size(); ++j) {
-    const int32_t p = (*positions)[j];
-    if (p < 0 || p >= 64 || (j > 0 && p <= (*positions)[j - 1])) {
-      ctx->CtxFailure(errors::InvalidArgument(
-          "bit positions must be strictly increasing in [0, 64), got ", p, " at index ", j));
-      return false;
-    }
-    *mask |= uint64_t{1} << p;
-  }
-  return true;
-}
-
 // Bits of w under mask, moved to the low end in order (BMI2 pext when available).
 __attribute__((target("bmi2"))) uint64_t ExtractBmi2(uint64_t w, uint64_t mask) {
   return _pext_u64(w, mask);
@@ -97,90 +78,6 @@ bool HasBmi2() {
   static const bool has = __builtin_cpu_supports("bmi2");
   return has;
 }
-
-class BitPackOp : public OpKernel {
- public:
-  explicit BitPackOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    ReadPositions(ctx, &positions_, &mask_);
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("portable", &portable_));
-  }
-
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& words = ctx->input(0);
-    OP_REQUIRES(ctx, words.dims() == 1,
-                errors::InvalidArgument("PumaBitPack takes a vector of words, got shape ",
-                                        words.shape().DebugString()));
-    const int64_t n = words.dim_size(0);
-    const int per = static_cast<int>(positions_.size());
-    Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({(n * per + 63) / 64}), &out));
-    uint64_t* dst = RingData(out);
-    std::memset(dst, 0, out->NumElements() * sizeof(uint64_t));
-    if (per == 0) return;
-    const uint64_t* src = RingData(words);
-    auto extract = HasBmi2() && !portable_ ? ExtractBmi2 : ExtractPortable;
-    const uint64_t mask = mask_;
-    // Blocks of 64 words fill whole output words (64 * per bits), so blocks never share one.
-    TfRunner(ctx)((n + 63) / 64, 64 * 8, [&](int64_t b_begin, int64_t b_end) {
-      for (int64_t e = b_begin * 64; e < std::min(n, b_end * 64); ++e) {
-        const uint64_t v = extract(src[e], mask);
-        const int64_t bit = e * per;
-        const int shift = static_cast<int>(bit & 63);
-        dst[bit >> 6] |= v << shift;
-        if (shift && shift + per > 64) dst[(bit >> 6) + 1] |= v >> (64 - shift);
-      }
-    });
-  }
-
- private:
-  std::vector<int32_t> positions_;
-  uint64_t mask_ = 0;
-  bool portable_ = false;
-};
-
-class BitUnpackOp : public OpKernel {
- public:
-  explicit BitUnpackOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    ReadPositions(ctx, &positions_, &mask_);
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_words", &num_words_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("portable", &portable_));
-  }
-
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& packed = ctx->input(0);
-    const int per = static_cast<int>(positions_.size());
-    OP_REQUIRES(ctx, packed.dims() == 1 && packed.dim_size(0) == (num_words_ * per + 63) / 64,
-                errors::InvalidArgument("PumaBitUnpack expects ", (num_words_ * per + 63) / 64,
-                                        " packed words for ", num_words_, " words of ", per,
-                                        " bits, got shape ", packed.shape().DebugString()));
-    Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({num_words_}), &out));
-    const uint64_t* src = RingData(packed);
-    uint64_t* dst = RingData(out);
-    if (per == 0) {
-      std::memset(dst, 0, num_words_ * sizeof(uint64_t));
-      return;
-    }
-    auto deposit = HasBmi2() && !portable_ ? DepositBmi2 : DepositPortable;
-    const uint64_t low = per == 64 ? ~uint64_t{0} : (uint64_t{1} << per) - 1;
-    const uint64_t mask = mask_;
-    TfRunner(ctx)(num_words_, 8, [&](int64_t begin, int64_t end) {
-      for (int64_t e = begin; e < end; ++e) {
-        const int64_t bit = e * per;
-        const int shift = static_cast<int>(bit & 63);
-        uint64_t v = src[bit >> 6] >> shift;
-        if (shift && shift + per > 64) v |= src[(bit >> 6) + 1] << (64 - shift);
-        dst[e] = deposit(v & low, mask);
-      }
-    });
-  }
-
- private:
-  std::vector<int32_t> positions_;
-  uint64_t mask_ = 0;
-  int64_t num_words_;
-  bool portable_ = false;
-};
 
 // Segments of a packed AND: segment k covers positions[offset_k .. offset_k + counts[k]).
 struct Segments {
@@ -230,10 +127,10 @@ bool ReadSegments(OpKernelConstruction* ctx, const char* attr, Segments* seg) {
 }
 
 // Packs bits `mask` (width bits) of src[0..n) densely into dst (zeroed, Words(n) words).
-void PackBits(const uint64_t* src, int64_t n, uint64_t mask, int width, uint64_t* dst,
-              const ParallelRunner& runner) {
+void PackBits(const uint64_t* src, int64_t n, uint64_t mask, int width, bool portable,
+              uint64_t* dst, const ParallelRunner& runner) {
   if (width == 0) return;
-  auto extract = HasBmi2() ? ExtractBmi2 : ExtractPortable;
+  auto extract = HasBmi2() && !portable ? ExtractBmi2 : ExtractPortable;
   runner((n + 63) / 64, 64 * 8, [&](int64_t b_begin, int64_t b_end) {
     for (int64_t e = b_begin * 64; e < std::min(n, b_end * 64); ++e) {
       const uint64_t v = extract(src[e], mask);
@@ -249,6 +146,7 @@ class AndPackedShareOp : public OpKernel {
  public:
   explicit AndPackedShareOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     if (ReadSegments(ctx, "positions", &seg_)) ReadSegments(ctx, "y_positions", &y_seg_);
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("portable", &portable_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -284,12 +182,12 @@ class AndPackedShareOp : public OpKernel {
     auto runner = TfRunner(ctx);
     int64_t at = 0;
     for (int k = 0; k < num; ++k) {
-      PackBits(RingData(ctx->input(k)), n, seg_.masks[k], seg_.widths[k], xo + at, runner);
-      PackBits(RingData(ctx->input(num + k)), n, seg_.masks[k], seg_.widths[k], xn + at, runner);
-      PackBits(RingData(ctx->input(2 * num + k)), n, y_seg_.masks[k], y_seg_.widths[k],
-               yo + at, runner);
-      PackBits(RingData(ctx->input(3 * num + k)), n, y_seg_.masks[k], y_seg_.widths[k],
-               yn + at, runner);
+      const Segments* segs[4] = {&seg_, &seg_, &y_seg_, &y_seg_};
+      uint64_t* dsts[4] = {xo, xn, yo, yn};
+      for (int operand = 0; operand < 4; ++operand) {
+        PackBits(RingData(ctx->input(operand * num + k)), n, segs[operand]->masks[k],
+                 segs[operand]->widths[k], portable_, dsts[operand] + at, runner);
+      }
       at += seg_.Words(n, k);
     }
     PrgFill(own, stream, 0, z, total, runner);
@@ -307,12 +205,14 @@ class AndPackedShareOp : public OpKernel {
 
  private:
   Segments seg_, y_seg_;
+  bool portable_ = false;
 };
 
 class BitUnpackSegmentsOp : public OpKernel {
  public:
   explicit BitUnpackSegmentsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     ReadSegments(ctx, "positions", &seg_);
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("portable", &portable_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -322,7 +222,7 @@ class BitUnpackSegmentsOp : public OpKernel {
     OP_REQUIRES(ctx, packed.dims() == 1 && packed.dim_size(0) == seg_.TotalWords(n),
                 errors::InvalidArgument("expected ", seg_.TotalWords(n), " packed words for ",
                                         n, " values, got shape ", packed.shape().DebugString()));
-    auto deposit = HasBmi2() ? DepositBmi2 : DepositPortable;
+    auto deposit = HasBmi2() && !portable_ ? DepositBmi2 : DepositPortable;
     auto runner = TfRunner(ctx);
     const uint64_t* src = RingData(packed);
     for (size_t k = 0; k < seg_.widths.size(); ++k) {
@@ -351,13 +251,12 @@ class BitUnpackSegmentsOp : public OpKernel {
 
  private:
   Segments seg_;
+  bool portable_ = false;
 };
 
 }  // namespace
 
 REGISTER_KERNEL_BUILDER(Name("PumaAndShare").Device(DEVICE_CPU), AndShareOp);
-REGISTER_KERNEL_BUILDER(Name("PumaBitPack").Device(DEVICE_CPU), BitPackOp);
-REGISTER_KERNEL_BUILDER(Name("PumaBitUnpack").Device(DEVICE_CPU), BitUnpackOp);
 REGISTER_KERNEL_BUILDER(Name("PumaAndPackedShare").Device(DEVICE_CPU), AndPackedShareOp);
 REGISTER_KERNEL_BUILDER(Name("PumaBitUnpackSegments").Device(DEVICE_CPU), BitUnpackSegmentsOp);
 

@@ -98,4 +98,13 @@ void PrgFill(const PrgKey& key, uint64_t stream, uint32_t sub, uint64_t* out, in
   }
 }
 
+void FillZeroShare(const PrgKey& own, const PrgKey& next, uint64_t stream, uint64_t* out,
+                   uint64_t* scratch, int64_t n, const ParallelRunner& runner) {
+  PrgFill(own, stream, 0, out, n, runner);
+  PrgFill(next, stream, 0, scratch, n, runner);
+  ParallelElementwise(runner, n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) out[i] -= scratch[i];
+  });
+}
+
 }  // namespace tf_puma

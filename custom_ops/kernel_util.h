@@ -33,6 +33,11 @@ ParallelRunner TfRunner(tensorflow::OpKernelContext* ctx);
 void PrgFill(const PrgKey& key, uint64_t stream, uint32_t sub, uint64_t* out, int64_t n,
              const ParallelRunner& runner);
 
+// out[0..n) = F(own, stream, 0) - F(next, stream, 0): party i's PRSS share of zero (the three
+// sum to 0 mod 2^64). scratch holds n words.
+void FillZeroShare(const PrgKey& own, const PrgKey& next, uint64_t stream, uint64_t* out,
+                   uint64_t* scratch, int64_t n, const ParallelRunner& runner);
+
 // Elementwise loop over [0, n) split over the runner; fn(begin, end).
 void ParallelElementwise(const ParallelRunner& runner, int64_t n, int64_t cost_per_element,
                          const std::function<void(int64_t, int64_t)>& fn);

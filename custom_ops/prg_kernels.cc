@@ -78,17 +78,10 @@ class ZeroShareOp : public OpKernel {
     }
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &out));
-    Tensor tmp;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, shape, &tmp));
-    const int64_t n = out->NumElements();
-    auto runner = TfRunner(ctx);
-    uint64_t* alpha = RingData(out);
-    const uint64_t* theirs = RingData(tmp);
-    PrgFill(own, stream, 0, alpha, n, runner);
-    PrgFill(next, stream, 0, RingData(&tmp), n, runner);
-    ParallelElementwise(runner, n, 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) alpha[i] -= theirs[i];
-    });
+    Tensor scratch;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, shape, &scratch));
+    FillZeroShare(own, next, stream, RingData(out), RingData(&scratch), out->NumElements(),
+                  TfRunner(ctx));
   }
 };
 

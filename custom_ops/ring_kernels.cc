@@ -133,16 +133,6 @@ bool ReadPrss(OpKernelContext* ctx, PrgKey* own, PrgKey* next, uint64_t* stream)
   return ReadKey(ctx, 4, own) && ReadKey(ctx, 5, next) && ReadStream(ctx, 6, stream);
 }
 
-// alpha = F(own, s, 0) - F(next, s, 0) written into out (n elements).
-void FillZeroShare(const PrgKey& own, const PrgKey& next, uint64_t stream, uint64_t* out,
-                   uint64_t* scratch, int64_t n, const ParallelRunner& runner) {
-  PrgFill(own, stream, 0, out, n, runner);
-  PrgFill(next, stream, 0, scratch, n, runner);
-  ParallelElementwise(runner, n, 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) out[i] -= scratch[i];
-  });
-}
-
 class MatMulShareOp : public OpKernel {
  public:
   explicit MatMulShareOp(OpKernelConstruction* ctx) : OpKernel(ctx) {

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -36,3 +37,13 @@ def check(secret_result: np.ndarray, reference: np.ndarray, tol: float) -> float
     err = float(np.max(np.abs(secret_result - reference))) if reference.size else 0.0
     assert err <= tol, f"max abs error {err:.3g} exceeds the bound {tol:.3g}"
     return err
+
+
+def run_secure(fn, *arrays, dtype=tf.float64) -> np.ndarray:
+    """fn on secret-shared copies of `arrays` inside a tf.function, revealed to the client."""
+
+    @tf.function
+    def run(*xs):
+        return tf_puma.reveal(fn(*[tf_puma.share(x) for x in xs]), dtype=dtype)
+
+    return run(*[tf.constant(a) for a in arrays]).numpy()

@@ -11,18 +11,10 @@ import tensorflow as tf
 import tf_puma
 from tf_puma import costs
 from tf_puma.protocols import approx, nn
-from tests.conftest import check
+from tests.conftest import check, run_secure
 
 ULP = 2.0 ** -18
 erf = np.vectorize(math.erf)
-
-
-def run_secure(fn, *arrays, dtype=tf.float64):
-    @tf.function
-    def run(*xs):
-        return tf_puma.reveal(fn(*[tf_puma.share(x) for x in xs]), dtype=dtype)
-
-    return run(*[tf.constant(a) for a in arrays]).numpy()
 
 
 def test_exp_on_softmax_range(cluster):

@@ -9,17 +9,9 @@ import tensorflow as tf
 import tf_puma
 from tf_puma import costs
 from tf_puma.protocols import boolean, compare
-from tests.conftest import check
+from tests.conftest import check, run_secure
 
 ULP = 2.0 ** -18
-
-
-def run_secure(fn, *arrays, dtype=tf.float64):
-    @tf.function
-    def run(*xs):
-        return tf_puma.reveal(fn(*[tf_puma.share(x) for x in xs]), dtype=dtype)
-
-    return run(*[tf.constant(a) for a in arrays]).numpy()
 
 
 def test_and_of_boolean_shares(cluster, rng):

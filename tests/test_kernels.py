@@ -226,42 +226,12 @@ def test_and_shares_xor_to_the_and():
     np.testing.assert_array_equal(z[0] ^ z[1] ^ z[2], x & y)
 
 
-def test_bit_pack_unpack_round_trip():
-    words = random_ring([37])
-    positions = [0, 5, 31, 62, 63]
-    packed = ops.puma_bit_pack(words, positions=positions)
-    assert packed.shape == [(37 * 5 + 63) // 64]
-    bits = np.unpackbits(packed.numpy().view(np.uint8), bitorder="little")[:37 * 5]
-    expected = ((words.view(np.uint64)[:, None] >> np.array(positions, dtype=np.uint64))
-                & np.uint64(1)).reshape(-1)
-    np.testing.assert_array_equal(bits, expected)
-    back = ops.puma_bit_unpack(packed, positions=positions, num_words=37).numpy()
-    mask = np.uint64(sum(1 << p for p in positions))
-    np.testing.assert_array_equal(back.view(np.uint64), words.view(np.uint64) & mask)
-
-
 @pytest.mark.parametrize("portable", [False, True])
-def test_bit_pack_parallel_blocks(portable):
-    words = random_ring([100_003])
-    positions = list(range(0, 63, 2))
-    packed = ops.puma_bit_pack(words, positions=positions, portable=portable)
-    np.testing.assert_array_equal(packed.numpy(), ops.puma_bit_pack(
-        words, positions=positions, portable=not portable).numpy())
-    back = ops.puma_bit_unpack(packed, positions=positions, num_words=100_003,
-                               portable=portable).numpy()
-    mask = np.uint64(sum(1 << p for p in positions))
-    np.testing.assert_array_equal(back.view(np.uint64), words.view(np.uint64) & mask)
-
-
-def test_bit_pack_rejects_unsorted_positions():
-    with pytest.raises(tf.errors.InvalidArgumentError, match="strictly increasing"):
-        ops.puma_bit_pack(random_ring([3]), positions=[5, 1])
-
-
-def test_and_packed_share_segments():
+@pytest.mark.parametrize("shape", [[7, 11], [100_003]])  # the large one splits over threads
+def test_and_packed_share_segments(portable, shape):
     keys = [tf.constant(random_ring([2])) for _ in range(3)]
     s = tf.constant(8, tf.int64)
-    x1, y1, x2, y2 = (random_ring([7, 11]) for _ in range(4))
+    x1, y1, x2, y2 = (random_ring(shape) for _ in range(4))
     seg1, seg2 = [0, 3, 40, 62], list(range(63))
     shares = [xor_replicated(v) for v in (x1, x2, y1, y2)]
     z = []
@@ -271,10 +241,10 @@ def test_and_packed_share_segments():
             [shares[0][i], shares[1][i]], [shares[0][j], shares[1][j]],
             [shares[2][i], shares[3][i]], [shares[2][j], shares[3][j]], keys[i], keys[j], s,
             positions=seg1 + seg2, y_positions=[0, 1, 37, 59] + seg2,
-            counts=[len(seg1), len(seg2)]).numpy())
+            counts=[len(seg1), len(seg2)], portable=portable).numpy())
     packed = z[0] ^ z[1] ^ z[2]
     out1, out2 = ops.puma_bit_unpack_segments(packed, x1, N=2, positions=seg1 + seg2,
-                                              counts=[len(seg1), len(seg2)])
+                                              counts=[len(seg1), len(seg2)], portable=portable)
     m1 = np.uint64(sum(1 << p for p in seg1))
     m2 = np.uint64(sum(1 << p for p in seg2))
     # segment 1 pairs x1 bits (0, 3, 40, 62) with y1 bits (0, 1, 37, 59)
@@ -285,3 +255,11 @@ def test_and_packed_share_segments():
         expected1 |= bit << np.uint64(px)
     np.testing.assert_array_equal(out1.numpy().view(np.uint64), expected1)
     np.testing.assert_array_equal(out2.numpy().view(np.uint64), (x2 & y2).view(np.uint64) & m2)
+
+
+def test_packed_and_rejects_unsorted_positions():
+    w = random_ring([3])
+    key = tf.constant(random_ring([2]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="strictly increasing"):
+        ops.puma_and_packed_share([w], [w], [w], [w], key, key, tf.constant(1, tf.int64),
+                                  positions=[5, 1], y_positions=[0, 1], counts=[2])

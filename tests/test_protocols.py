@@ -15,44 +15,34 @@ import tensorflow as tf
 
 import tf_puma
 from tf_puma import costs
-from tests.conftest import check
+from tests.conftest import check, run_secure
 
 ULP = 2.0 ** -18
 
 
-def secure(fn, *args, dtype=tf.float64):
-    """Runs fn on shared inputs inside tf.function and reveals the result to the client."""
-
-    @tf.function
-    def run(*xs):
-        return tf_puma.reveal(fn(*[tf_puma.share(x) for x in xs]), dtype=dtype)
-
-    return run(*[tf.constant(a) for a in args]).numpy()
-
-
 def test_share_reveal_round_trip(cluster, rng):
     x = rng.uniform(-1e4, 1e4, size=(4, 5))
-    check(secure(lambda a: a, x), x, ULP / 2)
+    check(run_secure(lambda a: a, x), x, ULP / 2)
 
 
 def test_negative_and_wraparound_values(cluster):
     x = np.array([-3.5, -ULP, 0.0, ULP, 2.0 ** 25, -(2.0 ** 25)])
-    check(secure(lambda a: a, x), x, 0)
+    check(run_secure(lambda a: a, x), x, 0)
     # Sums that wrap the ring mid-way still decode correctly.
-    check(secure(lambda a, b: (a + b) - b, x, -x), x, 0)
+    check(run_secure(lambda a, b: (a + b) - b, x, -x), x, 0)
 
 
 def test_add_sub_neg_public(cluster, rng):
     x, y = rng.normal(size=(3, 4)) * 100, rng.normal(size=(3, 4)) * 100
     c = rng.normal(size=(4,))
-    out = secure(lambda a, b: tf_puma.sub(tf_puma.add(-a, b), c) + 2.5, x, y)
+    out = run_secure(lambda a, b: tf_puma.sub(tf_puma.add(-a, b), c) + 2.5, x, y)
     check(out, -x + y - c + 2.5, 2 * ULP)
 
 
 def test_mul_public_integer_is_exact_and_local(cluster, rng):
     x = rng.normal(size=(8, 8)) * 10
     with costs.Ledger() as ledger:
-        out = secure(lambda a: tf_puma.mul_public(a, np.array([3, -2, 0, 1, 5, 7, -1, 2])), x)
+        out = run_secure(lambda a: tf_puma.mul_public(a, np.array([3, -2, 0, 1, 5, 7, -1, 2])), x)
     check(out, x * np.array([3, -2, 0, 1, 5, 7, -1, 2]), 8 * ULP)
     assert ledger.ops["mul_public"].rounds == 0
     assert ledger.ops["mul_public"].total_bytes() == 0
@@ -60,7 +50,7 @@ def test_mul_public_integer_is_exact_and_local(cluster, rng):
 
 def test_mul_public_fraction_truncates(cluster, rng):
     x = rng.normal(size=(64,)) * 30
-    out = secure(lambda a: a * 0.7071067811865476, x)
+    out = run_secure(lambda a: a * 0.7071067811865476, x)
     check(out, x * 0.7071067811865476, (np.abs(x).max() + 1) * ULP / 2 + 2 * ULP)
 
 
@@ -68,7 +58,7 @@ def test_mul_public_fraction_truncates(cluster, rng):
                                              ((1000,), (1000,))])
 def test_mul_elementwise_with_broadcast(cluster, rng, shape_x, shape_y):
     x, y = rng.normal(size=shape_x) * 20, rng.normal(size=shape_y) * 20
-    out = secure(lambda a, b: a * b, x, y)
+    out = run_secure(lambda a, b: a * b, x, y)
     bound = (np.abs(x).max() + np.abs(y).max()) * ULP / 2 + 3 * ULP
     check(out, x * y, bound)
 
@@ -77,7 +67,7 @@ def test_mul_error_is_at_most_one_ulp_beyond_encoding(cluster, rng):
     # Inputs exactly representable: the only error is TruncPr's, strictly inside (-1, 1) ulp.
     x = np.round(rng.normal(size=5000) * 2 ** 20) / 2 ** 18
     y = np.round(rng.normal(size=5000) * 2 ** 18) / 2 ** 18
-    err = secure(lambda a, b: a * b, x, y) - x * y
+    err = run_secure(lambda a, b: a * b, x, y) - x * y
     assert np.abs(err).max() < ULP
     # floor plus a carry that is 1 with probability about (fraction of the dropped bits):
     # the mean error is close to 0 (no systematic bias).
@@ -88,16 +78,16 @@ def test_mul_error_is_at_most_one_ulp_beyond_encoding(cluster, rng):
 def test_matmul_real_sizes(cluster, rng, m, k, n):
     x = rng.normal(size=(m, k))
     w = rng.normal(size=(k, n)) * 0.05
-    out = secure(lambda a, b: a @ b, x, w)
+    out = run_secure(lambda a, b: a @ b, x, w)
     check(out, x @ w, k * (np.abs(x).max() + np.abs(w).max()) * ULP / 2 + 2 * ULP)
 
 
 def test_matmul_batched_and_transposed(cluster, rng):
     q, kk = rng.normal(size=(2, 12, 16, 8)), rng.normal(size=(2, 12, 16, 8))
-    out = secure(lambda a, b: tf_puma.matmul(a, b, transpose_b=True), q, kk)
+    out = run_secure(lambda a, b: tf_puma.matmul(a, b, transpose_b=True), q, kk)
     check(out, q @ np.swapaxes(kk, -1, -2), 8 * 8 * ULP + 2 * ULP)
     x, w = rng.normal(size=(3, 5, 6)), rng.normal(size=(5, 4))
-    out = secure(lambda a, b: tf_puma.matmul(a, b, transpose_a=True), x, w)
+    out = run_secure(lambda a, b: tf_puma.matmul(a, b, transpose_a=True), x, w)
     check(out, np.swapaxes(x, -1, -2) @ w, 5 * 8 * ULP + 2 * ULP)
 
 
@@ -107,7 +97,7 @@ def test_trunc_standalone(cluster, rng):
     def halve_in_ring(a):
         return tf_puma.trunc(a, 1)  # value / 2, as fixed point at the same scale
 
-    check(secure(halve_in_ring, x), x / 2, ULP)
+    check(run_secure(halve_in_ring, x), x / 2, ULP)
 
 
 def test_integer_products_reshare_without_truncation(cluster, rng):

@@ -166,6 +166,20 @@ _MSB_PLAN = _msb_plan()
 _LOW_63 = list(range(63))
 
 
+def _propagate_generate(x: Shared) -> tuple[BoolShared, BoolShared]:
+    """Steps 1-3 of the adder on x's three shares: (P, G) of X + Y, 2 rounds.
+
+    Carry-save: S = A ^ B ^ C, carries M = ((A ^ C) & (B ^ C)) ^ C, Y = M << 1 (bits 0..62 of M
+    suffice); then P = S ^ Y and G = S & Y (G_0 = 0 since Y_0 = 0).
+    """
+    a, b, c = addends(x)
+    s = a ^ b ^ c
+    (m,) = _and_at([(a ^ c, b ^ c, _LOW_63, 0)])
+    carries = m ^ c
+    (g,) = _and_at([(s, carries, _LOW_63[1:], 1)])
+    return s ^ (carries << 1), g
+
+
 def msb(x: Shared) -> BoolShared:
     """The most significant bit of x (its sign), in bit 0 of a boolean sharing.
 
@@ -178,13 +192,8 @@ def msb(x: Shared) -> BoolShared:
     Cost: 8 rounds (log2 64 + 2); 63 + 63 + 119 = 245 bits per party per value.
     """
     with costs.protocol("msb", rounds=8), tf.name_scope("msb"):
-        a, b, c = addends(x)
-        s = a ^ b ^ c
-        (m,) = _and_at([(a ^ c, b ^ c, _LOW_63, 0)])
-        carries = m ^ c
-        y = carries << 1
-        (g,) = _and_at([(s, carries, _LOW_63[1:], 1)])  # G_0 = S_0 & Y_0 = 0
-        p0 = p = s ^ y
+        p0, g = _propagate_generate(x)
+        p = p0
         for shift, at_g, at_p in _MSB_PLAN:
             work = [(p, g, at_g, shift)]
             if at_p:
@@ -214,13 +223,8 @@ def a2b(x: Shared) -> BoolShared:
     sum over s of (2 (63 - s)) - (63 - 32) bits per party per value (~560).
     """
     with costs.protocol("a2b", rounds=8), tf.name_scope("a2b"):
-        a, b, c = addends(x)
-        s = a ^ b ^ c
-        (m,) = _and_at([(a ^ c, b ^ c, _LOW_63, 0)])
-        carries = m ^ c
-        y = carries << 1
-        (g,) = _and_at([(s, carries, _LOW_63[1:], 1)])
-        p0 = p = s ^ y
+        p0, g = _propagate_generate(x)
+        p = p0
         for shift in (1, 2, 4, 8, 16, 32):
             at = list(range(shift, 63))
             work = [(p, g, at, shift)] + ([(p, p, at, shift)] if shift < 32 else [])
