@@ -42,6 +42,8 @@ CASES = [
      lambda s: rng.normal(size=s)),
     ("relu", (128, 768), compare.relu, lambda x: np.maximum(x, 0), lambda s: rng.normal(size=s)),
     ("exp", (12, 128, 128), approx.exp, np.exp, lambda s: -rng.uniform(0, 14, size=s)),
+    *[(f"exp puma n={n}", (12, 128, 128), lambda a, n=n: approx.exp(a, method="puma", n=n),
+       np.exp, lambda s: -rng.uniform(0, 14, size=s)) for n in (5, 6, 7, 8)],
     ("gelu", (128, 1536), approx.gelu, lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2))),
      lambda s: rng.normal(size=s) * 3),
     ("silu", (128, 1536), approx.silu, lambda x: x / (1 + np.exp(-x)),

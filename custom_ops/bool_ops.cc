@@ -54,7 +54,22 @@ REGISTER_OP("PumaAndPackedShare")
     .Attr("portable: bool = false")
     .Output("z: int64")
     .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->Vector(::tensorflow::shape_inference::InferenceContext::kUnknownDim));
+      // sum_k ceil(n counts[k] / 64) words, n = elements of each operand.
+      std::vector<int32_t> counts;
+      TF_RETURN_IF_ERROR(c->GetAttr("counts", &counts));
+      ::tensorflow::shape_inference::ShapeHandle x = c->input(0);
+      int64_t n = 1;
+      for (int d = 0; c->RankKnown(x) && d < c->Rank(x); ++d) {
+        const int64_t dim = c->Value(c->Dim(x, d));
+        n = (dim < 0 || n < 0) ? -1 : n * dim;
+      }
+      if (!c->RankKnown(x) || n < 0) {
+        c->set_output(0, c->Vector(::tensorflow::shape_inference::InferenceContext::kUnknownDim));
+        return ::tensorflow::OkStatus();
+      }
+      int64_t words = 0;
+      for (int32_t count : counts) words += (n * count + 63) / 64;
+      c->set_output(0, c->Vector(words));
       return ::tensorflow::OkStatus();
     })
     .Doc(R"doc(

@@ -36,8 +36,10 @@ def device(endpoint: Endpoint) -> str:
 
 
 def static_num_elements(shape: tf.TensorShape) -> int:
-    """Elements of a static shape (unknown dimensions count as 1; traced shapes are static)."""
-    return int(np.prod([d if d is not None else 1 for d in shape.as_list()], dtype=np.int64))
+    """Elements of a static shape; secure graphs have static shapes so costs are exact."""
+    if not shape.is_fully_defined():
+        raise ValueError(f"tf-puma transfers need static shapes (to count their bytes), got {shape}")
+    return int(np.prod(shape.as_list(), dtype=np.int64))
 
 
 class _ViewRecorder:

@@ -10,8 +10,8 @@ Costs per value (a word = 64 bits):
 |-----------|--------|------------------------------|
 | xor, shifts, addends | 0 | 0                         |
 | and_      | 1      | 64 per word                  |
-| msb       | 8      | 245 (CSA 63, G 63, prefix levels 119: only the bits the carry into bit 63 needs) |
-| a2b       | 8      | about 560 (every carry)      |
+| msb       | 8      | 244 (CSA 63, G 62, prefix levels 119: only the bits the carry into bit 63 needs) |
+| a2b       | 8      | 724 (every carry)            |
 | b2a       | 2      | P0: 128, P1, P2: 64          |
 """
 
@@ -189,7 +189,7 @@ def msb(x: Shared) -> BoolShared:
     4. Kogge-Stone levels s = 1, 2, ..., 32: G[i] ^= P[i] & G[i-s], P[i] &= P[i-s], computed only
        at the positions the carry into bit 63 depends on (119 ANDs over all levels).
     5. msb = P_63 ^ G_62 with the original P.
-    Cost: 8 rounds (log2 64 + 2); 63 + 63 + 119 = 245 bits per party per value.
+    Cost: 8 rounds (log2 64 + 2); 63 + 62 + 119 = 244 bits per party per value.
     """
     with costs.protocol("msb", rounds=8), tf.name_scope("msb"):
         p0, g = _propagate_generate(x)
@@ -220,7 +220,7 @@ def a2b(x: Shared) -> BoolShared:
 
     As msb, with the Kogge-Stone levels computing every carry: G[i] ^= P[i] & G[i-s] and
     P[i] &= P[i-s] for all i in [s, 63), then x = P ^ (G << 1). Cost: 8 rounds; 63 + 62 +
-    sum over s of (2 (63 - s)) - (63 - 32) bits per party per value (~560).
+    sum over s of 2 (63 - s), less the last level's P (31) = 724 bits per party per value.
     """
     with costs.protocol("a2b", rounds=8), tf.name_scope("a2b"):
         p0, g = _propagate_generate(x)
