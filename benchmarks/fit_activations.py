@@ -19,12 +19,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import print_table, write_json  # noqa: E402
 
 FUNCTIONS = {
-    "gelu": (lambda x: 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2))), 4.0, 10),
+    "gelu": (lambda x: 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2))), 4.0, 16),
     "silu": (lambda x: x / (1 + np.exp(-x)), 7.0, 10),
 }
 
 
-def fit_even(f, bound: float, degree: int, iterations: int = 300) -> tuple[list[float], float]:
+def fit_even(f, bound: float, degree: int, iterations: int = 400) -> tuple[list[float], float]:
     x = np.linspace(-bound, bound, 8001)
     y = f(x) - x / 2
     ks = list(range(0, degree + 1, 2))

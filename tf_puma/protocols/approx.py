@@ -23,23 +23,28 @@ from tf_puma import costs, runtime
 from tf_puma.protocols import arithmetic, compare, tensor
 from tf_puma.sharing import Shared
 
-# Most extra fractional bits for polynomial coefficients (see `polynomial`).
-MAX_COEFF_BITS = 24
+# Most fractional bits for polynomial coefficients (see `polynomial`).
+MAX_COEFF_BITS = 42
+# Fractional bits of v = (x/s)^2 in [0, 1] and its powers inside GeLU/SiLU: products of two such
+# values (2^60) still fit the ring, and the polynomial's large alternating coefficients no longer
+# amplify 2^-18 rounding errors.
+POLY_FRAC_BITS = 30
 
 
 def powers(x: Shared, needed: Sequence[int]) -> dict[int, Shared]:
     """x^k for every k in `needed` (and what they are built from): x^k = x^h x^(k-h) with h the
     largest power of two below k, so x^k is ready after 2 ceil(log2 k) rounds."""
     out = {1: x}
+    frac = max(x.frac_bits, arithmetic.fixed_point().frac_bits)
 
     def build(k: int) -> Shared:
         if k not in out:
             high = 1 << (k.bit_length() - 1)
             if high == k:
                 half = build(k // 2)
-                out[k] = arithmetic.mul(half, half)
+                out[k] = arithmetic.mul(half, half, frac_out=frac)
             else:
-                out[k] = arithmetic.mul(build(high), build(k - high))
+                out[k] = arithmetic.mul(build(high), build(k - high), frac_out=frac)
         return out[k]
 
     for k in needed:
@@ -50,27 +55,27 @@ def powers(x: Shared, needed: Sequence[int]) -> dict[int, Shared]:
 def polynomial(x_powers: dict[int, Shared], coeffs: Sequence[float], bound: float) -> Shared:
     """sum_k coeffs[k] x^k for |x| <= bound, from precomputed powers, with one TruncPr (2 rounds).
 
-    Each c_k is encoded with f + e fractional bits, multiplied locally into x^k (frac f), summed
-    and truncated by f + e bits. e is the largest (<= MAX_COEFF_BITS) keeping the sum below 2^61
-    in the ring for |x| <= bound, so tiny high-order coefficients keep their precision. Outside
-    the bound the result is meaningless (callers select it away).
+    Each c_k is encoded with e fractional bits, multiplied locally into x^k (frac f_x), summed and
+    truncated to the format's f bits. e is the largest (<= MAX_COEFF_BITS) keeping the sum below
+    2^61 in the ring for |x| <= bound, so small high-order coefficients keep their precision.
+    Outside the bound the result is meaningless (callers select it away).
     """
     fxp = arithmetic.fixed_point()
-    magnitude = sum(abs(c) * bound ** k for k, c in enumerate(coeffs) if k) or 1.0
-    extra = int(min(MAX_COEFF_BITS, math.floor(61 - 2 * fxp.frac_bits - math.log2(magnitude))))
-    if extra < 0:
-        raise ValueError(f"polynomial too large for the ring on |x| <= {bound}")
-    frac = fxp.frac_bits + extra
     x1 = x_powers[1]
+    magnitude = sum(abs(c) * bound ** k for k, c in enumerate(coeffs) if k) or 1.0
+    coeff_frac = int(min(MAX_COEFF_BITS, math.floor(61 - x1.frac_bits - math.log2(magnitude))))
+    if coeff_frac + x1.frac_bits <= fxp.frac_bits:
+        raise ValueError(f"polynomial too large for the ring on |x| <= {bound}")
     total = None
     for k, c in enumerate(coeffs):
         if k == 0 or c == 0:
             continue
-        enc = int(round(c * 2.0 ** frac))
-        term = x_powers[k].map_local(lambda t, e=enc: t * e, frac_bits=x1.frac_bits + frac)
+        enc = int(round(c * 2.0 ** coeff_frac))
+        term = x_powers[k].map_local(lambda t, e=enc: t * e,
+                                     frac_bits=x1.frac_bits + coeff_frac)
         total = term if total is None else arithmetic.add(total, term)
     with costs.protocol("polynomial", rounds=2):
-        out = arithmetic._trunc_replicated(total, frac, x1.frac_bits)
+        out = arithmetic._trunc_replicated(total, total.frac_bits - fxp.frac_bits, fxp.frac_bits)
     return arithmetic.add_public(out, coeffs[0]) if coeffs[0] else out
 
 
@@ -135,26 +140,29 @@ SILU_P6 = [0.0085064025895951, 0.5, 0.2281430841728270, 0.0, -0.011113046708173,
            0.0002743776353465]
 
 # Ours (benchmarks/fit_activations.py): f(x) = x/2 + h(x) on [-T, T] with h even (a polynomial
-# in x^2), 0 below -T and x above T. Float error: GeLU 2.8e-3 (T = 4), SiLU 1.1e-2 (T = 7),
-# against PUMA's 2.0e-2 and 7.2e-2 (its pieces jump at x = 3 and x = 4), same round count.
+# in x^2: degree 16 for GeLU, 10 for SiLU), 0 below -T and x above T. Float error: GeLU 1.3e-4
+# (T = 4, the jump to x at 4), SiLU 1.1e-2 (T = 7), against PUMA's 2.0e-2 and 7.2e-2 (its pieces
+# jump at x = 3 and x = 4), with the same round count.
 GELU_T, GELU_EVEN = 4.0, [
-    0.0028083107023848548, 0.0, 0.38346616104061304, 0.0, -0.052380728564189453, 0.0,
-    0.004931377273066095, 0.0, -0.00024242248229543488, 0.0, 4.7324706277543416e-06]
+    3.439898298024669e-05, 0.0, 0.39855717994735196, 0.0, -0.06577954873935382, 0.0,
+    0.009460996318925809, 0.0, -0.0009969405014495726, 0.0, 7.369782498709934e-05, 0.0,
+    -3.5776431683596635e-06, 0.0, 1.0130866411859644e-07, 0.0, -1.2582190032949132e-09]
 SILU_T, SILU_EVEN = 7.0, [
-    0.010753600952061196, 0.0, 0.22569245512428524, 0.0, -0.011302392791544534, 0.0,
-    0.00038957014388555543, 0.0, -6.838017261510225e-06, 0.0, 4.6584579051831605e-08]
+    0.01075342180295034, 0.0, 0.225692718096094, 0.0, -0.011302448630149155, 0.0,
+    0.0003895740671820872, 0.0, -6.8381259305244485e-06, 0.0, 4.658560728407796e-08]
 
 
 def _even_activation(x: Shared, bound: float, even: Sequence[float]) -> Shared:
     """x/2 + h(x) on [-T, T], 0 below, x above, h(x) = sum_k c_2k x^2k.
 
     h is evaluated in v = (x / s)^2 with s = 2^ceil(log2 T), so every power of v stays <= 1
-    (x^10 itself would overflow the ring's 2^62 before truncation): v costs one multiplication
-    whose truncation also divides by s^2, then v^2..v^5 (6 rounds) and one TruncPr (2), alongside
-    the batched comparison (10), then the selection (1): 11 rounds.
+    (x^10 itself would overflow the ring's 2^62 before truncation), kept with POLY_FRAC_BITS
+    fractional bits: v costs one multiplication whose truncation also divides by s^2, then
+    v^2..v^8 (6 rounds) and one TruncPr (2), alongside the batched comparison (10), then the
+    selection (1): 11 rounds.
     """
     log_s = math.ceil(math.log2(bound))
-    v = arithmetic.mul(x, x, shift=2 * log_s)
+    v = arithmetic.mul(x, x, shift=2 * log_s, frac_out=POLY_FRAC_BITS)
     scaled = [even[2 * k] * 4.0 ** (log_s * k) for k in range(len(even) // 2 + 1)]
     pw = powers(v, [k for k, c in enumerate(scaled) if c and k])
     inner = arithmetic.add(polynomial(pw, scaled, 1.0), arithmetic.mul_public(x, 0.5))
@@ -164,8 +172,8 @@ def _even_activation(x: Shared, bound: float, even: Sequence[float]) -> Shared:
 def gelu(x: Shared, method: str = "even") -> Shared:
     """GeLU x Phi(x) (BERT's erf form; the tanh form differs from it by < 1e-3).
 
-    method="even" (default): x/2 + even degree-10 polynomial on [-4, 4]; max abs error 3e-3
-    (+ fixed point) on the whole line. method="puma": PUMA's pieces (0 below -4, cubic on
+    method="even" (default): x/2 + even degree-16 polynomial on [-4, 4]; max abs error 1.3e-4
+    in float, 2e-4 in fixed point, on the whole line. method="puma": PUMA's pieces (0 below -4, cubic on
     [-4, -1.95), degree 6 on [-1.95, 3], x above 3), max abs error 2.0e-2. Cost: 11 rounds.
     """
     with costs.protocol("gelu", rounds=11), tf.name_scope("gelu"):

@@ -205,36 +205,44 @@ def _reshare(z: list[tf.Tensor], frac_bits: int, depth: int) -> Shared:
 
 
 def _product(z: list[tf.Tensor], frac_bits: int, depth: int, stream: int,
-             fxp: FixedPoint, shift: int = 0) -> Shared:
-    """Finishes a product from 3-out-of-3 shares z_i: TruncPr if fixed point (dividing by a
-    further 2^shift in the same step), else a reshare."""
-    if frac_bits <= fxp.frac_bits and not shift:
+             fxp: FixedPoint, shift: int = 0, frac_out: int | None = None) -> Shared:
+    """Finishes a product from 3-out-of-3 shares z_i with `frac_bits` fractional bits: TruncPr
+    down to frac_out (default: fxp's, or frac_bits if fewer) while also dividing by 2^shift,
+    or a plain reshare when nothing is dropped."""
+    out_frac = min(frac_bits, fxp.frac_bits) if frac_out is None else frac_out
+    bits = frac_bits - out_frac + shift
+    if bits < 0:
+        raise ValueError(f"cannot raise a product from {frac_bits} to {out_frac} fractional bits")
+    if bits == 0:
         return _reshare(z, frac_bits, depth)
     a, b, d = _roles(stream)
-    out_frac = min(frac_bits, fxp.frac_bits)
-    return _trunc_pr(z[a], z[b], z[d], z[a].shape, frac_bits - out_frac + shift, stream,
-                     out_frac, depth)
+    return _trunc_pr(z[a], z[b], z[d], z[a].shape, bits, stream, out_frac, depth)
 
 
-def _product_cost(x: Shared, y: Shared, fxp: FixedPoint, shift: int = 0) -> int:
-    return 2 if x.frac_bits + y.frac_bits > fxp.frac_bits or shift else 1
+def _product_cost(x: Shared, y: Shared, fxp: FixedPoint, shift: int = 0,
+                  frac_out: int | None = None) -> int:
+    frac = x.frac_bits + y.frac_bits
+    out = min(frac, fxp.frac_bits) if frac_out is None else frac_out
+    return 2 if frac - out + shift > 0 else 1
 
 
 def mul(x: Shared, y: Union[Shared, Public], fxp: FixedPoint | None = None,
-        shift: int = 0) -> Shared:
-    """Elementwise x * y (broadcasting), divided by 2^shift in the same truncation.
+        shift: int = 0, frac_out: int | None = None) -> Shared:
+    """Elementwise x * y (broadcasting), divided by 2^shift in the same truncation, with
+    `frac_out` fractional bits (default fxp's; more keeps precision for values known small).
 
     z_i = x_i y_i + x_i y_{i+1} + x_{i+1} y_i + alpha_i   (alpha: PRSS zero share)
     then TruncPr on (z_A, z_B, z_D) for fixed point (2 rounds), else a reshare (1 round).
     """
     if not isinstance(y, Shared):
-        if shift:
-            raise ValueError("shift applies to products of two shared values")
+        if shift or frac_out is not None:
+            raise ValueError("shift and frac_out apply to products of two shared values")
         return mul_public(x, y, fxp)
     fxp = fxp or _FXP
     ops = _ops.load()
     shape = tf.broadcast_static_shape(x.shape, y.shape)
-    with costs.protocol("mul", rounds=_product_cost(x, y, fxp, shift)), tf.name_scope("mul"):
+    with costs.protocol("mul", rounds=_product_cost(x, y, fxp, shift, frac_out)), \
+            tf.name_scope("mul"):
         keys = runtime.prss()
         stream = runtime.new_stream()
         z = []
@@ -245,7 +253,7 @@ def mul(x: Shared, y: Union[Shared, Public], fxp: FixedPoint | None = None,
                 z.append(ops.puma_mul_share(xs[0], xs[1], ys[0], ys[1], keys.own[i],
                                             keys.next[i], runtime.const_on(i, stream)))
         return _product(z, x.frac_bits + y.frac_bits, max(x.depth, y.depth), stream, fxp,
-                        shift)
+                        shift, frac_out)
 
 
 def matmul(x: Shared, y: Shared, transpose_a: bool = False, transpose_b: bool = False,
