@@ -55,13 +55,12 @@ def test_msb_and_b2a_on_edge_values(cluster, rng):
     np.testing.assert_array_equal(bits, (np.round(values * 2 ** 18) < 0).astype(np.int64))
     assert ledger.ops["less"].rounds == 10
     assert ledger.critical_rounds == 1 + 10 + 1
-    # msb: 244 bits per value per party, packed over all values; b2a: P0 2 words, all 1 word.
+    # msb: 244 bits per value per party, packed over all values; b2a: one word per party.
     n = values.size
     msb_words = sum((n * k + 63) // 64 for k in (63, 62, 31, 31, 16, 15, 8, 7, 4, 3, 2, 1, 1))
     assert sum((n * k) for k in (63, 62, 31, 31, 16, 15, 8, 7, 4, 3, 2, 1, 1)) == 244 * n
     sent = ledger.ops["less"].bytes_sent
-    assert sent[1] == sent[2] == 8 * (msb_words + n)
-    assert sent[0] == 8 * (msb_words + 3 * n)
+    assert sent[0] == sent[1] == sent[2] == 8 * (msb_words + n)
 
 
 def test_less_greater_with_shared_and_public(cluster, rng):

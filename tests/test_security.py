@@ -12,6 +12,7 @@ import tensorflow as tf
 
 import tf_puma
 from tf_puma import runtime
+from tf_puma.protocols import approx, compare, nn
 
 N = 4096  # values per secret
 
@@ -89,6 +90,14 @@ def test_graph_has_no_cross_device_edge_outside_transfer(cluster):
     concrete = run.get_concrete_function(tf.TensorSpec([4, 4], tf.float32),
                                          tf.TensorSpec([4, 4], tf.float32))
     assert runtime.audit_graph(concrete.graph) == []
+    # Every protocol family: comparisons, bit injection, polynomials, softmax, LayerNorm.
+    def many(a):
+        s = tf_puma.share(a)
+        return tf_puma.reveal(nn.layer_norm(nn.softmax(approx.gelu(s)) + compare.relu(s)))
+
+    layers = tf.function(many)
+    wide = layers.get_concrete_function(tf.TensorSpec([2, 8], tf.float32))
+    assert runtime.audit_graph(wide.graph) == []
     # Client -> party messages: keys and the masked share x_2 only; party -> client: reveal.
     names = [op.name for op in concrete.graph.get_operations()
              if op.name.split("/")[-1].startswith(runtime.TRANSFER_PREFIX)]

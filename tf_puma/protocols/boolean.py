@@ -12,7 +12,7 @@ Costs per value (a word = 64 bits):
 | and_      | 1      | 64 per word                  |
 | msb       | 8      | 244 (CSA 63, G 62, prefix levels 119: only the bits the carry into bit 63 needs) |
 | a2b       | 8      | 724 (every carry)            |
-| b2a       | 2      | P0: 128, P1, P2: 64          |
+| b2a       | 2      | 64                           |
 """
 
 from __future__ import annotations
@@ -238,47 +238,62 @@ def a2b(x: Shared) -> BoolShared:
 def b2a(bit: BoolShared) -> Shared:
     """Arithmetic sharing (integer, frac_bits 0) of a shared bit held in bit 0 of each word.
 
-    With b = b_0 ^ b_1 ^ b_2: P0 knows c = b_0 ^ b_1 and shares it (c_0 = F(k_0), c_1 = F(k_1),
-    c_2 = c - c_0 - c_1 sent to P1 and P2); b_2 is known to P1 and P2. Then
-    b = c + b_2 - 2 c b_2 with one integer multiplication. Cost: 2 rounds.
+    With b = b_0 ^ b_1 ^ b_2: P0 knows c = b_0 ^ b_1, and b_2 is known to P1 and P2.
+    1. P0 shares c as (c_0, c_1, 0) with c_0 = F(k_0) (known to P2) and c_1 = c - c_0 sent to P1.
+    2. c b_2 = c_1 b_2 + c_0 b_2 is then a sum P1 and P2 compute locally; they reshare it as
+       (s_0, s_1, s_2) with s_0 = F(k_0), s_1 = F(k_1) and exchange c_1 b_2 - s_1 and
+       c_0 b_2 - s_0 to both learn s_2.
+    3. b = c + b_2 - 2 c b_2 (local).
+    Cost: 2 rounds; one ring element per party per bit (P0 -> P1, P1 <-> P2).
     """
     ops = _ops.load()
-    from tf_puma.protocols import arithmetic  # noqa: PLC0415 (arithmetic imports sharing only)
-
     with costs.protocol("b2a", rounds=2), tf.name_scope("b2a"):
         keys = runtime.prss()
         stream = runtime.new_stream()
         shape = bit.shape
-        one = {i: runtime.const_on(i, 1) for i in range(NUM_PARTIES)}
 
-        def prg(party: int, key: tf.Tensor) -> tf.Tensor:
+        def prg(party: int, key: tf.Tensor, sub: int) -> tf.Tensor:
             with tf.device(runtime.device(party)):
                 out = ops.puma_prg_uniform(key, runtime.const_on(party, stream),
-                                           runtime.shape_on(party, shape))
+                                           runtime.shape_on(party, shape), sub=sub)
                 out.set_shape(shape)
                 return out
 
-        c0_p0, c1_p0 = prg(0, keys.own[0]), prg(0, keys.next[0])
+        def low_bit(party: int, t: tf.Tensor) -> tf.Tensor:
+            with tf.device(runtime.device(party)):
+                return tf.bitwise.bitwise_and(t, runtime.const_on(party, 1))
+
+        # 1. c = b_0 ^ b_1 on P0, shared as (c_0, c_1, 0).
+        c0_p0, c0_p2 = prg(0, keys.own[0], 0), prg(2, keys.next[2], 0)
         with tf.device(runtime.device(0)):
-            c = tf.bitwise.bitwise_and(tf.bitwise.bitwise_xor(*bit.pairs[0]), one[0])
-            c2 = c - c0_p0 - c1_p0
-        c_shared = Shared([(c0_p0, c1_p0), (prg(1, keys.own[1]), runtime.transfer(c2, 0, 1)),
-                           (runtime.transfer(c2, 0, 2), prg(2, keys.next[2]))], 0,
-                          bit.depth + 1)
+            c1_p0 = low_bit(0, tf.bitwise.bitwise_xor(*bit.pairs[0])) - c0_p0
+        c1_p1 = runtime.transfer(c1_p0, 0, 1)
+        b2_p1, b2_p2 = low_bit(1, bit.pairs[1][1]), low_bit(2, bit.pairs[2][0])
+        # 2. c b_2 from P1's and P2's local products, reshared.
+        s0_p0, s0_p2 = prg(0, keys.own[0], 1), prg(2, keys.next[2], 1)
+        s1_p0, s1_p1 = prg(0, keys.next[0], 1), prg(1, keys.own[1], 1)
         with tf.device(runtime.device(1)):
-            b2_p1 = tf.bitwise.bitwise_and(bit.pairs[1][1], one[1])
+            m1 = c1_p1 * b2_p1 - s1_p1
         with tf.device(runtime.device(2)):
-            b2_p2 = tf.bitwise.bitwise_and(bit.pairs[2][0], one[2])
-        zero = {i: runtime.const_on(i, 0) for i in range(NUM_PARTIES)}
-        with tf.device(runtime.device(0)):
-            z0 = tf.fill(shape, zero[0])
+            m2 = c0_p2 * b2_p2 - s0_p2
+        m2_at_p1, m1_at_p2 = runtime.transfer(m2, 2, 1), runtime.transfer(m1, 1, 2)
         with tf.device(runtime.device(1)):
-            z1 = tf.fill(shape, zero[1])
+            s2_p1 = m1 + m2_at_p1
         with tf.device(runtime.device(2)):
-            z2 = tf.fill(shape, zero[2])
-        d = Shared([(z0, z0), (z1, b2_p1), (b2_p2, z2)], 0, bit.depth)
-        cd = arithmetic.mul(c_shared, d)
-        return c_shared + d - cd.map_local(lambda t: t * 2)
+            s2_p2 = m1_at_p2 + m2
+        # 3. b = c + b_2 - 2 c b_2, share by share.
+        zeros = {}
+        for i, t in ((0, c0_p0), (1, c1_p1), (2, c0_p2)):
+            with tf.device(runtime.device(i)):
+                zeros[i] = tf.zeros_like(t)
+        c = [(c0_p0, c1_p0), (c1_p1, zeros[1]), (zeros[2], c0_p2)]
+        d = [(zeros[0], zeros[0]), (zeros[1], b2_p1), (b2_p2, zeros[2])]
+        cd = [(s0_p0, s1_p0), (s1_p1, s2_p1), (s2_p2, s0_p2)]
+        pairs = []
+        for i in range(NUM_PARTIES):
+            with tf.device(runtime.device(i)):
+                pairs.append(tuple(c[i][k] + d[i][k] - 2 * cd[i][k] for k in range(2)))
+        return Shared(pairs, 0, bit.depth + 2)
 
 
 runtime.exclude_from_autograph(globals())
