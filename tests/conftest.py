@@ -13,9 +13,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tf_puma  # noqa: E402
 
 
+# Weights the model owner shares into party bundles before the session's parties start.
+BUNDLE_WEIGHTS = {
+    "test/w": np.random.default_rng(99).normal(size=(16, 8)) * 0.3,
+    "test/b": np.random.default_rng(98).normal(size=(8,)),
+}
+
+
 @pytest.fixture(scope="session")
-def cluster():
-    local = tf_puma.LocalCluster()
+def bundle_dir(tmp_path_factory):
+    from tf_puma import bundle  # noqa: PLC0415
+
+    root = str(tmp_path_factory.mktemp("shares"))
+    bundle.write_bundles(BUNDLE_WEIGHTS, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cluster(bundle_dir):
+    local = tf_puma.LocalCluster(shares_dir=bundle_dir)
     spec = local.start()
     try:
         tf_puma.connect(spec)

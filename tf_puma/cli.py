@@ -1,7 +1,7 @@
 """`tf-puma COMMAND [flags]`: the command-line interface.
 
 Commands:
-  party   start one party's TensorFlow server: --cluster SPEC --task I
+  party   start one party's TensorFlow server: --cluster SPEC --task I [--shares DIR]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("cluster", None, "cluster spec: a JSON file or JSON text "
                     '({"client": ["host:port"], "puma": ["h0:p", "h1:p", "h2:p"]})')
 flags.DEFINE_integer("task", None, "this party's index (0, 1 or 2)", lower_bound=0, upper_bound=2)
+flags.DEFINE_string("shares", None, "this party's own share bundle directory (OUT/shares/partyI)")
 
 
 def _party(argv: list[str]) -> None:
@@ -24,7 +25,7 @@ def _party(argv: list[str]) -> None:
     from tf_puma.cluster import Cluster  # noqa: PLC0415
     from tf_puma.party import serve  # noqa: PLC0415
 
-    serve(Cluster.from_spec(FLAGS.cluster), FLAGS.task)
+    serve(Cluster.from_spec(FLAGS.cluster), FLAGS.task, FLAGS.shares)
 
 
 COMMANDS: dict[str, Callable[[list[str]], None]] = {"party": _party}

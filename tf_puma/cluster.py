@@ -128,21 +128,29 @@ def free_port() -> int:
 
 
 class LocalCluster:
-    """Three party servers on 127.0.0.1 in subprocesses (`with LocalCluster() as cluster:`)."""
+    """Three party servers on 127.0.0.1 in subprocesses (`with LocalCluster() as cluster:`).
 
-    def __init__(self, start_timeout: float = 60.0, extra_env: Mapping[str, str] | None = None):
+    `shares_dir` is a bundle root written by `bundle.write_bundles`: party i gets party{i}/.
+    """
+
+    def __init__(self, start_timeout: float = 60.0, extra_env: Mapping[str, str] | None = None,
+                 shares_dir: str | None = None):
         ports = [free_port() for _ in range(NUM_PARTIES + 1)]
         self.cluster = Cluster(client=f"127.0.0.1:{ports[0]}",
                                parties=tuple(f"127.0.0.1:{p}" for p in ports[1:]))  # type: ignore
         self._start_timeout = start_timeout
         self._env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(extra_env or {})}
+        self._shares_dir = shares_dir
         self.processes: list[subprocess.Popen] = []
 
     def start(self) -> Cluster:
         spec = self.cluster.to_json()
         for i in range(NUM_PARTIES):
+            shares = ([] if self._shares_dir is None else
+                      ["--shares", os.path.join(self._shares_dir, f"party{i}")])
             self.processes.append(subprocess.Popen(
-                [sys.executable, "-m", "tf_puma.cli", "party", "--cluster", spec, "--task", str(i)],
+                [sys.executable, "-m", "tf_puma.cli", "party", "--cluster", spec, "--task", str(i),
+                 *shares],
                 env=self._env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
         atexit.register(self.stop)
         try:

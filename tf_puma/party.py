@@ -5,13 +5,21 @@
 
 from __future__ import annotations
 
+import os
+
 from tf_puma.cluster import NUM_PARTIES, PARTY_JOB, Cluster
 
 
-def serve(cluster: Cluster, task: int) -> None:
-    """Starts party `task`'s server and blocks."""
+def serve(cluster: Cluster, task: int, shares: str | None = None) -> None:
+    """Starts party `task`'s server (with its own share bundle directory, if any) and blocks."""
     if not 0 <= task < NUM_PARTIES:
         raise ValueError(f"--task must be 0, 1 or 2, got {task}")
+    if shares is not None:
+        index = os.path.join(shares, "index.txt")
+        if not os.path.exists(index):
+            raise FileNotFoundError(f"--shares {shares} has no index.txt: pass the party's own "
+                                    "shares/partyI directory written by the model owner")
+        os.environ["TF_PUMA_SHARES"] = os.path.abspath(shares)
     import tensorflow as tf  # noqa: PLC0415
 
     from tf_puma import _ops  # noqa: PLC0415

@@ -1,0 +1,121 @@
+// Kernel: party-local weight shares with a process-wide cache (interface in bundle_ops.cc).
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <utility>
+
+#include "custom_ops/kernel_util.h"
+#include "tensorflow/core/framework/op_kernel.h"
+
+namespace tf_puma {
+
+using tensorflow::DEVICE_CPU;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Status;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+namespace errors = tensorflow::errors;
+
+namespace {
+
+struct CachedShares {
+  Tensor own, next;
+};
+
+std::mutex cache_mutex;
+std::map<std::pair<std::string, std::string>, CachedShares>* cache =
+    new std::map<std::pair<std::string, std::string>, CachedShares>();
+
+Status ReadTensorAt(const std::string& path, int64_t offset, const TensorShape& shape,
+                    Tensor* out) {
+  *out = Tensor(tensorflow::DT_INT64, shape);
+  std::ifstream data(path, std::ios::binary);
+  if (!data) return errors::NotFound("cannot open ", path);
+  data.seekg(offset);
+  const std::streamsize bytes = shape.num_elements() * sizeof(int64_t);
+  data.read(reinterpret_cast<char*>(out->flat<int64_t>().data()), bytes);
+  if (data.gcount() != bytes) {
+    return errors::DataLoss(path, " is truncated: wanted ", bytes, " bytes at ", offset);
+  }
+  return tensorflow::OkStatus();
+}
+
+Status LoadFromBundle(const std::string& dir, const std::string& name,
+                      const TensorShape& expected, CachedShares* shares) {
+  std::ifstream index(dir + "/index.txt");
+  if (!index) {
+    return errors::NotFound("no share bundle at ", dir, "/index.txt: start the party with "
+                            "`tf-puma party --shares DIR` pointing at its own shares/partyI");
+  }
+  std::string line;
+  while (std::getline(index, line)) {
+    std::istringstream fields(line);
+    std::string entry;
+    int64_t own_offset, next_offset;
+    if (!(fields >> entry >> own_offset >> next_offset) || entry != name) continue;
+    TensorShape shape;
+    int64_t dim;
+    while (fields >> dim) shape.AddDim(dim);
+    if (shape != expected) {
+      return errors::InvalidArgument("weight ", name, " has shape ", shape.DebugString(),
+                                     " in the bundle but the graph expects ",
+                                     expected.DebugString(), ": bundle and model differ");
+    }
+    TF_RETURN_IF_ERROR(ReadTensorAt(dir + "/shares.bin", own_offset, shape, &shares->own));
+    return ReadTensorAt(dir + "/shares.bin", next_offset, shape, &shares->next);
+  }
+  return errors::NotFound("weight ", name, " is not in the share bundle ", dir,
+                          ": bundle and model differ");
+}
+
+class LoadShareOp : public OpKernel {
+ public:
+  explicit LoadShareOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("weight", &name_));
+    tensorflow::PartialTensorShape shape;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("shape", &shape));
+    OP_REQUIRES(ctx, shape.AsTensorShape(&shape_),
+                errors::InvalidArgument("weight ", name_, " needs a fully known shape"));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const char* dir = std::getenv("TF_PUMA_SHARES");
+    OP_REQUIRES(ctx, dir != nullptr && *dir,
+                errors::FailedPrecondition("this party has no share bundle: start it with "
+                                           "`tf-puma party --shares DIR`"));
+    CachedShares shares;
+    {
+      std::lock_guard<std::mutex> lock(cache_mutex);
+      auto key = std::make_pair(std::string(dir), name_);
+      auto it = cache->find(key);
+      if (it == cache->end()) {
+        CachedShares loaded;
+        OP_REQUIRES_OK(ctx, LoadFromBundle(dir, name_, shape_, &loaded));
+        it = cache->emplace(key, loaded).first;
+      }
+      shares = it->second;
+    }
+    OP_REQUIRES(ctx, shares.own.shape() == shape_,
+                errors::InvalidArgument("weight ", name_, " has shape ",
+                                        shares.own.shape().DebugString(), " in the bundle but the "
+                                        "graph expects ", shape_.DebugString(),
+                                        ": bundle and model differ"));
+    ctx->set_output(0, shares.own);
+    ctx->set_output(1, shares.next);
+  }
+
+ private:
+  std::string name_;
+  TensorShape shape_;
+};
+
+}  // namespace
+
+REGISTER_KERNEL_BUILDER(Name("PumaLoadShare").Device(DEVICE_CPU), LoadShareOp);
+
+}  // namespace tf_puma

@@ -1,0 +1,91 @@
+"""Party weight bundles: written by the model owner, read by each party from its own directory."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_puma
+from tf_puma import _ops, bundle, costs
+from tf_puma.fixedpoint import FixedPoint
+from tests.conftest import BUNDLE_WEIGHTS, check
+
+ULP = 2.0 ** -18
+
+
+def read_party(directory: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    data = open(os.path.join(directory, "shares.bin"), "rb").read()
+    out = {}
+    for line in open(os.path.join(directory, "index.txt"), encoding="utf-8").read().split("\n"):
+        if not line:
+            continue
+        name, own, nxt, *dims = line.split()
+        n = int(np.prod([int(d) for d in dims]))
+        get = lambda off: np.frombuffer(data, "<i8", n, int(off)).reshape([int(d) for d in dims])
+        out[name] = (get(own), get(nxt))
+    return out
+
+
+def test_each_party_holds_two_consistent_shares(bundle_dir):
+    parties = [read_party(os.path.join(bundle_dir, f"party{i}")) for i in range(3)]
+    for name, value in BUNDLE_WEIGHTS.items():
+        shares = [parties[i][name][0] for i in range(3)]
+        for i in range(3):
+            np.testing.assert_array_equal(parties[i][name][1], shares[(i + 1) % 3])
+        total = sum(s.view(np.uint64) for s in shares).view(np.int64)
+        np.testing.assert_array_equal(total, FixedPoint().encode_np(value))
+        for i in range(3):  # two shares alone are not the weight
+            two = (parties[i][name][0].view(np.uint64) + parties[i][name][1].view(np.uint64))
+            assert np.mean(two.view(np.int64) == FixedPoint().encode_np(value)) < 0.01
+
+
+def test_secure_matmul_with_party_loaded_weights(cluster):
+    x = np.random.default_rng(0).normal(size=(4, 16))
+
+    @tf.function
+    def run(a):
+        w = bundle.party_weight("test/w", [16, 8])
+        b = bundle.party_weight("test/b", [8])
+        return tf_puma.reveal(tf_puma.share(a) @ w + b, tf.float64)
+
+    with costs.Ledger() as ledger:
+        run.get_concrete_function(tf.TensorSpec([4, 16], tf.float64))
+    # The client sends only its input (2 ring elements per value plus two keys).
+    assert ledger.ops["share_input"].bytes_sent == {"client": 2 * 8 * 64 + 4 * 16}
+    for _ in range(2):  # the second call uses the parties' resident copies
+        out = run(tf.constant(x)).numpy()
+        w, b = BUNDLE_WEIGHTS["test/w"], BUNDLE_WEIGHTS["test/b"]
+        check(out, x @ w + b, 16 * (np.abs(x).max() + np.abs(w).max()) * ULP / 2 + 2 * ULP)
+
+
+def test_bundle_mismatches_are_clear_errors(cluster):
+    @tf.function
+    def missing():
+        return tf_puma.reveal(bundle.party_weight("no/such", [2]))
+
+    with pytest.raises(tf.errors.NotFoundError, match="not in the share bundle"):
+        missing()
+
+    @tf.function
+    def wrong_shape():
+        return tf_puma.reveal(bundle.party_weight("test/b", [9]))
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bundle and model differ"):
+        wrong_shape()
+
+
+def test_party_without_bundle_is_told_how_to_start(monkeypatch):
+    monkeypatch.delenv("TF_PUMA_SHARES", raising=False)
+    with pytest.raises(tf.errors.FailedPreconditionError, match="--shares DIR"):
+        _ops.load().puma_load_share(weight="test/w", shape=[16, 8])
+
+
+def test_weight_names_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="without spaces"):
+        bundle.write_bundles({"bad name": np.zeros(2)}, str(tmp_path))
+    with pytest.raises(ValueError, match="outside the fixed-point range"):
+        bundle.write_bundles({"big": np.array([1e12])}, str(tmp_path / "b"))
+    assert not os.path.exists(tmp_path / "b" / "party0" / "shares.bin")
