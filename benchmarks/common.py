@@ -8,6 +8,8 @@ import platform
 import time
 from typing import Callable, Sequence
 
+# Ledger rows that move the client's data in and out (and the key exchange), not the protocol.
+IO_PROTOCOLS = ("share_input", "reveal", "prss_setup")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_puma  # noqa: E402
-from benchmarks.common import best_time, print_table, write_json  # noqa: E402
+from benchmarks.common import IO_PROTOCOLS, best_time, print_table, write_json  # noqa: E402
 from tf_puma import costs  # noqa: E402
 from tf_puma.protocols import approx, nn, tensor  # noqa: E402
 
@@ -106,11 +106,8 @@ def main() -> None:
             t_secure = best_time(lambda: secure_fn(*args).numpy(), repeats=2) - best_time(
                 lambda: share_only(*args), repeats=2)
             t_plain = best_time(lambda: plain_fn(*args).numpy())
-            sent = {p: 0 for p in range(3)}
-            for op, row in ledger.ops.items():
-                if op not in ("share_input", "reveal", "prss_setup"):
-                    for p in range(3):
-                        sent[p] += row.bytes_sent.get(p, 0)
+            by_sender = ledger.bytes_by_sender(exclude=IO_PROTOCOLS)
+            sent = {p: by_sender.get(p, 0) for p in range(3)}
             result = {"model": name, "seq": seq, "secure_s": t_secure, "plaintext_ms":
                       t_plain * 1e3, "rounds": ledger.critical_rounds - 2,
                       "bytes_per_party": sent, "max_abs_error": err, "trace_s": trace_s,

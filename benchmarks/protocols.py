@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_puma  # noqa: E402
-from benchmarks.common import best_time, print_table, write_json  # noqa: E402
+from benchmarks.common import IO_PROTOCOLS, best_time, print_table, write_json  # noqa: E402
 from tf_puma import costs  # noqa: E402
 from tf_puma.protocols import approx, compare, nn  # noqa: E402
 
@@ -71,11 +71,8 @@ def main() -> None:
             err = float(np.max(np.abs(secure(x).numpy() - reference(x.numpy()))))
             t = best_time(lambda: secure(x).numpy(), repeats=3) - best_time(
                 lambda: baseline(x).numpy(), repeats=3)
-            sent = {p: 0 for p in range(3)}
-            for op, row in ledger.ops.items():
-                if op not in ("share_input", "reveal", "prss_setup"):
-                    for p in range(3):
-                        sent[p] += row.bytes_sent.get(p, 0)
+            by_sender = ledger.bytes_by_sender(exclude=IO_PROTOCOLS)
+            sent = {p: by_sender.get(p, 0) for p in range(3)}
             numel = int(np.prod(shape))
             rounds = ledger.critical_rounds - 2
             result = {"protocol": name, "shape": list(shape), "ms": t * 1e3, "rounds": rounds,

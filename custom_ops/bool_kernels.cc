@@ -25,13 +25,8 @@ class AndShareOp : public OpKernel {
   explicit AndShareOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
+    if (!InputsShareShape(ctx, 4, "boolean AND")) return;
     const TensorShape& shape = ctx->input(0).shape();
-    for (int i = 1; i < 4; ++i) {
-      OP_REQUIRES(ctx, ctx->input(i).shape() == shape,
-                  errors::InvalidArgument("boolean AND needs equal shapes (broadcast first); "
-                                          "input 0 is ", shape.DebugString(), ", input ", i,
-                                          " is ", ctx->input(i).shape().DebugString()));
-    }
     PrgKey own, next;
     uint64_t stream;
     if (!ReadKey(ctx, 4, &own) || !ReadKey(ctx, 5, &next) || !ReadStream(ctx, 6, &stream)) return;
@@ -151,13 +146,8 @@ class AndPackedShareOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     const int num = static_cast<int>(seg_.widths.size());
+    if (!InputsShareShape(ctx, 4 * num, "packed AND")) return;
     const TensorShape& shape = ctx->input(0).shape();
-    for (int i = 1; i < 4 * num; ++i) {
-      OP_REQUIRES(ctx, ctx->input(i).shape() == shape,
-                  errors::InvalidArgument("packed AND operands must share one shape; got ",
-                                          shape.DebugString(), " and ",
-                                          ctx->input(i).shape().DebugString()));
-    }
     PrgKey own, next;
     uint64_t stream;
     if (!ReadKey(ctx, 4 * num, &own) || !ReadKey(ctx, 4 * num + 1, &next) ||

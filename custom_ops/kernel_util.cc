@@ -27,6 +27,19 @@ bool ReadKey(OpKernelContext* ctx, int index, PrgKey* key) {
   return true;
 }
 
+bool InputsShareShape(OpKernelContext* ctx, int count, const char* what) {
+  const TensorShape& shape = ctx->input(0).shape();
+  for (int i = 1; i < count; ++i) {
+    if (ctx->input(i).shape() != shape) {
+      ctx->CtxFailure(errors::InvalidArgument(what, " needs equal shapes (broadcast first); "
+                                              "input 0 is ", shape.DebugString(), ", input ", i,
+                                              " is ", ctx->input(i).shape().DebugString()));
+      return false;
+    }
+  }
+  return true;
+}
+
 bool ReadStream(OpKernelContext* ctx, int index, uint64_t* stream) {
   const Tensor& t = ctx->input(index);
   if (!TensorShapeUtils::IsScalar(t.shape())) {

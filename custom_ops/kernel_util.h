@@ -18,6 +18,9 @@ struct PrgKey {
 // Input `index` as a 128-bit key (int64[2]); sets an InvalidArgument error on a bad shape.
 bool ReadKey(tensorflow::OpKernelContext* ctx, int index, PrgKey* key);
 
+// Checks inputs 0..count-1 all have input 0's shape; sets an InvalidArgument error naming `what`.
+bool InputsShareShape(tensorflow::OpKernelContext* ctx, int count, const char* what);
+
 // Input `index` as a scalar stream id.
 bool ReadStream(tensorflow::OpKernelContext* ctx, int index, uint64_t* stream);
 

@@ -136,8 +136,6 @@ ParallelRunner SerialRunner() {
   };
 }
 
-const char* RingGemmAutoPathName() { return CpuHasAvx512() ? "avx512" : "portable"; }
-
 void RingGemmAccumulate(int64_t M, int64_t N, int64_t K, const uint64_t* A, int64_t lda,
                         bool trans_a, const uint64_t* B, int64_t ldb, bool trans_b, uint64_t* C,
                         int64_t ldc, const ParallelRunner& runner, GemmPath path) {

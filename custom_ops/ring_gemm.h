@@ -25,9 +25,6 @@ ParallelRunner SerialRunner();
 // it falls back to portable).
 enum class GemmPath { kAuto, kPortable, kAvx512 };
 
-// Name of the path kAuto takes on this CPU ("avx512" or "portable").
-const char* RingGemmAutoPathName();
-
 // C += op(A) @ op(B) over Z_2^64.
 void RingGemmAccumulate(int64_t M, int64_t N, int64_t K, const uint64_t* A, int64_t lda,
                         bool trans_a, const uint64_t* B, int64_t ldb, bool trans_b, uint64_t* C,

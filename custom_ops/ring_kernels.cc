@@ -185,14 +185,8 @@ class MulShareOp : public OpKernel {
   explicit MulShareOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
+    if (!InputsShareShape(ctx, 4, "elementwise share multiplication")) return;
     const TensorShape& shape = ctx->input(0).shape();
-    for (int i = 1; i < 4; ++i) {
-      OP_REQUIRES(ctx, ctx->input(i).shape() == shape,
-                  errors::InvalidArgument("elementwise share multiplication needs equal shapes "
-                                          "(broadcast first); input 0 is ",
-                                          shape.DebugString(), ", input ", i, " is ",
-                                          ctx->input(i).shape().DebugString()));
-    }
     PrgKey own, next;
     uint64_t stream;
     if (!ReadPrss(ctx, &own, &next, &stream)) return;

@@ -245,7 +245,6 @@ def test_and_packed_share_segments(portable, shape):
     packed = z[0] ^ z[1] ^ z[2]
     out1, out2 = ops.puma_bit_unpack_segments(packed, x1, N=2, positions=seg1 + seg2,
                                               counts=[len(seg1), len(seg2)], portable=portable)
-    m1 = np.uint64(sum(1 << p for p in seg1))
     m2 = np.uint64(sum(1 << p for p in seg2))
     # segment 1 pairs x1 bits (0, 3, 40, 62) with y1 bits (0, 1, 37, 59)
     x1u, y1u = x1.view(np.uint64), y1.view(np.uint64)

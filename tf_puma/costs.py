@@ -51,10 +51,12 @@ class Ledger:
     def _row(self, name: str) -> OpCost:
         return self.ops.setdefault(name, OpCost())
 
-    def bytes_by_sender(self) -> dict:
+    def bytes_by_sender(self, exclude: tuple[str, ...] = ()) -> dict:
+        """Bytes each sender sent, over all protocols but those named in `exclude`."""
         total: collections.Counter = collections.Counter()
-        for row in self.ops.values():
-            total.update(row.bytes_sent)
+        for name, row in self.ops.items():
+            if name not in exclude:
+                total.update(row.bytes_sent)
         return dict(total)
 
     def as_json(self) -> dict:

@@ -38,10 +38,6 @@ class Shared:
     def shape(self) -> tf.TensorShape:
         return self.pairs[0][0].shape
 
-    def share(self, i: int) -> tuple[int, tf.Tensor]:
-        """(holder, x_i): one copy of share i, the one party i holds first."""
-        return i, self.pairs[i][0]
-
     def map_local(self, fn, frac_bits: int | None = None) -> "Shared":
         """Applies a linear, share-wise function on every party (no communication)."""
         pairs = []
@@ -133,19 +129,25 @@ def share(x: tf.Tensor, fxp: FixedPoint = FixedPoint(), frac_bits: int | None = 
         return Shared(pairs, f, depth=1)
 
 
+def _open_to_client(x: Shared) -> tf.Tensor:
+    """x's ring value on the client: P0 sends x_0 + x_1, P1 sends x_2 (1 round, 2n elements)."""
+    with tf.device(runtime.device(0)):
+        part0 = x.pairs[0][0] + x.pairs[0][1]
+    a = runtime.transfer(part0, 0, runtime.CLIENT)
+    b = runtime.transfer(x.pairs[1][1], 1, runtime.CLIENT)
+    costs.record_depth(x.depth + 1)
+    with tf.device(runtime.CLIENT_DEVICE):
+        return a + b
+
+
 def reveal(x: Shared, dtype: tf.DType = tf.float32, name: str = "output") -> tf.Tensor:
-    """Opens x to the client only: P0 sends x_0 + x_1, P1 sends x_2; the client adds and decodes.
+    """Opens x to the client only and decodes it.
 
     Cost: 1 round, 2 ring elements per value (from P0 and P1).
     """
     with costs.protocol("reveal", rounds=1), tf.name_scope(f"reveal_{name}"):
-        with tf.device(runtime.device(0)):
-            part0 = x.pairs[0][0] + x.pairs[0][1]
-        a = runtime.transfer(part0, 0, runtime.CLIENT)
-        b = runtime.transfer(x.pairs[1][1], 1, runtime.CLIENT)
-        costs.record_depth(x.depth + 1)
+        v = _open_to_client(x)
         with tf.device(runtime.CLIENT_DEVICE):
-            v = a + b
             if dtype.is_integer:
                 return tf.cast(v // (2 ** x.frac_bits), dtype) if x.frac_bits else tf.cast(v, dtype)
             return FixedPoint(max(x.frac_bits, 1)).decode(v, dtype, frac_bits=x.frac_bits)
@@ -154,12 +156,7 @@ def reveal(x: Shared, dtype: tf.DType = tf.float32, name: str = "output") -> tf.
 def reveal_ring(x: Shared) -> tf.Tensor:
     """Opens x to the client as raw int64 ring elements (tests and debugging)."""
     with costs.protocol("reveal", rounds=1):
-        with tf.device(runtime.device(0)):
-            part0 = x.pairs[0][0] + x.pairs[0][1]
-        a = runtime.transfer(part0, 0, runtime.CLIENT)
-        b = runtime.transfer(x.pairs[1][1], 1, runtime.CLIENT)
-        with tf.device(runtime.CLIENT_DEVICE):
-            return a + b
+        return _open_to_client(x)
 
 
 runtime.exclude_from_autograph(globals())

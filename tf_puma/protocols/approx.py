@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_puma import costs, runtime
-from tf_puma.protocols import arithmetic, compare, tensor
+from tf_puma.protocols import arithmetic, compare
 from tf_puma.sharing import Shared
 
 # Most fractional bits for polynomial coefficients (see `polynomial`).
@@ -109,10 +109,7 @@ def _piecewise(x: Shared, bounds: Sequence[float], pieces: Sequence) -> Shared:
     pieces[i] is a Shared value, a public constant, or None for zero. Segment indicators are
     differences of the bits [x < bound], so each costs one exact multiplication (1 round).
     """
-    lt = compare.less(tensor.repeat(x, len(bounds)), np.reshape(
-        np.asarray(bounds, dtype=np.float64), [-1] + [1] * x.shape.rank))
-    bits = [tensor.slice_along(lt, 0, i, 1).map_local(lambda t: tf.squeeze(t, 0))
-            for i in range(len(bounds))]
+    bits = compare.less_than_each(x, bounds)
     out = None
     for i, piece in enumerate(pieces):
         if piece is None:
@@ -214,10 +211,7 @@ def _one_hot_octaves(x: Shared, lo: float, hi: float) -> tuple[list[int], list[S
     if len(thresholds) == 0:
         ones = arithmetic.add_public(x.map_local(tf.zeros_like, frac_bits=0), 1)
         return js, [ones]
-    lt = compare.less(tensor.repeat(x, len(thresholds)),
-                      thresholds.reshape([-1] + [1] * x.shape.rank))
-    bits = [tensor.slice_along(lt, 0, i, 1).map_local(lambda t: tf.squeeze(t, 0))
-            for i in range(len(thresholds))]
+    bits = compare.less_than_each(x, thresholds)
     onehot = [bits[0]]
     onehot += [arithmetic.sub(bits[i], bits[i - 1]) for i in range(1, len(bits))]
     onehot.append(arithmetic.add_public(arithmetic.neg(bits[-1]), 1))

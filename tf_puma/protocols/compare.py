@@ -47,13 +47,19 @@ def greater(x: Shared, y: Union[Shared, Public]) -> Shared:
     return is_negative(arithmetic.add_public(arithmetic.neg(x), y))
 
 
+def less_than_each(x: Shared, thresholds: np.ndarray) -> list[Shared]:
+    """[x < t] for every public threshold t, as integer shares, in one batched comparison."""
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    lt = less(tensor.repeat(x, len(thresholds)),
+              thresholds.reshape([-1] + [1] * x.shape.rank))
+    return tensor.split_leading(lt)
+
+
 def equal(x: Shared, y: Union[Shared, Public]) -> Shared:
     """[x == y] as an integer share: both strict comparisons in one batched msb."""
     d = arithmetic.sub(x, y)
-    both = is_negative(tensor.concat([tensor.repeat(d, 1), tensor.repeat(arithmetic.neg(d), 1)],
-                                     0))
-    lt = tensor.slice_along(both, 0, 0, 1).map_local(lambda t: tf.squeeze(t, 0))
-    gt = tensor.slice_along(both, 0, 1, 1).map_local(lambda t: tf.squeeze(t, 0))
+    lt, gt = tensor.split_leading(is_negative(
+        tensor.concat([tensor.repeat(d, 1), tensor.repeat(arithmetic.neg(d), 1)], 0)))
     return arithmetic.add_public(arithmetic.neg(arithmetic.add(lt, gt)), 1)
 
 

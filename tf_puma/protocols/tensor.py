@@ -38,11 +38,10 @@ def concat(xs: Sequence[Shared], axis: int) -> Shared:
     return combine(lambda ts: tf.concat(ts, axis=axis), xs)
 
 
-def unstack(x: Shared, axis: int = 0) -> list[Shared]:
-    """Slices along `axis` (tf.gather, never tf.unstack: Grappler's arithmetic optimizer in TF
-    2.21 rewrites Pack(Unpack(x):k, ...) into x without checking the output order)."""
-    return [x.map_local(lambda t, k=k: tf.gather(t, k, axis=axis))
-            for k in range(x.shape[axis])]
+def split_leading(x: Shared) -> list[Shared]:
+    """The items of x along its leading axis (slices: see `repeat` on Pack/Unpack rewrites)."""
+    return [slice_along(x, 0, i, 1).map_local(lambda t: tf.squeeze(t, 0))
+            for i in range(x.shape[0])]
 
 
 def reshape(x: Shared, shape: Sequence[int]) -> Shared:
