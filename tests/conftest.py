@@ -30,6 +30,19 @@ def bundle_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def deploy(bundle_dir):
+    """Copies a converted model's share bundles to the session's parties, as an operator copies
+    OUT/shares/partyI to party I (each party's --shares directory holds one bundle per model)."""
+    import shutil  # noqa: PLC0415
+
+    def install(model_dir: str, name: str) -> None:
+        for i in range(3):
+            shutil.copytree(os.path.join(model_dir, "shares", f"party{i}"),
+                            os.path.join(bundle_dir, f"party{i}", name))
+    return install
+
+
+@pytest.fixture(scope="session")
 def cluster(bundle_dir):
     local = tf_puma.LocalCluster(shares_dir=bundle_dir)
     spec = local.start()

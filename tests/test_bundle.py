@@ -20,7 +20,7 @@ def read_party(directory: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     data = open(os.path.join(directory, "shares.bin"), "rb").read()
     out = {}
     for line in open(os.path.join(directory, "index.txt"), encoding="utf-8").read().split("\n"):
-        if not line:
+        if not line or line.startswith("#"):
             continue
         name, own, nxt, *dims = line.split()
         n = int(np.prod([int(d) for d in dims]))

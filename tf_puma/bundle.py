@@ -2,7 +2,7 @@
 `OUT/party{0,1,2}/`; party i's directory holds only (w_i, w_{i+1}) of every weight.
 
 Layout of one party's directory: `shares.bin` (int64 little-endian ring elements) and `index.txt`
-(one line per weight: "name offset_own offset_next dim0 dim1 ..."). Parties read their own
+("#bundle ID", then one line per weight: "name offset_own offset_next dim0 dim1 ..."). Parties read their own
 directory with the PumaLoadShare op (`tf-puma party --shares DIR`), once, and keep it resident.
 """
 
@@ -30,11 +30,16 @@ def _uniform_ring(shape: tuple[int, ...]) -> np.ndarray:
 
 
 def write_bundles(weights: Mapping[str, np.ndarray], out_dir: str,
-                  fxp: FixedPoint = FixedPoint()) -> list[str]:
+                  fxp: FixedPoint = FixedPoint(), bundle_id: str = "") -> list[str]:
     """Encodes and secret-shares every weight; returns the three party directories.
+
+    `bundle_id` names the bundle (index.txt's first line "#bundle ID"), so one party can hold
+    the bundles of several models side by side under its --shares directory.
 
     Writes into a temporary name first and renames, so a failure leaves no half-written bundle.
     """
+    if any(ch.isspace() for ch in bundle_id):
+        raise ValueError(f"bundle ids have no spaces, got {bundle_id!r}")
     for name in weights:
         if not name or any(ch.isspace() for ch in name):
             raise ValueError(f"weight names must be non-empty without spaces, got {name!r}")
@@ -62,20 +67,22 @@ def write_bundles(weights: Mapping[str, np.ndarray], out_dir: str,
             fh.close()
     for i, d in enumerate(dirs):
         with open(os.path.join(d, "index.txt.tmp"), "w", encoding="utf-8") as fh:
-            fh.write("\n".join(index[i]) + "\n")
+            header = [f"#bundle {bundle_id}"] if bundle_id else []
+            fh.write("\n".join(header + index[i]) + "\n")
         os.replace(os.path.join(d, "shares.bin.tmp"), os.path.join(d, "shares.bin"))
         os.replace(os.path.join(d, "index.txt.tmp"), os.path.join(d, "index.txt"))
     return dirs
 
 
-def party_weight(name: str, shape, frac_bits: int | None = None) -> Shared:
-    """The shared weight `name`, loaded by each party from its own bundle (no client traffic)."""
+def party_weight(name: str, shape, frac_bits: int | None = None, bundle_id: str = "") -> Shared:
+    """The shared weight `name` of bundle `bundle_id`, loaded by each party from its own
+    bundle (no client traffic)."""
     runtime.require_graph()
     ops = _ops.load()
     shape = tf.TensorShape(shape)
     pairs = []
     for i in range(NUM_PARTIES):
         with tf.device(runtime.device(i)):
-            own, nxt = ops.puma_load_share(weight=name, shape=shape)
+            own, nxt = ops.puma_load_share(weight=name, shape=shape, bundle=bundle_id)
             pairs.append((own, nxt))
     return Shared(pairs, FixedPoint().frac_bits if frac_bits is None else frac_bits, 0)

@@ -1,12 +1,20 @@
 """`tf-puma COMMAND [flags]`: the command-line interface.
 
 Commands:
-  party   start one party's TensorFlow server: --cluster SPEC --task I [--shares DIR]
+  convert IN_SAVEDMODEL OUT_DIR [--signature NAME] [--public-input NAME ...]
+          [--input-shape NAME=1x32 ...] [--overwrite]
+          plaintext SavedModel -> secure SavedModel + OUT_DIR/shares/party{0,1,2}
+  party   --cluster SPEC --task I [--shares DIR]
+          start one party's TensorFlow server with its own share bundle
+  run     --model OUT_DIR --input inputs.json (--cluster SPEC | --local)
+          run the secure model; prints outputs (JSON) and a run summary
 """
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from typing import Callable
 
 from absl import app, flags
@@ -16,6 +24,47 @@ flags.DEFINE_string("cluster", None, "cluster spec: a JSON file or JSON text "
                     '({"client": ["host:port"], "puma": ["h0:p", "h1:p", "h2:p"]})')
 flags.DEFINE_integer("task", None, "this party's index (0, 1 or 2)", lower_bound=0, upper_bound=2)
 flags.DEFINE_string("shares", None, "this party's own share bundle directory (OUT/shares/partyI)")
+flags.DEFINE_string("signature", None, "signature to convert or run (default: serving_default "
+                    "for convert, the converted one for run)")
+flags.DEFINE_multi_string("public-input", [], "convert: a signature input the parties may see "
+                          "in plaintext (repeatable)")
+flags.DEFINE_multi_string("input-shape", [], "convert: NAME=D0xD1... fixes an input's unknown "
+                          "dimensions (repeatable)")
+flags.DEFINE_boolean("overwrite", False, "convert: replace an existing OUT_DIR")
+flags.DEFINE_string("model", None, "run: the secure model directory (tf-puma convert's OUT_DIR)")
+flags.DEFINE_string("input", None, "run: JSON file mapping input names to nested lists")
+flags.DEFINE_boolean("local", False, "run: start three local party servers with the model's "
+                     "share bundles, and stop them afterwards")
+flags.DEFINE_integer("repeat", 1, "run: calls to make (the summary reports the last)",
+                     lower_bound=1)
+
+
+def _parse_shapes(items: list[str]) -> dict[str, list[int]]:
+    shapes = {}
+    for item in items:
+        name, sep, dims = item.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name] = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            raise app.UsageError(f"--input-shape {item!r}: expected NAME=D0xD1..., "
+                                 "e.g. input_ids=1x32") from None
+    return shapes
+
+
+def _convert(argv: list[str]) -> None:
+    if len(argv) != 3:
+        raise app.UsageError("convert needs IN_SAVEDMODEL OUT_DIR")
+    from tf_puma.rewrites.graph import ConversionError  # noqa: PLC0415
+    from tf_puma.rewrites import convert  # noqa: PLC0415
+    try:
+        convert.convert(argv[1], argv[2], signature=FLAGS.signature or "serving_default",
+                        input_shapes=_parse_shapes(FLAGS["input-shape"].value),
+                        public_inputs=FLAGS["public-input"].value, overwrite=FLAGS.overwrite)
+    except ConversionError as err:
+        print(f"tf-puma convert: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _party(argv: list[str]) -> None:
@@ -28,7 +77,51 @@ def _party(argv: list[str]) -> None:
     serve(Cluster.from_spec(FLAGS.cluster), FLAGS.task, FLAGS.shares)
 
 
-COMMANDS: dict[str, Callable[[list[str]], None]] = {"party": _party}
+def _run(argv: list[str]) -> None:
+    del argv
+    if FLAGS.model is None or FLAGS.input is None:
+        raise app.UsageError("run needs --model OUT_DIR and --input inputs.json")
+    if (FLAGS.cluster is None) == (not FLAGS.local):
+        raise app.UsageError("run needs exactly one of --cluster SPEC and --local")
+    import os  # noqa: PLC0415
+
+    import tf_puma  # noqa: PLC0415
+    from tf_puma import secure_model  # noqa: PLC0415
+
+    manifest = secure_model.read_manifest(FLAGS.model)
+    try:
+        with open(FLAGS.input, encoding="utf-8") as fh:
+            inputs = secure_model.check_inputs(manifest, json.load(fh))
+    except (OSError, json.JSONDecodeError, secure_model.InputError) as err:
+        print(f"tf-puma run: {FLAGS.input}: {err}", file=sys.stderr)
+        sys.exit(1)
+    local = (tf_puma.LocalCluster(shares_dir=os.path.join(FLAGS.model, "shares"))
+             if FLAGS.local else None)
+    try:
+        cluster = local.start() if local else tf_puma.Cluster.from_spec(FLAGS.cluster)
+        tf_puma.connect(cluster)
+        start = time.perf_counter()
+        model = secure_model.load(FLAGS.model, FLAGS.signature)
+        load_s = time.perf_counter() - start
+        walls = []
+        for _ in range(FLAGS.repeat):
+            start = time.perf_counter()
+            outputs = {k: v.numpy() for k, v in model(**inputs).items()}
+            walls.append(time.perf_counter() - start)
+    finally:
+        if local:
+            local.stop()
+    print(json.dumps({k: v.tolist() for k, v in outputs.items()}))
+    sent = manifest["bytes_by_sender"]
+    print(f"run summary: load {load_s:.1f} s, first call {walls[0]:.2f} s"
+          + (f", last call {walls[-1]:.2f} s" if len(walls) > 1 else "")
+          + f"; {manifest['critical_path_rounds']} rounds on the critical path; bytes sent: "
+          + ", ".join(f"P{i} {sent.get(str(i), 0) / 2 ** 20:.1f} MiB" for i in range(3))
+          + f", client {sent.get('client', 0) / 2 ** 20:.1f} MiB", file=sys.stderr)
+
+
+COMMANDS: dict[str, Callable[[list[str]], None]] = {"convert": _convert, "party": _party,
+                                                    "run": _run}
 
 
 def run_main(argv: list[str] | None = None) -> None:

@@ -11,14 +11,15 @@ from tf_puma.cluster import NUM_PARTIES, PARTY_JOB, Cluster
 
 
 def serve(cluster: Cluster, task: int, shares: str | None = None) -> None:
-    """Starts party `task`'s server (with its own share bundle directory, if any) and blocks."""
+    """Starts party `task`'s server and blocks. `shares` is the party's share root: one bundle
+    directory (OUT/shares/partyI) or a directory of them (one per model), read on first use."""
     if not 0 <= task < NUM_PARTIES:
         raise ValueError(f"--task must be 0, 1 or 2, got {task}")
     if shares is not None:
-        index = os.path.join(shares, "index.txt")
-        if not os.path.exists(index):
-            raise FileNotFoundError(f"--shares {shares} has no index.txt: pass the party's own "
-                                    "shares/partyI directory written by the model owner")
+        if not os.path.isdir(shares):
+            raise FileNotFoundError(f"--shares {shares} is not a directory: pass the party's own "
+                                    "shares/partyI directory written by `tf-puma convert`, or a "
+                                    "directory holding several such bundles")
         os.environ["TF_PUMA_SHARES"] = os.path.abspath(shares)
     import tensorflow as tf  # noqa: PLC0415
 

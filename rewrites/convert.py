@@ -1,0 +1,165 @@
+"""`tf-puma convert`: plaintext SavedModel -> secure SavedModel + one share bundle per party.
+
+OUT_DIR after a conversion:
+  saved_model.pb, variables/   the secure graph (no weight values; ops placed on client/parties)
+  shares/party{0,1,2}/         party i's two shares of every weight (copy to party i only)
+  tf_puma.json                 manifest: ring, fixed point, model hash, signature, costs per layer
+Everything is written under a temporary name and renamed at the end: a failed conversion leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from typing import Callable, Mapping, Optional, Sequence
+
+import tensorflow as tf
+
+from tf_puma.rewrites.graph import ConversionError, load_signature
+from tf_puma.rewrites.program import SecureProgram
+from tf_puma import _ops, bundle, costs
+from tf_puma.cluster import NUM_PARTIES
+from tf_puma.protocols import arithmetic
+
+MANIFEST = "tf_puma.json"
+FORMAT = "tf-puma-secure-savedmodel/1"
+
+
+def model_hash(saved_model_dir: str) -> str:
+    """sha256 over the SavedModel's files (relative names and contents)."""
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(saved_model_dir):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            digest.update(os.path.relpath(path, saved_model_dir).encode())
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def _signature_function(program: SecureProgram, signature: str, progress, ledgers):
+    names = sorted(program.graph.inputs)
+    specs = [tf.TensorSpec(program.graph.inputs[n].shape, program.graph.inputs[n].dtype, name=n)
+             for n in names]
+    # a function whose parameters carry the signature's input names
+    params = ", ".join(n if n.isidentifier() else f"arg{i}" for i, n in enumerate(names))
+    scope: dict = {}
+    exec(f"def {signature.replace('-', '_')}({params}):\n"  # noqa: S102 - names only
+         f"    return _build(dict(zip(_names, [{params}])))\n",
+         {"_build": lambda inputs: program.build(inputs, on_layer=progress, ledgers=ledgers),
+          "_names": names}, scope)
+    fn = next(iter(scope.values()))
+    return tf.function(fn, input_signature=specs, autograph=False)
+
+
+def convert(in_dir: str, out_dir: str, signature: str = "serving_default",
+            input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
+            public_inputs: Sequence[str] = (), overwrite: bool = False,
+            log: Callable[[str], None] = print) -> dict:
+    """Converts one signature; returns the manifest (also written to OUT_DIR/tf_puma.json)."""
+    if os.path.exists(out_dir) and not overwrite:
+        raise ConversionError(f"{out_dir} already exists; remove it or pass --overwrite")
+    _ops.load()
+    start = time.perf_counter()
+    graph = load_signature(in_dir, signature, input_shapes, public_inputs)
+    log(f"loaded and froze {in_dir} [{signature}]: {len(graph.nodes)} nodes "
+        f"({time.perf_counter() - start:.1f} s)")
+    t = time.perf_counter()
+    source_hash = model_hash(in_dir)
+    bundle_id = f"{source_hash[:12]}-{secrets.token_hex(4)}"  # unique per conversion
+    program = SecureProgram(graph, bundle_id)
+    counts = program.counts()
+    log(f"classified {len(program.order)} run-time nodes: {counts.get('SECRET', 0)} secure, "
+        f"{counts.get('CLIENT', 0) + counts.get('PUBLIC', 0)} on the client; "
+        f"{counts['idioms']} idioms (GeLU, LayerNorm); {counts['weights']} weight tensors, "
+        f"{sum(w.size for w in program.weights.values()):,} values "
+        f"({time.perf_counter() - t:.1f} s)")
+    ledgers: dict[str, costs.Ledger] = {}
+    t = time.perf_counter()
+    fn = _signature_function(program, signature, lambda g: log(f"  tracing {g} ..."), ledgers)
+    with costs.Ledger() as total:
+        concrete = fn.get_concrete_function()
+    num_ops = len(concrete.graph.get_operations())
+    trace_s = time.perf_counter() - t
+    log(f"traced the secure graph: {num_ops:,} ops ({trace_s:.1f} s)")
+
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        t = time.perf_counter()
+        module = tf.Module()
+        module.secure_fn = fn
+        tf.saved_model.save(module, tmp, signatures={signature: concrete})
+        save_s = time.perf_counter() - t
+        t = time.perf_counter()
+        bundle.write_bundles(program.weights, os.path.join(tmp, "shares"),
+                             arithmetic.fixed_point(), bundle_id=bundle_id)
+        log(f"saved the secure SavedModel ({save_s:.1f} s) and {NUM_PARTIES} share bundles "
+            f"({time.perf_counter() - t:.1f} s)")
+        manifest = _manifest(in_dir, source_hash, signature, program, total, ledgers, num_ops,
+                             time.perf_counter() - start)
+        with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh, indent=2)
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(cost_report(manifest))
+    return manifest
+
+
+def _manifest(in_dir, source_hash, signature, program, total, ledgers, num_ops,
+              seconds) -> dict:
+    g = program.graph
+    return {
+        "format": FORMAT,
+        "ring_bits": 64,
+        "frac_bits": arithmetic.fixed_point().frac_bits,
+        "source": os.path.abspath(in_dir),
+        "model_sha256": source_hash,
+        "bundle_id": program.bundle_id,
+        "signature": signature,
+        "inputs": {k: {"dtype": v.dtype.name, "shape": list(v.shape),
+                       "public": k in g.public_inputs} for k, v in sorted(g.inputs.items())},
+        "outputs": {k: {"dtype": g.tensor(ref).dtype.name,
+                        "shape": list(g.static_shape(ref))} for k, ref in g.outputs.items()},
+        "weights": {"tensors": len(program.weights),
+                    "values": int(sum(w.size for w in program.weights.values()))},
+        "secure_graph_ops": num_ops,
+        "convert_seconds": round(seconds, 2),
+        "critical_path_rounds": total.critical_rounds,
+        "bytes_by_sender": {str(k): v for k, v in total.bytes_by_sender().items()},
+        "layers": {name: {"rounds": sum(r.rounds for r in led.ops.values()),
+                          "bytes_by_sender": {str(k): v for k, v in
+                                              led.bytes_by_sender().items()}}
+                   for name, led in ledgers.items()},
+        "protocols": total.as_json()["ops"],
+    }
+
+
+def cost_report(manifest: dict) -> str:
+    """Per-layer estimated rounds (sum over protocol calls) and bytes sent by each party."""
+    head = f"{'layer':<16}{'rounds':>8}" + "".join(f"{'P' + str(i) + ' MiB':>11}"
+                                                  for i in range(NUM_PARTIES))
+    lines = [head, "-" * len(head)]
+    for name, row in manifest["layers"].items():
+        sent = row["bytes_by_sender"]
+        lines.append(f"{name:<16}{row['rounds']:>8}" + "".join(
+            f"{sent.get(str(i), 0) / 2 ** 20:>11.2f}" for i in range(NUM_PARTIES)))
+    sent = manifest["bytes_by_sender"]
+    lines.append(f"{'total':<16}{manifest['critical_path_rounds']:>8}" + "".join(
+        f"{sent.get(str(i), 0) / 2 ** 20:>11.2f}" for i in range(NUM_PARTIES))
+        + "   (rounds: critical path)")
+    lines.append(f"client sends {sent.get('client', 0) / 2 ** 20:.2f} MiB; secure graph "
+                 f"{manifest['secure_graph_ops']:,} ops")
+    return "\n".join(lines)

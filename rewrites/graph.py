@@ -1,0 +1,252 @@
+"""The plaintext model as the rewriter sees it: one signature of a SavedModel, frozen, with static
+input shapes, its nodes classified by who may compute them.
+
+Kinds (a node's kind follows from its data inputs' kinds):
+| kind    | value known to            | computed                                         |
+|---------|---------------------------|--------------------------------------------------|
+| CONST   | everyone (architecture)   | at convert time; embedded in the secure graph    |
+| WEIGHT  | the model owner only      | at convert time; split into the parties' bundles |
+| PUBLIC  | client and parties        | at run time on the client (`--public-input`)     |
+| CLIENT  | the client only           | at run time, in plaintext on the client          |
+| SECRET  | nobody                    | at run time by the parties, with a rewrite rule  |
+Shape, Size and Rank are CONST (secure graphs have static shapes). Weights are the signature's
+captured variables and, conservatively, every other float constant with more than one element.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+from typing import Mapping, Sequence
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # models saved by transformers' TF classes
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow.core.framework import graph_pb2, node_def_pb2  # noqa: E402
+from tensorflow.python.framework.convert_to_constants import \
+    convert_variables_to_constants_v2  # noqa: E402
+
+
+class Kind(enum.IntEnum):
+    """Ordered so that combining inputs takes the max (SECRET dominates)."""
+    CONST = 0
+    WEIGHT = 1
+    PUBLIC = 2
+    CLIENT = 3
+    SECRET = 4
+
+
+SHAPE_OPS = ("Shape", "Size", "Rank", "ShapeN")
+SKIPPED_OPS = ("NoOp", "Assert")  # control-only nodes: never needed for a value
+
+
+class ConversionError(ValueError):
+    """The model cannot be converted; the message says which node and what to do."""
+
+
+@dataclasses.dataclass
+class TensorInfo:
+    name: str  # "node:index"
+    shape: tuple[int, ...]
+    dtype: tf.DType
+
+
+def tensor_name(ref: str) -> str:
+    """A NodeDef input reference as "node:index"."""
+    return ref if ":" in ref else f"{ref}:0"
+
+
+def node_of(ref: str) -> str:
+    return ref.lstrip("^").split(":")[0]
+
+
+class FrozenGraph:
+    """One frozen signature: nodes in topological order, static shapes, kinds, folded values."""
+
+    def __init__(self, graph_def: graph_pb2.GraphDef, inputs: Mapping[str, TensorInfo],
+                 outputs: Mapping[str, str], weight_nodes: set[str],
+                 public_inputs: Sequence[str] = ()):
+        self.inputs = dict(inputs)          # signature name -> placeholder tensor info
+        self.outputs = dict(outputs)        # signature name -> tensor name
+        unknown = set(public_inputs) - set(self.inputs)
+        if unknown:
+            raise ConversionError(f"--public-input {sorted(unknown)}: no such signature input "
+                                  f"(inputs: {sorted(self.inputs)})")
+        self.public_inputs = set(public_inputs)
+        self.graph_def = _with_static_placeholders(graph_def, self.inputs)
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            tf.graph_util.import_graph_def(self.graph_def, name="")
+        self.nodes: dict[str, node_def_pb2.NodeDef] = {n.name: n for n in self.graph_def.node}
+        self.weight_nodes = weight_nodes
+        self.order = _topological_order(self.graph_def)
+        self.kinds: dict[str, Kind] = {}
+        self._classify()
+
+    # -- shapes and kinds ------------------------------------------------------------------
+    def tensor(self, ref: str) -> tf.Tensor:
+        return self.graph.get_tensor_by_name(tensor_name(ref))
+
+    def static_shape(self, ref: str) -> tuple[int, ...]:
+        shape = self.tensor(ref).shape
+        if not shape.is_fully_defined():
+            raise ConversionError(f"{ref}: shape {shape} is not static; secure graphs need "
+                                  "static shapes (fix the input shapes with --input-shape)")
+        return tuple(shape.as_list())
+
+    def data_inputs(self, name: str) -> list[str]:
+        return [ref for ref in self.nodes[name].input if not ref.startswith("^")]
+
+    def _classify(self) -> None:
+        placeholders = {tensor_name(t.name).split(":")[0]: n for n, t in self.inputs.items()}
+        for name in self.order:
+            node = self.nodes[name]
+            if node.op == "Placeholder":
+                sig_name = placeholders.get(name)
+                if sig_name is None:
+                    raise ConversionError(f"placeholder {name} is not a signature input")
+                kind = Kind.PUBLIC if sig_name in self.public_inputs else Kind.CLIENT
+            elif node.op == "Const":
+                kind = Kind.WEIGHT if self._is_weight_const(node) else Kind.CONST
+            elif node.op in SHAPE_OPS:
+                for ref in self.data_inputs(name):
+                    self.static_shape(ref)
+                kind = Kind.CONST
+            else:
+                kind = max((self.kinds[node_of(r)] for r in self.data_inputs(name)),
+                           default=Kind.CONST)
+                if kind in (Kind.PUBLIC, Kind.CLIENT) and Kind.WEIGHT in {
+                        self.kinds[node_of(r)] for r in self.data_inputs(name)}:
+                    kind = Kind.SECRET  # a weight meets run-time data: computed securely
+            self.kinds[name] = kind
+
+    def _is_weight_const(self, node: node_def_pb2.NodeDef) -> bool:
+        if node.name in self.weight_nodes:
+            return True
+        value = node.attr["value"].tensor
+        dtype = tf.dtypes.as_dtype(value.dtype)
+        return dtype.is_floating and int(np.prod([d.size for d in value.tensor_shape.dim])) > 1
+
+    def kind(self, ref: str) -> Kind:
+        return self.kinds[node_of(ref)]
+
+    # -- folding ---------------------------------------------------------------------------
+    def fold(self, refs: Sequence[str]) -> dict[str, np.ndarray]:
+        """Values of CONST/WEIGHT tensors, computed in plaintext TensorFlow (one session run)."""
+        refs = [tensor_name(r) for r in refs]
+        for ref in refs:
+            if self.kind(ref) not in (Kind.CONST, Kind.WEIGHT):
+                raise ValueError(f"{ref} depends on run-time inputs and cannot be folded")
+        if not refs:
+            return {}
+        folded_def = graph_pb2.GraphDef()
+        folded_def.CopyFrom(self.graph_def)
+        for node in folded_def.node:  # shapes are static: Shape-like ops become constants
+            if node.op in SHAPE_OPS and node.op != "ShapeN":
+                value = self._shape_op_value(node)
+                node.op = "Const"
+                node.ClearField("input")
+                dtype = node.attr["out_type"].type if "out_type" in node.attr else tf.int32
+                node.attr.clear()
+                node.attr["dtype"].type = dtype
+                node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(
+                    np.asarray(value, dtype=tf.dtypes.as_dtype(dtype).as_numpy_dtype)))
+        graph = tf.Graph()
+        with graph.as_default():
+            tf.graph_util.import_graph_def(folded_def, name="")
+        with tf.compat.v1.Session(graph=graph) as session:
+            values = session.run(refs)
+        return dict(zip(refs, values))
+
+    def _shape_op_value(self, node: node_def_pb2.NodeDef):
+        shape = self.static_shape(self.data_inputs(node.name)[0])
+        if node.op == "Shape":
+            return list(shape)
+        if node.op == "Size":
+            return int(np.prod(shape))
+        return len(shape)
+
+
+def _with_static_placeholders(graph_def: graph_pb2.GraphDef,
+                              inputs: Mapping[str, TensorInfo]) -> graph_pb2.GraphDef:
+    out = graph_pb2.GraphDef()
+    out.CopyFrom(graph_def)
+    shapes = {info.name.split(":")[0]: info.shape for info in inputs.values()}
+    for node in out.node:
+        if node.op == "Placeholder" and node.name in shapes:
+            node.attr["shape"].shape.CopyFrom(tf.TensorShape(shapes[node.name]).as_proto())
+    return out
+
+
+def _topological_order(graph_def: graph_pb2.GraphDef) -> list[str]:
+    """Node names with every (data or control) input before its consumers."""
+    deps = {n.name: [node_of(r) for r in n.input] for n in graph_def.node}
+    order: list[str] = []
+    state: dict[str, int] = {}
+    for root in deps:
+        stack = [(root, 0)]
+        while stack:
+            name, i = stack.pop()
+            if i == 0:
+                if state.get(name) == 2:
+                    continue
+                state[name] = 1
+            if i < len(deps[name]):
+                stack.append((name, i + 1))
+                child = deps[name][i]
+                if state.get(child) != 2:
+                    if state.get(child) == 1:
+                        raise ConversionError(f"the graph has a cycle through {child} "
+                                              "(control flow is not supported)")
+                    stack.append((child, 0))
+            else:
+                state[name] = 2
+                order.append(name)
+    return order
+
+
+def load_signature(saved_model_dir: str, signature: str = "serving_default",
+                   input_shapes: Mapping[str, Sequence[int]] | None = None,
+                   public_inputs: Sequence[str] = ()) -> FrozenGraph:
+    """Loads and freezes one signature; `input_shapes` fills dimensions the signature leaves
+    unknown (e.g. {"input_ids": [1, 32]})."""
+    if not os.path.isdir(saved_model_dir):
+        raise ConversionError(f"{saved_model_dir}: no such SavedModel directory")
+    try:
+        loaded = tf.saved_model.load(saved_model_dir)
+    except Exception as err:  # noqa: BLE001 - the loader raises many types
+        raise ConversionError(f"{saved_model_dir}: cannot load the SavedModel ({err})") from err
+    if signature not in loaded.signatures:
+        raise ConversionError(f"{saved_model_dir} has no signature {signature!r}; it has "
+                              f"{sorted(loaded.signatures)} (choose one with --signature)")
+    fn = loaded.signatures[signature]
+    weight_nodes = {internal.op.name for external, internal in fn.graph.captures
+                    if external.dtype == tf.resource}
+    frozen = convert_variables_to_constants_v2(fn)
+    input_shapes = dict(input_shapes or {})
+    inputs: dict[str, TensorInfo] = {}
+    for name, spec in sorted(fn.structured_input_signature[1].items()):
+        shape = list(spec.shape.as_list())
+        if name in input_shapes:
+            given = list(input_shapes.pop(name))
+            if len(given) != len(shape) or any(s is not None and s != g
+                                               for s, g in zip(shape, given)):
+                raise ConversionError(f"--input-shape {name}={'x'.join(map(str, given))} does "
+                                      f"not fit the signature's shape {spec.shape}")
+            shape = given
+        if any(d is None for d in shape):
+            raise ConversionError(f"input {name} has shape {spec.shape} with unknown "
+                                  f"dimensions; secure graphs need static shapes: pass "
+                                  f"--input-shape {name}=" + "x".join(
+                                      "1" if d is None else str(d) for d in shape))
+        inputs[name] = TensorInfo(tensor_name(spec.name or name), tuple(shape), spec.dtype)
+    if input_shapes:
+        raise ConversionError(f"--input-shape {sorted(input_shapes)}: no such signature input")
+    if not isinstance(fn.structured_outputs, dict):
+        raise ConversionError(f"signature {signature!r} must return a dict of named outputs")
+    keys = sorted(fn.structured_outputs)  # flattening order of a dict
+    outputs = {key: t.name for key, t in zip(keys, frozen.outputs)}
+    return FrozenGraph(frozen.graph.as_graph_def(), inputs, outputs, weight_nodes,
+                       public_inputs)

@@ -1,0 +1,173 @@
+"""The rewriter: classification, idioms, errors before output, and every rule's numerics on a
+small model that uses them (three local parties)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_puma import secure_model
+from tf_puma.rewrites import convert, graph, program
+from tf_puma.rewrites.graph import ConversionError, Kind
+
+QUIET = {"log": lambda line: None}
+
+
+def _save(tmp_path, name: str, fn, specs, variables) -> str:
+    module = tf.Module()
+    module.vars = variables
+    path = str(tmp_path / name)
+    tf.saved_model.save(module, path, signatures={
+        "serving_default": tf.function(fn, input_signature=specs)})
+    return path
+
+
+def _weights(*shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [tf.Variable(rng.normal(size=s).astype(np.float32) * 0.3) for s in shapes]
+
+
+def test_kinds_fold_weights_and_keep_client_work_on_the_client(tmp_path):
+    w, = _weights((6, 4))
+
+    def fn(x, mask):
+        bias = tf.cast(1 - mask, tf.float32) * -100.0        # client only
+        return {"y": x @ tf.transpose(tf.transpose(w)) + bias}  # weight-only transposes fold
+
+    path = _save(tmp_path, "m", fn, [tf.TensorSpec([2, 6], tf.float32, name="x"),
+                                     tf.TensorSpec([2, 4], tf.int32, name="mask")], [w])
+    g = graph.load_signature(path)
+    prog = program.SecureProgram(g)
+    kinds = {g.nodes[n].op: g.kinds[n] for n in prog.order}
+    assert kinds["Cast"] == Kind.CLIENT and kinds["MatMul"] == Kind.SECRET
+    assert "Transpose" not in kinds  # folded at convert time
+    assert [v.shape for v in prog.weights.values()] == [(6, 4)]
+
+
+def test_idioms_are_found(tmp_path):
+    w, = _weights((8, 8))
+    ln = tf.keras.layers.LayerNormalization(epsilon=1e-5)
+    ln.build([None, 8])
+
+    def fn(x):
+        h = x @ w
+        return {"erf": tf.nn.gelu(h, approximate=False), "tanh": tf.nn.gelu(h, approximate=True),
+                "keras_erf": 0.5 * h * (1.0 + tf.math.erf(h / tf.sqrt(2.0))), "ln": ln(h)}
+
+    path = _save(tmp_path, "m", fn, [tf.TensorSpec([3, 8], tf.float32, name="x")],
+                 [w, ln.gamma, ln.beta])
+    prog = program.SecureProgram(graph.load_signature(path))
+    found = sorted(name for name, _ in prog.idioms.values())
+    assert found == ["gelu", "gelu", "gelu", "layer_norm"]
+    assert not any(prog.graph.nodes[n].op in ("Erf", "Erfc", "Tanh") for n in prog.order)
+
+
+def test_unsupported_op_is_an_error_before_any_output(tmp_path):
+    w, = _weights((4, 4))
+
+    def fn(x):
+        h = x @ w
+        return {"y": tf.math.log(h * h + 1.0), "z": tf.math.erf(h)}
+
+    path = _save(tmp_path, "m", fn, [tf.TensorSpec([2, 4], tf.float32, name="x")], [w])
+    out = str(tmp_path / "out")
+    with pytest.raises(ConversionError) as err:
+        convert.convert(path, out, **QUIET)
+    message = str(err.value)
+    assert "Log " in message and "Erf " in message and "nothing was written" in message
+    assert "GeLU idiom" in message  # the pattern an Erf is expected in
+    assert "StatefulPartitionedCall" in message  # node names
+    assert not os.path.exists(out) and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def test_unknown_dimensions_need_input_shape(tmp_path):
+    w, = _weights((4, 4))
+    path = _save(tmp_path, "m", lambda x: {"y": x @ w},
+                 [tf.TensorSpec([None, 4], tf.float32, name="x")], [w])
+    with pytest.raises(ConversionError, match="--input-shape x=1x4"):
+        graph.load_signature(path)
+    assert graph.load_signature(path, input_shapes={"x": [3, 4]}).inputs["x"].shape == (3, 4)
+    with pytest.raises(ConversionError, match="does not fit"):
+        graph.load_signature(path, input_shapes={"x": [3, 5]})
+    with pytest.raises(ConversionError, match="no signature 'other'"):
+        graph.load_signature(path, signature="other")
+
+
+def test_unsupported_floor_is_named(tmp_path):
+    w, = _weights((4, 4))
+    path = _save(tmp_path, "m", lambda x: {"y": tf.floor(x @ w)},
+                 [tf.TensorSpec([2, 4], tf.float32, name="x")], [w])
+    with pytest.raises(ConversionError, match=r"(?s)Floor .*no secure rewrite rule"):
+        convert.convert(path, str(tmp_path / "out"), **QUIET)
+
+
+def test_every_rule_matches_plaintext(tmp_path, cluster, deploy):
+    w1, w2, w3, table = _weights((6, 8), (8, 8), (4, 8, 8), (20, 8), seed=1)
+
+    def fn(x, ids, count):
+        h = tf.einsum("bi,ij->bj", x, w1)
+        e = tf.gather(table, ids)
+        h = h + tf.reduce_sum(e, axis=1) / tf.cast(count, tf.float32)[:, None]
+        a, b = tf.split(h, 2, axis=1)
+        h = tf.concat([tf.nn.relu(a), tf.maximum(b, 0.2)], 1)
+        s = tf.stack([h, tf.square(h)], axis=1)
+        t = tf.einsum("bsi,hij->bhsj", s, w3)
+        u = tf.reduce_mean(t, axis=1) @ w2
+        v = tf.nn.softmax(u) + tf.sigmoid(u) - tf.tanh(u / 4.0)
+        r = tf.math.rsqrt(tf.reduce_sum(u * u, -1, keepdims=True) + 1.0)
+        q = tf.sqrt(tf.abs(u) + 1.0)
+        return {"v": v, "r": tf.tile(r, [1, 1, 3]), "p": tf.pow(u, 3.0) - q,
+                "m": tf.minimum(tf.reshape(u, [2, 4, 4]), -0.1)}
+
+    specs = [tf.TensorSpec([2, 6], tf.float32, name="x"),
+             tf.TensorSpec([2, 3], tf.int32, name="ids"),
+             tf.TensorSpec([2], tf.int32, name="count")]
+    plain = _save(tmp_path, "plain", fn, specs, [w1, w2, w3, table])
+    secure = str(tmp_path / "secure")
+    convert.convert(plain, secure, **QUIET)
+    deploy(secure, "rules")
+    rng = np.random.default_rng(2)
+    inputs = {"x": rng.normal(size=(2, 6)).astype(np.float32),
+              "ids": rng.integers(0, 20, (2, 3)).astype(np.int32),
+              "count": np.array([3, 2], np.int32)}
+    reference = tf.saved_model.load(plain).signatures["serving_default"](
+        **{k: tf.constant(v) for k, v in inputs.items()})
+    out = secure_model.load(secure)(**inputs)
+    for key in reference:
+        err = np.abs(out[key].numpy() - reference[key].numpy()).max()
+        assert err <= 2e-3, (key, err)  # fixed point + approximations on values of size ~1
+
+
+def test_cli_convert_and_run_local(tmp_path):
+    """`tf-puma convert` then `tf-puma run --local` (its own three party servers)."""
+    w, = _weights((6, 4), seed=4)
+    plain = _save(tmp_path, "plain", lambda x: {"y": tf.nn.gelu(x @ w)},
+                  [tf.TensorSpec([None, 6], tf.float32, name="x")], [w])
+    secure = str(tmp_path / "secure")
+    cli = [sys.executable, "-m", "tf_puma.cli"]
+    done = subprocess.run([*cli, "convert", plain, secure, "--input-shape", "x=2x6"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "total" in done.stdout and "rounds" in done.stdout  # per-layer cost report
+    manifest = json.load(open(os.path.join(secure, "tf_puma.json")))
+    assert manifest["inputs"]["x"]["shape"] == [2, 6] and manifest["ring_bits"] == 64
+    x = np.random.default_rng(0).normal(size=(2, 6)).astype(np.float32)
+    with open(tmp_path / "in.json", "w") as fh:
+        json.dump({"x": x.tolist()}, fh)
+    done = subprocess.run([*cli, "run", "--model", secure, "--input", str(tmp_path / "in.json"),
+                           "--local"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    y = np.array(json.loads(done.stdout.strip().splitlines()[-1])["y"])
+    assert np.abs(y - tf.nn.gelu(x @ w.numpy()).numpy()).max() <= 1e-3
+    assert "run summary" in done.stderr and "rounds" in done.stderr
+    with open(tmp_path / "bad.json", "w") as fh:
+        json.dump({"x": x[:1].tolist()}, fh)
+    done = subprocess.run([*cli, "run", "--model", secure, "--input", str(tmp_path / "bad.json"),
+                           "--local"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "input 'x': expected shape [2, 6]" in done.stderr

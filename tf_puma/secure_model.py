@@ -1,0 +1,81 @@
+"""Loading and calling a secure SavedModel written by `tf-puma convert`.
+
+    tf_puma.connect("cluster.json")          # parties started with their own --shares
+    model = tf_puma.load("OUT_DIR")
+    outputs = model(input_ids=ids, attention_mask=mask)   # plaintext, on the client
+
+`tf.saved_model.load(OUT_DIR)` works too once the op library is loaded (`tf_puma.load` does that
+and checks inputs against the manifest so mistakes are named before anything runs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from tf_puma import _ops
+
+MANIFEST = "tf_puma.json"
+
+
+class InputError(ValueError):
+    """An input does not match the secure model's signature."""
+
+
+def read_manifest(model_dir: str) -> dict:
+    path = os.path.join(model_dir, MANIFEST)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{model_dir} is not a tf-puma secure model (no {MANIFEST}); "
+                                "create one with `tf-puma convert IN_SAVEDMODEL OUT_DIR`")
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def check_inputs(manifest: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The inputs as arrays of the signature's dtypes; raises InputError naming what is wrong."""
+    spec = manifest["inputs"]
+    missing = sorted(set(spec) - set(inputs))
+    extra = sorted(set(inputs) - set(spec))
+    if missing or extra:
+        raise InputError(f"the model takes inputs {sorted(spec)}; missing {missing}, "
+                         f"unexpected {extra}")
+    out = {}
+    for name, want in spec.items():
+        value = inputs[name]
+        dtype = tf.as_dtype(want["dtype"])
+        array = value.numpy() if isinstance(value, tf.Tensor) else np.asarray(value)
+        if array.dtype.kind not in "iuf" or (dtype.is_integer and array.dtype.kind == "f"):
+            raise InputError(f"input {name!r}: expected {dtype.name} values, got "
+                             f"{array.dtype.name}")
+        if list(array.shape) != list(want["shape"]):
+            raise InputError(f"input {name!r}: expected shape {want['shape']} (fixed when the "
+                             f"model was converted), got {list(array.shape)}")
+        out[name] = array.astype(dtype.as_numpy_dtype)
+    return out
+
+
+class SecureModel:
+    """A loaded secure SavedModel: call it with named plaintext inputs."""
+
+    def __init__(self, model_dir: str, signature: str | None = None):
+        _ops.load()
+        self.dir = model_dir
+        self.manifest = read_manifest(model_dir)
+        self.signature_name = signature or self.manifest["signature"]
+        self.loaded = tf.saved_model.load(model_dir)
+        if self.signature_name not in self.loaded.signatures:
+            raise KeyError(f"{model_dir} has no signature {self.signature_name!r}")
+        self.signature = self.loaded.signatures[self.signature_name]
+
+    def __call__(self, **inputs: Any) -> dict[str, tf.Tensor]:
+        arrays = check_inputs(self.manifest, inputs)
+        return self.signature(**{k: tf.constant(v) for k, v in arrays.items()})
+
+
+def load(model_dir: str, signature: str | None = None) -> SecureModel:
+    """Loads a secure model; connect to the cluster (tf_puma.connect) before calling it."""
+    return SecureModel(model_dir, signature)

@@ -1,0 +1,38 @@
+"""Real text for the demo, tests and benchmarks: the 10,605 rated movie-review sentences of
+Hutto & Gilbert (ICWSM 2014), shipped in the vaderSentiment 3.3.2 sdist that `make setup`
+downloads to `data/` (or $TF_PUMA_DATA)."""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import tarfile
+
+VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
+_INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
+_MOVIES = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+
+
+def data_dir() -> str:
+    return os.environ.get("TF_PUMA_DATA") or os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+
+
+@functools.lru_cache(maxsize=1)
+def movie_reviews() -> tuple[tuple[float, str], ...]:
+    """(rating in [-4, 4], sentence) pairs, in the file's order."""
+    path = os.path.join(data_dir(), VADER_SDIST)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing: run `make setup` (it downloads the "
+                                "vadersentiment==3.3.2 sdist there), or set TF_PUMA_DATA")
+    with tarfile.open(path) as sdist:
+        inner = sdist.extractfile(_INNER).read()
+    with tarfile.open(fileobj=io.BytesIO(inner)) as corpus:
+        text = corpus.extractfile(_MOVIES).read().decode("utf-8")
+    rows = []
+    for line in text.splitlines():
+        fields = line.strip().split("\t")
+        if len(fields) == 3:
+            rows.append((float(fields[1]), fields[2]))
+    return tuple(rows)
