@@ -1,0 +1,141 @@
+"""Whole models, secure vs plaintext: MiniLM-L6 (real weights) at 32 and 128 tokens and a
+BERT-base-shaped model (random weights) at 128 tokens, batch 1.
+
+For each: export the plaintext SavedModel, `tf-puma convert`, start three local parties with
+their bundles, load, call (first and steady), and report wall time, rounds, bytes per party,
+peak memory per party (VmHWM) and plaintext TF time. Each model runs in its own process (one
+TF cluster per process).
+
+    python benchmarks/models.py                 # all three
+    python benchmarks/models.py minilm-32       # one
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import print_table, write_json  # noqa: E402
+
+CONFIGS = {"minilm-32": ("minilm", 32), "minilm-128": ("minilm", 128),
+           "bert-base-128": ("bert-base", 128)}
+# The reference PUMA implementation (SPU) measured on this 2-core machine (issue 4).
+REFERENCE = {"minilm-32": (31.0, 0.4), "minilm-128": (38.0, 2.1), "bert-base-128": (114.0, 6.7)}
+STEADY_CALLS = 3
+
+
+def _export(kind: str, seq_len: int, out: str) -> str:
+    from tf_puma import hf  # noqa: PLC0415
+    if kind == "minilm":
+        return hf.export_minilm(out, batch=1, seq_len=seq_len)
+    import tensorflow as tf  # noqa: PLC0415
+    import transformers  # noqa: PLC0415
+    tf.keras.utils.set_random_seed(0)
+    model = transformers.TFBertModel(transformers.BertConfig())  # bert-base-uncased shapes
+    model(model.dummy_inputs)
+    spec = [tf.TensorSpec([1, seq_len], tf.int32, name="input_ids"),
+            tf.TensorSpec([1, seq_len], tf.int32, name="attention_mask")]
+
+    @tf.function(input_signature=spec)
+    def serve(input_ids, attention_mask):
+        return {"last_hidden_state": model(input_ids=input_ids, attention_mask=attention_mask,
+                                           training=False).last_hidden_state}
+
+    module = tf.Module()
+    module.model = model
+    tf.saved_model.save(module, out, signatures={"serving_default": serve})
+    return out
+
+
+def _peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_one(name: str) -> dict:
+    """One model in this process: returns its row as a dict."""
+    import numpy as np  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    import tf_puma  # noqa: PLC0415
+    from tf_puma import secure_model  # noqa: PLC0415
+    from tf_puma.rewrites import convert  # noqa: PLC0415
+
+    kind, seq_len = CONFIGS[name]
+    work = tempfile.mkdtemp(prefix=f"tf-puma-bench-{name}-")
+    plain_dir = _export(kind, seq_len, os.path.join(work, "plain"))
+    secure_dir = os.path.join(work, "secure")
+    start = time.perf_counter()
+    manifest = convert.convert(plain_dir, secure_dir, log=lambda line: None)
+    convert_s = time.perf_counter() - start
+    rng = np.random.default_rng(0)
+    inputs = {"input_ids": rng.integers(1000, 20000, (1, seq_len)).astype(np.int32),
+              "attention_mask": np.ones((1, seq_len), np.int32)}
+    plain_fn = tf.saved_model.load(plain_dir).signatures["serving_default"]
+    feed = {k: tf.constant(v) for k, v in inputs.items()}
+    plain_fn(**feed)
+    start = time.perf_counter()
+    reference = {k: v.numpy() for k, v in plain_fn(**feed).items()}
+    plain_s = time.perf_counter() - start
+    local = tf_puma.LocalCluster(shares_dir=os.path.join(secure_dir, "shares"))
+    with local as spec:
+        tf_puma.connect(spec)
+        start = time.perf_counter()
+        model = secure_model.load(secure_dir)
+        load_s = time.perf_counter() - start
+        start = time.perf_counter()
+        model(**inputs)
+        first_s = time.perf_counter() - start
+        walls = []
+        for _ in range(STEADY_CALLS):
+            start = time.perf_counter()
+            out = {k: v.numpy() for k, v in model(**inputs).items()}
+            walls.append(time.perf_counter() - start)
+        peak = [_peak_rss_mib(p.pid) for p in local.processes]
+    err = float(np.abs(out["last_hidden_state"] - reference["last_hidden_state"]).max())
+    sent = manifest["bytes_by_sender"]
+    parties_gib = [sent.get(str(i), 0) / 2 ** 30 for i in range(3)]
+    return {"model": name, "tokens": seq_len, "convert_s": convert_s,
+            "secure_graph_ops": manifest["secure_graph_ops"], "load_s": load_s,
+            "first_call_s": first_s, "wall_s": min(walls), "plaintext_s": plain_s,
+            "rounds": manifest["critical_path_rounds"], "party_gib": parties_gib,
+            "total_gib": sum(parties_gib), "client_mib": sent.get("client", 0) / 2 ** 20,
+            "peak_party_mib": peak, "max_abs_err": err,
+            "reference_s": REFERENCE[name][0], "reference_gib": REFERENCE[name][1]}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) == 3 and argv[1] == "--one":
+        print(json.dumps(run_one(argv[2])))
+        return
+    names = argv[1:] or list(CONFIGS)
+    rows = []
+    for name in names:
+        if name not in CONFIGS:
+            raise SystemExit(f"unknown model {name!r}; choose from {sorted(CONFIGS)}")
+        done = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", name],
+                              capture_output=True, text=True,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        if done.returncode != 0:
+            raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print_table(["model", "tokens", "wall s", "ref s", "rounds", "GiB (3 parties)", "ref GiB",
+                 "client MiB", "peak MiB/party", "plain ms", "err", "convert s", "load s",
+                 "1st call s", "ops"],
+                [[r["model"], r["tokens"], r["wall_s"], r["reference_s"], r["rounds"],
+                  r["total_gib"], r["reference_gib"], r["client_mib"], max(r["peak_party_mib"]),
+                  r["plaintext_s"] * 1e3, f"{r['max_abs_err']:.1e}", r["convert_s"],
+                  r["load_s"], r["first_call_s"], r["secure_graph_ops"]] for r in rows])
+    write_json("models", {"rows": rows, "steady_calls": STEADY_CALLS})
+
+
+if __name__ == "__main__":
+    main(sys.argv)
