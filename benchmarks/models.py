@@ -3,8 +3,9 @@ BERT-base-shaped model (random weights) at 128 tokens, batch 1.
 
 For each: export the plaintext SavedModel, `tf-puma convert`, start three local parties with
 their bundles, load, call (first and steady), and report wall time, rounds, bytes per party,
-peak memory per party (VmHWM) and plaintext TF time. Each model runs in its own process (one
-TF cluster per process).
+peak memory per party and of the client (VmHWM) and plaintext TF time. Export, conversion and
+the plaintext reference run in one process (as `tf-puma convert` would), the secure client in
+another that only connects, loads and calls.
 
     python benchmarks/models.py                 # all three
     python benchmarks/models.py minilm-32       # one
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,20 +63,26 @@ def _peak_rss_mib(pid: int) -> float:
 
 
 def run_one(name: str) -> dict:
-    """One model in this process: returns its row as a dict."""
+    """One model in this process: returns its row as a dict (work files are removed)."""
+    work = tempfile.mkdtemp(prefix=f"tf-puma-bench-{name}-")
+    try:
+        return _measure(name, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _prepare(name: str, work: str) -> None:
+    """Export, convert (as `tf-puma convert` would, in its own process) and run plaintext TF;
+    writes work/prepared.json and work/reference.npz."""
     import numpy as np  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
-    import tf_puma  # noqa: PLC0415
-    from tf_puma import secure_model  # noqa: PLC0415
     from tf_puma.rewrites import convert  # noqa: PLC0415
 
     kind, seq_len = CONFIGS[name]
-    work = tempfile.mkdtemp(prefix=f"tf-puma-bench-{name}-")
     plain_dir = _export(kind, seq_len, os.path.join(work, "plain"))
-    secure_dir = os.path.join(work, "secure")
     start = time.perf_counter()
-    manifest = convert.convert(plain_dir, secure_dir, log=lambda line: None)
+    convert.convert(plain_dir, os.path.join(work, "secure"), log=lambda line: None)
     convert_s = time.perf_counter() - start
     rng = np.random.default_rng(0)
     inputs = {"input_ids": rng.integers(1000, 20000, (1, seq_len)).astype(np.int32),
@@ -85,6 +93,29 @@ def run_one(name: str) -> dict:
     start = time.perf_counter()
     reference = {k: v.numpy() for k, v in plain_fn(**feed).items()}
     plain_s = time.perf_counter() - start
+    np.savez(os.path.join(work, "reference.npz"), **inputs,
+             last_hidden_state=reference["last_hidden_state"])
+    with open(os.path.join(work, "prepared.json"), "w", encoding="utf-8") as fh:
+        json.dump({"convert_s": convert_s, "plaintext_s": plain_s}, fh)
+
+
+def _measure(name: str, work: str) -> dict:
+    """The secure run, in a process that only connects, loads and calls (like a client)."""
+    import numpy as np  # noqa: PLC0415
+
+    import tf_puma  # noqa: PLC0415
+    from tf_puma import secure_model  # noqa: PLC0415
+
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--prepare", name, work],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{name}: export/convert failed:\n{done.stderr[-3000:]}")
+    with open(os.path.join(work, "prepared.json"), encoding="utf-8") as fh:
+        prepared = json.load(fh)
+    saved = np.load(os.path.join(work, "reference.npz"))
+    inputs = {k: saved[k] for k in ("input_ids", "attention_mask")}
+    secure_dir = os.path.join(work, "secure")
+    manifest = secure_model.read_manifest(secure_dir)
     local = tf_puma.LocalCluster(shares_dir=os.path.join(secure_dir, "shares"))
     with local as spec:
         tf_puma.connect(spec)
@@ -100,19 +131,24 @@ def run_one(name: str) -> dict:
             out = {k: v.numpy() for k, v in model(**inputs).items()}
             walls.append(time.perf_counter() - start)
         peak = [_peak_rss_mib(p.pid) for p in local.processes]
-    err = float(np.abs(out["last_hidden_state"] - reference["last_hidden_state"]).max())
+    client_peak = _peak_rss_mib(os.getpid())
+    kind, seq_len = CONFIGS[name]
+    err = float(np.abs(out["last_hidden_state"] - saved["last_hidden_state"]).max())
     sent = manifest["bytes_by_sender"]
     parties_gib = [sent.get(str(i), 0) / 2 ** 30 for i in range(3)]
-    return {"model": name, "tokens": seq_len, "convert_s": convert_s,
+    return {"model": name, "tokens": seq_len, "convert_s": prepared["convert_s"],
             "secure_graph_ops": manifest["secure_graph_ops"], "load_s": load_s,
-            "first_call_s": first_s, "wall_s": min(walls), "plaintext_s": plain_s,
+            "first_call_s": first_s, "wall_s": min(walls), "plaintext_s": prepared["plaintext_s"],
             "rounds": manifest["critical_path_rounds"], "party_gib": parties_gib,
             "total_gib": sum(parties_gib), "client_mib": sent.get("client", 0) / 2 ** 20,
-            "peak_party_mib": peak, "max_abs_err": err,
+            "peak_party_mib": peak, "peak_client_mib": client_peak, "max_abs_err": err,
             "reference_s": REFERENCE[name][0], "reference_gib": REFERENCE[name][1]}
 
 
 def main(argv: list[str]) -> None:
+    if len(argv) == 4 and argv[1] == "--prepare":
+        _prepare(argv[2], argv[3])
+        return
     if len(argv) == 3 and argv[1] == "--one":
         print(json.dumps(run_one(argv[2])))
         return
@@ -127,13 +163,19 @@ def main(argv: list[str]) -> None:
         if done.returncode != 0:
             raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    report(rows)
+
+
+def report(rows: list[dict]) -> None:
+    """The table on stdout and benchmarks/results/models.json."""
     print_table(["model", "tokens", "wall s", "ref s", "rounds", "GiB (3 parties)", "ref GiB",
-                 "client MiB", "peak MiB/party", "plain ms", "err", "convert s", "load s",
-                 "1st call s", "ops"],
+                 "client MiB", "peak MiB/party", "peak MiB client", "plain ms", "err",
+                 "convert s", "load s", "1st call s", "ops"],
                 [[r["model"], r["tokens"], r["wall_s"], r["reference_s"], r["rounds"],
                   r["total_gib"], r["reference_gib"], r["client_mib"], max(r["peak_party_mib"]),
-                  r["plaintext_s"] * 1e3, f"{r['max_abs_err']:.1e}", r["convert_s"],
-                  r["load_s"], r["first_call_s"], r["secure_graph_ops"]] for r in rows])
+                  r["peak_client_mib"], r["plaintext_s"] * 1e3, f"{r['max_abs_err']:.1e}",
+                  r["convert_s"], r["load_s"], r["first_call_s"], r["secure_graph_ops"]]
+                 for r in rows])
     write_json("models", {"rows": rows, "steady_calls": STEADY_CALLS})
 
 

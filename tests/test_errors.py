@@ -107,3 +107,33 @@ def test_dead_party_fails_the_call_within_the_deadline():
     line = next(l for l in proc.stdout.splitlines() if l.startswith(("ERROR", "NO ERROR")))
     assert line.startswith("ERROR"), proc.stdout
     assert float(line.split()[-1]) < 60
+
+
+def test_local_parties_exit_when_their_client_is_killed():
+    # A client killed outright (OOM killer, SIGKILL) runs no cleanup; its local parties must not
+    # stay behind holding gigabytes of shares.
+    script = textwrap.dedent("""
+        import os, signal, tf_puma
+        local = tf_puma.LocalCluster()
+        local.start()
+        print(" ".join(str(p.pid) for p in local.processes), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    pids = [int(p) for p in done.stdout.split()]
+    assert len(pids) == 3, done.stderr[-2000:]
+    deadline = time.monotonic() + 15
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in pids if _running(p)]
+    assert not alive, f"parties {alive} outlived their killed client"
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"   # zombies have exited
+    except FileNotFoundError:
+        return False

@@ -149,3 +149,33 @@ def test_costs_match_declared_table(cluster, rng):
 def test_protocols_require_graph_mode(cluster):
     with pytest.raises(RuntimeError, match="tf.function"):
         tf_puma.share(tf.constant([1.0]))
+
+
+def test_mul_sum_with_addend_costs_one_product(cluster, rng):
+    from tf_puma.protocols import arithmetic  # noqa: PLC0415
+    a, b, c, d = (rng.uniform(-8, 8, size=(5, 6)) for _ in range(4))
+    e = rng.uniform(-8, 8, size=(6,))
+
+    def fused(x1, y1, x2, y2, z):
+        # z read with 36 fractional bits: the scale of the products, added before truncation
+        z36 = z.map_local(lambda t: t * 2 ** 18, frac_bits=36)
+        return arithmetic.mul_sum([(x1, y1), (x2, y2)], addend=z36)
+
+    with costs.Ledger() as ledger:
+        out = run_secure(fused, a, b, c, d, e)
+    # each product within |x| ulp/2 + |y| ulp/2 + ulp of the real one; one truncation in all
+    check(out, a * b + c * d + e, 2 * 8 * ULP + ULP + ULP / 2)
+    row = ledger.ops["mul_sum"]
+    assert row.calls == 1 and row.rounds == 2 and row.total_bytes() == 8 * 8 * 30
+
+
+def test_mul_sum_rejects_mixed_scales(cluster):
+    from tf_puma.protocols import arithmetic  # noqa: PLC0415
+
+    @tf.function
+    def run(a):
+        x, i = tf_puma.share(a), tf_puma.share(a, frac_bits=0)
+        return tf_puma.reveal(arithmetic.mul_sum([(x, x), (i, x)]))
+
+    with pytest.raises(ValueError, match="different fractional bits"):
+        run.get_concrete_function(tf.TensorSpec([3], tf.float64))

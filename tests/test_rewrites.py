@@ -171,3 +171,32 @@ def test_cli_convert_and_run_local(tmp_path):
     done = subprocess.run([*cli, "run", "--model", secure, "--input", str(tmp_path / "bad.json"),
                            "--local"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "input 'x': expected shape [2, 6]" in done.stderr
+
+
+def test_public_inputs_reach_the_parties_in_plaintext(tmp_path, cluster, deploy):
+    """--public-input: positions gather shared rows locally (no one-hot), a public bias is added
+    by the parties; the secret input still travels only as shares."""
+    w, = _weights((5, 6), seed=6)
+
+    def fn(x, pos, bias):
+        h = x @ w                                              # [4, 6] secret
+        return {"y": tf.gather(h, pos, axis=0) * 2.0 + bias}  # public ids, public bias
+
+    specs = [tf.TensorSpec([4, 5], tf.float32, name="x"),
+             tf.TensorSpec([3], tf.int32, name="pos"),
+             tf.TensorSpec([3, 6], tf.float32, name="bias")]
+    plain = _save(tmp_path, "plain", fn, specs, [w])
+    secure = str(tmp_path / "secure")
+    manifest = convert.convert(plain, secure, public_inputs=["pos", "bias"], **QUIET)
+    assert manifest["inputs"]["pos"]["public"] and not manifest["inputs"]["x"]["public"]
+    assert manifest["protocols"]["matmul"]["calls"] == 1  # x @ w only: no one-hot lookup
+    deploy(secure, "public")
+    rng = np.random.default_rng(9)
+    inputs = {"x": rng.normal(size=(4, 5)).astype(np.float32),
+              "pos": np.array([3, 0, 3], np.int32),
+              "bias": rng.normal(size=(3, 6)).astype(np.float32)}
+    reference = fn(*[tf.constant(v) for v in inputs.values()])["y"].numpy()
+    out = secure_model.load(secure)(**inputs)["y"].numpy()
+    assert np.abs(out - reference).max() <= 1e-3
+    with pytest.raises(ConversionError, match="no such signature input"):
+        graph.load_signature(plain, public_inputs=["nope"])

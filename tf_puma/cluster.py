@@ -8,9 +8,11 @@ tests and demos and always tears them down.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import dataclasses
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -131,6 +133,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+EXIT_WITH_PARENT_ENV = "TF_PUMA_EXIT_WITH_PARENT"
+
+
+def exit_with_parent() -> None:
+    """In a local party started by LocalCluster (its pid in TF_PUMA_EXIT_WITH_PARENT): ask Linux
+    for SIGTERM when that process dies, even when it is killed outright (OOM killer, SIGKILL), so
+    no party server outlives its client; exit at once if it is already gone."""
+    expected = os.environ.get(EXIT_WITH_PARENT_ENV)
+    if not expected:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(expected):
+        sys.exit(f"tf-puma party: the process that started this party ({expected}) is gone")
+
+
 class LocalCluster:
     """Three party servers on 127.0.0.1 in subprocesses (`with LocalCluster() as cluster:`).
 
@@ -155,7 +176,8 @@ class LocalCluster:
             self.processes.append(subprocess.Popen(
                 [sys.executable, "-m", "tf_puma.cli", "party", "--cluster", spec, "--task", str(i),
                  *shares],
-                env=self._env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+                env={**self._env, EXIT_WITH_PARENT_ENV: str(os.getpid())},
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
         atexit.register(self.stop)
         try:
             for i, proc in enumerate(self.processes):

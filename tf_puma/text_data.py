@@ -36,3 +36,18 @@ def movie_reviews() -> tuple[tuple[float, str], ...]:
         if len(fields) == 3:
             rows.append((float(fields[1]), fields[2]))
     return tuple(rows)
+
+
+def sentiment_split(train_size: int, held_out_size: int, seed: int = 0,
+                    min_abs_rating: float = 0.5) -> tuple[list, list]:
+    """(train, held_out) lists of (rating, sentence) from one seeded shuffle of the movie
+    sentences (the file lists positive ones first, so its order cannot be split). Training keeps
+    clearly rated sentences (|rating| > min_abs_rating); held-out sentences are all kinds."""
+    import numpy as np  # noqa: PLC0415
+    reviews = movie_reviews()
+    order = np.random.default_rng(seed).permutation(len(reviews))
+    if train_size + held_out_size > len(order):
+        raise ValueError(f"only {len(order)} sentences for {train_size} + {held_out_size}")
+    train = [reviews[i] for i in order[:train_size] if abs(reviews[i][0]) > min_abs_rating]
+    held_out = [reviews[i] for i in order[train_size:train_size + held_out_size]]
+    return train, held_out

@@ -82,35 +82,50 @@ def polynomial(x_powers: dict[int, Shared], coeffs: Sequence[float], bound: floa
 def exp(x: Shared, method: str = "taylor3", n: int = 8) -> Shared:
     """e^x for x <= 0 (softmax after max subtraction), 0 below -14 (e^-14 < 2^-18).
 
-    method="taylor3" (default): (1 + x/16 + x^2/512 + x^3/24576)^16, a third-order Taylor of
-    e^(x/16) then 4 squarings. Error <= 1.5e-4 absolute on [-14, 0] (5.9e-5 approximation plus
-    fixed-point growth of 16 ulp). 15 rounds (the clip's comparison runs alongside).
+    method="taylor3" (default): p(y)^16 with p(y) = 1 + y + y^2/2 + y^3/6, y = x/16, the
+    third-order Taylor of e^y, then 4 squarings. p is built without a separate truncation: y is
+    x itself read with 4 more fractional bits, y^2/2 = x^2 / 2^9 and y^3/6 = (y^2/2)(x/48) come
+    out of their products' TruncPr already at that scale. Error <= 1e-4 absolute on [-14, 0]
+    (5.9e-5 approximation, the squarings kept at 22 fractional bits). 4 products + 4 squarings:
+    13 rounds (the clip's comparison runs alongside), 48n ring elements plus the comparison.
     method="puma": (1 + x/2^n)^(2^n) with n squarings; error about 0.27/2^n + 2^n ulp
     (8.6e-3 at n = 5, 2.1e-3 at n = 7, 1.1e-3 + 1e-3 at n = 8), 2n + 3 rounds.
     """
+    fxp = arithmetic.fixed_point()
     with tf.name_scope("exp"):
         below = compare.less(x, -14.0)
         if method == "taylor3":
-            y, squarings = polynomial(powers(x, [2, 3]), [1.0, 1 / 16, 1 / 512, 1 / 24576],
-                                      bound=14.0), 4
+            frac = x.frac_bits + 4                      # y = x / 16, exact
+            y1 = Shared(x.pairs, frac, x.depth)
+            half_y2 = arithmetic.mul(x, x, shift=9, frac_out=frac)
+            x_48 = x.map_local(lambda t: t * EXP_THIRD_ENC, frac_bits=x.frac_bits + 20)
+            sixth_y3 = arithmetic.mul(half_y2, x_48, frac_out=frac)
+            y = arithmetic.add_public(arithmetic.add(arithmetic.add(y1, half_y2), sixth_y3), 1.0)
+            for k in range(4):
+                y = arithmetic.mul(y, y, frac_out=frac if k < 3 else fxp.frac_bits)
         elif method == "puma":
-            y, squarings = arithmetic.add_public(arithmetic.mul_public(x, 2.0 ** -n), 1.0), n
+            y = arithmetic.add_public(arithmetic.mul_public(x, 2.0 ** -n), 1.0)
+            for _ in range(n):
+                y = arithmetic.mul(y, y)
         else:
             raise ValueError(f"exp method must be 'taylor3' or 'puma', got {method!r}")
-        for _ in range(squarings):
-            y = arithmetic.mul(y, y)
         keep = arithmetic.add_public(arithmetic.neg(below), 1)
         return arithmetic.mul(keep, y)
+
+
+# 1/48 with 20 fractional bits (y^3/6 = (y^2/2) (x/48) for y = x/16): relative error 1.5e-5.
+EXP_THIRD_ENC = round(2 ** 20 / 48)
 
 
 def _piecewise(x: Shared, bounds: Sequence[float], pieces: Sequence) -> Shared:
     """sum over segments [bounds[i-1], bounds[i]) of piece_i, with one batched comparison.
 
     pieces[i] is a Shared value, a public constant, or None for zero. Segment indicators are
-    differences of the bits [x < bound], so each costs one exact multiplication (1 round).
+    differences of the bits [x < bound]; the shared pieces are selected by one sum of exact
+    products (1 round, 3n ring elements, however many pieces), public ones locally.
     """
     bits = compare.less_than_each(x, bounds)
-    out = None
+    shared_terms, public_terms = [], []
     for i, piece in enumerate(pieces):
         if piece is None:
             continue
@@ -121,8 +136,18 @@ def _piecewise(x: Shared, bounds: Sequence[float], pieces: Sequence) -> Shared:
             ind = arithmetic.add_public(arithmetic.neg(bits[-1]), 1)
         else:
             ind = arithmetic.sub(bits[i], bits[i - 1])
-        term = arithmetic.mul(ind, piece) if isinstance(piece, Shared) else \
-            arithmetic.mul_public(ind, piece)
+        if isinstance(piece, Shared):
+            shared_terms.append((ind, piece))
+        else:
+            public_terms.append(arithmetic.mul_public(ind, piece))
+    by_frac: dict[int, list] = {}
+    for ind, piece in shared_terms:
+        by_frac.setdefault(piece.frac_bits, []).append((ind, piece))
+    out = None
+    for group in by_frac.values():
+        term = arithmetic.mul_sum(group)
+        out = term if out is None else arithmetic.add(out, term)
+    for term in public_terms:
         out = term if out is None else arithmetic.add(out, term)
     return out
 
@@ -149,20 +174,71 @@ SILU_T, SILU_EVEN = 7.0, [
     0.0003895740671820872, 0.0, -6.8381259305244485e-06, 0.0, 4.658560728407796e-08]
 
 
+def _split_polynomial(v: Shared, coeffs: Sequence[float], extra: Shared | None = None,
+                      extra_bound: float = 0.0) -> Shared:
+    """sum_k c_k v^k (+ extra, |extra| <= extra_bound) for v in [0, 1], as A(v) + v^m B(v)
+    with m = floor(d/2):
+    A = sum_{k<m} c_k v^k, B = sum_{k>=m} c_k v^(k-m) (Paterson-Stockmeyer, one split).
+
+    Only v^2..v^max(m, d-m) are computed (3 products for d = 8, against 7 for every power),
+    B is truncated once, and A (+ extra) is added to the product v^m B before its truncation,
+    so the polynomial costs those products + one TruncPr + one product: 46n ring elements and
+    8 rounds for d = 8 (v already shared). Coefficient bits are chosen from the largest |A|,
+    |B| on [0, 1] so every ring value stays below 2^61.
+    """
+    fxp = arithmetic.fixed_point()
+    d = len(coeffs) - 1
+    m = max(1, d // 2)
+    a_coeffs, b_coeffs = list(coeffs[:m]), list(coeffs[m:])
+    grid = np.linspace(0.0, 1.0, 4097)
+    max_a = np.max(np.abs(np.polyval(a_coeffs[::-1], grid))) + 1.0
+    max_b = np.max(np.abs(np.polyval(b_coeffs[::-1], grid))) + 1.0
+    p = v.frac_bits
+    # fractional bits of B after its truncation; v^m B and A then have p + b_frac
+    b_frac = int(min(p, 60 - p - math.log2(max_a + max_b + extra_bound)))
+    out_frac = p + b_frac
+    if b_frac < fxp.frac_bits:
+        raise ValueError("polynomial coefficients too large for the ring")
+    pw = powers(v, sorted({k for k in range(2, max(m, len(b_coeffs) - 1) + 1)} | {m} - {1}))
+
+    def local_sum(cs: Sequence[float], coeff_frac: int) -> Shared:
+        total = None
+        for k, c in enumerate(cs):
+            if k == 0 or c == 0:
+                continue
+            enc = int(round(c * 2.0 ** coeff_frac))
+            term = pw[k].map_local(lambda t, e=enc: t * e, frac_bits=p + coeff_frac)
+            total = term if total is None else arithmetic.add(total, term)
+        if total is None:  # constant: a zero share at the right scale
+            total = v.map_local(lambda t: t * 0, frac_bits=p + coeff_frac)
+        return arithmetic.add_public(total, cs[0]) if cs[0] else total
+
+    b_coeff_frac = int(min(MAX_COEFF_BITS, math.floor(60 - p - math.log2(max_b))))
+    b_raw = local_sum(b_coeffs, b_coeff_frac)
+    with costs.protocol("polynomial", rounds=2):
+        b = arithmetic._trunc_replicated(b_raw, b_raw.frac_bits - b_frac, b_frac)
+    a = local_sum(a_coeffs, b_frac)
+    if extra is not None:
+        a = arithmetic.add(a, extra.map_local(lambda t: t * 2 ** (out_frac - extra.frac_bits),
+                                              frac_bits=out_frac))
+    return arithmetic.mul(pw[m], b, frac_out=fxp.frac_bits, addend=a)
+
+
 def _even_activation(x: Shared, bound: float, even: Sequence[float]) -> Shared:
     """x/2 + h(x) on [-T, T], 0 below, x above, h(x) = sum_k c_2k x^2k.
 
     h is evaluated in v = (x / s)^2 with s = 2^ceil(log2 T), so every power of v stays <= 1
     (x^10 itself would overflow the ring's 2^62 before truncation), kept with POLY_FRAC_BITS
     fractional bits: v costs one multiplication whose truncation also divides by s^2, then
-    v^2..v^8 (6 rounds) and one TruncPr (2), alongside the batched comparison (10), then the
-    selection (1): 11 rounds.
+    `_split_polynomial` (8 rounds, x/2 folded into its last truncation), alongside the batched
+    comparison (10), then one selection of both shared pieces (1): 11 rounds, 78n ring
+    elements plus two comparisons for GeLU's degree 8 in v.
     """
     log_s = math.ceil(math.log2(bound))
     v = arithmetic.mul(x, x, shift=2 * log_s, frac_out=POLY_FRAC_BITS)
     scaled = [even[2 * k] * 4.0 ** (log_s * k) for k in range(len(even) // 2 + 1)]
-    pw = powers(v, [k for k, c in enumerate(scaled) if c and k])
-    inner = arithmetic.add(polynomial(pw, scaled, 1.0), arithmetic.mul_public(x, 0.5))
+    half_x = Shared(x.pairs, x.frac_bits + 1, x.depth)              # x / 2, exact
+    inner = _split_polynomial(v, scaled, extra=half_x, extra_bound=bound / 2)
     return _piecewise(x, [-bound, bound], [None, inner, x])
 
 

@@ -11,6 +11,7 @@ Costs (n = number of output values, one ring element = 8 bytes):
 | mul, matmul (int) | 1      | 3n (each party sends n)            |
 | trunc             | 2      | 6n (A: 2n, B: 2n, dealer D: 2n)    |
 | mul, matmul (fxp) | 2      | 8n (A: 2n, B: 2n, D: 4n)           |
+| mul_sum (any #)   | as mul | as one mul                         |
 Fixed-point products are truncated in the same two rounds as the multiplication itself: the 3-out-
 of-3 product shares feed TruncPr's masked opening directly, so no separate reshare is needed.
 TruncPr's result is floor(x / 2^m) + e with e in {0, 1}, so within one unit in the last place of x / 2^m, when
@@ -227,33 +228,64 @@ def _product_cost(x: Shared, y: Shared, fxp: FixedPoint, shift: int = 0,
 
 
 def mul(x: Shared, y: Union[Shared, Public], fxp: FixedPoint | None = None,
-        shift: int = 0, frac_out: int | None = None) -> Shared:
+        shift: int = 0, frac_out: int | None = None, addend: Shared | None = None) -> Shared:
     """Elementwise x * y (broadcasting), divided by 2^shift in the same truncation, with
     `frac_out` fractional bits (default fxp's; more keeps precision for values known small).
 
     z_i = x_i y_i + x_i y_{i+1} + x_{i+1} y_i + alpha_i   (alpha: PRSS zero share)
     then TruncPr on (z_A, z_B, z_D) for fixed point (2 rounds), else a reshare (1 round).
+    `addend` (a shared value with exactly x's + y's fractional bits) is added to the product
+    before that truncation at no cost: party i adds its first share to z_i.
     """
     if not isinstance(y, Shared):
-        if shift or frac_out is not None:
-            raise ValueError("shift and frac_out apply to products of two shared values")
+        if shift or frac_out is not None or addend is not None:
+            raise ValueError("shift, frac_out and addend apply to products of two shared values")
         return mul_public(x, y, fxp)
+    return mul_sum([(x, y)], fxp, shift, frac_out, addend)
+
+
+def mul_sum(products: list[tuple[Shared, Shared]], fxp: FixedPoint | None = None,
+            shift: int = 0, frac_out: int | None = None, addend: Shared | None = None) -> Shared:
+    """sum_j x_j * y_j (+ addend) with the cost of one product: the 3-out-of-3 shares of every
+    product (each with its own PRSS zero share) are summed locally, then truncated or reshared
+    once (2 rounds, 8n / 1 round, 3n). Every x_j * y_j must have the same fractional bits."""
     fxp = fxp or _FXP
     ops = _ops.load()
-    shape = tf.broadcast_static_shape(x.shape, y.shape)
-    with costs.protocol("mul", rounds=_product_cost(x, y, fxp, shift, frac_out)), \
-            tf.name_scope("mul"):
+    fracs = {x.frac_bits + y.frac_bits for x, y in products}
+    if len(fracs) != 1:
+        raise ValueError(f"products to sum have different fractional bits {sorted(fracs)}")
+    frac = fracs.pop()
+    if addend is not None and addend.frac_bits != frac:
+        raise ValueError(f"addend has {addend.frac_bits} fractional bits, the product {frac}")
+    shape = tf.TensorShape([])
+    for x, y in products:
+        shape = tf.broadcast_static_shape(shape, tf.broadcast_static_shape(x.shape, y.shape))
+    if addend is not None:
+        shape = tf.broadcast_static_shape(shape, addend.shape)
+    x0, y0 = products[0]
+    depth = max(max(x.depth, y.depth) for x, y in products)
+    name = "mul" if len(products) == 1 else "mul_sum"
+    with costs.protocol(name, rounds=_product_cost(x0, y0, fxp, shift, frac_out)), \
+            tf.name_scope(name):
         keys = runtime.prss()
-        stream = runtime.new_stream()
+        streams = [runtime.new_stream() for _ in products]
+
+        def widen(t: tf.Tensor) -> tf.Tensor:
+            return tf.broadcast_to(t, shape) if t.shape != shape else t
+
         z = []
         for i in range(NUM_PARTIES):
             with tf.device(runtime.device(i)):
-                xs = [tf.broadcast_to(t, shape) if t.shape != shape else t for t in x.pairs[i]]
-                ys = [tf.broadcast_to(t, shape) if t.shape != shape else t for t in y.pairs[i]]
-                z.append(ops.puma_mul_share(xs[0], xs[1], ys[0], ys[1], keys.own[i],
-                                            keys.next[i], runtime.const_on(i, stream)))
-        return _product(z, x.frac_bits + y.frac_bits, max(x.depth, y.depth), stream, fxp,
-                        shift, frac_out)
+                terms = []
+                for (x, y), stream in zip(products, streams):
+                    xs, ys = [widen(t) for t in x.pairs[i]], [widen(t) for t in y.pairs[i]]
+                    terms.append(ops.puma_mul_share(xs[0], xs[1], ys[0], ys[1], keys.own[i],
+                                                    keys.next[i], runtime.const_on(i, stream)))
+                if addend is not None:
+                    terms.append(widen(addend.pairs[i][0]))
+                    depth = max(depth, addend.depth)
+                z.append(tf.add_n(terms) if len(terms) > 1 else terms[0])
+        return _product(z, frac, depth, streams[0], fxp, shift, frac_out)
 
 
 def matmul(x: Shared, y: Shared, transpose_a: bool = False, transpose_b: bool = False,

@@ -20,7 +20,7 @@ def softmax(x: Shared, mask: np.ndarray | None = None) -> Shared:
     Masked entries are lowered by 2^12 before the max and their exponentials zeroed after.
     m = max(x); e = exp(x - m) (clipped below -14); s = sum(e); y = e * (1/s), one reciprocal
     per row broadcast over the row (s in [1, n] since the max contributes e^0 = 1).
-    Cost: 11 ceil(log2 n) (max tree) + 15 (exp) + reciprocal on [1, n] + 2 rounds.
+    Cost: 11 ceil(log2 n) (max tree) + 13 (exp) + reciprocal on [1, n] + 2 rounds.
     """
     with tf.name_scope("softmax"):
         n = x.shape[-1]
