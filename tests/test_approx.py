@@ -108,14 +108,16 @@ def test_layer_norm_realistic(cluster, rng, width):
     ref = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-12) * gamma \
         + beta
     out = run_secure(lambda a, g, b: nn.layer_norm(a, g, b, eps=1e-12), x, gamma, beta)
-    check(out, ref, 0.01)
+    # 1/n and 1/sqrt(var) carry ~24 significant bits; the rest is the products' last places
+    print(f"layer_norm width {width}: max abs error {check(out, ref, 2e-4):.1e}")
 
 
 def test_rms_norm(cluster, rng):
     x = rng.normal(size=(4, 576)) * 3
     gamma = rng.normal(size=576) * 0.2 + 1
     ref = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-5) * gamma
-    check(run_secure(lambda a, g: nn.rms_norm(a, g, eps=1e-5), x, gamma), ref, 0.01)
+    err = check(run_secure(lambda a, g: nn.rms_norm(a, g, eps=1e-5), x, gamma), ref, 2e-4)
+    print(f"rms_norm: max abs error {err:.1e}")
 
 
 def test_embedding_is_exact_lookup(cluster, rng):

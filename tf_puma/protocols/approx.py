@@ -29,6 +29,9 @@ MAX_COEFF_BITS = 42
 # values (2^60) still fit the ring, and the polynomial's large alternating coefficients no longer
 # amplify 2^-18 rounding errors.
 POLY_FRAC_BITS = 30
+# Fractional bits of rsqrt's public 2^(-j/2) (values up to 2^5; times y <= 1.1 at
+# NEWTON_FRAC_BITS the product stays below 2^60).
+MIX_FRAC_BITS = 26
 
 
 def powers(x: Shared, needed: Sequence[int]) -> dict[int, Shared]:
@@ -294,55 +297,85 @@ def _one_hot_octaves(x: Shared, lo: float, hi: float) -> tuple[list[int], list[S
     return js, onehot
 
 
-def _public_mix(onehot: Sequence[Shared], values: Sequence[float]) -> Shared:
-    """sum_j e_j v_j, exact and local: integer shares times public fixed-point constants."""
-    fxp = arithmetic.fixed_point()
+def _public_mix(onehot: Sequence[Shared], values: Sequence[float],
+                frac_bits: int | None = None) -> Shared:
+    """sum_j e_j v_j, exact and local: integer shares times public constants encoded with
+    `frac_bits` (default the format's) fractional bits."""
+    frac = arithmetic.fixed_point().frac_bits if frac_bits is None else frac_bits
     out = None
     for e, v in zip(onehot, values):
-        enc = int(round(v * 2.0 ** fxp.frac_bits))
-        term = e.map_local(lambda t, c=enc: t * c, frac_bits=fxp.frac_bits)
+        enc = int(round(v * 2.0 ** frac))
+        term = e.map_local(lambda t, c=enc: t * c, frac_bits=frac)
         out = term if out is None else arithmetic.add(out, term)
     return out
 
 
+# Fractional bits of the Newton iterations in reciprocal/rsqrt: m in [1, 2) and y <= 1.1, so
+# their products (< 2.2) stay below 2^58 in the ring; 10 bits beyond the format's 18 keep the
+# iterations' rounding (a few ulp) far below the result's last place.
+NEWTON_FRAC_BITS = 28
+
+
+def _newton_start(x: Shared, scale: Shared, slope: float,
+                  intercept: float) -> tuple[Shared, Shared]:
+    """m = x scale in [1, 2) and the linear first guess intercept + slope m, both with
+    NEWTON_FRAC_BITS fractional bits (scale is an exact power of two, so m is x's own digits)."""
+    m = arithmetic.mul(x, scale, frac_out=NEWTON_FRAC_BITS)
+    enc = int(round(slope * 2.0 ** 20))
+    guess = m.map_local(lambda t: t * enc, frac_bits=NEWTON_FRAC_BITS + 20)
+    with costs.protocol("trunc", rounds=2):
+        guess = arithmetic._trunc_replicated(guess, 20, NEWTON_FRAC_BITS)
+    return m, arithmetic.add_public(guess, intercept)
+
+
 def reciprocal(x: Shared, lo: float = 2.0 ** -7, hi: float = 2.0 ** 14,
-               iterations: int = 3) -> Shared:
-    """1 / x for x in [lo, hi] (positive).
+               iterations: int = 3, frac_out: int | None = None) -> Shared:
+    """1 / x for x in [lo, hi] (positive), with `frac_out` fractional bits (default the
+    format's; more for a result known small, e.g. softmax's 1/sum in [1/n, 1]).
 
     x = m 2^j with m in [1, 2) (j from the one-hot octave), 1/m by the linear guess
     24/17 - 8/17 m (relative error <= 1/17) and Newton y <- y (2 - m y) (the error squares
-    each step), then
-    1/x = (1/m) 2^-j. Relative error <= 1e-4 plus 2 ulp absolute for 3 iterations.
+    each step) at NEWTON_FRAC_BITS, then 1/x = (1/m) 2^-j. Relative error <= 2e-6 plus one
+    ulp of the output for 3 iterations.
     Cost: 10 + 2 + 2 + 4 iterations + 2 rounds (28 for 3 iterations).
     """
+    fxp = arithmetic.fixed_point()
     with tf.name_scope("reciprocal"):
         js, onehot = _one_hot_octaves(x, lo, hi)
         scale = _public_mix(onehot, [2.0 ** -j for j in js])
-        m = arithmetic.mul(x, scale)
-        y = arithmetic.add_public(arithmetic.mul_public(m, -8 / 17), 24 / 17)
+        m, y = _newton_start(x, scale, -8 / 17, 24 / 17)
         for _ in range(iterations):
-            my = arithmetic.mul(m, y)
-            y = arithmetic.mul(y, arithmetic.add_public(arithmetic.neg(my), 2.0))
-        return arithmetic.mul(y, scale)
+            my = arithmetic.mul(m, y, frac_out=NEWTON_FRAC_BITS)
+            y = arithmetic.mul(y, arithmetic.add_public(arithmetic.neg(my), 2.0),
+                               frac_out=NEWTON_FRAC_BITS)
+        return arithmetic.mul(y, scale, frac_out=frac_out or fxp.frac_bits)
 
 
 def rsqrt(x: Shared, lo: float = 2.0 ** -10, hi: float = 2.0 ** 14,
-          iterations: int = 3) -> Shared:
-    """1 / sqrt(x) for x in [lo, hi] (positive).
+          iterations: int = 3, frac_out: int | None = None) -> Shared:
+    """1 / sqrt(x) for x in [lo, hi] (positive), with `frac_out` fractional bits (default
+    the format's).
 
     x = m 2^j, m in [1, 2): 1/sqrt(m) by the linear guess 1.2759 - 0.2929 m (error < 3%) and
-    Newton y <- y (3 - m y^2) / 2, then times the public mix sum_j e_j 2^(-j/2).
-    Relative error <= 1e-4 plus 2 ulp for 3 iterations. Cost: 10 + 2 + 2 + 6 per iteration + 2.
+    Newton y <- y (3 - m y^2) / 2 at NEWTON_FRAC_BITS, then times the public mix
+    sum_j e_j 2^(-j/2), encoded with MIX_FRAC_BITS (2^(-j/2) is irrational for odd j: at the
+    format's 18 bits 2^-7.5 alone would be 4e-4 off, relatively).
+    Relative error <= 2e-6 plus one ulp of the output for 3 iterations.
+    Cost: 10 + 2 + 2 + 6 per iteration + 2.
     """
+    fxp = arithmetic.fixed_point()
     with tf.name_scope("rsqrt"):
         js, onehot = _one_hot_octaves(x, lo, hi)
-        m = arithmetic.mul(x, _public_mix(onehot, [2.0 ** -j for j in js]))
-        y = arithmetic.add_public(arithmetic.mul_public(m, -0.2929), 1.2759)
+        scale = _public_mix(onehot, [2.0 ** -j for j in js])
+        m, y = _newton_start(x, scale, -0.2929, 1.2759)
         for _ in range(iterations):
-            t = arithmetic.mul(m, arithmetic.mul(y, y))
-            y = arithmetic.mul_public(arithmetic.mul(y, arithmetic.add_public(
-                arithmetic.neg(t), 3.0)), 0.5)
-        return arithmetic.mul(y, _public_mix(onehot, [2.0 ** (-j / 2) for j in js]))
+            t = arithmetic.mul(m, arithmetic.mul(y, y, frac_out=NEWTON_FRAC_BITS),
+                               frac_out=NEWTON_FRAC_BITS)
+            three_minus = arithmetic.add_public(arithmetic.neg(t), 3.0)
+            # y (3 - t) / 2: the halving rides on the product's truncation
+            y = arithmetic.mul(y, three_minus, shift=1, frac_out=NEWTON_FRAC_BITS)
+        mix = _public_mix(onehot, [2.0 ** (-j / 2) for j in js], frac_bits=MIX_FRAC_BITS)
+        return arithmetic.mul(y, mix, frac_out=frac_out or fxp.frac_bits)
 
 
 runtime.exclude_from_autograph(globals())

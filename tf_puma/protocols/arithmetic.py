@@ -20,6 +20,7 @@ TruncPr's result is floor(x / 2^m) + e with e in {0, 1}, so within one unit in t
 
 from __future__ import annotations
 
+import math
 from typing import Union
 
 import numpy as np
@@ -101,12 +102,14 @@ def mul_public(x: Shared, c: Public, fxp: FixedPoint | None = None) -> Shared:
     """x * c for a public constant c: local product, then TruncPr when c is not an integer.
 
     Integers (every element of c integral) multiply exactly with no communication; other
-    constants are encoded with f fractional bits and cost one trunc (2 rounds).
+    constants are encoded with f + k fractional bits, k = floor(log2(1 / max|c|)) for |c| < 1
+    (so 1/384 keeps 18 significant bits, not 9, while |x c| 2^(2f+k) <= |x| 2^2f stays in
+    the ring wherever x does), and cost one trunc (2 rounds).
     """
     fxp = fxp or _FXP
     c = np.asarray(c, dtype=np.float64)
     integral = np.all(np.round(c) == c) and np.all(np.abs(c) < 2 ** 62)
-    frac = 0 if integral else fxp.frac_bits
+    frac = 0 if integral else fxp.frac_bits + _extra_coeff_bits(c)
     enc = _encode_public(c, frac)
     with costs.protocol("mul_public", rounds=0 if integral else 2):
         pairs = []
@@ -116,6 +119,11 @@ def mul_public(x: Shared, c: Public, fxp: FixedPoint | None = None) -> Shared:
                 pairs.append((x.pairs[i][0] * k, x.pairs[i][1] * k))
         product = Shared(pairs, x.frac_bits + frac, x.depth)
         return _truncate_to(product, fxp)
+
+
+def _extra_coeff_bits(c: np.ndarray) -> int:
+    largest = float(np.max(np.abs(c))) if c.size else 0.0
+    return 0 if largest == 0 or largest >= 1 else min(24, math.floor(-math.log2(largest)))
 
 
 def _truncate_to(x: Shared, fxp: FixedPoint) -> Shared:

@@ -14,6 +14,12 @@ from tf_puma.protocols import approx, arithmetic, compare, tensor
 from tf_puma.sharing import Shared
 
 
+# Fractional bits of softmax's 1/sum (in [1/n, 1]) and LayerNorm's 1/sqrt(var) (<= 2^5): their
+# products with the row (e <= 1; x - mean, whose normalised value is <= sqrt(n)) stay below 2^56
+# at 18 + 30 bits, and the inverse keeps 12 more significant bits than at the format's 18.
+INVERSE_FRAC_BITS = 30
+
+
 def softmax(x: Shared, mask: np.ndarray | None = None) -> Shared:
     """Softmax along the last axis; `mask` (public, 0/1, broadcastable) excludes entries.
 
@@ -32,7 +38,7 @@ def softmax(x: Shared, mask: np.ndarray | None = None) -> Shared:
         if mask is not None:
             e = e.map_local(lambda t: t * tf.constant(mask01))
         s = tensor.reduce_sum(e, axis=-1, keepdims=True)
-        inv = approx.reciprocal(s, lo=1.0, hi=float(n))
+        inv = approx.reciprocal(s, lo=1.0, hi=float(n), frac_out=INVERSE_FRAC_BITS)
         return arithmetic.mul(e, inv)
 
 
@@ -43,7 +49,8 @@ def _normalise(x: Shared, centre: bool, eps: float) -> Shared:
         x = arithmetic.sub(x, mean)
     var = arithmetic.mul_public(tensor.reduce_sum(arithmetic.mul(x, x), -1, keepdims=True),
                                 1.0 / n)
-    r = approx.rsqrt(arithmetic.add_public(var, eps), lo=2.0 ** -10, hi=2.0 ** 14)
+    r = approx.rsqrt(arithmetic.add_public(var, eps), lo=2.0 ** -10, hi=2.0 ** 14,
+                     frac_out=INVERSE_FRAC_BITS)
     return arithmetic.mul(x, r)
 
 
