@@ -132,7 +132,7 @@ def _measure(name: str, work: str) -> dict:
             walls.append(time.perf_counter() - start)
         peak = [_peak_rss_mib(p.pid) for p in local.processes]
     client_peak = _peak_rss_mib(os.getpid())
-    kind, seq_len = CONFIGS[name]
+    seq_len = CONFIGS[name][1]
     err = float(np.abs(out["last_hidden_state"] - saved["last_hidden_state"]).max())
     sent = manifest["bytes_by_sender"]
     parties_gib = [sent.get(str(i), 0) / 2 ** 30 for i in range(3)]

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import os
 
-from tf_puma import cluster as cluster_module
-from tf_puma.cluster import NUM_PARTIES, PARTY_JOB, Cluster
+from tf_puma.cluster import NUM_PARTIES, PARTY_JOB, Cluster, exit_with_parent
 
 
 def serve(cluster: Cluster, task: int, shares: str | None = None) -> None:
@@ -22,7 +21,7 @@ def serve(cluster: Cluster, task: int, shares: str | None = None) -> None:
                                     "shares/partyI directory written by `tf-puma convert`, or a "
                                     "directory holding several such bundles")
         os.environ["TF_PUMA_SHARES"] = os.path.abspath(shares)
-    cluster_module.exit_with_parent()
+    exit_with_parent()
     import tensorflow as tf  # noqa: PLC0415
 
     from tf_puma import _ops  # noqa: PLC0415

@@ -55,6 +55,21 @@ def powers(x: Shared, needed: Sequence[int]) -> dict[int, Shared]:
     return out
 
 
+def _weighted_sum(x_powers: dict[int, Shared], coeffs: Sequence[float],
+                  coeff_frac: int) -> Shared | None:
+    """sum_{k >= 1} c_k x^k, local and exact: each c_k encoded with `coeff_frac` fractional
+    bits times x^k (result: x's fractional bits + coeff_frac). None if every such c_k is 0."""
+    frac = x_powers[1].frac_bits + coeff_frac
+    total = None
+    for k, c in enumerate(coeffs):
+        if k == 0 or c == 0:
+            continue
+        enc = int(round(c * 2.0 ** coeff_frac))
+        term = x_powers[k].map_local(lambda t, e=enc: t * e, frac_bits=frac)
+        total = term if total is None else arithmetic.add(total, term)
+    return total
+
+
 def polynomial(x_powers: dict[int, Shared], coeffs: Sequence[float], bound: float) -> Shared:
     """sum_k coeffs[k] x^k for |x| <= bound, from precomputed powers, with one TruncPr (2 rounds).
 
@@ -69,14 +84,7 @@ def polynomial(x_powers: dict[int, Shared], coeffs: Sequence[float], bound: floa
     coeff_frac = int(min(MAX_COEFF_BITS, math.floor(61 - x1.frac_bits - math.log2(magnitude))))
     if coeff_frac + x1.frac_bits <= fxp.frac_bits:
         raise ValueError(f"polynomial too large for the ring on |x| <= {bound}")
-    total = None
-    for k, c in enumerate(coeffs):
-        if k == 0 or c == 0:
-            continue
-        enc = int(round(c * 2.0 ** coeff_frac))
-        term = x_powers[k].map_local(lambda t, e=enc: t * e,
-                                     frac_bits=x1.frac_bits + coeff_frac)
-        total = term if total is None else arithmetic.add(total, term)
+    total = _weighted_sum(x_powers, coeffs, coeff_frac)
     with costs.protocol("polynomial", rounds=2):
         out = arithmetic._trunc_replicated(total, total.frac_bits - fxp.frac_bits, fxp.frac_bits)
     return arithmetic.add_public(out, coeffs[0]) if coeffs[0] else out
@@ -128,7 +136,8 @@ def _piecewise(x: Shared, bounds: Sequence[float], pieces: Sequence) -> Shared:
     products (1 round, 3n ring elements, however many pieces), public ones locally.
     """
     bits = compare.less_than_each(x, bounds)
-    shared_terms, public_terms = [], []
+    by_frac: dict[int, list] = {}    # shared pieces, by fractional bits: one mul_sum each
+    public_terms = []
     for i, piece in enumerate(pieces):
         if piece is None:
             continue
@@ -140,12 +149,9 @@ def _piecewise(x: Shared, bounds: Sequence[float], pieces: Sequence) -> Shared:
         else:
             ind = arithmetic.sub(bits[i], bits[i - 1])
         if isinstance(piece, Shared):
-            shared_terms.append((ind, piece))
+            by_frac.setdefault(piece.frac_bits, []).append((ind, piece))
         else:
             public_terms.append(arithmetic.mul_public(ind, piece))
-    by_frac: dict[int, list] = {}
-    for ind, piece in shared_terms:
-        by_frac.setdefault(piece.frac_bits, []).append((ind, piece))
     out = None
     for group in by_frac.values():
         term = arithmetic.mul_sum(group)
@@ -202,16 +208,10 @@ def _split_polynomial(v: Shared, coeffs: Sequence[float], extra: Shared | None =
     out_frac = p + b_frac
     if b_frac < fxp.frac_bits:
         raise ValueError("polynomial coefficients too large for the ring")
-    pw = powers(v, sorted({k for k in range(2, max(m, len(b_coeffs) - 1) + 1)} | {m} - {1}))
+    pw = powers(v, sorted(set(range(2, max(m, len(b_coeffs) - 1) + 1)) | {m}))
 
     def local_sum(cs: Sequence[float], coeff_frac: int) -> Shared:
-        total = None
-        for k, c in enumerate(cs):
-            if k == 0 or c == 0:
-                continue
-            enc = int(round(c * 2.0 ** coeff_frac))
-            term = pw[k].map_local(lambda t, e=enc: t * e, frac_bits=p + coeff_frac)
-            total = term if total is None else arithmetic.add(total, term)
+        total = _weighted_sum(pw, cs, coeff_frac)
         if total is None:  # constant: a zero share at the right scale
             total = v.map_local(lambda t: t * 0, frac_bits=p + coeff_frac)
         return arithmetic.add_public(total, cs[0]) if cs[0] else total
@@ -321,10 +321,7 @@ def _newton_start(x: Shared, scale: Shared, slope: float,
     """m = x scale in [1, 2) and the linear first guess intercept + slope m, both with
     NEWTON_FRAC_BITS fractional bits (scale is an exact power of two, so m is x's own digits)."""
     m = arithmetic.mul(x, scale, frac_out=NEWTON_FRAC_BITS)
-    enc = int(round(slope * 2.0 ** 20))
-    guess = m.map_local(lambda t: t * enc, frac_bits=NEWTON_FRAC_BITS + 20)
-    with costs.protocol("trunc", rounds=2):
-        guess = arithmetic._trunc_replicated(guess, 20, NEWTON_FRAC_BITS)
+    guess = arithmetic.mul_public(m, slope, frac_out=NEWTON_FRAC_BITS)
     return m, arithmetic.add_public(guess, intercept)
 
 

@@ -98,8 +98,10 @@ def add_public(x: Shared, c: Public) -> Shared:
     return Shared(pairs, x.frac_bits, x.depth)
 
 
-def mul_public(x: Shared, c: Public, fxp: FixedPoint | None = None) -> Shared:
-    """x * c for a public constant c: local product, then TruncPr when c is not an integer.
+def mul_public(x: Shared, c: Public, fxp: FixedPoint | None = None,
+               frac_out: int | None = None) -> Shared:
+    """x * c for a public constant c: local product, then TruncPr when c is not an integer,
+    down to `frac_out` fractional bits (default fxp's; more for values known small).
 
     Integers (every element of c integral) multiply exactly with no communication; other
     constants are encoded with f + k fractional bits, k = floor(log2(1 / max|c|)) for |c| < 1
@@ -118,7 +120,7 @@ def mul_public(x: Shared, c: Public, fxp: FixedPoint | None = None) -> Shared:
                 k = runtime.const_on(i, enc)
                 pairs.append((x.pairs[i][0] * k, x.pairs[i][1] * k))
         product = Shared(pairs, x.frac_bits + frac, x.depth)
-        return _truncate_to(product, fxp)
+        return _truncate_to(product, fxp.frac_bits if frac_out is None else frac_out)
 
 
 def _extra_coeff_bits(c: np.ndarray) -> int:
@@ -126,12 +128,12 @@ def _extra_coeff_bits(c: np.ndarray) -> int:
     return 0 if largest == 0 or largest >= 1 else min(24, math.floor(-math.log2(largest)))
 
 
-def _truncate_to(x: Shared, fxp: FixedPoint) -> Shared:
-    """Drops fractional bits beyond fxp's with TruncPr (value unchanged up to 1 ulp)."""
-    if x.frac_bits <= fxp.frac_bits:
+def _truncate_to(x: Shared, frac_bits: int) -> Shared:
+    """Drops fractional bits beyond `frac_bits` with TruncPr (value unchanged up to 1 ulp)."""
+    if x.frac_bits <= frac_bits:
         return x
     with tf.name_scope("rescale"):
-        return _trunc_replicated(x, x.frac_bits - fxp.frac_bits, fxp.frac_bits)
+        return _trunc_replicated(x, x.frac_bits - frac_bits, frac_bits)
 
 
 def trunc(x: Shared, bits: int) -> Shared:
@@ -271,7 +273,8 @@ def mul_sum(products: list[tuple[Shared, Shared]], fxp: FixedPoint | None = None
     if addend is not None:
         shape = tf.broadcast_static_shape(shape, addend.shape)
     x0, y0 = products[0]
-    depth = max(max(x.depth, y.depth) for x, y in products)
+    depth = max([max(x.depth, y.depth) for x, y in products] +
+                ([addend.depth] if addend is not None else []))
     name = "mul" if len(products) == 1 else "mul_sum"
     with costs.protocol(name, rounds=_product_cost(x0, y0, fxp, shift, frac_out)), \
             tf.name_scope(name):
@@ -291,7 +294,6 @@ def mul_sum(products: list[tuple[Shared, Shared]], fxp: FixedPoint | None = None
                                                     keys.next[i], runtime.const_on(i, stream)))
                 if addend is not None:
                     terms.append(widen(addend.pairs[i][0]))
-                    depth = max(depth, addend.depth)
                 z.append(tf.add_n(terms) if len(terms) > 1 else terms[0])
         return _product(z, frac, depth, streams[0], fxp, shift, frac_out)
 
