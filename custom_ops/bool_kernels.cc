@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "custom_ops/kernel_util.h"
+#include "custom_ops/prg_draws.h"
 #include "tensorflow/core/framework/op_kernel.h"
 
 namespace tf_puma {
@@ -38,8 +39,8 @@ class AndShareOp : public OpKernel {
     auto runner = TfRunner(ctx);
     uint64_t* z = RingData(out);
     const uint64_t* theirs = RingData(scratch);
-    PrgFill(own, stream, 0, z, n, runner);
-    PrgFill(next, stream, 0, RingData(&scratch), n, runner);
+    OP_REQUIRES_OK(ctx, PrgFill(own, stream, draws::kZeroShare, z, n, runner));
+    OP_REQUIRES_OK(ctx, PrgFill(next, stream, draws::kZeroShare, RingData(&scratch), n, runner));
     const uint64_t* xo = RingData(ctx->input(0));
     const uint64_t* xn = RingData(ctx->input(1));
     const uint64_t* yo = RingData(ctx->input(2));
@@ -180,12 +181,12 @@ class AndPackedShareOp : public OpKernel {
       }
       at += seg_.Words(n, k);
     }
-    PrgFill(own, stream, 0, z, total, runner);
+    OP_REQUIRES_OK(ctx, PrgFill(own, stream, draws::kZeroShare, z, total, runner));
     Tensor theirs_t;
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, TensorShape({total}),
                                            &theirs_t));
     uint64_t* theirs = RingData(&theirs_t);
-    PrgFill(next, stream, 0, theirs, total, runner);
+    OP_REQUIRES_OK(ctx, PrgFill(next, stream, draws::kZeroShare, theirs, total, runner));
     ParallelElementwise(runner, total, 4, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         z[i] ^= theirs[i] ^ (xo[i] & (yo[i] ^ yn[i])) ^ (xn[i] & yo[i]);

@@ -46,20 +46,26 @@ Status ReadTensorAt(const std::string& path, int64_t offset, const TensorShape& 
   return tensorflow::OkStatus();
 }
 
-// The id in a bundle's index.txt ("#bundle ID" first line; none means ""), or false if the
-// directory holds no bundle.
+// The id in a bundle's index.txt (its first line, "#bundle ID"), or false if the directory
+// holds no bundle or one without that header (never picked: which one would be directory order).
 bool BundleIdOf(const std::string& dir, std::string* id) {
   std::ifstream index(dir + "/index.txt");
   if (!index) return false;
   std::string line;
-  id->clear();
-  if (std::getline(index, line) && line.rfind("#bundle ", 0) == 0) *id = line.substr(8);
+  if (!std::getline(index, line) || line.rfind("#bundle ", 0) != 0 || line.size() <= 8) {
+    return false;
+  }
+  *id = line.substr(8);
   return true;
 }
 
 // The directory of bundle `id` under the party's share root: the root itself or one of its
 // immediate subdirectories (a party may hold the bundles of several models).
 Status ResolveBundle(const std::string& root, const std::string& id, std::string* dir) {
+  if (id.empty()) {
+    return errors::InvalidArgument("the graph names no share bundle: convert the model again "
+                                   "with this version of tf-puma (bundles carry an id)");
+  }
   std::string found_id;
   if (BundleIdOf(root, &found_id) && found_id == id) {
     *dir = root;
@@ -75,7 +81,8 @@ Status ResolveBundle(const std::string& root, const std::string& id, std::string
   }
   return errors::NotFound("no share bundle \"", id, "\" under ", root, " (the party's --shares "
                           "directory or its subdirectories): copy the model's shares/partyI "
-                          "directory there (e.g. ", root, "/MODEL)");
+                          "directory there (e.g. ", root, "/MODEL); a bundle's index.txt must "
+                          "start with its \"#bundle ID\" line");
 }
 
 Status LoadFromBundle(const std::string& dir, const std::string& name,

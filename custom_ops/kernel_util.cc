@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "custom_ops/aes_ctr.h"
+#include "custom_ops/prg_draws.h"
 #include "tensorflow/core/framework/tensor_shape.h"
 #include "tensorflow/core/lib/core/threadpool.h"
 
@@ -85,9 +86,13 @@ void ParallelElementwise(const ParallelRunner& runner, int64_t n, int64_t cost_p
   runner(n, cost_per_element, fn);
 }
 
-void PrgFill(const PrgKey& key, uint64_t stream, uint32_t sub, uint64_t* out, int64_t n,
-             const ParallelRunner& runner) {
-  if (n <= 0) return;
+tensorflow::Status PrgFill(const PrgKey& key, uint64_t stream, uint32_t sub, uint64_t* out,
+                           int64_t n, const ParallelRunner& runner) {
+  if (n > kMaxDrawWords) {
+    return errors::InvalidArgument("a PRG draw of ", n, " ring elements exceeds the limit of 2^33 "
+                                   "per (key, stream, sub): split the tensor into smaller pieces");
+  }
+  if (n <= 0) return tensorflow::OkStatus();
   uint8_t iv[16] = {0};
   for (int i = 0; i < 8; ++i) iv[i] = static_cast<uint8_t>(stream >> (56 - 8 * i));
   for (int i = 0; i < 4; ++i) iv[8 + i] = static_cast<uint8_t>(sub >> (24 - 8 * i));
@@ -109,15 +114,18 @@ void PrgFill(const PrgKey& key, uint64_t stream, uint32_t sub, uint64_t* out, in
                        reinterpret_cast<uint8_t*>(last));
     out[n - 1] = last[0];
   }
+  return tensorflow::OkStatus();
 }
 
-void FillZeroShare(const PrgKey& own, const PrgKey& next, uint64_t stream, uint64_t* out,
-                   uint64_t* scratch, int64_t n, const ParallelRunner& runner) {
-  PrgFill(own, stream, 0, out, n, runner);
-  PrgFill(next, stream, 0, scratch, n, runner);
+tensorflow::Status FillZeroShare(const PrgKey& own, const PrgKey& next, uint64_t stream,
+                                 uint64_t* out, uint64_t* scratch, int64_t n,
+                                 const ParallelRunner& runner) {
+  TF_RETURN_IF_ERROR(PrgFill(own, stream, draws::kZeroShare, out, n, runner));
+  TF_RETURN_IF_ERROR(PrgFill(next, stream, draws::kZeroShare, scratch, n, runner));
   ParallelElementwise(runner, n, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) out[i] -= scratch[i];
   });
+  return tensorflow::OkStatus();
 }
 
 }  // namespace tf_puma

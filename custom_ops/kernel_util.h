@@ -30,15 +30,19 @@ bool ReadShape(tensorflow::OpKernelContext* ctx, int index, tensorflow::TensorSh
 // TensorFlow's intra-op thread pool of this kernel's device.
 ParallelRunner TfRunner(tensorflow::OpKernelContext* ctx);
 
+// The most ring elements one draw F(key, stream, sub) may have: 2^32 blocks of two words, so
+// the 32-bit block index never carries into the sub field (and another draw's counters).
+constexpr int64_t kMaxDrawWords = int64_t{1} << 33;
+
 // out[0..n) = F(key, stream, sub): AES-128-CTR keystream with counter block
 // stream (64 bits) || sub (32 bits) || block index (32 bits), big-endian, read as little-endian
-// uint64 words. Runs in parallel on `runner`. n must be < 2^33.
-void PrgFill(const PrgKey& key, uint64_t stream, uint32_t sub, uint64_t* out, int64_t n,
+// uint64 words. Runs in parallel on `runner`. Refuses n > kMaxDrawWords (InvalidArgument).
+tensorflow::Status PrgFill(const PrgKey& key, uint64_t stream, uint32_t sub, uint64_t* out, int64_t n,
              const ParallelRunner& runner);
 
 // out[0..n) = F(own, stream, 0) - F(next, stream, 0): party i's PRSS share of zero (the three
-// sum to 0 mod 2^64). scratch holds n words.
-void FillZeroShare(const PrgKey& own, const PrgKey& next, uint64_t stream, uint64_t* out,
+// sum to 0 mod 2^64). scratch holds n words. Same limit as PrgFill.
+tensorflow::Status FillZeroShare(const PrgKey& own, const PrgKey& next, uint64_t stream, uint64_t* out,
                    uint64_t* scratch, int64_t n, const ParallelRunner& runner);
 
 // Elementwise loop over [0, n) split over the runner; fn(begin, end).

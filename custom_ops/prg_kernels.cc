@@ -6,7 +6,9 @@
 
 #include "custom_ops/aes_ctr.h"
 #include "custom_ops/kernel_util.h"
+#include "custom_ops/prg_draws.h"
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/platform/strcat.h"
 
 namespace tf_puma {
 
@@ -55,9 +57,13 @@ class PrgUniformOp : public OpKernel {
     if (!ReadKey(ctx, 0, &key) || !ReadStream(ctx, 1, &stream) || !ReadShape(ctx, 2, &shape)) {
       return;
     }
+    OP_REQUIRES(ctx, shape.num_elements() <= kMaxDrawWords,
+                errors::InvalidArgument("a PRG draw of shape ", shape.DebugString(), " exceeds "
+                                        "2^33 ring elements per (key, stream, sub): split it"));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &out));
-    PrgFill(key, stream, sub_, RingData(out), out->NumElements(), TfRunner(ctx));
+    OP_REQUIRES_OK(ctx,
+                   PrgFill(key, stream, sub_, RingData(out), out->NumElements(), TfRunner(ctx)));
   }
 
  private:
@@ -80,8 +86,24 @@ class ZeroShareOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &out));
     Tensor scratch;
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, shape, &scratch));
-    FillZeroShare(own, next, stream, RingData(out), RingData(&scratch), out->NumElements(),
-                  TfRunner(ctx));
+    OP_REQUIRES_OK(ctx, FillZeroShare(own, next, stream, RingData(out), RingData(&scratch),
+                                      out->NumElements(), TfRunner(ctx)));
+  }
+};
+
+class PrgDrawTableOp : public OpKernel {
+ public:
+  explicit PrgDrawTableOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    constexpr int64_t n = sizeof(draws::kDraws) / sizeof(draws::kDraws[0]);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({n}), &out));
+    auto lines = out->vec<tensorflow::tstring>();
+    for (int64_t i = 0; i < n; ++i) {
+      const draws::Draw& d = draws::kDraws[i];
+      lines(i) = tensorflow::strings::StrCat(d.op, " ", d.family, " ", d.key_input, " ", d.sub);
+    }
   }
 };
 
@@ -111,6 +133,7 @@ REGISTER_KERNEL_BUILDER(Name("PumaPrgUniform").Device(DEVICE_CPU).HostMemory("sh
                         PrgUniformOp);
 REGISTER_KERNEL_BUILDER(Name("PumaZeroShare").Device(DEVICE_CPU).HostMemory("shape"),
                         ZeroShareOp);
+REGISTER_KERNEL_BUILDER(Name("PumaPrgDrawTable").Device(DEVICE_CPU), PrgDrawTableOp);
 REGISTER_KERNEL_BUILDER(Name("PumaAes128Ctr").Device(DEVICE_CPU), Aes128CtrOp);
 
 }  // namespace tf_puma

@@ -81,6 +81,17 @@ Party i's share of zero: alpha_i = F(k_i, stream, 0) - F(k_{i+1}, stream, 0); th
 sum to 0 mod 2^64 and each is uniform to anyone missing one of the keys.
 )doc");
 
+REGISTER_OP("PumaPrgDrawTable")
+    .Output("draws: string")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->Vector(::tensorflow::shape_inference::InferenceContext::kUnknownDim));
+      return ::tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+The kernels' PRG draws (custom_ops/prg_draws.h), one "op family key_input sub" line each (sub -1:
+the op's `sub` attribute). Read by the static reuse audit; draws nothing.
+)doc");
+
 REGISTER_OP("PumaAes128Ctr")
     .Input("key: int64")
     .Input("iv: int64")

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "custom_ops/kernel_util.h"
+#include "custom_ops/prg_draws.h"
 #include "custom_ops/ring_gemm.h"
 #include "tensorflow/core/framework/op_kernel.h"
 
@@ -164,7 +165,8 @@ class MatMulShareOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64,
                                            TensorShape({std::max(n_out, n_y)}), &scratch));
     auto runner = TfRunner(ctx);
-    FillZeroShare(own, next, stream, RingData(out), RingData(&scratch), n_out, runner);
+    OP_REQUIRES_OK(ctx, FillZeroShare(own, next, stream, RingData(out), RingData(&scratch), n_out,
+                                      runner));
     // y_sum = y_own + y_next, then z += x_own @ y_sum + x_next @ y_own.
     uint64_t* y_sum = RingData(&scratch);
     const uint64_t* yo = RingData(y_own);
@@ -197,7 +199,7 @@ class MulShareOp : public OpKernel {
     const int64_t n = out->NumElements();
     auto runner = TfRunner(ctx);
     uint64_t* z = RingData(out);
-    FillZeroShare(own, next, stream, z, RingData(&scratch), n, runner);
+    OP_REQUIRES_OK(ctx, FillZeroShare(own, next, stream, z, RingData(&scratch), n, runner));
     const uint64_t* xo = RingData(ctx->input(0));
     const uint64_t* xn = RingData(ctx->input(1));
     const uint64_t* yo = RingData(ctx->input(2));

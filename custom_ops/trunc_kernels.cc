@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "custom_ops/kernel_util.h"
+#include "custom_ops/prg_draws.h"
 #include "tensorflow/core/framework/op_kernel.h"
 
 namespace tf_puma {
@@ -90,6 +91,9 @@ class TruncPrDealOp : public OpKernel {
         !ReadShape(ctx, 3, &shape)) {
       return;
     }
+    OP_REQUIRES(ctx, shape.num_elements() <= kMaxDrawWords,
+                errors::InvalidArgument("a TruncPr of shape ", shape.DebugString(), " exceeds "
+                                        "2^33 values per PRG draw: split it"));
     TensorShape corr_shape({2});
     corr_shape.AppendShape(shape);
     Tensor* corr = AllocateLike(ctx, 0, corr_shape);
@@ -105,10 +109,10 @@ class TruncPrDealOp : public OpKernel {
     uint64_t* r_b = RingData(&r_b_t);
     uint64_t* rb_b = RingData(corr);
     uint64_t* rc_b = rb_b + n;
-    PrgFill(next, stream, 0, r_a, n, runner);  // A's mask (k_j)
-    PrgFill(own, stream, 0, r_b, n, runner);   // B's mask (k_{j+2})
-    PrgFill(next, stream, 1, rb_b, n, runner);  // A's share of msb(r)
-    PrgFill(next, stream, 2, rc_b, n, runner);  // A's share of the shifted low bits of r
+    OP_REQUIRES_OK(ctx, PrgFill(next, stream, draws::kTruncMask, r_a, n, runner));  // A's (k_j)
+    OP_REQUIRES_OK(ctx, PrgFill(own, stream, draws::kTruncMask, r_b, n, runner));  // B's
+    OP_REQUIRES_OK(ctx, PrgFill(next, stream, draws::kTruncMsbShare, rb_b, n, runner));
+    OP_REQUIRES_OK(ctx, PrgFill(next, stream, draws::kTruncLowShare, rc_b, n, runner));
     const int bits = static_cast<int>(bits_);
     ParallelElementwise(runner, n, 4, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
@@ -117,8 +121,10 @@ class TruncPrDealOp : public OpKernel {
         rc_b[i] = ((r << 1) >> (bits + 1)) - rc_b[i];
       }
     });
-    PrgFill(own, stream, 3, RingData(share_own), n, runner);
-    PrgFill(next, stream, 3, RingData(share_next), n, runner);
+    OP_REQUIRES_OK(ctx, PrgFill(own, stream, draws::kTruncOutShare, RingData(share_own), n,
+                                runner));
+    OP_REQUIRES_OK(ctx, PrgFill(next, stream, draws::kTruncOutShare, RingData(share_next), n,
+                                runner));
   }
 
  private:
@@ -141,7 +147,7 @@ class TruncPrMaskOp : public OpKernel {
     const int64_t n = u.NumElements();
     auto runner = TfRunner(ctx);
     uint64_t* m = RingData(out);
-    PrgFill(key, stream, 0, m, n, runner);
+    OP_REQUIRES_OK(ctx, PrgFill(key, stream, draws::kTruncMask, m, n, runner));
     const uint64_t* in = RingData(u);
     const uint64_t offset = add_offset_ ? kOffset : 0;
     ParallelElementwise(runner, n, 1, [&](int64_t b, int64_t e) {
@@ -175,9 +181,9 @@ class TruncPrFinishAOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, shape, &rc_t));
     uint64_t* rc = RingData(&rc_t);
     uint64_t* t = RingData(share);
-    PrgFill(key, stream, 1, y, n, runner);
-    PrgFill(key, stream, 2, rc, n, runner);
-    PrgFill(key, stream, 3, t, n, runner);
+    OP_REQUIRES_OK(ctx, PrgFill(key, stream, draws::kTruncMsbShare, y, n, runner));
+    OP_REQUIRES_OK(ctx, PrgFill(key, stream, draws::kTruncLowShare, rc, n, runner));
+    OP_REQUIRES_OK(ctx, PrgFill(key, stream, draws::kTruncOutShare, t, n, runner));
     const uint64_t* c = RingData(c_t);
     const int bits = static_cast<int>(bits_);
     const uint64_t offset_out = uint64_t{1} << (62 - bits);
@@ -221,7 +227,7 @@ class TruncPrFinishBOp : public OpKernel {
     if (!msg || !share) return;
     const int64_t n = shape.num_elements();
     uint64_t* t = RingData(share);
-    PrgFill(key, stream, 3, t, n, runner);
+    OP_REQUIRES_OK(ctx, PrgFill(key, stream, draws::kTruncOutShare, t, n, runner));
     const uint64_t* c = RingData(c_t);
     const uint64_t* rb = RingData(corr);
     const uint64_t* rc = rb + n;

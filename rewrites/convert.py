@@ -3,7 +3,11 @@
 OUT_DIR after a conversion:
   saved_model.pb, variables/   the secure graph (no weight values; ops placed on client/parties)
   shares/party{0,1,2}/         party i's two shares of every weight (copy to party i only)
-  tf_puma.json                 manifest: ring, fixed point, model hash, signature, costs per layer
+  tf_puma.json                 manifest: ring, fixed point, bundle id, signature, costs per layer
+  shares/owner.json            the model owner's record (source path, SHA-256 of the source
+                               model, bundle id); stays with the owner, like the bundles' parent
+The client's files (saved_model.pb, tf_puma.json) carry no value or fingerprint of the weights:
+the bundle id is random.
 Everything is written under a temporary name and renamed at the end: a failed conversion leaves
 nothing behind.
 """
@@ -13,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import time
 from typing import Callable, Mapping, Optional, Sequence
@@ -27,6 +30,7 @@ from tf_puma.cluster import NUM_PARTIES
 from tf_puma.protocols import arithmetic
 
 MANIFEST = "tf_puma.json"
+OWNER_RECORD = "owner.json"
 FORMAT = "tf-puma-secure-savedmodel/1"
 
 
@@ -73,7 +77,7 @@ def convert(in_dir: str, out_dir: str, signature: str = "serving_default",
         f"({time.perf_counter() - start:.1f} s)")
     t = time.perf_counter()
     source_hash = model_hash(in_dir)
-    bundle_id = f"{source_hash[:12]}-{secrets.token_hex(4)}"  # unique per conversion
+    bundle_id = bundle.new_bundle_id()  # random: names the conversion, not the weights
     program = SecureProgram(graph, bundle_id)
     counts = program.counts()
     log(f"classified {len(program.order)} run-time nodes: {counts.get('SECRET', 0)} secure, "
@@ -101,11 +105,14 @@ def convert(in_dir: str, out_dir: str, signature: str = "serving_default",
         tf.saved_model.save(module, tmp, signatures={signature: concrete})
         save_s = time.perf_counter() - t
         t = time.perf_counter()
-        bundle.write_bundles(program.weights, os.path.join(tmp, "shares"),
-                             arithmetic.fixed_point(), bundle_id=bundle_id)
+        bundle.write_bundles(program.weights, os.path.join(tmp, "shares"), bundle_id,
+                             arithmetic.fixed_point())
+        with open(os.path.join(tmp, "shares", OWNER_RECORD), "w", encoding="utf-8") as fh:
+            json.dump({"source": os.path.abspath(in_dir), "model_sha256": source_hash,
+                       "bundle_id": bundle_id, "signature": signature}, fh, indent=2)
         log(f"saved the secure SavedModel ({save_s:.1f} s) and {NUM_PARTIES} share bundles "
             f"({time.perf_counter() - t:.1f} s)")
-        manifest = _manifest(in_dir, source_hash, signature, program, total, ledgers, num_ops,
+        manifest = _manifest(signature, program, total, ledgers, num_ops,
                              time.perf_counter() - start)
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as fh:
             json.dump(manifest, fh, indent=2)
@@ -118,15 +125,12 @@ def convert(in_dir: str, out_dir: str, signature: str = "serving_default",
     return manifest
 
 
-def _manifest(in_dir, source_hash, signature, program, total, ledgers, num_ops,
-              seconds) -> dict:
+def _manifest(signature, program, total, ledgers, num_ops, seconds) -> dict:
     g = program.graph
     return {
         "format": FORMAT,
         "ring_bits": 64,
         "frac_bits": arithmetic.fixed_point().frac_bits,
-        "source": os.path.abspath(in_dir),
-        "model_sha256": source_hash,
         "bundle_id": program.bundle_id,
         "signature": signature,
         "inputs": {k: {"dtype": v.dtype.name, "shape": list(v.shape),

@@ -10,7 +10,8 @@ Kinds (a node's kind follows from its data inputs' kinds):
 | CLIENT  | the client only           | at run time, in plaintext on the client          |
 | SECRET  | nobody                    | at run time by the parties, with a rewrite rule  |
 Shape, Size and Rank are CONST (secure graphs have static shapes). Weights are the signature's
-captured variables and, conservatively, every other float constant with more than one element.
+captured variables, whatever their size or dtype, and everything computed from them without
+run-time data; conservatively also every other float constant with more than one element.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import tf_puma  # noqa: E402
 
 
 # Weights the model owner shares into party bundles before the session's parties start.
+TEST_BUNDLE = "b-test-weights"
 BUNDLE_WEIGHTS = {
     "test/w": np.random.default_rng(99).normal(size=(16, 8)) * 0.3,
     "test/b": np.random.default_rng(98).normal(size=(8,)),
@@ -25,7 +26,7 @@ def bundle_dir(tmp_path_factory):
     from tf_puma import bundle  # noqa: PLC0415
 
     root = str(tmp_path_factory.mktemp("shares"))
-    bundle.write_bundles(BUNDLE_WEIGHTS, root)
+    bundle.write_bundles(BUNDLE_WEIGHTS, root, TEST_BUNDLE)
     return root
 
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 import tf_puma
 from tf_puma import _ops, bundle, costs
 from tf_puma.fixedpoint import FixedPoint
-from tests.conftest import BUNDLE_WEIGHTS, check
+from tests.conftest import BUNDLE_WEIGHTS, TEST_BUNDLE, check
 
 ULP = 2.0 ** -18
 
@@ -47,8 +47,8 @@ def test_secure_matmul_with_party_loaded_weights(cluster):
 
     @tf.function
     def run(a):
-        w = bundle.party_weight("test/w", [16, 8])
-        b = bundle.party_weight("test/b", [8])
+        w = bundle.party_weight("test/w", [16, 8], TEST_BUNDLE)
+        b = bundle.party_weight("test/b", [8], TEST_BUNDLE)
         return tf_puma.reveal(tf_puma.share(a) @ w + b, tf.float64)
 
     with costs.Ledger() as ledger:
@@ -64,14 +64,14 @@ def test_secure_matmul_with_party_loaded_weights(cluster):
 def test_bundle_mismatches_are_clear_errors(cluster):
     @tf.function
     def missing():
-        return tf_puma.reveal(bundle.party_weight("no/such", [2]))
+        return tf_puma.reveal(bundle.party_weight("no/such", [2], TEST_BUNDLE))
 
     with pytest.raises(tf.errors.NotFoundError, match="not in the share bundle"):
         missing()
 
     @tf.function
     def wrong_shape():
-        return tf_puma.reveal(bundle.party_weight("test/b", [9]))
+        return tf_puma.reveal(bundle.party_weight("test/b", [9], TEST_BUNDLE))
 
     with pytest.raises(tf.errors.InvalidArgumentError, match="bundle and model differ"):
         wrong_shape()
@@ -80,12 +80,29 @@ def test_bundle_mismatches_are_clear_errors(cluster):
 def test_party_without_bundle_is_told_how_to_start(monkeypatch):
     monkeypatch.delenv("TF_PUMA_SHARES", raising=False)
     with pytest.raises(tf.errors.FailedPreconditionError, match="--shares DIR"):
-        _ops.load().puma_load_share(weight="test/w", shape=[16, 8])
+        _ops.load().puma_load_share(weight="test/w", shape=[16, 8], bundle=TEST_BUNDLE)
 
 
 def test_weight_names_are_checked(tmp_path):
     with pytest.raises(ValueError, match="without spaces"):
-        bundle.write_bundles({"bad name": np.zeros(2)}, str(tmp_path))
+        bundle.write_bundles({"bad name": np.zeros(2)}, str(tmp_path), "b-x")
     with pytest.raises(ValueError, match="outside the fixed-point range"):
-        bundle.write_bundles({"big": np.array([1e12])}, str(tmp_path / "b"))
+        bundle.write_bundles({"big": np.array([1e12])}, str(tmp_path / "b"), "b-x")
     assert not os.path.exists(tmp_path / "b" / "party0" / "shares.bin")
+
+
+def test_only_bundles_with_their_id_header_are_used(tmp_path, monkeypatch):
+    """A directory without the "#bundle ID" line is never picked (it used to be, by directory
+    order, for graphs naming no bundle); a graph must name its bundle."""
+    dirs = bundle.write_bundles({"w": np.ones(3)}, str(tmp_path / "model"), "b-model")
+    index = os.path.join(dirs[0], "index.txt")
+    lines = open(index, encoding="utf-8").read().split("\n")
+    assert lines[0] == "#bundle b-model"
+    open(index, "w", encoding="utf-8").write("\n".join(lines[1:]))
+    monkeypatch.setenv("TF_PUMA_SHARES", dirs[0])  # party 0, its header gone
+    with pytest.raises(tf.errors.NotFoundError, match="#bundle ID"):
+        _ops.load().puma_load_share(weight="w", shape=[3], bundle="b-model")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="names no share bundle"):
+        _ops.load().puma_load_share(weight="w", shape=[3], bundle="")
+    with pytest.raises(ValueError, match="bundle id"):
+        bundle.write_bundles({"w": np.ones(3)}, str(tmp_path / "other"), "")

@@ -262,3 +262,48 @@ def test_packed_and_rejects_unsorted_positions():
     with pytest.raises(tf.errors.InvalidArgumentError, match="strictly increasing"):
         ops.puma_and_packed_share([w], [w], [w], [w], key, key, tf.constant(1, tf.int64),
                                   positions=[5, 1], y_positions=[0, 1], counts=[2])
+
+
+# --- the PRG draw table (custom_ops/prg_draws.h) --------------------------------------------
+def _kernel_sources() -> str:
+    import glob, os  # noqa: E401, PLC0415
+    root = os.path.join(os.path.dirname(__file__), "..", "custom_ops")
+    return "\n".join(open(p, encoding="utf-8").read()
+                     for p in sorted(glob.glob(os.path.join(root, "*_kernels.cc"))))
+
+
+def test_draw_table_lists_every_draw_of_every_kernel():
+    """The audit reads the table; the kernels must do what it says: every kernel class that
+    draws is registered for an op listed there, with as many draws and the same subs."""
+    import re  # noqa: PLC0415
+    from tf_puma import audit  # noqa: PLC0415
+
+    source = _kernel_sources()
+    header = open(__file__.replace("tests/test_kernels.py", "custom_ops/prg_draws.h"),
+                  encoding="utf-8").read()
+    constants = {m[0]: int(m[1]) for m in re.findall(r"constexpr uint32_t (k\w+) = (\d+);",
+                                                      header)}
+    registered = dict((cls, op) for op, cls in re.findall(
+        r'REGISTER_KERNEL_BUILDER\(Name\("(\w+)"\)[^;]*?,\s*(\w+)\);', source))
+    drawn: dict[str, list] = {}
+    for cls, body in re.findall(r"class (\w+) : public OpKernel \{(.*?)\n\};", source, re.S):
+        subs = []
+        for sub in re.findall(r"PrgFill\(\w+, stream, ([\w:]+),", body):
+            subs.append(constants[sub.split("::")[-1]] if "::" in sub else -1)
+        subs += [constants["kZeroShare"]] * 2 * body.count("FillZeroShare(")
+        if subs:
+            drawn[registered[cls]] = sorted(subs)
+    table = audit.draw_table()
+    assert set(drawn) == set(table)
+    for op, entries in table.items():
+        assert sorted(e.sub for e in entries) == drawn[op], op
+
+
+def test_prg_refuses_draws_past_its_block_counter():
+    # 2^33 ring elements = 2^32 AES blocks: one more would carry into the sub field (another
+    # draw's counters). Refused before anything is allocated.
+    key, s = tf.constant(random_ring([2])), tf.constant(1, tf.int64)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="exceeds 2\\^33"):
+        ops.puma_prg_uniform(key, s, [2 ** 33 + 2])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="exceeds 2\\^33"):
+        ops.puma_trunc_pr_deal(key, key, s, [2, 2 ** 32 + 1], bits=4)

@@ -3,13 +3,14 @@ bundles to the parties, run the secure SavedModel, compare with plaintext Tensor
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_puma import hf, secure_model, text_data
+from tf_puma import audit, hf, secure_model, text_data
 from tf_puma.rewrites import convert
 
 QUIET = {"log": lambda line: None}
@@ -74,6 +75,28 @@ def test_secure_savedmodel_holds_no_weight_values(minilm):
         for f in os.listdir(os.path.join(secure_dir, "variables")))
 
 
+def test_whole_minilm_draws_every_prg_output_once(minilm):
+    """The static reuse audit on the whole secure SavedModel, as the client loads it."""
+    _, secure_dir, _ = minilm
+    assert audit.audit_saved_model(secure_dir) == []
+    loaded = tf.saved_model.load(secure_dir)
+    draws = audit.prg_draws(loaded.signatures["serving_default"].graph)
+    assert audit.summary(draws)["trunc_pr"] > 1000  # the walk reached the function bodies
+
+
+def test_client_files_carry_no_fingerprint_of_the_weights(minilm):
+    """The bundle id is random; the source's hash and path stay in the owner's record."""
+    plain_dir, secure_dir, manifest = minilm
+    owner = json.load(open(os.path.join(secure_dir, "shares", convert.OWNER_RECORD)))
+    assert owner["model_sha256"] == convert.model_hash(plain_dir)
+    assert owner["bundle_id"] == manifest["bundle_id"]
+    for name in ("saved_model.pb", convert.MANIFEST):
+        data = open(os.path.join(secure_dir, name), "rb").read()
+        assert owner["model_sha256"][:12].encode() not in data, name
+        assert os.path.abspath(plain_dir).encode() not in data, name
+    assert not {"model_sha256", "source"} & set(manifest)
+
+
 def test_wrong_inputs_are_named_before_running(minilm):
     _, secure_dir, _ = minilm
     model = secure_model.load(secure_dir)
@@ -114,6 +137,7 @@ def test_gpt2_next_token_logits(tmp_path, cluster, deploy):
     secure = str(tmp_path / "secure")
     manifest = convert.convert(plain, secure, **QUIET)
     assert set(manifest["layers"]) >= {"h_._0", "h_._1"}
+    assert audit.audit_saved_model(secure) == []  # every PRG output drawn once
     deploy(secure, "gpt2")
     ids = np.random.default_rng(5).integers(0, 500, (1, 8)).astype(np.int32)
     reference = _plain(plain, {"input_ids": ids})["logits"]

@@ -50,6 +50,23 @@ def test_kinds_fold_weights_and_keep_client_work_on_the_client(tmp_path):
     assert [v.shape for v in prog.weights.values()] == [(6, 4)]
 
 
+def test_weights_of_any_size_and_dtype_go_to_the_bundles(tmp_path):
+    """A scalar float variable and an int variable are weights too (not public constants): the
+    secure SavedModel holds none of their values in any encoding the code uses."""
+    w = tf.Variable([[1.0, 2.0], [3.0, 4.0]])
+    scale, offset = tf.Variable(0.37), tf.Variable(3, dtype=tf.int32)
+    plain = _save(tmp_path, "plain",
+                  lambda x: {"y": tf.matmul(x, w) * scale + tf.cast(offset, tf.float32)},
+                  [tf.TensorSpec([1, 2], tf.float32)], [w, scale, offset])
+    manifest = convert.convert(plain, str(tmp_path / "secure"), **QUIET)
+    assert manifest["weights"] == {"tensors": 3, "values": 6}
+    pb = open(tmp_path / "secure" / "saved_model.pb", "rb").read()
+    for value in (0.37, 3.0):
+        assert np.float32(value).tobytes() not in pb and np.float64(value).tobytes() not in pb
+        for frac in range(8, 48):  # ring encodings (below 2^8 small ints are in any graph)
+            assert np.int64(round(value * 2 ** frac)).tobytes() not in pb, (value, frac)
+
+
 def test_idioms_are_found(tmp_path):
     w, = _weights((8, 8))
     ln = tf.keras.layers.LayerNormalization(epsilon=1e-5)

@@ -29,17 +29,23 @@ def _uniform_ring(shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(secrets.token_bytes(8 * n), dtype="<i8").reshape(shape).copy()
 
 
-def write_bundles(weights: Mapping[str, np.ndarray], out_dir: str,
-                  fxp: FixedPoint = FixedPoint(), bundle_id: str = "") -> list[str]:
+def new_bundle_id() -> str:
+    """A random bundle id: names one conversion without saying anything about its weights."""
+    return f"b-{secrets.token_hex(8)}"
+
+
+def write_bundles(weights: Mapping[str, np.ndarray], out_dir: str, bundle_id: str,
+                  fxp: FixedPoint = FixedPoint()) -> list[str]:
     """Encodes and secret-shares every weight; returns the three party directories.
 
     `bundle_id` names the bundle (index.txt's first line "#bundle ID"), so one party can hold
-    the bundles of several models side by side under its --shares directory.
+    the bundles of several models side by side under its --shares directory. It must not be
+    derived from the weights (use `new_bundle_id`): the client's secure model carries it.
 
     Writes into a temporary name first and renames, so a failure leaves no half-written bundle.
     """
-    if any(ch.isspace() for ch in bundle_id):
-        raise ValueError(f"bundle ids have no spaces, got {bundle_id!r}")
+    if not bundle_id or any(ch.isspace() for ch in bundle_id):
+        raise ValueError(f"a bundle id is non-empty without spaces, got {bundle_id!r}")
     for name in weights:
         if not name or any(ch.isspace() for ch in name):
             raise ValueError(f"weight names must be non-empty without spaces, got {name!r}")
@@ -67,14 +73,13 @@ def write_bundles(weights: Mapping[str, np.ndarray], out_dir: str,
             fh.close()
     for i, d in enumerate(dirs):
         with open(os.path.join(d, "index.txt.tmp"), "w", encoding="utf-8") as fh:
-            header = [f"#bundle {bundle_id}"] if bundle_id else []
-            fh.write("\n".join(header + index[i]) + "\n")
+            fh.write("\n".join([f"#bundle {bundle_id}"] + index[i]) + "\n")
         os.replace(os.path.join(d, "shares.bin.tmp"), os.path.join(d, "shares.bin"))
         os.replace(os.path.join(d, "index.txt.tmp"), os.path.join(d, "index.txt"))
     return dirs
 
 
-def party_weight(name: str, shape, frac_bits: int | None = None, bundle_id: str = "") -> Shared:
+def party_weight(name: str, shape, bundle_id: str, frac_bits: int | None = None) -> Shared:
     """The shared weight `name` of bundle `bundle_id`, loaded by each party from its own
     bundle (no client traffic)."""
     runtime.require_graph()

@@ -3,13 +3,15 @@
 Protocols build TensorFlow graphs (inside `tf.function`); each party's ops are placed on its own
 device and TensorFlow's partitioner turns every cross-device edge into a Send/Recv over gRPC. All
 such edges go through `transfer`, which names the op, counts its bytes and rounds, and lets tests
-record each party's view. `audit_graph` checks a traced graph has no other cross-device edge.
+record each party's view. `tf_puma.audit` checks a traced graph has no other cross-device edge
+and draws no PRG output twice.
 
 PRSS (pseudo-random secret sharing): on every execution of a secure graph each party i draws a
 fresh 128-bit key k_i from its OS (PumaNewKey) and sends it to party i-1 only, so party i holds
 (k_i, k_{i+1}); the client and the third party never see it. Fresh keys per execution make every
 call's randomness fresh without any counter the client could replay or parties could desync; one
-execution separates its uses of a key by a stream id unique in the graph. The key exchange runs in
+execution separates its uses of a key by a stream id unique in the graph: `new_stream(family)`
+gives each PRG-drawing kernel call its own stream, and that call owns every sub of it. The key exchange runs in
 parallel with the client's input sharing, so it adds no round to the critical path.
 """
 
@@ -27,6 +29,7 @@ from tf_puma import _ops, costs
 from tf_puma.cluster import CLIENT_DEVICE, NUM_PARTIES, party_device
 
 Endpoint = Union[int, str]  # a party index or "client"
+STREAM_FAMILIES = ("zero_share", "xor_zero_share", "trunc_pr", "prg")  # prg_draws.h families
 CLIENT = costs.CLIENT
 TRANSFER_PREFIX = "puma_transfer"
 
@@ -99,6 +102,8 @@ class _GraphState:
     def __init__(self) -> None:
         self.prss: Prss | None = None
         self.next_stream = 1
+        self.stream_family: dict[int, str] = {}  # stream -> the kernel family that owns it
+        self.turns: dict[str, int] = {}  # round-robin counters (e.g. TruncPr's roles)
         self.scalars: dict = {}  # (endpoint, value, dtype) -> constant tensor
 
 
@@ -140,12 +145,35 @@ def prss() -> Prss:
     return state.prss
 
 
-def new_stream() -> int:
-    """A stream id unique within the current graph (separates uses of one key)."""
+def new_stream(family: str) -> int:
+    """A stream id unique within the current graph, for one kernel call of `family` (a family of
+    custom_ops/prg_draws.h: "zero_share", "xor_zero_share", "trunc_pr", "prg").
+
+    The call owns every sub of the stream: never pass one stream to two protocol steps (a
+    product's zero share and its truncation drawing the same F(k, s, 0) let a party unmask the
+    other's message). `tf_puma.audit` checks this on whole graphs.
+    """
+    if family not in STREAM_FAMILIES:
+        raise ValueError(f"unknown PRG family {family!r}; one of {sorted(STREAM_FAMILIES)}")
     state = _state()
     stream = state.next_stream
     state.next_stream += 1
+    state.stream_family[stream] = family
     return stream
+
+
+def next_turn(name: str) -> int:
+    """0, 1, 2, 0, ... per graph for `name`: rotates a protocol's roles over the parties."""
+    state = _state()
+    turn = state.turns.get(name, 0)
+    state.turns[name] = turn + 1
+    return turn % NUM_PARTIES
+
+
+def streams_used() -> int:
+    """How many stream ids this graph has handed out so far (ids 1..n; the client's input
+    sharing draws stream 0 of its own one-time keys)."""
+    return _state().next_stream - 1
 
 
 def const_on(endpoint: Endpoint, value, dtype: tf.DType = tf.int64) -> tf.Tensor:
@@ -176,24 +204,3 @@ def shape_on(endpoint: Endpoint, shape: tf.TensorShape | Sequence[int]) -> tf.Te
     if not dims.is_fully_defined():
         raise ValueError(f"tf-puma needs static shapes inside secure graphs, got {dims}")
     return const_on(endpoint, dims.as_list())
-
-
-def audit_graph(graph: tf.Graph) -> list[str]:
-    """Lists violations: cross-device edges not made by `transfer`, and unplaced secure ops.
-
-    Returns human-readable problems (empty = clean). Function-call ops and their inputs are
-    checked through the graph's own nodes only.
-    """
-    problems = []
-    for op in graph.get_operations():
-        if op.type in ("Placeholder", "NoOp") or not op.device:
-            if op.type.startswith("Puma"):
-                problems.append(f"{op.name} ({op.type}) has no device")
-            continue
-        for inp in op.inputs:
-            src = inp.op.device
-            if src and tf.DeviceSpec.from_string(src) != tf.DeviceSpec.from_string(op.device):
-                if not op.name.split("/")[-1].startswith(TRANSFER_PREFIX):
-                    problems.append(f"{inp.op.name} ({src}) -> {op.name} ({op.device}) "
-                                    "crosses devices outside transfer()")
-    return problems

@@ -147,32 +147,38 @@ def trunc(x: Shared, bits: int) -> Shared:
 
 def _trunc_replicated(x: Shared, bits: int, out_frac: int) -> Shared:
     """TruncPr on replicated x: A = party j uses u_A = x_j + x_{j+1}; B = party j+1, u_B = x_{j+2}."""
-    stream = runtime.new_stream()
-    a, b, _ = _roles(stream)
+    stream = runtime.new_stream("trunc_pr")
+    a, b, d = _roles()
     with tf.device(runtime.device(a)):
         u_a = x.pairs[a][0] + x.pairs[a][1]
     u_b = x.pairs[b][1]
-    return _trunc_pr(u_a, u_b, None, x.shape, bits, stream, out_frac, x.depth)
+    return _trunc_pr(u_a, u_b, None, x.shape, bits, stream, out_frac, x.depth, (a, b, d))
 
 
-def _roles(stream: int) -> tuple[int, int, int]:
-    """(A, B, dealer) for a TruncPr call; rotated by stream to balance the parties' load."""
-    j = stream % NUM_PARTIES
+def _roles() -> tuple[int, int, int]:
+    """(A, B, dealer) for the next TruncPr call of this graph: rotated call by call so the
+    parties share the load (the dealer sends twice what A and B send)."""
+    j = runtime.next_turn("trunc_pr")
     return j, (j + 1) % NUM_PARTIES, (j + 2) % NUM_PARTIES
 
 
 def _trunc_pr(u_a: tf.Tensor, u_b: tf.Tensor, u_dealer: tf.Tensor | None, shape: tf.TensorShape,
-              bits: int, stream: int, out_frac: int, depth: int) -> Shared:
-    """TruncPr of x = u_A + u_B (+ u_D, sent by the dealer to A and B in the first round).
+              bits: int, stream: int, out_frac: int, depth: int,
+              roles: tuple[int, int, int]) -> Shared:
+    """TruncPr of x = u_A + u_B (+ u_D, sent by the dealer to A and B in the first round),
+    roles (A, B, D) = (j, j+1, j+2).
 
     1. D: deal corr = shares of (msb(r), low bits of r / 2^m) to B; r = F(k_j) + F(k_{j+2}).
     2. A, B: exchange m_A = u_A + 2^62 + F(k_j), m_B = u_B + F(k_{j+2}) -> c = x + 2^62 + r.
     3. A, B: local y_A, y_B with y_A + y_B = floor(x / 2^m) + e; exchange y - t -> t_{j+1}.
     Output shares t_j = F(k_j, 3), t_{j+2} = F(k_{j+2}, 3), t_{j+1} as exchanged.
+    `stream` is this truncation's own (runtime.new_stream("trunc_pr")): its masks must never
+    meet the PRG outputs of the product that produced u (a shared stream would let A strip
+    F(k_{j+1}, s, 0) off m_B and read B's cross terms).
     """
     ops = _ops.load()
     keys = runtime.prss()
-    a, b, d = _roles(stream)
+    a, b, d = roles
     s = {p: runtime.const_on(p, stream) for p in (a, b, d)}
     with tf.device(runtime.device(d)):
         corr, d_own, d_next = ops.puma_trunc_pr_deal(keys.own[d], keys.next[d], s[d],
@@ -215,19 +221,21 @@ def _reshare(z: list[tf.Tensor], frac_bits: int, depth: int) -> Shared:
     return Shared(pairs, frac_bits, depth + 1)
 
 
-def _product(z: list[tf.Tensor], frac_bits: int, depth: int, stream: int,
-             fxp: FixedPoint, shift: int = 0, frac_out: int | None = None) -> Shared:
+def _product(z: list[tf.Tensor], frac_bits: int, depth: int, fxp: FixedPoint, shift: int = 0,
+             frac_out: int | None = None) -> Shared:
     """Finishes a product from 3-out-of-3 shares z_i with `frac_bits` fractional bits: TruncPr
     down to frac_out (default: fxp's, or frac_bits if fewer) while also dividing by 2^shift,
-    or a plain reshare when nothing is dropped."""
+    or a plain reshare when nothing is dropped. The truncation draws from a stream of its own,
+    never the product's zero-share stream."""
     out_frac = min(frac_bits, fxp.frac_bits) if frac_out is None else frac_out
     bits = frac_bits - out_frac + shift
     if bits < 0:
         raise ValueError(f"cannot raise a product from {frac_bits} to {out_frac} fractional bits")
     if bits == 0:
         return _reshare(z, frac_bits, depth)
-    a, b, d = _roles(stream)
-    return _trunc_pr(z[a], z[b], z[d], z[a].shape, bits, stream, out_frac, depth)
+    stream = runtime.new_stream("trunc_pr")
+    a, b, d = _roles()
+    return _trunc_pr(z[a], z[b], z[d], z[a].shape, bits, stream, out_frac, depth, (a, b, d))
 
 
 def _product_cost(x: Shared, y: Shared, fxp: FixedPoint, shift: int = 0,
@@ -279,7 +287,7 @@ def mul_sum(products: list[tuple[Shared, Shared]], fxp: FixedPoint | None = None
     with costs.protocol(name, rounds=_product_cost(x0, y0, fxp, shift, frac_out)), \
             tf.name_scope(name):
         keys = runtime.prss()
-        streams = [runtime.new_stream() for _ in products]
+        streams = [runtime.new_stream("zero_share") for _ in products]
 
         def widen(t: tf.Tensor) -> tf.Tensor:
             return tf.broadcast_to(t, shape) if t.shape != shape else t
@@ -295,7 +303,7 @@ def mul_sum(products: list[tuple[Shared, Shared]], fxp: FixedPoint | None = None
                 if addend is not None:
                     terms.append(widen(addend.pairs[i][0]))
                 z.append(tf.add_n(terms) if len(terms) > 1 else terms[0])
-        return _product(z, frac, depth, streams[0], fxp, shift, frac_out)
+        return _product(z, frac, depth, fxp, shift, frac_out)
 
 
 def matmul(x: Shared, y: Shared, transpose_a: bool = False, transpose_b: bool = False,
@@ -317,7 +325,7 @@ def matmul(x: Shared, y: Shared, transpose_a: bool = False, transpose_b: bool = 
         y = y.map_local(lambda t: tf.broadcast_to(t, batch.concatenate(y_shape[-2:])))
     with costs.protocol("matmul", rounds=_product_cost(x, y, fxp)), tf.name_scope("matmul"):
         keys = runtime.prss()
-        stream = runtime.new_stream()
+        stream = runtime.new_stream("zero_share")
         z = []
         for i in range(NUM_PARTIES):
             with tf.device(runtime.device(i)):
@@ -325,7 +333,7 @@ def matmul(x: Shared, y: Shared, transpose_a: bool = False, transpose_b: bool = 
                     x.pairs[i][0], x.pairs[i][1], y.pairs[i][0], y.pairs[i][1], keys.own[i],
                     keys.next[i], runtime.const_on(i, stream), transpose_a=transpose_a,
                     transpose_b=transpose_b))
-        return _product(z, x.frac_bits + y.frac_bits, max(x.depth, y.depth), stream, fxp)
+        return _product(z, x.frac_bits + y.frac_bits, max(x.depth, y.depth), fxp)
 
 
 runtime.exclude_from_autograph(globals())

@@ -81,7 +81,7 @@ def and_(x: BoolShared, y: BoolShared) -> BoolShared:
     ops = _ops.load()
     with costs.protocol("and", rounds=1), tf.name_scope("and"):
         keys = runtime.prss()
-        stream = runtime.new_stream()
+        stream = runtime.new_stream("xor_zero_share")
         z = []
         for i in range(NUM_PARTIES):
             with tf.device(runtime.device(i)):
@@ -123,7 +123,7 @@ def _and_at(work: Sequence[tuple[BoolShared, BoolShared, Sequence[int], int]]
     ops = _ops.load()
     keys = runtime.prss()
     with costs.protocol("and", rounds=1), tf.name_scope("and_packed"):
-        stream = runtime.new_stream()
+        stream = runtime.new_stream("xor_zero_share")
         positions = [p for _, _, pos, _ in work for p in pos]
         y_positions = [p - shift for _, _, pos, shift in work for p in pos]
         counts = [len(pos) for _, _, pos, _ in work]
@@ -249,7 +249,7 @@ def b2a(bit: BoolShared) -> Shared:
     ops = _ops.load()
     with costs.protocol("b2a", rounds=2), tf.name_scope("b2a"):
         keys = runtime.prss()
-        stream = runtime.new_stream()
+        stream = runtime.new_stream("prg")
         shape = bit.shape
 
         def prg(party: int, key: tf.Tensor, sub: int) -> tf.Tensor:
