@@ -134,12 +134,12 @@ def _measure(name: str, work: str) -> dict:
     client_peak = _peak_rss_mib(os.getpid())
     seq_len = CONFIGS[name][1]
     err = float(np.abs(out["last_hidden_state"] - saved["last_hidden_state"]).max())
-    sent = manifest["bytes_by_sender"]
+    sent = manifest.total.bytes_by_sender
     parties_gib = [sent.get(str(i), 0) / 2 ** 30 for i in range(3)]
     return {"model": name, "tokens": seq_len, "convert_s": prepared["convert_s"],
-            "secure_graph_ops": manifest["secure_graph_ops"], "load_s": load_s,
+            "secure_graph_ops": manifest.secure_graph_ops, "load_s": load_s,
             "first_call_s": first_s, "wall_s": min(walls), "plaintext_s": prepared["plaintext_s"],
-            "rounds": manifest["critical_path_rounds"], "party_gib": parties_gib,
+            "rounds": manifest.total.rounds, "party_gib": parties_gib,
             "total_gib": sum(parties_gib), "client_mib": sent.get("client", 0) / 2 ** 20,
             "peak_party_mib": peak, "peak_client_mib": client_peak, "max_abs_err": err,
             "reference_s": REFERENCE[name][0], "reference_gib": REFERENCE[name][1]}

@@ -1,5 +1,4 @@
 // Kernel: party-local weight shares with a process-wide cache (interface in bundle_ops.cc).
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -46,18 +45,49 @@ Status ReadTensorAt(const std::string& path, int64_t offset, const TensorShape& 
   return tensorflow::OkStatus();
 }
 
-// The id in a bundle's index.txt (its first line, "#bundle ID"), or false if the directory
-// holds no bundle or one without that header (never picked: which one would be directory order).
-bool BundleIdOf(const std::string& dir, std::string* id) {
+// A bundle's header: the first lines of its index.txt, "#bundle ID", "#party I", "#frac_bits F".
+struct BundleHeader {
+  std::string id;
+  int64_t party = -1;
+  int64_t frac_bits = -1;
+};
+
+// The header of the bundle in `dir`, or false if the directory holds no bundle or one without
+// its "#bundle ID" line (never picked: which one would be directory order).
+bool ReadHeader(const std::string& dir, BundleHeader* header) {
   std::ifstream index(dir + "/index.txt");
   if (!index) return false;
   std::string line;
   if (!std::getline(index, line) || line.rfind("#bundle ", 0) != 0 || line.size() <= 8) {
     return false;
   }
-  *id = line.substr(8);
+  *header = BundleHeader();
+  header->id = line.substr(8);
+  while (std::getline(index, line) && !line.empty() && line[0] == '#') {
+    std::istringstream fields(line.substr(1));
+    std::string key;
+    int64_t value;
+    if (!(fields >> key >> value)) continue;
+    if (key == "party") header->party = value;
+    if (key == "frac_bits") header->frac_bits = value;
+  }
   return true;
 }
+
+bool BundleIdOf(const std::string& dir, std::string* id) {
+  BundleHeader header;
+  if (!ReadHeader(dir, &header)) return false;
+  *id = header.id;
+  return true;
+}
+
+// This party process's share root and index, set once at start by PumaSetShareRoot.
+struct ShareRoot {
+  std::string dir;
+  int64_t party = -1;
+};
+std::mutex root_mutex;
+ShareRoot* share_root = new ShareRoot();
 
 // The directory of bundle `id` under the party's share root: the root itself or one of its
 // immediate subdirectories (a party may hold the bundles of several models).
@@ -119,6 +149,8 @@ class LoadShareOp : public OpKernel {
   explicit LoadShareOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("weight", &name_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("bundle", &bundle_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("party", &party_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("frac_bits", &frac_bits_));
     tensorflow::PartialTensorShape shape;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("shape", &shape));
     OP_REQUIRES(ctx, shape.AsTensorShape(&shape_),
@@ -126,18 +158,37 @@ class LoadShareOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
-    const char* dir = std::getenv("TF_PUMA_SHARES");
-    OP_REQUIRES(ctx, dir != nullptr && *dir,
+    ShareRoot root;
+    {
+      std::lock_guard<std::mutex> lock(root_mutex);
+      root = *share_root;
+    }
+    OP_REQUIRES(ctx, !root.dir.empty(),
                 errors::FailedPrecondition("this party has no share bundle: start it with "
                                            "`tf-puma party --shares DIR`"));
+    OP_REQUIRES(ctx, party_ < 0 || party_ == root.party,
+                errors::FailedPrecondition("the graph loads party ", party_, "'s shares on a ",
+                                           "process started as party ", root.party));
     CachedShares shares;
     {
       std::lock_guard<std::mutex> lock(cache_mutex);
-      auto key = std::make_pair(std::string(dir) + "\n" + bundle_, name_);
+      auto key = std::make_pair(root.dir + "\n" + bundle_, name_);
       auto it = cache->find(key);
       if (it == cache->end()) {
         std::string bundle_dir;
-        OP_REQUIRES_OK(ctx, ResolveBundle(dir, bundle_, &bundle_dir));
+        OP_REQUIRES_OK(ctx, ResolveBundle(root.dir, bundle_, &bundle_dir));
+        BundleHeader header;
+        ReadHeader(bundle_dir, &header);
+        OP_REQUIRES(ctx, header.party == root.party,
+                    errors::FailedPrecondition(
+                        "the share bundle ", bundle_dir, " belongs to party ", header.party,
+                        ", but this is party ", root.party, ": copy shares/party", root.party,
+                        " of the conversion to this party"));
+        OP_REQUIRES(ctx, frac_bits_ < 0 || header.frac_bits == frac_bits_,
+                    errors::FailedPrecondition(
+                        "the share bundle ", bundle_dir, " encodes weights with ",
+                        header.frac_bits, " fractional bits, the secure model expects ",
+                        frac_bits_, ": bundle and model come from different conversions"));
         CachedShares loaded;
         OP_REQUIRES_OK(ctx, LoadFromBundle(bundle_dir, name_, shape_, &loaded));
         it = cache->emplace(key, loaded).first;
@@ -156,11 +207,38 @@ class LoadShareOp : public OpKernel {
  private:
   std::string name_;
   std::string bundle_;
+  int64_t party_ = -1;
+  int64_t frac_bits_ = -1;
   TensorShape shape_;
+};
+
+class SetShareRootOp : public OpKernel {
+ public:
+  explicit SetShareRootOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("root", &root_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("party", &party_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    OP_REQUIRES(ctx, !root_.empty() && party_ >= 0,
+                errors::InvalidArgument("a share root needs a directory and a party index"));
+    std::lock_guard<std::mutex> lock(root_mutex);
+    OP_REQUIRES(ctx, share_root->dir.empty() ||
+                         (share_root->dir == root_ && share_root->party == party_),
+                errors::FailedPrecondition("this process already serves party ",
+                                           share_root->party, " from ", share_root->dir));
+    share_root->dir = root_;
+    share_root->party = party_;
+  }
+
+ private:
+  std::string root_;
+  int64_t party_;
 };
 
 }  // namespace
 
 REGISTER_KERNEL_BUILDER(Name("PumaLoadShare").Device(DEVICE_CPU), LoadShareOp);
+REGISTER_KERNEL_BUILDER(Name("PumaSetShareRoot").Device(DEVICE_CPU), SetShareRootOp);
 
 }  // namespace tf_puma

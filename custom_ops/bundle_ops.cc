@@ -1,4 +1,5 @@
 // Op interface: a party's weight shares, loaded from its own bundle directory.
+#include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
@@ -8,6 +9,8 @@ REGISTER_OP("PumaLoadShare")
     .Attr("weight: string")
     .Attr("shape: shape")
     .Attr("bundle: string = ''")
+    .Attr("party: int = -1")
+    .Attr("frac_bits: int = -1")
     .Output("share_own: int64")
     .Output("share_next: int64")
     .SetIsStateful()
@@ -22,11 +25,23 @@ REGISTER_OP("PumaLoadShare")
     })
     .Doc(R"doc(
 This party's two shares (x_i, x_{i+1}) of the weight named `weight` in the bundle `bundle`, read
-from the party process's share root TF_PUMA_SHARES (set by `tf-puma party --shares DIR`): the
-bundle directory is DIR itself or a subdirectory of DIR whose index.txt starts "#bundle <id>"
-(no such line: id ""). index.txt lines "name offset_own offset_next dims..." locate int64
-little-endian data in shares.bin. Read once per process and kept resident; later calls return
-the cached tensors without copying.
+from the party process's share root (set once at start by PumaSetShareRoot, i.e. `tf-puma party
+--shares DIR --task I`): the bundle directory is DIR itself or a subdirectory of DIR whose
+index.txt starts "#bundle <id>" (a directory without that line is never used; `bundle` must be
+non-empty). The header's "#party I" must be this process's party (and `party`, when given);
+"#frac_bits F" must equal `frac_bits`, when given. index.txt lines "name offset_own offset_next
+dims..." locate int64 little-endian data in shares.bin. Read once per process and kept
+resident; later calls return the cached tensors without copying.
+)doc");
+
+REGISTER_OP("PumaSetShareRoot")
+    .Attr("root: string")
+    .Attr("party: int")
+    .SetIsStateful()
+    .SetShapeFn(::tensorflow::shape_inference::NoOutputs)
+    .Doc(R"doc(
+Sets this process's share root (its --shares directory) and party index for PumaLoadShare. Run
+once, eagerly, by the party process before it serves; setting another root later is an error.
 )doc");
 
 }  // namespace tf_puma

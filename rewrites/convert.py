@@ -26,12 +26,13 @@ import tensorflow as tf
 from tf_puma.rewrites.graph import ConversionError, load_signature
 from tf_puma.rewrites.program import SecureProgram
 from tf_puma import _ops, bundle, costs
+from tf_puma import manifest as manifest_lib
+from tf_puma.manifest import Cost, Manifest, TensorEntry
 from tf_puma.cluster import NUM_PARTIES
 from tf_puma.protocols import arithmetic
 
-MANIFEST = "tf_puma.json"
+MANIFEST = manifest_lib.FILE
 OWNER_RECORD = "owner.json"
-FORMAT = "tf-puma-secure-savedmodel/1"
 
 
 def model_hash(saved_model_dir: str) -> str:
@@ -66,7 +67,7 @@ def _signature_function(program: SecureProgram, signature: str, progress, ledger
 def convert(in_dir: str, out_dir: str, signature: str = "serving_default",
             input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
             public_inputs: Sequence[str] = (), overwrite: bool = False,
-            log: Callable[[str], None] = print) -> dict:
+            log: Callable[[str], None] = print) -> Manifest:
     """Converts one signature; returns the manifest (also written to OUT_DIR/tf_puma.json)."""
     if os.path.exists(out_dir) and not overwrite:
         raise ConversionError(f"{out_dir} already exists; remove it or pass --overwrite")
@@ -114,8 +115,7 @@ def convert(in_dir: str, out_dir: str, signature: str = "serving_default",
             f"({time.perf_counter() - t:.1f} s)")
         manifest = _manifest(signature, program, total, ledgers, num_ops,
                              time.perf_counter() - start)
-        with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as fh:
-            json.dump(manifest, fh, indent=2)
+        manifest_lib.write(tmp, manifest)
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -125,45 +125,41 @@ def convert(in_dir: str, out_dir: str, signature: str = "serving_default",
     return manifest
 
 
-def _manifest(signature, program, total, ledgers, num_ops, seconds) -> dict:
+def _manifest(signature, program, total, ledgers, num_ops, seconds) -> Manifest:
     g = program.graph
-    return {
-        "format": FORMAT,
-        "ring_bits": 64,
-        "frac_bits": arithmetic.fixed_point().frac_bits,
-        "bundle_id": program.bundle_id,
-        "signature": signature,
-        "inputs": {k: {"dtype": v.dtype.name, "shape": list(v.shape),
-                       "public": k in g.public_inputs} for k, v in sorted(g.inputs.items())},
-        "outputs": {k: {"dtype": g.tensor(ref).dtype.name,
-                        "shape": list(g.static_shape(ref))} for k, ref in g.outputs.items()},
-        "weights": {"tensors": len(program.weights),
-                    "values": int(sum(w.size for w in program.weights.values()))},
-        "secure_graph_ops": num_ops,
-        "convert_seconds": round(seconds, 2),
-        "critical_path_rounds": total.critical_rounds,
-        "bytes_by_sender": {str(k): v for k, v in total.bytes_by_sender().items()},
-        "layers": {name: {"rounds": sum(r.rounds for r in led.ops.values()),
-                          "bytes_by_sender": {str(k): v for k, v in
-                                              led.bytes_by_sender().items()}}
-                   for name, led in ledgers.items()},
-        "protocols": total.as_json()["ops"],
-    }
+
+    def cost(rounds: int, ledger: costs.Ledger) -> Cost:
+        return Cost(rounds, {str(k): v for k, v in ledger.bytes_by_sender().items()})
+
+    return Manifest(
+        signature=signature,
+        inputs={k: TensorEntry(v.dtype.name, tuple(v.shape), k in g.public_inputs)
+                for k, v in sorted(g.inputs.items())},
+        outputs={k: TensorEntry(g.tensor(ref).dtype.name, tuple(g.static_shape(ref)))
+                 for k, ref in g.outputs.items()},
+        frac_bits=arithmetic.fixed_point().frac_bits, bundle_id=program.bundle_id,
+        weight_tensors=len(program.weights),
+        weight_values=int(sum(w.size for w in program.weights.values())),
+        secure_graph_ops=num_ops, convert_seconds=round(seconds, 2),
+        total=cost(total.critical_rounds, total),
+        layers={name: cost(sum(r.rounds for r in led.ops.values()), led)
+                for name, led in ledgers.items()},
+        protocols=total.as_json()["ops"])
 
 
-def cost_report(manifest: dict) -> str:
+def cost_report(manifest: Manifest) -> str:
     """Per-layer estimated rounds (sum over protocol calls) and bytes sent by each party."""
     head = f"{'layer':<16}{'rounds':>8}" + "".join(f"{'P' + str(i) + ' MiB':>11}"
                                                   for i in range(NUM_PARTIES))
     lines = [head, "-" * len(head)]
-    for name, row in manifest["layers"].items():
-        sent = row["bytes_by_sender"]
-        lines.append(f"{name:<16}{row['rounds']:>8}" + "".join(
+    for name, row in manifest.layers.items():
+        sent = row.bytes_by_sender
+        lines.append(f"{name:<16}{row.rounds:>8}" + "".join(
             f"{sent.get(str(i), 0) / 2 ** 20:>11.2f}" for i in range(NUM_PARTIES)))
-    sent = manifest["bytes_by_sender"]
-    lines.append(f"{'total':<16}{manifest['critical_path_rounds']:>8}" + "".join(
+    sent = manifest.total.bytes_by_sender
+    lines.append(f"{'total':<16}{manifest.total.rounds:>8}" + "".join(
         f"{sent.get(str(i), 0) / 2 ** 20:>11.2f}" for i in range(NUM_PARTIES))
         + "   (rounds: critical path)")
     lines.append(f"client sends {sent.get('client', 0) / 2 ** 20:.2f} MiB; secure graph "
-                 f"{manifest['secure_graph_ops']:,} ops")
+                 f"{manifest.secure_graph_ops:,} ops")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""A small declarative pattern language over frozen-graph nodes, and the idioms it describes.
+"""A small declarative pattern language over frozen-graph nodes (the idioms it describes live in
+`rewrites/idioms/`, one file each).
 
 A pattern is `Op(type, *operand_patterns)`, `Var(name)` (binds any tensor; a second use must bind
 the same one), `Const(value)` (a CONST scalar, or an array of equal elements, close to value),
@@ -122,30 +123,3 @@ def match(graph: FrozenGraph, pattern: Pattern, ref: str,
         if found is not None:
             return found
     return None
-
-
-# ---- idioms TensorFlow and transformers export ------------------------------------------
-X = Var("x")
-HALF_X = Op("Mul", Const(0.5), X)
-
-# tf.nn.gelu(approximate=False): 0.5 x erfc(-x / sqrt 2)
-GELU_ERFC = Op("Mul", HALF_X, Op("Erfc", Op("Mul", Op("Neg", X), Const(0.7071067811865476))))
-# Keras / transformers' _gelu: 0.5 x (1 + erf(x / sqrt 2))
-_ERF = Op("Erf", AnyOf(Op("Mul", X, Const(0.7071067811865476)),
-                       Op("RealDiv", X, Const(1.4142135623730951))))
-GELU_ERF = AnyOf(Op("Mul", HALF_X, Op("AddV2", Const(1.0), _ERF)),
-                 Op("Mul", X, Op("Mul", Const(0.5), Op("AddV2", Const(1.0), _ERF))))
-# tf.nn.gelu(approximate=True) and transformers' gelu_new (GPT-2):
-# 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-_CUBE = AnyOf(Op("Pow", X, Const(3.0)), Op("Mul", X, Op("Mul", X, X)),
-              Op("Mul", X, Op("Square", X)))
-_TANH = Op("Tanh", Op("Mul", Const(0.7978845608028654, rtol=1e-3),
-                      Op("AddV2", X, Op("Mul", Const(0.044715, rtol=1e-3), _CUBE))))
-GELU_TANH = AnyOf(Op("Mul", HALF_X, Op("AddV2", Const(1.0), _TANH)),
-                  Op("Mul", X, Op("Mul", Const(0.5), Op("AddV2", Const(1.0), _TANH))))
-# tf.nn.moments + tf.nn.batch_normalization as Keras' LayerNormalization exports them:
-# y = x * inv + (beta - mean * inv), inv = rsqrt(mean((x - mean)^2) + eps) * gamma
-_MEAN = Same("mean", Op("Mean", X, Var("axes")))
-_VAR = Op("Mean", Op("SquaredDifference", X, Op("StopGradient", _MEAN)), Var("axes_var"))
-_INV = Same("inv", Op("Mul", Op("Rsqrt", Op("AddV2", _VAR, Var("eps"))), Var("gamma")))
-LAYER_NORM = Op("AddV2", Op("Mul", X, _INV), Op("Sub", Var("beta"), Op("Mul", _MEAN, _INV)))

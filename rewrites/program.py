@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import node_def_pb2
 
-from tf_puma.rewrites import patterns, rules
+from tf_puma.rewrites import idioms, patterns, rules
 from tf_puma.rewrites.graph import ConversionError, FrozenGraph, Kind, node_of, tensor_name
 from tf_puma.rewrites.values import ClientValue, Value, Weight
 from tf_puma import bundle, costs, runtime, sharing
@@ -26,12 +26,8 @@ from tf_puma.fixedpoint import FixedPoint
 from tf_puma.protocols import arithmetic, tensor
 from tf_puma.sharing import Shared
 
-IDIOMS = (("gelu", patterns.GELU_ERFC), ("gelu", patterns.GELU_ERF),
-          ("gelu", patterns.GELU_TANH), ("layer_norm", patterns.LAYER_NORM))
 _LAYER = re.compile(r"(?:^|/)((?:layer|h|layers|block)_?\._?\d+)(?:/|$)")
-_HINTS = {
-    "Erf": "expected inside a GeLU idiom, 0.5*x*(1+erf(x/sqrt(2))) or 0.5*x*erfc(-x/sqrt(2))",
-    "Erfc": "expected inside a GeLU idiom, 0.5*x*(1+erf(x/sqrt(2))) or 0.5*x*erfc(-x/sqrt(2))",
+_HINTS = {  # besides the idioms' own hints
     "Exp": "exp of a secret is supported inside Softmax only",
     "Log": "no secure logarithm (compute log-probabilities on the client from revealed logits)",
 }
@@ -53,7 +49,7 @@ class SecureProgram:
     def __init__(self, graph: FrozenGraph, bundle_id: str = ""):
         self.graph = graph
         self.bundle_id = bundle_id  # names the parties' share bundle of this conversion
-        self.idioms: dict[str, tuple[str, dict]] = self._find_idioms()
+        self.idioms: dict[str, tuple[idioms.Idiom, dict]] = self._find_idioms()
         self.order = self._needed_in_order()
         self._check_supported()
         frontier = sorted(self._frontier())
@@ -67,35 +63,24 @@ class SecureProgram:
                 self.constants[ref] = np.asarray(value)
 
     # -- analysis --------------------------------------------------------------------------
-    def _find_idioms(self) -> dict[str, tuple[str, dict]]:
+    def _find_idioms(self) -> dict[str, tuple[idioms.Idiom, dict]]:
+        """Secret nodes that end an idiom: node name -> (idiom, bindings); first match wins."""
         found = {}
+        known = idioms.all_idioms()
         for name in self.graph.order:
             node = self.graph.nodes[name]
-            if node.op not in ("Mul", "AddV2") or self.graph.kinds[name] != Kind.SECRET:
+            if self.graph.kinds[name] != Kind.SECRET:
                 continue
-            for idiom, pattern in IDIOMS:
-                bindings = patterns.match(self.graph, pattern, name)
-                if bindings is not None and self._idiom_applies(idiom, bindings):
+            for idiom in known:
+                if node.op not in idiom.roots:
+                    continue
+                bindings = next((b for b in (patterns.match(self.graph, p, name)
+                                             for p in idiom.patterns) if b is not None), None)
+                if (bindings is not None and self.graph.kind(bindings["x"]) == Kind.SECRET
+                        and idiom.applies(self.graph, bindings)):
                     found[name] = (idiom, bindings)
                     break
         return found
-
-    def _idiom_applies(self, idiom: str, b: dict) -> bool:
-        g = self.graph
-        if g.kind(b["x"]) != Kind.SECRET:
-            return False
-        if idiom != "layer_norm":
-            return True
-        rank = len(g.static_shape(b["x"]))
-        for key in ("axes", "axes_var"):
-            axes = patterns.const_value(g, b[key])
-            if axes is None or sorted(np.atleast_1d(axes) % rank) != [rank - 1]:
-                return False
-        mean_node = g.nodes[node_of(b["$same:mean"])]
-        return (bool(mean_node.attr["keep_dims"].b)
-                and all(g.kind(b[k]) in (Kind.CONST, Kind.WEIGHT) for k in ("gamma", "beta"))
-                and g.kind(b["eps"]) == Kind.CONST
-                and len(g.static_shape(b["gamma"])) <= 1 and len(g.static_shape(b["beta"])) <= 1)
 
     def dependencies(self, name: str) -> list[str]:
         if name in self.idioms:
@@ -131,7 +116,8 @@ class SecureProgram:
             if (self.graph.kinds[name] == Kind.SECRET and name not in self.idioms
                     and node.op not in rules.RULES):
                 scope = name.rsplit("/", 1)[0] if "/" in name else "(top level)"
-                hint = _HINTS.get(node.op, "no secure rewrite rule for this op type")
+                hint = {**_HINTS, **idioms.hints()}.get(
+                    node.op, "no secure rewrite rule for this op type")
                 problems.append(f"  {node.op:<14} {name}\n  {'':<14} in {scope}: {hint}")
         for key, ref in self.graph.outputs.items():
             if self.graph.kind(ref) == Kind.WEIGHT:
@@ -182,7 +168,7 @@ class SecureProgram:
     def _secure(self, ctx: "BuildContext", node: node_def_pb2.NodeDef) -> list[Value]:
         if node.name in self.idioms:
             idiom, bindings = self.idioms[node.name]
-            outs = [rules.IDIOM_RULES[idiom](ctx, bindings)]
+            outs = [idiom.build(ctx, bindings)]
         else:
             args = [ctx.value(ref) for ref in self.graph.data_inputs(node.name)]
             outs = rules.RULES[node.op](ctx, node, args)

@@ -2,7 +2,7 @@
 
 `RULES[op_type](ctx, node, args)` returns the node's outputs, where args are the node's data inputs
 as values (`rewrites.values`) and `ctx` (a `rewrites.program.BuildContext`) converts values to
-shares. `IDIOM_RULES` do the same for whole idioms matched by `rewrites.patterns`.
+shares. Whole idioms (GeLU, LayerNorm) are declared one per file in `rewrites/idioms/`.
 
 | ops                                                  | protocol                       | rounds |
 |------------------------------------------------------|--------------------------------|--------|
@@ -388,19 +388,5 @@ def maximum(ctx, node, args):
         return [compare.maximum(x, y)]
     return [arithmetic.neg(compare.maximum(arithmetic.neg(x), arithmetic.neg(y)))]
 
-
-# ---- idioms ----------------------------------------------------------------------------------
-def gelu_idiom(ctx, bindings) -> Shared:
-    return approx.gelu(ctx.shared(ctx.value(bindings["x"])))
-
-
-def layer_norm_idiom(ctx, bindings) -> Shared:
-    eps = float(np.asarray(ctx.value(bindings["eps"])).reshape(-1)[0])
-    return nn.layer_norm(ctx.shared(ctx.value(bindings["x"])),
-                         ctx.shared(ctx.value(bindings["gamma"])),
-                         ctx.shared(ctx.value(bindings["beta"])), eps=eps)
-
-
-IDIOM_RULES = {"gelu": gelu_idiom, "layer_norm": layer_norm_idiom}
 
 runtime.exclude_from_autograph(globals())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -77,8 +79,8 @@ def test_bundle_mismatches_are_clear_errors(cluster):
         wrong_shape()
 
 
-def test_party_without_bundle_is_told_how_to_start(monkeypatch):
-    monkeypatch.delenv("TF_PUMA_SHARES", raising=False)
+def test_party_without_bundle_is_told_how_to_start():
+    # this (client) process never set a share root
     with pytest.raises(tf.errors.FailedPreconditionError, match="--shares DIR"):
         _ops.load().puma_load_share(weight="test/w", shape=[16, 8], bundle=TEST_BUNDLE)
 
@@ -91,18 +93,52 @@ def test_weight_names_are_checked(tmp_path):
     assert not os.path.exists(tmp_path / "b" / "party0" / "shares.bin")
 
 
-def test_only_bundles_with_their_id_header_are_used(tmp_path, monkeypatch):
-    """A directory without the "#bundle ID" line is never picked (it used to be, by directory
-    order, for graphs naming no bundle); a graph must name its bundle."""
+def _load_in_a_fresh_party_process(root: str, process_party: int, **attrs) -> str:
+    """PumaLoadShare in a new process serving `root` as party `process_party`: its error."""
+    code = ("import sys; from tf_puma import _ops; ops = _ops.load(); "
+            f"ops.puma_set_share_root(root={root!r}, party={process_party}); "
+            f"ops.puma_load_share(weight='w', shape=[3], **{attrs!r})")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    return proc.stderr if proc.returncode else "ok"
+
+
+def test_a_party_loads_only_its_own_bundle_with_the_models_fixed_point(tmp_path):
+    """Every bundle names its conversion, its party and its encoding; the kernel checks all
+    three (a party started with party 0's shares used to run and answer 2e8 off)."""
     dirs = bundle.write_bundles({"w": np.ones(3)}, str(tmp_path / "model"), "b-model")
-    index = os.path.join(dirs[0], "index.txt")
+    assert open(os.path.join(dirs[1], "index.txt")).read().split("\n")[:3] == [
+        "#bundle b-model", "#party 1", f"#frac_bits {FixedPoint().frac_bits}"]
+    good = dict(bundle="b-model", party=1, frac_bits=FixedPoint().frac_bits)
+    assert _load_in_a_fresh_party_process(dirs[1], 1, **good) == "ok"
+    assert "belongs to party 0" in _load_in_a_fresh_party_process(dirs[0], 1, **good)
+    assert "fractional bits" in _load_in_a_fresh_party_process(
+        dirs[1], 1, **{**good, "frac_bits": 20})
+    assert "names no share bundle" in _load_in_a_fresh_party_process(
+        dirs[1], 1, **{**good, "bundle": ""})
+    index = os.path.join(dirs[2], "index.txt")
     lines = open(index, encoding="utf-8").read().split("\n")
-    assert lines[0] == "#bundle b-model"
-    open(index, "w", encoding="utf-8").write("\n".join(lines[1:]))
-    monkeypatch.setenv("TF_PUMA_SHARES", dirs[0])  # party 0, its header gone
-    with pytest.raises(tf.errors.NotFoundError, match="#bundle ID"):
-        _ops.load().puma_load_share(weight="w", shape=[3], bundle="b-model")
-    with pytest.raises(tf.errors.InvalidArgumentError, match="names no share bundle"):
-        _ops.load().puma_load_share(weight="w", shape=[3], bundle="")
+    open(index, "w", encoding="utf-8").write("\n".join(lines[1:]))  # its "#bundle" line gone
+    assert "#bundle ID" in _load_in_a_fresh_party_process(dirs[2], 2, **{**good, "party": 2})
     with pytest.raises(ValueError, match="bundle id"):
         bundle.write_bundles({"w": np.ones(3)}, str(tmp_path / "other"), "")
+
+
+def test_a_party_refuses_another_partys_bundle_at_start(tmp_path):
+    dirs = bundle.write_bundles({"w": np.ones(3)}, str(tmp_path / "model"), "b-model")
+    spec = '{"client": ["127.0.0.1:1"], "puma": ["127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]}'
+
+    def start(task: int, shares: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tf_puma.cli", "party", "--cluster", spec,
+                               "--task", str(task), "--shares", shares],
+                              capture_output=True, text=True, timeout=120)
+
+    swapped = start(1, dirs[0])
+    assert swapped.returncode == 1
+    assert "holds the shares of party 0, but this is party 1" in swapped.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "holds no share bundle" in start(2, str(empty)).stderr
+    with pytest.raises(bundle.BundleError, match="holds the shares of party 1"):
+        bundle.check_share_root(str(tmp_path / "model"), 0)  # party0/ fine, party1/ and 2/ not
+    assert bundle.check_share_root(dirs[0], 0) == ["b-model"]

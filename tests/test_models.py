@@ -58,7 +58,7 @@ def test_minilm_matches_plaintext(minilm):
     sim_secure, sim_plain = _cosine(secure_emb, secure_emb), _cosine(plain_emb, plain_emb)
     for i in range(len(sentences)):  # each sentence ranks the others identically
         assert list(np.argsort(-sim_secure[i])) == list(np.argsort(-sim_plain[i]))
-    assert manifest["weights"]["values"] > 22_000_000  # every MiniLM weight is in the bundles
+    assert manifest.weight_values > 22_000_000  # every MiniLM weight is in the bundles
 
 
 def test_secure_savedmodel_holds_no_weight_values(minilm):
@@ -68,7 +68,7 @@ def test_secure_savedmodel_holds_no_weight_values(minilm):
     for var in loaded.model.trainable_variables:
         head = var.numpy().reshape(-1)[:8]
         assert head.astype(np.float32).tobytes() not in pb, var.name
-        encoded = np.round(head.astype(np.float64) * 2 ** manifest["frac_bits"]).astype("<i8")
+        encoded = np.round(head.astype(np.float64) * 2 ** manifest.frac_bits).astype("<i8")
         assert encoded.tobytes() not in pb, var.name
     assert not os.listdir(os.path.join(secure_dir, "variables")) or all(
         os.path.getsize(os.path.join(secure_dir, "variables", f)) < 1 << 16
@@ -89,12 +89,12 @@ def test_client_files_carry_no_fingerprint_of_the_weights(minilm):
     plain_dir, secure_dir, manifest = minilm
     owner = json.load(open(os.path.join(secure_dir, "shares", convert.OWNER_RECORD)))
     assert owner["model_sha256"] == convert.model_hash(plain_dir)
-    assert owner["bundle_id"] == manifest["bundle_id"]
+    assert owner["bundle_id"] == manifest.bundle_id
     for name in ("saved_model.pb", convert.MANIFEST):
         data = open(os.path.join(secure_dir, name), "rb").read()
         assert owner["model_sha256"][:12].encode() not in data, name
         assert os.path.abspath(plain_dir).encode() not in data, name
-    assert not {"model_sha256", "source"} & set(manifest)
+    assert not {"model_sha256", "source"} & set(manifest.to_json())
 
 
 def test_wrong_inputs_are_named_before_running(minilm):
@@ -136,7 +136,7 @@ def test_gpt2_next_token_logits(tmp_path, cluster, deploy):
     plain = hf.export_gpt2(str(tmp_path / "plain"), batch=1, seq_len=8)
     secure = str(tmp_path / "secure")
     manifest = convert.convert(plain, secure, **QUIET)
-    assert set(manifest["layers"]) >= {"h_._0", "h_._1"}
+    assert set(manifest.layers) >= {"h_._0", "h_._1"}
     assert audit.audit_saved_model(secure) == []  # every PRG output drawn once
     deploy(secure, "gpt2")
     ids = np.random.default_rng(5).integers(0, 500, (1, 8)).astype(np.int32)

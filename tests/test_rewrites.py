@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tf_puma import manifest as manifest_lib
 from tf_puma import secure_model
 from tf_puma.rewrites import convert, graph, program
 from tf_puma.rewrites.graph import ConversionError, Kind
@@ -59,12 +60,31 @@ def test_weights_of_any_size_and_dtype_go_to_the_bundles(tmp_path):
                   lambda x: {"y": tf.matmul(x, w) * scale + tf.cast(offset, tf.float32)},
                   [tf.TensorSpec([1, 2], tf.float32)], [w, scale, offset])
     manifest = convert.convert(plain, str(tmp_path / "secure"), **QUIET)
-    assert manifest["weights"] == {"tensors": 3, "values": 6}
+    assert (manifest.weight_tensors, manifest.weight_values) == (3, 6)
     pb = open(tmp_path / "secure" / "saved_model.pb", "rb").read()
     for value in (0.37, 3.0):
         assert np.float32(value).tobytes() not in pb and np.float64(value).tobytes() not in pb
         for frac in range(8, 48):  # ring encodings (below 2^8 small ints are in any graph)
             assert np.int64(round(value * 2 ** frac)).tobytes() not in pb, (value, frac)
+
+
+def test_old_foreign_and_broken_manifests_are_clear_errors(tmp_path):
+    good = {"format": manifest_lib.FORMAT, "version": manifest_lib.VERSION}
+    cases = {"old": ({"format": "tf-puma-secure-savedmodel/1", "ring_bits": 64},
+                     "older tf-puma.*convert the model again"),
+             "foreign": ({"format": "onnx"}, "not a tf-puma secure model manifest"),
+             "broken": (good, "malformed.*KeyError")}
+    for name, (data, message) in cases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "tf_puma.json").write_text(json.dumps(data))
+        with pytest.raises(manifest_lib.ManifestError, match=message):
+            manifest_lib.read(str(tmp_path / name))
+    (tmp_path / "bad_json").mkdir()
+    (tmp_path / "bad_json" / "tf_puma.json").write_text("{")
+    with pytest.raises(manifest_lib.ManifestError, match="not valid JSON"):
+        manifest_lib.read(str(tmp_path / "bad_json"))
+    with pytest.raises(manifest_lib.ManifestError, match="tf-puma convert"):
+        manifest_lib.read(str(tmp_path))
 
 
 def test_idioms_are_found(tmp_path):
@@ -80,7 +100,7 @@ def test_idioms_are_found(tmp_path):
     path = _save(tmp_path, "m", fn, [tf.TensorSpec([3, 8], tf.float32, name="x")],
                  [w, ln.gamma, ln.beta])
     prog = program.SecureProgram(graph.load_signature(path))
-    found = sorted(name for name, _ in prog.idioms.values())
+    found = sorted(idiom.name for idiom, _ in prog.idioms.values())
     assert found == ["gelu", "gelu", "gelu", "layer_norm"]
     assert not any(prog.graph.nodes[n].op in ("Erf", "Erfc", "Tanh") for n in prog.order)
 
@@ -172,8 +192,11 @@ def test_cli_convert_and_run_local(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "total" in done.stdout and "rounds" in done.stdout  # per-layer cost report
-    manifest = json.load(open(os.path.join(secure, "tf_puma.json")))
-    assert manifest["inputs"]["x"]["shape"] == [2, 6] and manifest["ring_bits"] == 64
+    raw = json.load(open(os.path.join(secure, "tf_puma.json")))  # the file as written
+    assert raw["inputs"]["x"]["shape"] == [2, 6] and raw["ring_bits"] == 64
+    assert (raw["format"], raw["version"]) == (manifest_lib.FORMAT, manifest_lib.VERSION)
+    manifest = manifest_lib.read(secure)
+    assert manifest.inputs["x"].shape == (2, 6) and manifest.to_json() == raw
     x = np.random.default_rng(0).normal(size=(2, 6)).astype(np.float32)
     with open(tmp_path / "in.json", "w") as fh:
         json.dump({"x": x.tolist()}, fh)
@@ -205,8 +228,8 @@ def test_public_inputs_reach_the_parties_in_plaintext(tmp_path, cluster, deploy)
     plain = _save(tmp_path, "plain", fn, specs, [w])
     secure = str(tmp_path / "secure")
     manifest = convert.convert(plain, secure, public_inputs=["pos", "bias"], **QUIET)
-    assert manifest["inputs"]["pos"]["public"] and not manifest["inputs"]["x"]["public"]
-    assert manifest["protocols"]["matmul"]["calls"] == 1  # x @ w only: no one-hot lookup
+    assert manifest.inputs["pos"].public and not manifest.inputs["x"].public
+    assert manifest.protocols["matmul"]["calls"] == 1  # x @ w only: no one-hot lookup
     deploy(secure, "public")
     rng = np.random.default_rng(9)
     inputs = {"x": rng.normal(size=(4, 5)).astype(np.float32),

@@ -4,6 +4,10 @@ Typical client code:
 
     import tf_puma
     tf_puma.connect("cluster.json")
+    model = tf_puma.load("minilm-secure")          # a secure SavedModel from `tf-puma convert`
+    outputs = model(input_ids=ids, attention_mask=mask)
+
+or protocols directly:
 
     @tf.function
     def secure_affine(x, w):
@@ -15,9 +19,10 @@ from tf_puma.cluster import Cluster, LocalCluster, connect
 from tf_puma.fixedpoint import FixedPoint
 from tf_puma.protocols.arithmetic import (add, add_public, matmul, mul, mul_public, neg, sub,
                                           trunc)
+from tf_puma.secure_model import SecureModel, load
 from tf_puma.sharing import Shared, reveal, reveal_ring, share
 
-__all__ = ["Cluster", "FixedPoint", "LocalCluster", "Shared", "add", "add_public", "connect",
-           "costs", "matmul", "mul", "mul_public", "neg", "reveal", "reveal_ring", "share", "sub",
-           "trunc"]
+__all__ = ["Cluster", "FixedPoint", "LocalCluster", "SecureModel", "Shared", "add", "add_public",
+           "connect", "costs", "load", "matmul", "mul", "mul_public", "neg", "reveal",
+           "reveal_ring", "share", "sub", "trunc"]
 __version__ = "0.1.0"

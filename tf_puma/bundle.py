@@ -2,8 +2,10 @@
 `OUT/party{0,1,2}/`; party i's directory holds only (w_i, w_{i+1}) of every weight.
 
 Layout of one party's directory: `shares.bin` (int64 little-endian ring elements) and `index.txt`
-("#bundle ID", then one line per weight: "name offset_own offset_next dim0 dim1 ..."). Parties read their own
-directory with the PumaLoadShare op (`tf-puma party --shares DIR`), once, and keep it resident.
+(a header "#bundle ID", "#party I", "#frac_bits F", then one line per weight: "name offset_own
+offset_next dim0 dim1 ..."). Parties read their own directory with the PumaLoadShare op
+(`tf-puma party --shares DIR --task I`), once, and keep it resident; a party refuses, at start,
+a bundle whose header names another party.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from tf_puma.cluster import NUM_PARTIES
 from tf_puma.fixedpoint import FixedPoint
 from tf_puma.sharing import Shared
 
-SHARES_ENV = "TF_PUMA_SHARES"
 
 
 def _uniform_ring(shape: tuple[int, ...]) -> np.ndarray:
@@ -73,7 +74,8 @@ def write_bundles(weights: Mapping[str, np.ndarray], out_dir: str, bundle_id: st
             fh.close()
     for i, d in enumerate(dirs):
         with open(os.path.join(d, "index.txt.tmp"), "w", encoding="utf-8") as fh:
-            fh.write("\n".join([f"#bundle {bundle_id}"] + index[i]) + "\n")
+            header = [f"#bundle {bundle_id}", f"#party {i}", f"#frac_bits {fxp.frac_bits}"]
+            fh.write("\n".join(header + index[i]) + "\n")
         os.replace(os.path.join(d, "shares.bin.tmp"), os.path.join(d, "shares.bin"))
         os.replace(os.path.join(d, "index.txt.tmp"), os.path.join(d, "index.txt"))
     return dirs
@@ -81,13 +83,64 @@ def write_bundles(weights: Mapping[str, np.ndarray], out_dir: str, bundle_id: st
 
 def party_weight(name: str, shape, bundle_id: str, frac_bits: int | None = None) -> Shared:
     """The shared weight `name` of bundle `bundle_id`, loaded by each party from its own
-    bundle (no client traffic)."""
+    bundle (no client traffic); `frac_bits` is the bundle's encoding (checked by the party)."""
     runtime.require_graph()
     ops = _ops.load()
     shape = tf.TensorShape(shape)
+    frac = FixedPoint().frac_bits if frac_bits is None else frac_bits
     pairs = []
     for i in range(NUM_PARTIES):
         with tf.device(runtime.device(i)):
-            own, nxt = ops.puma_load_share(weight=name, shape=shape, bundle=bundle_id)
+            own, nxt = ops.puma_load_share(weight=name, shape=shape, bundle=bundle_id, party=i,
+                                           frac_bits=frac)
             pairs.append((own, nxt))
-    return Shared(pairs, FixedPoint().frac_bits if frac_bits is None else frac_bits, 0)
+    return Shared(pairs, frac, 0)
+
+
+class BundleError(ValueError):
+    """A party's share directory is empty, malformed or holds another party's shares."""
+
+
+def read_header(directory: str) -> dict[str, str] | None:
+    """The "#key value" header of a bundle directory's index.txt, or None if it has none."""
+    path = os.path.join(directory, "index.txt")
+    if not os.path.isfile(path):
+        return None
+    header: dict[str, str] = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.startswith("#"):
+                break
+            key, _, value = line[1:].strip().partition(" ")
+            header[key] = value
+    return header if header.get("bundle") else None
+
+
+def check_share_root(root: str, party: int) -> list[str]:
+    """The bundle ids under a party's --shares directory (the directory itself or its immediate
+    subdirectories); raises BundleError naming the directory when there is none, when one has
+    no header, or when one belongs to another party."""
+    if not os.path.isdir(root):
+        raise BundleError(f"--shares {root} is not a directory: pass the party's own "
+                          "shares/partyI directory written by `tf-puma convert`, or a directory "
+                          "holding several such bundles")
+    candidates = [root] + sorted(os.path.join(root, d) for d in os.listdir(root)
+                                 if os.path.isdir(os.path.join(root, d)))
+    ids = []
+    for directory in candidates:
+        if not os.path.isfile(os.path.join(directory, "index.txt")):
+            continue
+        header = read_header(directory)
+        if header is None:
+            raise BundleError(f"{directory} has no \"#bundle ID\" header: it was written by an "
+                              "older tf-puma; convert the model again")
+        if header.get("party") != str(party):
+            raise BundleError(f"{directory} holds the shares of party {header.get('party', '?')}"
+                              f", but this is party {party}: copy OUT/shares/party{party} of the "
+                              "conversion here instead (each party must have its own bundle)")
+        ids.append(header["bundle"])
+    if not ids:
+        raise BundleError(f"--shares {root} holds no share bundle (no index.txt in it or its "
+                          f"subdirectories): copy OUT/shares/party{party} of `tf-puma convert` "
+                          "there")
+    return ids

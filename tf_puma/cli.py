@@ -71,10 +71,15 @@ def _party(argv: list[str]) -> None:
     del argv
     if FLAGS.cluster is None or FLAGS.task is None:
         raise app.UsageError("party needs --cluster SPEC and --task I")
+    from tf_puma.bundle import BundleError  # noqa: PLC0415
     from tf_puma.cluster import Cluster  # noqa: PLC0415
     from tf_puma.party import serve  # noqa: PLC0415
 
-    serve(Cluster.from_spec(FLAGS.cluster), FLAGS.task, FLAGS.shares)
+    try:
+        serve(Cluster.from_spec(FLAGS.cluster), FLAGS.task, FLAGS.shares)
+    except BundleError as err:
+        print(f"tf-puma party: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _run(argv: list[str]) -> None:
@@ -88,7 +93,11 @@ def _run(argv: list[str]) -> None:
     import tf_puma  # noqa: PLC0415
     from tf_puma import secure_model  # noqa: PLC0415
 
-    manifest = secure_model.read_manifest(FLAGS.model)
+    try:
+        manifest = secure_model.read_manifest(FLAGS.model)
+    except secure_model.ManifestError as err:
+        print(f"tf-puma run: {err}", file=sys.stderr)
+        sys.exit(1)
     try:
         with open(FLAGS.input, encoding="utf-8") as fh:
             inputs = secure_model.check_inputs(manifest, json.load(fh))
@@ -112,10 +121,10 @@ def _run(argv: list[str]) -> None:
         if local:
             local.stop()
     print(json.dumps({k: v.tolist() for k, v in outputs.items()}))
-    sent = manifest["bytes_by_sender"]
+    sent = manifest.total.bytes_by_sender
     print(f"run summary: load {load_s:.1f} s, first call {walls[0]:.2f} s"
           + (f", last call {walls[-1]:.2f} s" if len(walls) > 1 else "")
-          + f"; {manifest['critical_path_rounds']} rounds on the critical path; bytes sent: "
+          + f"; {manifest.total.rounds} rounds on the critical path; bytes sent: "
           + ", ".join(f"P{i} {sent.get(str(i), 0) / 2 ** 20:.1f} MiB" for i in range(3))
           + f", client {sent.get('client', 0) / 2 ** 20:.1f} MiB", file=sys.stderr)
 

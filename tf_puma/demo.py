@@ -91,12 +91,12 @@ def main() -> None:
         sim_err = np.abs(sim_secure - sim_plain).max()
         same_rank = all(list(np.argsort(-sim_secure[i])) == list(np.argsort(-sim_plain[i]))
                         for i in range(len(SENTENCES)))
-        sent = manifest["bytes_by_sender"]
+        sent = manifest.total.bytes_by_sender
         print(f"\nmax |secure - plaintext|: last hidden state {hidden_err:.2e}, "
               f"similarity {sim_err:.2e}; rankings identical: {same_rank}")
         print(f"times: load {load_s:.1f} s, first call {first_s:.1f} s, call {call_s:.2f} s "
               f"({len(SENTENCES)} x {SEQ_LEN} tokens; plaintext TF {plain_s * 1e3:.0f} ms)")
-        print(f"traffic per call: {manifest['critical_path_rounds']} rounds; sent "
+        print(f"traffic per call: {manifest.total.rounds} rounds; sent "
               + ", ".join(f"P{i} {sent.get(str(i), 0) / 2 ** 20:.1f} MiB" for i in range(3))
               + f", client {sent.get('client', 0) / 2 ** 20:.1f} MiB")
         if hidden_err > 0.02 or not same_rank:

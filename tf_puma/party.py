@@ -16,17 +16,17 @@ def serve(cluster: Cluster, task: int, shares: str | None = None) -> None:
     if not 0 <= task < NUM_PARTIES:
         raise ValueError(f"--task must be 0, 1 or 2, got {task}")
     if shares is not None:
-        if not os.path.isdir(shares):
-            raise FileNotFoundError(f"--shares {shares} is not a directory: pass the party's own "
-                                    "shares/partyI directory written by `tf-puma convert`, or a "
-                                    "directory holding several such bundles")
-        os.environ["TF_PUMA_SHARES"] = os.path.abspath(shares)
+        from tf_puma import bundle  # noqa: PLC0415
+
+        bundle.check_share_root(shares, task)  # refuses another party's bundle before serving
     exit_with_parent()
     import tensorflow as tf  # noqa: PLC0415
 
     from tf_puma import _ops  # noqa: PLC0415
 
-    _ops.load()
+    ops = _ops.load()
+    if shares is not None:  # the kernels' share root, explicitly (no environment variable)
+        ops.puma_set_share_root(root=os.path.abspath(shares), party=task)
     server = tf.distribute.Server(tf.train.ClusterSpec(cluster.as_dict()), job_name=PARTY_JOB,
                                   task_index=task, protocol="grpc", start=True)
     print(f"tf-puma party ready: task {task} at {cluster.parties[task]} ({server.target})",

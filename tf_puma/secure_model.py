@@ -10,34 +10,28 @@ and checks inputs against the manifest so mistakes are named before anything run
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, Mapping
 
 import numpy as np
 import tensorflow as tf
 
 from tf_puma import _ops
-
-MANIFEST = "tf_puma.json"
+from tf_puma import manifest as manifest_lib
+from tf_puma.manifest import Manifest, ManifestError  # noqa: F401 - ManifestError re-exported
 
 
 class InputError(ValueError):
     """An input does not match the secure model's signature."""
 
 
-def read_manifest(model_dir: str) -> dict:
-    path = os.path.join(model_dir, MANIFEST)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{model_dir} is not a tf-puma secure model (no {MANIFEST}); "
-                                "create one with `tf-puma convert IN_SAVEDMODEL OUT_DIR`")
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+def read_manifest(model_dir: str) -> Manifest:
+    """The model's manifest; ManifestError (a ValueError) says what is wrong."""
+    return manifest_lib.read(model_dir)
 
 
-def check_inputs(manifest: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def check_inputs(manifest: Manifest, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The inputs as arrays of the signature's dtypes; raises InputError naming what is wrong."""
-    spec = manifest["inputs"]
+    spec = manifest.inputs
     missing = sorted(set(spec) - set(inputs))
     extra = sorted(set(inputs) - set(spec))
     if missing or extra:
@@ -46,13 +40,13 @@ def check_inputs(manifest: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict
     out = {}
     for name, want in spec.items():
         value = inputs[name]
-        dtype = tf.as_dtype(want["dtype"])
+        dtype = tf.as_dtype(want.dtype)
         array = value.numpy() if isinstance(value, tf.Tensor) else np.asarray(value)
         if array.dtype.kind not in "iuf" or (dtype.is_integer and array.dtype.kind == "f"):
             raise InputError(f"input {name!r}: expected {dtype.name} values, got "
                              f"{array.dtype.name}")
-        if list(array.shape) != list(want["shape"]):
-            raise InputError(f"input {name!r}: expected shape {want['shape']} (fixed when the "
+        if tuple(array.shape) != want.shape:
+            raise InputError(f"input {name!r}: expected shape {list(want.shape)} (fixed when the "
                              f"model was converted), got {list(array.shape)}")
         out[name] = array.astype(dtype.as_numpy_dtype)
     return out
@@ -65,7 +59,7 @@ class SecureModel:
         _ops.load()
         self.dir = model_dir
         self.manifest = read_manifest(model_dir)
-        self.signature_name = signature or self.manifest["signature"]
+        self.signature_name = signature or self.manifest.signature
         self.loaded = tf.saved_model.load(model_dir)
         if self.signature_name not in self.loaded.signatures:
             raise KeyError(f"{model_dir} has no signature {self.signature_name!r}")

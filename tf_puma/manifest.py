@@ -1,0 +1,143 @@
+"""The secure model's manifest, OUT_DIR/tf_puma.json: one schema for convert, load, run and serve.
+
+It tells a client what it needs before anything runs (input names, dtypes, shapes; the fixed
+point the graph was built for; the bundle the parties must hold) and what a call costs (rounds on
+the critical path, bytes per sender, per layer and per protocol). It carries no value or
+fingerprint of the weights: the bundle id is random, and the source's hash stays with the owner.
+
+Versions: 2 adds party and fixed-point headers to the bundles (bundles of version 1 are refused
+by the parties), so a version-1 manifest is refused here with the same advice: convert again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping, Optional
+
+FILE = "tf_puma.json"
+FORMAT = "tf-puma-secure-savedmodel"
+VERSION = 2
+
+
+class ManifestError(ValueError):
+    """A directory is not a secure model this version of tf-puma can run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorEntry:
+    dtype: str
+    shape: tuple[int, ...]
+    public: bool = False  # inputs only: sent to the parties in the clear (--public-input)
+
+    def to_json(self) -> dict:
+        return {"dtype": self.dtype, "shape": list(self.shape), "public": self.public}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "TensorEntry":
+        return cls(str(data["dtype"]), tuple(int(d) for d in data["shape"]),
+                   bool(data.get("public", False)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """Rounds and bytes sent by each sender ("0", "1", "2", "client")."""
+    rounds: int
+    bytes_by_sender: dict[str, int]
+
+    def to_json(self) -> dict:
+        return {"rounds": self.rounds, "bytes_by_sender": dict(self.bytes_by_sender)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Cost":
+        return cls(int(data["rounds"]), {str(k): int(v) for k, v in
+                                         data["bytes_by_sender"].items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    signature: str
+    inputs: dict[str, TensorEntry]
+    outputs: dict[str, TensorEntry]
+    frac_bits: int
+    bundle_id: str
+    weight_tensors: int
+    weight_values: int
+    secure_graph_ops: int
+    convert_seconds: float
+    total: Cost  # rounds: the critical path
+    layers: dict[str, Cost]  # rounds: sum over the layer's protocol calls
+    protocols: dict[str, dict]  # per protocol: calls, rounds, bytes (costs.Ledger.as_json)
+    ring_bits: int = 64
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT, "version": VERSION, "ring_bits": self.ring_bits,
+            "frac_bits": self.frac_bits, "bundle_id": self.bundle_id,
+            "signature": self.signature,
+            "inputs": {k: v.to_json() for k, v in self.inputs.items()},
+            "outputs": {k: v.to_json() for k, v in self.outputs.items()},
+            "weights": {"tensors": self.weight_tensors, "values": self.weight_values},
+            "secure_graph_ops": self.secure_graph_ops,
+            "convert_seconds": self.convert_seconds,
+            "critical_path_rounds": self.total.rounds,
+            "bytes_by_sender": dict(self.total.bytes_by_sender),
+            "layers": {k: v.to_json() for k, v in self.layers.items()},
+            "protocols": self.protocols,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str = "the manifest") -> "Manifest":
+        if not isinstance(data, Mapping) or not str(data.get("format", "")).startswith(FORMAT):
+            raise ManifestError(f"{where} is not a tf-puma secure model manifest")
+        version = data.get("version", 1)
+        if version != VERSION:
+            raise ManifestError(f"{where} was written by {'an older' if version < VERSION else 'a newer'}"
+                                f" tf-puma (manifest version {version}, this one reads "
+                                f"{VERSION}): convert the model again with this version")
+        try:
+            return cls(
+                signature=str(data["signature"]),
+                inputs={k: TensorEntry.from_json(v) for k, v in data["inputs"].items()},
+                outputs={k: TensorEntry.from_json(v) for k, v in data["outputs"].items()},
+                frac_bits=int(data["frac_bits"]), bundle_id=str(data["bundle_id"]),
+                weight_tensors=int(data["weights"]["tensors"]),
+                weight_values=int(data["weights"]["values"]),
+                secure_graph_ops=int(data["secure_graph_ops"]),
+                convert_seconds=float(data["convert_seconds"]),
+                total=Cost(int(data["critical_path_rounds"]),
+                           {str(k): int(v) for k, v in data["bytes_by_sender"].items()}),
+                layers={k: Cost.from_json(v) for k, v in data["layers"].items()},
+                protocols=dict(data["protocols"]), ring_bits=int(data["ring_bits"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ManifestError(f"{where} is malformed ({type(err).__name__}: {err}); convert "
+                                "the model again") from err
+
+
+def path(model_dir: str) -> str:
+    return os.path.join(model_dir, FILE)
+
+
+def read(model_dir: str) -> Manifest:
+    """The manifest of a secure model directory; ManifestError says what is wrong."""
+    file = path(model_dir)
+    if not os.path.isfile(file):
+        raise ManifestError(f"{model_dir} is not a tf-puma secure model (no {FILE}); create one "
+                            "with `tf-puma convert IN_SAVEDMODEL OUT_DIR`")
+    try:
+        with open(file, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{file} is not valid JSON ({err}); convert the model again") from err
+    return Manifest.from_json(data, file)
+
+
+def write(model_dir: str, manifest: Manifest) -> None:
+    with open(path(model_dir), "w", encoding="utf-8") as fh:
+        json.dump(manifest.to_json(), fh, indent=2)
+
+
+def is_secure_model(model_dir: Optional[str]) -> bool:
+    """True if the directory holds a tf-puma manifest (of any version)."""
+    return bool(model_dir) and os.path.isfile(path(model_dir))
