@@ -14,12 +14,16 @@ nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
+import threading
 import time
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
@@ -68,10 +72,97 @@ def convert(in_dir: str, out_dir: str, signature: str = "serving_default",
             input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
             public_inputs: Sequence[str] = (), overwrite: bool = False,
             log: Callable[[str], None] = print) -> Manifest:
-    """Converts one signature; returns the manifest (also written to OUT_DIR/tf_puma.json)."""
-    if os.path.exists(out_dir) and not overwrite:
-        raise ConversionError(f"{out_dir} already exists; remove it or pass --overwrite")
+    """Converts one signature; returns the manifest (also written to OUT_DIR/tf_puma.json).
+
+    Nothing is half-written and nothing else is lost: the output is built in a hidden
+    `.OUT.partial-PID` directory beside OUT (removed on failure and on SIGTERM, swept by the next
+    conversion if the process was killed) and renamed at the end; OUT may not be, contain or lie
+    inside IN, and --overwrite replaces only an earlier tf-puma output.
+    """
+    _check_paths(in_dir, out_dir, overwrite)
     _ops.load()
+    tmp = _partial_dir(out_dir)
+    try:
+        with _cleaned_up_on_sigterm():
+            return _convert(in_dir, out_dir, tmp, signature, input_shapes, public_inputs, log)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_paths(in_dir: str, out_dir: str, overwrite: bool) -> None:
+    if os.path.isfile(in_dir) and in_dir.endswith((".h5", ".keras", ".hdf5")):
+        raise ConversionError(
+            f"{in_dir} is a Keras file; tf-puma converts a SavedModel directory. Export one "
+            "with a serving signature first, e.g. `tf.saved_model.save(model, DIR, signatures="
+            "{'serving_default': tf.function(model, input_signature=[...])})` (transformers: "
+            "model.save_pretrained(DIR, saved_model=True))")
+    if manifest_lib.is_secure_model(in_dir):
+        raise ConversionError(f"{in_dir} is already a secure model (it has {MANIFEST}); convert "
+                              "the plaintext SavedModel it came from")
+    src, dst = os.path.realpath(in_dir), os.path.realpath(out_dir)
+    if dst == src or dst.startswith(src + os.sep) or src.startswith(dst + os.sep):
+        raise ConversionError(f"OUT_DIR {out_dir} must not be, contain or lie inside the source "
+                              f"model {in_dir}: choose a directory beside it")
+    if os.path.lexists(out_dir):
+        if not overwrite:
+            raise ConversionError(f"{out_dir} already exists; remove it or pass --overwrite")
+        if not os.path.isdir(out_dir) or not manifest_lib.is_secure_model(out_dir):
+            raise ConversionError(f"--overwrite replaces only an earlier tf-puma output, and "
+                                  f"{out_dir} has no {MANIFEST}: remove it yourself if it is "
+                                  "meant to go, or choose another OUT_DIR")
+
+
+def _partial_dir(out_dir: str) -> str:
+    """Creates the hidden work directory beside OUT (so a read-only or missing parent fails
+    before any tracing) after sweeping those of conversions that were killed."""
+    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
+    name = os.path.basename(os.path.abspath(out_dir))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        for entry in os.listdir(parent):
+            match = re.fullmatch(rf"\.{re.escape(name)}\.partial-(\d+)(\.replaced)?", entry)
+            if match and not _alive(int(match.group(1))):
+                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+        tmp = os.path.join(parent, f".{name}.partial-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        probe = os.path.join(tmp, ".write-test")
+        with open(probe, "wb") as fh:
+            fh.write(b"\0" * 4096)
+        os.remove(probe)
+    except OSError as err:
+        raise ConversionError(f"cannot write the output beside {out_dir}: {err}") from err
+    return tmp
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _cleaned_up_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises SystemExit here, so the `finally` blocks remove the partial output."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):  # noqa: ARG001
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _convert(in_dir, out_dir, tmp, signature, input_shapes, public_inputs, log) -> Manifest:
     start = time.perf_counter()
     graph = load_signature(in_dir, signature, input_shapes, public_inputs)
     log(f"loaded and froze {in_dir} [{signature}]: {len(graph.nodes)} nodes "
@@ -95,32 +186,29 @@ def convert(in_dir: str, out_dir: str, signature: str = "serving_default",
     trace_s = time.perf_counter() - t
     log(f"traced the secure graph: {num_ops:,} ops ({trace_s:.1f} s)")
 
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        t = time.perf_counter()
-        module = tf.Module()
-        module.secure_fn = fn
-        tf.saved_model.save(module, tmp, signatures={signature: concrete})
-        save_s = time.perf_counter() - t
-        t = time.perf_counter()
-        bundle.write_bundles(program.weights, os.path.join(tmp, "shares"), bundle_id,
-                             arithmetic.fixed_point())
-        with open(os.path.join(tmp, "shares", OWNER_RECORD), "w", encoding="utf-8") as fh:
-            json.dump({"source": os.path.abspath(in_dir), "model_sha256": source_hash,
-                       "bundle_id": bundle_id, "signature": signature}, fh, indent=2)
-        log(f"saved the secure SavedModel ({save_s:.1f} s) and {NUM_PARTIES} share bundles "
-            f"({time.perf_counter() - t:.1f} s)")
-        manifest = _manifest(signature, program, total, ledgers, num_ops,
-                             time.perf_counter() - start)
-        manifest_lib.write(tmp, manifest)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
+    t = time.perf_counter()
+    module = tf.Module()
+    module.secure_fn = fn
+    tf.saved_model.save(module, tmp, signatures={signature: concrete})
+    save_s = time.perf_counter() - t
+    t = time.perf_counter()
+    bundle.write_bundles(program.weights, os.path.join(tmp, "shares"), bundle_id,
+                         arithmetic.fixed_point())
+    with open(os.path.join(tmp, "shares", OWNER_RECORD), "w", encoding="utf-8") as fh:
+        json.dump({"source": os.path.abspath(in_dir), "model_sha256": source_hash,
+                   "bundle_id": bundle_id, "signature": signature}, fh, indent=2)
+    log(f"saved the secure SavedModel ({save_s:.1f} s) and {NUM_PARTIES} share bundles "
+        f"({time.perf_counter() - t:.1f} s)")
+    manifest = _manifest(signature, program, total, ledgers, num_ops,
+                         time.perf_counter() - start)
+    manifest_lib.write(tmp, manifest)
+    if os.path.lexists(out_dir):  # an earlier tf-puma output (_check_paths): swap it out
+        old = f"{tmp}.replaced"
+        os.replace(out_dir, old)
         os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
     log(cost_report(manifest))
     return manifest
 

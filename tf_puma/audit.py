@@ -275,6 +275,12 @@ def _run(graph: Union[tf.Graph, graph_pb2.GraphDef]) -> _Auditor:
     return auditor
 
 
+def report(graph: Union[tf.Graph, graph_pb2.GraphDef]) -> tuple[list[str], list[Draw]]:
+    """(violations, draws) of one walk over the graph."""
+    auditor = _run(graph)
+    return auditor.problems, auditor.draws
+
+
 def prg_draws(graph: Union[tf.Graph, graph_pb2.GraphDef]) -> list[Draw]:
     """Every PRG draw of one execution of `graph` (function bodies included)."""
     return _run(graph).draws

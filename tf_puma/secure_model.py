@@ -41,13 +41,26 @@ def check_inputs(manifest: Manifest, inputs: Mapping[str, Any]) -> dict[str, np.
     for name, want in spec.items():
         value = inputs[name]
         dtype = tf.as_dtype(want.dtype)
-        array = value.numpy() if isinstance(value, tf.Tensor) else np.asarray(value)
+        try:
+            array = value.numpy() if isinstance(value, tf.Tensor) else np.asarray(value)
+        except ValueError as err:  # ragged nested lists
+            raise InputError(f"input {name!r}: not a rectangular array of shape "
+                             f"{list(want.shape)} ({err})") from None
         if array.dtype.kind not in "iuf" or (dtype.is_integer and array.dtype.kind == "f"):
             raise InputError(f"input {name!r}: expected {dtype.name} values, got "
                              f"{array.dtype.name}")
         if tuple(array.shape) != want.shape:
             raise InputError(f"input {name!r}: expected shape {list(want.shape)} (fixed when the "
                              f"model was converted), got {list(array.shape)}")
+        if array.size and dtype.is_integer:
+            info = np.iinfo(dtype.as_numpy_dtype)
+            low, high = array.min(), array.max()
+            if low < info.min or high > info.max:
+                raise InputError(f"input {name!r}: values {low}..{high} do not fit {dtype.name} "
+                                 f"({info.min}..{info.max}); they would wrap around")
+        if array.size and array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            raise InputError(f"input {name!r}: contains NaN or infinity at "
+                             f"{np.argwhere(~np.isfinite(array))[0].tolist()}")
         out[name] = array.astype(dtype.as_numpy_dtype)
     return out
 

@@ -79,10 +79,15 @@ def embedding(token_ids: tf.Tensor, table: Shared) -> Shared:
     with tf.name_scope("embedding"):
         with tf.device(runtime.CLIENT_DEVICE):
             ids = tf.convert_to_tensor(token_ids)
-            check = tf.debugging.assert_less(
-                ids, tf.cast(vocab, ids.dtype),
-                message=f"token id outside the embedding table's {vocab} rows")
-            with tf.control_dependencies([check]):
+            # one_hot(-1) is a zero row and would pass for an answer: refuse ids outside
+            # [0, vocab) as plaintext TensorFlow's gather does.
+            checks = [tf.debugging.assert_less(
+                          ids, tf.cast(vocab, ids.dtype),
+                          message=f"token id outside the embedding table's {vocab} rows"),
+                      tf.debugging.assert_non_negative(
+                          ids, message=f"negative token id (the embedding table has rows 0.."
+                                       f"{vocab - 1})")]
+            with tf.control_dependencies(checks):
                 one_hot = tf.one_hot(ids, vocab, dtype=tf.int64)
         return arithmetic.matmul(sharing.share(one_hot, frac_bits=0, name="one_hot"), table)
 

@@ -1,0 +1,138 @@
+"""Faults and bad input tried as a user would: nothing is lost, nothing half-written, no silent
+wrong answer. (Party failures and deadlines: test_errors.py.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_puma
+from tf_puma import bundle, secure_model
+from tf_puma.manifest import Manifest, TensorEntry
+from tf_puma.protocols import nn
+from tf_puma.rewrites import convert
+from tf_puma.rewrites.graph import ConversionError
+from tests.conftest import TEST_BUNDLE
+
+QUIET = {"log": lambda line: None}
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("faults")
+    w = tf.Variable(np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32))
+    module = tf.Module()
+    module.w = w
+    fn = tf.function(lambda x: {"y": tf.nn.gelu(x @ w)},
+                     input_signature=[tf.TensorSpec([2, 4], tf.float32, name="x")])
+    path = str(root / "proj" / "model")
+    tf.saved_model.save(module, path, signatures={"serving_default": fn})
+    (root / "proj" / "notes.txt").write_text("unrelated work")
+    return path
+
+
+def _tree(path: str) -> set[str]:
+    return {os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) for f in fs}
+
+
+def test_convert_never_deletes_the_source_or_its_neighbours(small_model, tmp_path):
+    proj = os.path.dirname(small_model)
+    before = _tree(proj)
+    for out in (small_model, proj, os.path.join(small_model, "secure")):
+        with pytest.raises(ConversionError, match="must not be, contain or lie inside"):
+            convert.convert(small_model, out, overwrite=True, **QUIET)
+    assert _tree(proj) == before  # the model and notes.txt are untouched
+    other = tmp_path / "not-tf-puma"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(ConversionError, match="replaces only an earlier tf-puma output"):
+        convert.convert(small_model, str(other), overwrite=True, **QUIET)
+    assert (other / "keep.txt").read_text() == "mine"
+    out = str(tmp_path / "secure")
+    first = convert.convert(small_model, out, **QUIET)
+    with pytest.raises(ConversionError, match="already exists"):
+        convert.convert(small_model, out, **QUIET)
+    second = convert.convert(small_model, out, overwrite=True, **QUIET)  # an earlier output
+    assert second.bundle_id != first.bundle_id
+    assert secure_model.read_manifest(out).bundle_id == second.bundle_id
+    assert not [e for e in os.listdir(tmp_path) if ".partial-" in e]
+
+
+def test_convert_refuses_keras_files_and_secure_models(small_model, tmp_path):
+    keras_file = tmp_path / "model.h5"
+    keras_file.write_bytes(b"\x89HDF")
+    with pytest.raises(ConversionError, match="Keras file.*SavedModel directory"):
+        convert.convert(str(keras_file), str(tmp_path / "o1"), **QUIET)
+    secure = str(tmp_path / "secure")
+    convert.convert(small_model, secure, **QUIET)
+    with pytest.raises(ConversionError, match="already a secure model"):
+        convert.convert(secure, str(tmp_path / "o2"), **QUIET)
+
+
+def test_convert_to_a_read_only_place_fails_before_tracing(small_model, tmp_path):
+    if os.geteuid() == 0:
+        target = "/proc/tf-puma-out"  # root writes anywhere else; /proc refuses everyone
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        target = str(ro / "out")
+    start = time.monotonic()
+    with pytest.raises(ConversionError, match="cannot write the output"):
+        convert.convert(small_model, target, **QUIET)
+    assert time.monotonic() - start < 5
+
+
+def test_sigterm_during_convert_leaves_nothing_and_stale_work_is_swept(small_model, tmp_path):
+    out = tmp_path / "secure"
+    stale = tmp_path / ".secure.partial-999999999"  # a conversion killed long ago
+    stale.mkdir()
+    (stale / "saved_model.pb").write_bytes(b"half")
+    proc = subprocess.Popen([sys.executable, "-m", "tf_puma.cli", "convert", small_model,
+                             str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    mine = tmp_path / f".secure.partial-{proc.pid}"
+    while not mine.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert mine.exists(), "the conversion never started its work directory"
+    assert not stale.exists()  # swept when this conversion started
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    assert not mine.exists() and not out.exists()
+
+
+def test_token_ids_outside_the_table_are_refused(cluster):
+    @tf.function
+    def lookup(ids):
+        return tf_puma.reveal(nn.embedding(ids, bundle.party_weight("test/w", [16, 8],
+                                                                    TEST_BUNDLE)))
+
+    assert lookup(tf.constant([[0, 15]])).shape == (1, 2, 8)
+    for bad, message in ((-1, "negative token id"), (-1000, "negative token id"),
+                         (16, "outside the embedding table")):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            lookup(tf.constant([[3, bad]]))
+
+
+def test_inputs_that_would_wrap_or_are_not_finite_are_refused():
+    spec = Manifest(signature="s", inputs={"ids": TensorEntry("int32", (1, 2)),
+                                           "x": TensorEntry("float32", (1, 2))},
+                    outputs={}, frac_bits=18, bundle_id="b-x", weight_tensors=0,
+                    weight_values=0, secure_graph_ops=0, convert_seconds=0.0,
+                    total=None, layers={}, protocols={})  # type: ignore[arg-type]
+    good = {"ids": [[1, 2]], "x": [[0.5, 1.0]]}
+    assert secure_model.check_inputs(spec, good)["ids"].dtype == np.int32
+    with pytest.raises(secure_model.InputError, match="do not fit int32"):
+        secure_model.check_inputs(spec, {**good, "ids": np.array([[2 ** 32 + 5, 1]])})
+    for bad in (np.nan, np.inf):
+        with pytest.raises(secure_model.InputError, match="NaN or infinity"):
+            secure_model.check_inputs(spec, {**good, "x": [[0.5, bad]]})
+    with pytest.raises(secure_model.InputError, match="'ids'"):
+        secure_model.check_inputs(spec, {**good, "ids": [[1, 2], [3]]})
