@@ -33,7 +33,7 @@ test: build bazel-build
 	TF_PUMA_OPS_LIBRARY=$(abspath bazel-bin/custom_ops/_puma_ops.so) $(PY) -m pytest -q tests/test_kernels.py
 
 demo: build
-	$(PY) -m tf_puma.demo
+	$(PY) -m tf_puma.apps.demo
 
 bench: build
 	$(PY) benchmarks/ring_gemm.py

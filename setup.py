@@ -74,5 +74,5 @@ setup(
                            sorted(glob.glob(os.path.join("custom_ops", "*.cc"))))],
     cmdclass={"build_ext": BuildTfOps},
     python_requires=">=3.10",
-    entry_points={"console_scripts": ["tf-puma=tf_puma.cli:run_main"]},
+    entry_points={"console_scripts": ["tf-puma=tf_puma.apps.cli:run_main"]},
 )

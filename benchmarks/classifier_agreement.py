@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     import numpy as np  # noqa: PLC0415
 
-    from tf_puma import hf, text_data  # noqa: PLC0415
+    from tf_puma.apps import hf, text_data  # noqa: PLC0415
 
     train, held = text_data.sentiment_split(TRAIN, args.sentences - args.sentences % BATCH)
     head = hf.train_sentiment_head([s for _, s in train], np.array([r for r, _ in train]),
@@ -53,7 +53,8 @@ def _measure(held: list, head, work: str) -> dict:
     import tensorflow as tf  # noqa: PLC0415
 
     import tf_puma  # noqa: PLC0415
-    from tf_puma import hf, secure_model  # noqa: PLC0415
+    from tf_puma import secure_model  # noqa: PLC0415
+    from tf_puma.apps import hf  # noqa: PLC0415
     from tf_puma.rewrites import convert  # noqa: PLC0415
 
     plain = hf.export_bert_classifier(os.path.join(work, "plain"), BATCH, SEQ_LEN, head=head)

@@ -32,11 +32,11 @@ STEADY_CALLS = 3
 
 
 def _export(kind: str, seq_len: int, out: str) -> str:
-    from tf_puma import hf  # noqa: PLC0415
+    from tf_puma.apps import hf  # noqa: PLC0415
     if kind == "minilm":
         return hf.export_minilm(out, batch=1, seq_len=seq_len)
     import tensorflow as tf  # noqa: PLC0415
-    import transformers  # noqa: PLC0415
+    transformers = hf.use_transformers()
     tf.keras.utils.set_random_seed(0)
     model = transformers.TFBertModel(transformers.BertConfig())  # bert-base-uncased shapes
     model(model.dummy_inputs)

@@ -21,13 +21,10 @@ import enum
 import os
 from typing import Mapping, Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # models saved by transformers' TF classes
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow.core.framework import graph_pb2, node_def_pb2  # noqa: E402
-from tensorflow.python.framework.convert_to_constants import \
-    convert_variables_to_constants_v2  # noqa: E402
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2, node_def_pb2
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 
 class Kind(enum.IntEnum):

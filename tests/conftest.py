@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # transformers' TF models (Keras 2) in tests
 
 import tf_puma  # noqa: E402
 

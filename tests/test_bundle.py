@@ -129,7 +129,7 @@ def test_a_party_refuses_another_partys_bundle_at_start(tmp_path):
     spec = '{"client": ["127.0.0.1:1"], "puma": ["127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]}'
 
     def start(task: int, shares: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "tf_puma.cli", "party", "--cluster", spec,
+        return subprocess.run([sys.executable, "-m", "tf_puma.apps.cli", "party", "--cluster", spec,
                                "--task", str(task), "--shares", shares],
                               capture_output=True, text=True, timeout=120)
 

@@ -7,7 +7,7 @@ import sys
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tf_puma.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tf_puma.apps.cli", *args], capture_output=True,
                           text=True, timeout=120)
 
 
@@ -28,3 +28,36 @@ def test_party_rejects_bad_task():
                    "--task", "3")
     assert proc.returncode != 0
     assert "task" in proc.stderr
+
+
+def test_each_command_shows_its_own_flags_without_tensorflow():
+    for command, own, others in (("convert", "--input-shape", "--task"),
+                                 ("party", "--shares", "--input-shape"),
+                                 ("run", "--repeat", "--overwrite")):
+        for flag in ("--help", "-h"):
+            proc = run_cli(command, flag)
+            assert proc.returncode == 0, proc.stderr
+            assert proc.stdout.startswith(f"usage: tf-puma {command} ")
+            assert own in proc.stdout and others not in proc.stdout
+            assert proc.stderr == ""  # no TensorFlow log lines: TF was never imported
+    top = run_cli("--help")
+    assert top.returncode == 0 and "convert" in top.stdout and "party" in top.stdout
+
+
+def test_input_shapes_must_be_positive(tmp_path):
+    for bad in ("x=0x3", "x=-1x3", "x", "=1x2", "x=1xa"):
+        proc = run_cli("convert", str(tmp_path / "in"), str(tmp_path / "out"), "--input-shape",
+                       bad)
+        assert proc.returncode != 0
+        assert "expected NAME=D0xD1... with positive dimensions" in proc.stderr, proc.stderr
+
+
+def test_the_library_does_not_import_the_apps():
+    """The import graph runs apps -> rewrites -> protocols -> sharing -> runtime -> ops."""
+    code = ("import sys, tf_puma, tf_puma.rewrites.convert, tf_puma.audit, tf_puma.bundle; "
+            "tf_puma.load; tf_puma.share; "
+            "print(sorted(m for m in sys.modules if m.startswith('tf_puma.apps')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"

@@ -95,7 +95,7 @@ def test_sigterm_during_convert_leaves_nothing_and_stale_work_is_swept(small_mod
     stale = tmp_path / ".secure.partial-999999999"  # a conversion killed long ago
     stale.mkdir()
     (stale / "saved_model.pb").write_bytes(b"half")
-    proc = subprocess.Popen([sys.executable, "-m", "tf_puma.cli", "convert", small_model,
+    proc = subprocess.Popen([sys.executable, "-m", "tf_puma.apps.cli", "convert", small_model,
                              str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     mine = tmp_path / f".secure.partial-{proc.pid}"

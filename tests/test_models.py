@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_puma import audit, hf, secure_model, text_data
+from tf_puma import audit, secure_model
+from tf_puma.apps import hf, text_data
 from tf_puma.rewrites import convert
 
 QUIET = {"log": lambda line: None}
@@ -148,7 +149,7 @@ def test_gpt2_next_token_logits(tmp_path, cluster, deploy):
 
 def test_roberta_random_config(tmp_path, cluster, deploy):
     """RoBERTa computes position ids from the token ids (padding-aware cumsum): client-side."""
-    import transformers  # noqa: PLC0415
+    transformers = hf.use_transformers()
 
     tf.keras.utils.set_random_seed(3)
     cfg = transformers.RobertaConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2,

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tf_puma import config as tf_config
 from tf_puma import manifest as manifest_lib
+from tf_puma.fixedpoint import FixedPoint
 from tf_puma import secure_model
 from tf_puma.rewrites import convert, graph, program
 from tf_puma.rewrites.graph import ConversionError, Kind
@@ -187,7 +189,7 @@ def test_cli_convert_and_run_local(tmp_path):
     plain = _save(tmp_path, "plain", lambda x: {"y": tf.nn.gelu(x @ w)},
                   [tf.TensorSpec([None, 6], tf.float32, name="x")], [w])
     secure = str(tmp_path / "secure")
-    cli = [sys.executable, "-m", "tf_puma.cli"]
+    cli = [sys.executable, "-m", "tf_puma.apps.cli"]
     done = subprocess.run([*cli, "convert", plain, secure, "--input-shape", "x=2x6"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -240,3 +242,32 @@ def test_public_inputs_reach_the_parties_in_plaintext(tmp_path, cluster, deploy)
     assert np.abs(out - reference).max() <= 1e-3
     with pytest.raises(ConversionError, match="no such signature input"):
         graph.load_signature(plain, public_inputs=["nope"])
+
+
+@pytest.mark.parametrize("frac_bits", [14, 22])
+def test_other_fixed_points_end_to_end(tmp_path, cluster, deploy, frac_bits):
+    """A model converted under Config(FixedPoint(f)) records f in its manifest and bundles and
+    runs with f's precision; its parties check the bundle's f against the graph's."""
+    w, = _weights((8, 8), seed=11)
+    plain = _save(tmp_path, "plain", lambda x: {"y": tf.nn.gelu(x @ w)},
+                  [tf.TensorSpec([4, 8], tf.float32, name="x")], [w])
+    secure = str(tmp_path / "secure")
+    with tf_config.use(tf_config.Config(FixedPoint(frac_bits))):
+        manifest = convert.convert(plain, secure, **QUIET)
+    assert manifest.frac_bits == frac_bits
+    header = open(os.path.join(secure, "shares", "party0", "index.txt")).read().split("\n")
+    assert header[2] == f"#frac_bits {frac_bits}"
+    deploy(secure, f"fxp{frac_bits}")
+    x = np.random.default_rng(12).normal(size=(4, 8)).astype(np.float32)
+    reference = tf.nn.gelu(x @ w).numpy()
+    err = np.abs(secure_model.load(secure)(x=x)["y"].numpy() - reference).max()
+    # measured 1.1e-4 at 14 bits (1.7 ulp) and 3.5e-5 at 22 (GeLU's polynomial error on these
+    # inputs): 3 ulp of the format plus 6e-5 for the polynomial
+    bound = 3 * 2.0 ** -frac_bits + 6e-5
+    assert err <= bound, (err, bound)
+    assert arithmetic_fixed_point_is_default()
+
+
+def arithmetic_fixed_point_is_default() -> bool:
+    from tf_puma.protocols import arithmetic  # noqa: PLC0415
+    return arithmetic.fixed_point() == FixedPoint()

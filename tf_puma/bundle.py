@@ -17,7 +17,7 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 
-from tf_puma import _ops, runtime
+from tf_puma import _ops, config, runtime
 from tf_puma.cluster import NUM_PARTIES
 from tf_puma.fixedpoint import FixedPoint
 from tf_puma.sharing import Shared
@@ -36,7 +36,7 @@ def new_bundle_id() -> str:
 
 
 def write_bundles(weights: Mapping[str, np.ndarray], out_dir: str, bundle_id: str,
-                  fxp: FixedPoint = FixedPoint()) -> list[str]:
+                  fxp: FixedPoint | None = None) -> list[str]:
     """Encodes and secret-shares every weight; returns the three party directories.
 
     `bundle_id` names the bundle (index.txt's first line "#bundle ID"), so one party can hold
@@ -45,6 +45,7 @@ def write_bundles(weights: Mapping[str, np.ndarray], out_dir: str, bundle_id: st
 
     Writes into a temporary name first and renames, so a failure leaves no half-written bundle.
     """
+    fxp = fxp or config.current().fxp
     if not bundle_id or any(ch.isspace() for ch in bundle_id):
         raise ValueError(f"a bundle id is non-empty without spaces, got {bundle_id!r}")
     for name in weights:
@@ -87,7 +88,7 @@ def party_weight(name: str, shape, bundle_id: str, frac_bits: int | None = None)
     runtime.require_graph()
     ops = _ops.load()
     shape = tf.TensorShape(shape)
-    frac = FixedPoint().frac_bits if frac_bits is None else frac_bits
+    frac = config.current().fxp.frac_bits if frac_bits is None else frac_bits
     pairs = []
     for i in range(NUM_PARTIES):
         with tf.device(runtime.device(i)):

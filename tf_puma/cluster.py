@@ -174,7 +174,7 @@ class LocalCluster:
             shares = ([] if self._shares_dir is None else
                       ["--shares", os.path.join(self._shares_dir, f"party{i}")])
             self.processes.append(subprocess.Popen(
-                [sys.executable, "-m", "tf_puma.cli", "party", "--cluster", spec, "--task", str(i),
+                [sys.executable, "-m", "tf_puma.apps.cli", "party", "--cluster", spec, "--task", str(i),
                  *shares],
                 env={**self._env, EXIT_WITH_PARENT_ENV: str(os.getpid())},
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))

@@ -3,6 +3,7 @@
 A secret x = x_0 + x_1 + x_2 (mod 2^64); party i holds the pair (x_i, x_{i+1}) on its own device,
 so any two parties can reconstruct and any single party sees only uniformly random shares.
 Values are fixed point with `frac_bits` fractional bits (0 for integers such as one-hot rows).
+Operators (+, -, *, @) come with `tf_puma.protocols` (imported by `import tf_puma` on first use).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from tf_puma import _ops, costs, runtime
+from tf_puma import _ops, config, costs, runtime
 from tf_puma.cluster import NUM_PARTIES
 from tf_puma.fixedpoint import FixedPoint
 
@@ -48,38 +49,11 @@ class Shared:
 
     def __repr__(self) -> str:
         return f"Shared(shape={self.shape}, frac_bits={self.frac_bits}, depth={self.depth})"
-
-    # Operators read like the maths; the protocols live in tf_puma.protocols.
-    def __add__(self, other):
-        from tf_puma.protocols import arithmetic  # noqa: PLC0415
-        return arithmetic.add(self, other)
-
-    __radd__ = __add__
-
-    def __sub__(self, other):
-        from tf_puma.protocols import arithmetic  # noqa: PLC0415
-        return arithmetic.sub(self, other)
-
-    def __rsub__(self, other):
-        from tf_puma.protocols import arithmetic  # noqa: PLC0415
-        return arithmetic.add(arithmetic.neg(self), other)
-
-    def __neg__(self):
-        from tf_puma.protocols import arithmetic  # noqa: PLC0415
-        return arithmetic.neg(self)
-
-    def __mul__(self, other):
-        from tf_puma.protocols import arithmetic  # noqa: PLC0415
-        return arithmetic.mul(self, other)
-
-    __rmul__ = __mul__
-
-    def __matmul__(self, other):
-        from tf_puma.protocols import arithmetic  # noqa: PLC0415
-        return arithmetic.matmul(self, other)
+    # +, -, *, @ read like the maths: tf_puma.protocols.arithmetic installs them on import
+    # (this module depends on nothing above the runtime).
 
 
-def share(x: tf.Tensor, fxp: FixedPoint = FixedPoint(), frac_bits: int | None = None,
+def share(x: tf.Tensor, fxp: FixedPoint | None = None, frac_bits: int | None = None,
           name: str = "input") -> Shared:
     """The client secret-shares its plaintext x (float, or integer with frac_bits=0).
 
@@ -88,6 +62,7 @@ def share(x: tf.Tensor, fxp: FixedPoint = FixedPoint(), frac_bits: int | None = 
     expands the keys itself. Cost: 1 round; 2 ring elements per value + 64 bytes, all from the
     client. A party sees two uniform shares (x_2 is masked by the other parties' F(c) values).
     """
+    fxp = fxp or config.current().fxp
     runtime.require_graph()
     ops = _ops.load()
     f = fxp.frac_bits if frac_bits is None else frac_bits

@@ -9,3 +9,5 @@
 | approx       | polynomial, exp, gelu, silu, reciprocal, rsqrt                  |
 | nn           | softmax, layer_norm, rms_norm, embedding, sigmoid, tanh         |
 """
+
+from tf_puma.protocols import arithmetic as _arithmetic  # noqa: E402,F401 - Shared's operators

@@ -26,23 +26,15 @@ from typing import Union
 import numpy as np
 import tensorflow as tf
 
-from tf_puma import _ops, costs, runtime
+from tf_puma import _ops, config, costs, runtime
 from tf_puma.cluster import NUM_PARTIES
 from tf_puma.fixedpoint import FixedPoint
 from tf_puma.sharing import Shared
 
 Public = Union[float, int, np.ndarray]
-_FXP = FixedPoint()
-
-
 def fixed_point() -> FixedPoint:
-    """The fixed-point format protocols truncate to."""
-    return _FXP
-
-
-def set_fixed_point(fxp: FixedPoint) -> None:
-    global _FXP
-    _FXP = fxp
+    """The fixed-point format protocols truncate to: the current tf_puma.config.Config's."""
+    return config.current().fxp
 
 
 def _aligned(x: Shared, y: Shared) -> tuple[Shared, Shared]:
@@ -108,7 +100,7 @@ def mul_public(x: Shared, c: Public, fxp: FixedPoint | None = None,
     (so 1/384 keeps 18 significant bits, not 9, while |x c| 2^(2f+k) <= |x| 2^2f stays in
     the ring wherever x does), and cost one trunc (2 rounds).
     """
-    fxp = fxp or _FXP
+    fxp = fxp or fixed_point()
     c = np.asarray(c, dtype=np.float64)
     integral = np.all(np.round(c) == c) and np.all(np.abs(c) < 2 ** 62)
     frac = 0 if integral else fxp.frac_bits + _extra_coeff_bits(c)
@@ -267,7 +259,7 @@ def mul_sum(products: list[tuple[Shared, Shared]], fxp: FixedPoint | None = None
     """sum_j x_j * y_j (+ addend) with the cost of one product: the 3-out-of-3 shares of every
     product (each with its own PRSS zero share) are summed locally, then truncated or reshared
     once (2 rounds, 8n / 1 round, 3n). Every x_j * y_j must have the same fractional bits."""
-    fxp = fxp or _FXP
+    fxp = fxp or fixed_point()
     ops = _ops.load()
     fracs = {x.frac_bits + y.frac_bits for x, y in products}
     if len(fracs) != 1:
@@ -313,7 +305,7 @@ def matmul(x: Shared, y: Shared, transpose_a: bool = False, transpose_b: bool = 
     z_i = x_i @ (y_i + y_{i+1}) + x_{i+1} @ y_i + alpha_i   (two ring GEMMs per party)
     then TruncPr (2 rounds, 8 ring elements per output) or a reshare for integer operands.
     """
-    fxp = fxp or _FXP
+    fxp = fxp or fixed_point()
     ops = _ops.load()
     x_shape, y_shape = x.shape, y.shape
     if x_shape.rank is None or y_shape.rank is None or x_shape.rank < 2 or y_shape.rank < 2:
@@ -336,4 +328,15 @@ def matmul(x: Shared, y: Shared, transpose_a: bool = False, transpose_b: bool = 
         return _product(z, x.frac_bits + y.frac_bits, max(x.depth, y.depth), fxp)
 
 
+def _install_operators() -> None:
+    """Shared's operators, so protocols read like the maths (x * y, x @ w, 1 - x)."""
+    Shared.__add__ = Shared.__radd__ = lambda self, other: add(self, other)
+    Shared.__sub__ = lambda self, other: sub(self, other)
+    Shared.__rsub__ = lambda self, other: add(neg(self), other)
+    Shared.__neg__ = lambda self: neg(self)
+    Shared.__mul__ = Shared.__rmul__ = lambda self, other: mul(self, other)
+    Shared.__matmul__ = lambda self, other: matmul(self, other)
+
+
 runtime.exclude_from_autograph(globals())
+_install_operators()

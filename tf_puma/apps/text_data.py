@@ -15,8 +15,9 @@ _MOVIES = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 
 
 def data_dir() -> str:
-    return os.environ.get("TF_PUMA_DATA") or os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+    """TF_PUMA_DATA, else the checkout's data/ (where `make setup` puts the sdist)."""
+    here = os.path.dirname(os.path.abspath(__file__))  # <checkout>/tf_puma/apps
+    return os.environ.get("TF_PUMA_DATA") or os.path.join(here, "..", "..", "data")
 
 
 @functools.lru_cache(maxsize=1)

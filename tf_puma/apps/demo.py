@@ -17,13 +17,12 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import tf_puma  # noqa: E402
-from tf_puma import hf, secure_model  # noqa: E402
+import tf_puma
+from tf_puma import secure_model
+from tf_puma.apps import hf
 
 SEQ_LEN = 32
 SENTENCES = [
@@ -106,4 +105,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main()  # `make demo` sets TF_CPP_MIN_LOG_LEVEL=2 (TensorFlow's C++ logs) for this process

@@ -13,6 +13,7 @@ Commands:
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Callable
@@ -47,9 +48,11 @@ def _parse_shapes(items: list[str]) -> dict[str, list[int]]:
             if not sep or not name:
                 raise ValueError
             shapes[name] = [int(d) for d in dims.lower().split("x")]
+            if any(d <= 0 for d in shapes[name]):
+                raise ValueError
         except ValueError:
-            raise app.UsageError(f"--input-shape {item!r}: expected NAME=D0xD1..., "
-                                 "e.g. input_ids=1x32") from None
+            raise app.UsageError(f"--input-shape {item!r}: expected NAME=D0xD1... with positive "
+                                 "dimensions, e.g. input_ids=1x32") from None
     return shapes
 
 
@@ -73,7 +76,7 @@ def _party(argv: list[str]) -> None:
         raise app.UsageError("party needs --cluster SPEC and --task I")
     from tf_puma.bundle import BundleError  # noqa: PLC0415
     from tf_puma.cluster import Cluster  # noqa: PLC0415
-    from tf_puma.party import serve  # noqa: PLC0415
+    from tf_puma.apps.party import serve  # noqa: PLC0415
 
     try:
         serve(Cluster.from_spec(FLAGS.cluster), FLAGS.task, FLAGS.shares)
@@ -88,8 +91,6 @@ def _run(argv: list[str]) -> None:
         raise app.UsageError("run needs --model OUT_DIR and --input inputs.json")
     if (FLAGS.cluster is None) == (not FLAGS.local):
         raise app.UsageError("run needs exactly one of --cluster SPEC and --local")
-    import os  # noqa: PLC0415
-
     import tf_puma  # noqa: PLC0415
     from tf_puma import secure_model  # noqa: PLC0415
 
@@ -133,12 +134,42 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {"convert": _convert, "party"
                                                     "run": _run}
 
 
+COMMAND_FLAGS = {"convert": ("signature", "public-input", "input-shape", "overwrite"),
+                 "party": ("cluster", "task", "shares"),
+                 "run": ("model", "input", "cluster", "local", "signature", "repeat")}
+_HELP = ("-h", "--help", "--helpshort", "--helpfull")
+
+
+def command_help(command: str) -> str:
+    """A command's usage (from this module's docstring) and its own flags."""
+    doc = __doc__.split("Commands:", 1)[1].split("\n")
+    start = next(i for i, line in enumerate(doc) if line.strip().startswith(command + " "))
+    usage = [" ".join(doc[start].split())]
+    for line in doc[start + 1:]:
+        if not line.startswith("        "):
+            break
+        usage.append(line.strip())
+    lines = [f"usage: tf-puma {usage[0]}", *("  " + u for u in usage[1:]), "", "flags:"]
+    for name in COMMAND_FLAGS[command]:
+        flag = FLAGS[name]
+        default = "" if flag.default in (None, [], False) else f" (default: {flag.default})"
+        lines.append(f"  --{name}: {flag.help}{default}")
+    return "\n".join(lines)
+
+
 def run_main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
+    if len(argv) >= 2 and argv[1] in (*_HELP, "help"):
+        print(__doc__.strip())
+        sys.exit(0)
     if len(argv) < 2 or argv[1] not in COMMANDS:
-        print(__doc__, file=sys.stderr)
+        print(__doc__.strip(), file=sys.stderr)
         sys.exit(2)
     command = argv.pop(1)
+    if any(arg in _HELP for arg in argv[1:]):  # no TensorFlow needed for help
+        print(command_help(command))
+        sys.exit(0)
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # SavedModels of transformers' TF classes
     app.run(COMMANDS[command], argv=[f"{argv[0]} {command}", *argv[1:]])
 
 

