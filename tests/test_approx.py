@@ -68,16 +68,19 @@ def encoded(x: np.ndarray) -> np.ndarray:
 
 
 def test_reciprocal_relative(cluster):
-    # Bound: 1e-4 relative to 1/x of the encoded input, plus 3 ulp absolute.
-    x = encoded(np.geomspace(0.01, 1e4, 3000))
-    out = run_secure(lambda a: approx.reciprocal(a, lo=0.01, hi=1e4), x)
-    assert np.max(np.abs(out - 1 / x) / (1e-4 / x + 3 * ULP)) <= 1
+    # Documented: relative error <= 2e-6 plus one ulp over [2^-7, 2^14] (3 Newton steps);
+    # measured 0.97 of that. Bound: 2.5e-6 relative + 1.25 ulp (one Newton step fewer: 1.2e-5).
+    x = encoded(np.concatenate([np.geomspace(2 ** -7, 2 ** 14, 3000), [2 ** -7, 2 ** 14]]))
+    out = run_secure(approx.reciprocal, x)
+    assert np.max(np.abs(out - 1 / x) / (2.5e-6 / x + 1.25 * ULP)) <= 1
 
 
 def test_rsqrt_relative(cluster):
-    x = encoded(np.geomspace(1e-3, 1e4, 3000))
-    out = run_secure(lambda a: approx.rsqrt(a, lo=1e-3, hi=1e4), x)
-    assert np.max(np.abs(out - 1 / np.sqrt(x)) / (1e-4 / np.sqrt(x) + 3 * ULP)) <= 1
+    # Documented range [2^-10, 2^14]; measured 0.92 of (2e-6 relative + 1 ulp).
+    x = encoded(np.concatenate([np.geomspace(2 ** -10, 2 ** 14, 3000), [2 ** -10, 2 ** 14]]))
+    out = run_secure(approx.rsqrt, x)
+    ref = 1 / np.sqrt(x)
+    assert np.max(np.abs(out - ref) / (2.5e-6 * ref + 1.25 * ULP)) <= 1
 
 
 def np_softmax(x):
@@ -88,7 +91,7 @@ def np_softmax(x):
 def test_softmax_rows_of_128(cluster, rng):
     x = rng.uniform(-20, 20, size=(4, 128))
     x[1] = rng.normal(size=128)  # flat row: many comparable terms
-    check(run_secure(nn.softmax, x), np_softmax(x), 1e-3)
+    check(run_secure(nn.softmax, x), np_softmax(x), 3e-4)  # measured 1.4e-4
 
 
 def test_softmax_with_mask(cluster, rng):
@@ -96,7 +99,7 @@ def test_softmax_with_mask(cluster, rng):
     mask = np.ones((1, 1, 16))
     mask[..., 11:] = 0
     ref = np_softmax(np.where(mask > 0, x, -np.inf))
-    check(run_secure(lambda a: nn.softmax(a, mask=mask), x), ref, 1e-3)
+    check(run_secure(lambda a: nn.softmax(a, mask=mask), x), ref, 6e-4)  # measured 3.4e-4
 
 
 @pytest.mark.parametrize("width", [384, 768])
@@ -109,14 +112,17 @@ def test_layer_norm_realistic(cluster, rng, width):
         + beta
     out = run_secure(lambda a, g, b: nn.layer_norm(a, g, b, eps=1e-12), x, gamma, beta)
     # 1/n and 1/sqrt(var) carry ~24 significant bits; the rest is the products' last places
-    print(f"layer_norm width {width}: max abs error {check(out, ref, 2e-4):.1e}")
+    # measured 1.9e-5 (384) and 1.5e-5 (768) on these rows (other draws of such rows, std up
+    # to 20 and mean +-5: up to 8.7e-5)
+    print(f"layer_norm width {width}: max abs error {check(out, ref, 5e-5):.1e}")
 
 
 def test_rms_norm(cluster, rng):
     x = rng.normal(size=(4, 576)) * 3
     gamma = rng.normal(size=576) * 0.2 + 1
     ref = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-5) * gamma
-    err = check(run_secure(lambda a, g: nn.rms_norm(a, g, eps=1e-5), x, gamma), ref, 2e-4)
+    err = check(run_secure(lambda a, g: nn.rms_norm(a, g, eps=1e-5), x, gamma), ref,
+                3e-5)  # measured 9.5e-6
     print(f"rms_norm: max abs error {err:.1e}")
 
 

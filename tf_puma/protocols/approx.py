@@ -86,7 +86,7 @@ def polynomial(x_powers: dict[int, Shared], coeffs: Sequence[float], bound: floa
         raise ValueError(f"polynomial too large for the ring on |x| <= {bound}")
     total = _weighted_sum(x_powers, coeffs, coeff_frac)
     with costs.protocol("polynomial", rounds=2):
-        out = arithmetic._trunc_replicated(total, total.frac_bits - fxp.frac_bits, fxp.frac_bits)
+        out = arithmetic.rescale(total, fxp.frac_bits)
     return arithmetic.add_public(out, coeffs[0]) if coeffs[0] else out
 
 
@@ -219,7 +219,7 @@ def _split_polynomial(v: Shared, coeffs: Sequence[float], extra: Shared | None =
     b_coeff_frac = int(min(MAX_COEFF_BITS, math.floor(60 - p - math.log2(max_b))))
     b_raw = local_sum(b_coeffs, b_coeff_frac)
     with costs.protocol("polynomial", rounds=2):
-        b = arithmetic._trunc_replicated(b_raw, b_raw.frac_bits - b_frac, b_frac)
+        b = arithmetic.rescale(b_raw, b_frac)
     a = local_sum(a_coeffs, b_frac)
     if extra is not None:
         a = arithmetic.add(a, extra.map_local(lambda t: t * 2 ** (out_frac - extra.frac_bits),

@@ -112,7 +112,7 @@ def mul_public(x: Shared, c: Public, fxp: FixedPoint | None = None,
                 k = runtime.const_on(i, enc)
                 pairs.append((x.pairs[i][0] * k, x.pairs[i][1] * k))
         product = Shared(pairs, x.frac_bits + frac, x.depth)
-        return _truncate_to(product, fxp.frac_bits if frac_out is None else frac_out)
+        return rescale(product, fxp.frac_bits if frac_out is None else frac_out)
 
 
 def _extra_coeff_bits(c: np.ndarray) -> int:
@@ -120,8 +120,9 @@ def _extra_coeff_bits(c: np.ndarray) -> int:
     return 0 if largest == 0 or largest >= 1 else min(24, math.floor(-math.log2(largest)))
 
 
-def _truncate_to(x: Shared, frac_bits: int) -> Shared:
-    """Drops fractional bits beyond `frac_bits` with TruncPr (value unchanged up to 1 ulp)."""
+def rescale(x: Shared, frac_bits: int) -> Shared:
+    """x with `frac_bits` fractional bits: drops the extra ones with TruncPr (value unchanged
+    up to 1 ulp; 2 rounds, 6n ring elements), or returns x when it has no more than that."""
     if x.frac_bits <= frac_bits:
         return x
     with tf.name_scope("rescale"):
