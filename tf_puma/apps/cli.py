@@ -56,6 +56,12 @@ def _parse_shapes(items: list[str]) -> dict[str, list[int]]:
     return shapes
 
 
+def _fail(command: str, err: object) -> None:
+    """A user's mistake: one line on stderr, exit 1 (no traceback)."""
+    print(f"tf-puma {command}: {err}", file=sys.stderr)
+    sys.exit(1)
+
+
 def _convert(argv: list[str]) -> None:
     if len(argv) != 3:
         raise app.UsageError("convert needs IN_SAVEDMODEL OUT_DIR")
@@ -66,8 +72,7 @@ def _convert(argv: list[str]) -> None:
                         input_shapes=_parse_shapes(FLAGS["input-shape"].value),
                         public_inputs=FLAGS["public-input"].value, overwrite=FLAGS.overwrite)
     except ConversionError as err:
-        print(f"tf-puma convert: {err}", file=sys.stderr)
-        sys.exit(1)
+        _fail("convert", err)
 
 
 def _party(argv: list[str]) -> None:
@@ -81,8 +86,7 @@ def _party(argv: list[str]) -> None:
     try:
         serve(Cluster.from_spec(FLAGS.cluster), FLAGS.task, FLAGS.shares)
     except BundleError as err:
-        print(f"tf-puma party: {err}", file=sys.stderr)
-        sys.exit(1)
+        _fail("party", err)
 
 
 def _run(argv: list[str]) -> None:
@@ -97,14 +101,12 @@ def _run(argv: list[str]) -> None:
     try:
         manifest = secure_model.read_manifest(FLAGS.model)
     except secure_model.ManifestError as err:
-        print(f"tf-puma run: {err}", file=sys.stderr)
-        sys.exit(1)
+        _fail("run", err)
     try:
         with open(FLAGS.input, encoding="utf-8") as fh:
             inputs = secure_model.check_inputs(manifest, json.load(fh))
     except (OSError, json.JSONDecodeError, secure_model.InputError) as err:
-        print(f"tf-puma run: {FLAGS.input}: {err}", file=sys.stderr)
-        sys.exit(1)
+        _fail("run", f"{FLAGS.input}: {err}")
     local = (tf_puma.LocalCluster(shares_dir=os.path.join(FLAGS.model, "shares"))
              if FLAGS.local else None)
     try:
