@@ -8,7 +8,7 @@ BAZEL ?= bazel
 BAZEL_FLAGS := --repo_env=PYTHON_BIN_PATH=$(abspath $(PY))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup build bazel-build test test-bazel demo bench clean
+.PHONY: setup build bazel-build test test-fast test-bazel demo bench clean
 
 $(STAMP): requirements.txt requirements-models.txt setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,6 +31,10 @@ bazel-build: setup
 test: build bazel-build
 	$(PY) -m pytest -q tests
 	TF_PUMA_OPS_LIBRARY=$(abspath bazel-bin/custom_ops/_puma_ops.so) $(PY) -m pytest -q tests/test_kernels.py
+
+# Everything but the whole-model tests (pytest -m "not slow"): for local iteration.
+test-fast: build
+	$(PY) -m pytest -q -m "not slow" tests
 
 demo: build
 	$(PY) -m tf_puma.apps.demo

@@ -22,6 +22,10 @@ BUNDLE_WEIGHTS = {
 }
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: whole real models (skipped by `make test-fast`)")
+
+
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory):
     from tf_puma import bundle  # noqa: PLC0415

@@ -61,3 +61,23 @@ def test_the_library_does_not_import_the_apps():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"
+
+
+def test_run_needs_exactly_one_way_to_reach_the_parties(tmp_path):
+    (tmp_path / "in.json").write_text("{}")
+    common = ["run", "--model", str(tmp_path), "--input", str(tmp_path / "in.json")]
+    for extra in ([], ["--local", "--cluster", '{"client": ["a:1"], "puma": ["b:1", "c:1", '
+                                                '"d:1"]}']):
+        proc = run_cli(*common, *extra)
+        assert proc.returncode != 0
+        assert "run needs exactly one of --cluster SPEC and --local" in proc.stderr
+
+
+def test_run_on_a_directory_that_is_not_a_secure_model(tmp_path):
+    (tmp_path / "in.json").write_text("{}")
+    proc = run_cli("run", "--model", str(tmp_path), "--input", str(tmp_path / "in.json"),
+                   "--local")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"tf-puma run: {tmp_path} is not a tf-puma secure model (no tf_puma.json); create one "
+        "with `tf-puma convert IN_SAVEDMODEL OUT_DIR`")

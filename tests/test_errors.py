@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -137,3 +138,24 @@ def _running(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"   # zombies have exited
     except FileNotFoundError:
         return False
+
+
+def test_cluster_spec_forms(tmp_path):
+    """A dict, JSON text, a JSON file and TF_CONFIG's {"cluster": ..., "task": ...} all give the
+    same cluster; it round-trips through to_json."""
+    spec = {"client": ["c:1"], "puma": ["p0:2", "p1:3", "p2:4"]}
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps(spec))
+    tf_config = {"cluster": spec, "task": {"type": "puma", "index": 1}}
+    forms = [spec, json.dumps(spec), str(path), path, tf_config, json.dumps(tf_config)]
+    clusters = {Cluster.from_spec(form) for form in forms}
+    assert clusters == {Cluster(client="c:1", parties=("p0:2", "p1:3", "p2:4"))}
+    assert Cluster.from_spec(clusters.pop().to_json()).as_dict() == spec
+
+
+def test_connecting_again_is_a_no_op_and_another_cluster_an_error(cluster):
+    same = tf_puma.connect(cluster.cluster.to_json())
+    assert same == cluster.cluster
+    other = Cluster(client="127.0.0.1:1", parties=("127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"))
+    with pytest.raises(RuntimeError, match="already connected.*one process per cluster"):
+        tf_puma.connect(other)

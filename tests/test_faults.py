@@ -136,3 +136,67 @@ def test_inputs_that_would_wrap_or_are_not_finite_are_refused():
             secure_model.check_inputs(spec, {**good, "x": [[0.5, bad]]})
     with pytest.raises(secure_model.InputError, match="'ids'"):
         secure_model.check_inputs(spec, {**good, "ids": [[1, 2], [3]]})
+
+
+def _script(code: str, timeout: float) -> subprocess.CompletedProcess:
+    import textwrap  # noqa: PLC0415
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_a_stopped_party_fails_the_call_by_its_deadline_naming_the_party(small_model, tmp_path):
+    """SIGSTOP used to hang the client until killed (134 s and more)."""
+    secure = str(tmp_path / "secure")
+    convert.convert(small_model, secure, **QUIET)
+    proc = _script(f"""
+        import os, signal, time, numpy as np, tf_puma
+        from tf_puma.cluster import PartyUnavailable
+        local = tf_puma.LocalCluster(shares_dir={os.path.join(secure, 'shares')!r})
+        tf_puma.connect(local.start())
+        model = tf_puma.load({secure!r})
+        x = np.ones((2, 4), np.float32)
+        print("first", model(x=x)["y"].shape, flush=True)
+        model.deadline_s = 5
+        os.kill(local.processes[1].pid, signal.SIGSTOP)
+        start = time.monotonic()
+        try:
+            model(x=x)
+            print("NO ERROR")
+        except PartyUnavailable as err:
+            print("UNAVAILABLE", round(time.monotonic() - start, 1), flush=True)
+            print(err, flush=True)
+        os.kill(local.processes[1].pid, signal.SIGCONT)
+        local.stop()
+        os._exit(0)  # the stuck call's thread would wait for party 1's Recv
+    """, timeout=300)
+    assert "first (2, 3)" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    line = next(l for l in proc.stdout.splitlines() if l.startswith(("UNAVAILABLE", "NO ")))
+    assert line.startswith("UNAVAILABLE") and float(line.split()[1]) < 15, proc.stdout
+    assert "party 1 at 127.0.0.1:" in proc.stdout and "does not answer" in proc.stdout
+
+
+def test_connect_refuses_a_port_that_is_not_a_tensorflow_server():
+    """Another program on a party's port used to hang the client (120 s)."""
+    proc = _script("""
+        import socket, threading, time, tf_puma
+        from tf_puma.cluster import Cluster, PartyUnavailable
+        listeners = []
+        for _ in range(3):
+            s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(8); listeners.append(s)
+        def serve(s):
+            while True:
+                conn, _ = s.accept(); conn.sendall(b"HTTP/1.0 200 OK\\r\\n\\r\\nnot tf\\n")
+        for s in listeners:
+            threading.Thread(target=serve, args=(s,), daemon=True).start()
+        parties = tuple(f"127.0.0.1:{s.getsockname()[1]}" for s in listeners)
+        start = time.monotonic()
+        try:
+            tf_puma.connect(Cluster(client="127.0.0.1:1", parties=parties), timeout=5)
+            print("NO ERROR")
+        except PartyUnavailable as err:
+            print("UNAVAILABLE", round(time.monotonic() - start, 1))
+            print(err)
+    """, timeout=120)
+    assert proc.stdout.startswith("UNAVAILABLE"), proc.stdout + proc.stderr[-2000:]
+    assert float(proc.stdout.split()[1]) < 10
+    assert "party 0 at 127.0.0.1:" in proc.stdout and "not a tf-puma party" in proc.stdout

@@ -203,11 +203,13 @@ def test_cli_convert_and_run_local(tmp_path):
     with open(tmp_path / "in.json", "w") as fh:
         json.dump({"x": x.tolist()}, fh)
     done = subprocess.run([*cli, "run", "--model", secure, "--input", str(tmp_path / "in.json"),
-                           "--local"], capture_output=True, text=True, timeout=300)
+                           "--local", "--repeat", "2"], capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     y = np.array(json.loads(done.stdout.strip().splitlines()[-1])["y"])
     assert np.abs(y - tf.nn.gelu(x @ w.numpy()).numpy()).max() <= 1e-3
     assert "run summary" in done.stderr and "rounds" in done.stderr
+    assert "first call" in done.stderr and "last call" in done.stderr  # --repeat 2
     with open(tmp_path / "bad.json", "w") as fh:
         json.dump({"x": x[:1].tolist()}, fh)
     done = subprocess.run([*cli, "run", "--model", secure, "--input", str(tmp_path / "bad.json"),

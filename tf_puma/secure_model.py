@@ -10,6 +10,8 @@ and checks inputs against the manifest so mistakes are named before anything run
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any, Mapping
 
 import numpy as np
@@ -65,10 +67,20 @@ def check_inputs(manifest: Manifest, inputs: Mapping[str, Any]) -> dict[str, np.
     return out
 
 
-class SecureModel:
-    """A loaded secure SavedModel: call it with named plaintext inputs."""
+FIRST_CALL_DEADLINE_S = 600.0  # graph registration on the parties: ~55 s for BERT-base here
 
-    def __init__(self, model_dir: str, signature: str | None = None):
+
+class SecureModel:
+    """A loaded secure SavedModel: call it with named plaintext inputs.
+
+    Every call has a deadline: `deadline_s` if given, else 600 s for the first call (the
+    parties register the graph) and 10x the last call + 30 s after. When it passes, the parties
+    are asked for their status and the error names the one that does not answer
+    (cluster.PartyUnavailable), or says all answer (TimeoutError): never a silent hang.
+    """
+
+    def __init__(self, model_dir: str, signature: str | None = None,
+                 deadline_s: float | None = None):
         _ops.load()
         self.dir = model_dir
         self.manifest = read_manifest(model_dir)
@@ -77,12 +89,49 @@ class SecureModel:
         if self.signature_name not in self.loaded.signatures:
             raise KeyError(f"{model_dir} has no signature {self.signature_name!r}")
         self.signature = self.loaded.signatures[self.signature_name]
+        self.deadline_s = deadline_s
+        self._last_call_s: float | None = None
+
+    def _deadline(self) -> float:
+        if self.deadline_s is not None:
+            return self.deadline_s
+        if self._last_call_s is None:
+            return FIRST_CALL_DEADLINE_S
+        return 10 * self._last_call_s + 30
 
     def __call__(self, **inputs: Any) -> dict[str, tf.Tensor]:
         arrays = check_inputs(self.manifest, inputs)
-        return self.signature(**{k: tf.constant(v) for k, v in arrays.items()})
+        feeds = {k: tf.constant(v) for k, v in arrays.items()}
+        result: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                result["out"] = dict(self.signature(**feeds))
+            except BaseException as err:  # noqa: BLE001 - handed to the caller below
+                result["err"] = err
+
+        deadline = self._deadline()
+        start = time.monotonic()
+        worker = threading.Thread(target=call, name="tf-puma-call", daemon=True)
+        worker.start()
+        worker.join(deadline)
+        if worker.is_alive():
+            from tf_puma import cluster  # noqa: PLC0415
+
+            connected = cluster.connected_cluster()
+            if connected is not None:
+                cluster.check_parties(connected, timeout=5.0)  # names a party that is stuck
+            raise TimeoutError(f"the secure call did not finish within its deadline of "
+                               f"{deadline:.0f} s although all parties answer; pass a longer "
+                               "deadline_s to tf_puma.load if the model is that slow")
+        if "err" in result:
+            raise result["err"]
+        self._last_call_s = time.monotonic() - start
+        return result["out"]
 
 
-def load(model_dir: str, signature: str | None = None) -> SecureModel:
-    """Loads a secure model; connect to the cluster (tf_puma.connect) before calling it."""
-    return SecureModel(model_dir, signature)
+def load(model_dir: str, signature: str | None = None,
+         deadline_s: float | None = None) -> SecureModel:
+    """Loads a secure model; connect to the cluster (tf_puma.connect) before calling it.
+    `deadline_s` bounds every call (default: see SecureModel)."""
+    return SecureModel(model_dir, signature, deadline_s)
