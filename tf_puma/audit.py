@@ -269,8 +269,9 @@ def _graph_def(graph: Union[tf.Graph, graph_pb2.GraphDef]) -> graph_pb2.GraphDef
 
 
 def _run(graph: Union[tf.Graph, graph_pb2.GraphDef]) -> _Auditor:
-    auditor = _Auditor(_graph_def(graph))
-    auditor.walk(_Scope(_graph_def(graph).node, "", {}, loop=False))
+    graph_def = _graph_def(graph)  # serialising a large graph takes seconds: once
+    auditor = _Auditor(graph_def)
+    auditor.walk(_Scope(graph_def.node, "", {}, loop=False))
     auditor.check_reuse()
     return auditor
 

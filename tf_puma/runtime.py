@@ -102,7 +102,6 @@ class _GraphState:
     def __init__(self) -> None:
         self.prss: Prss | None = None
         self.next_stream = 1
-        self.stream_family: dict[int, str] = {}  # stream -> the kernel family that owns it
         self.turns: dict[str, int] = {}  # round-robin counters (e.g. TruncPr's roles)
         self.scalars: dict = {}  # (endpoint, value, dtype) -> constant tensor
 
@@ -158,7 +157,6 @@ def new_stream(family: str) -> int:
     state = _state()
     stream = state.next_stream
     state.next_stream += 1
-    state.stream_family[stream] = family
     return stream
 
 
@@ -168,12 +166,6 @@ def next_turn(name: str) -> int:
     turn = state.turns.get(name, 0)
     state.turns[name] = turn + 1
     return turn % NUM_PARTIES
-
-
-def streams_used() -> int:
-    """How many stream ids this graph has handed out so far (ids 1..n; the client's input
-    sharing draws stream 0 of its own one-time keys)."""
-    return _state().next_stream - 1
 
 
 def const_on(endpoint: Endpoint, value, dtype: tf.DType = tf.int64) -> tf.Tensor:
