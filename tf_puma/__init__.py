@@ -24,9 +24,12 @@ from typing import Any
 
 _EXPORTS = {
     "costs": ("tf_puma.costs", None),
+    "connection": ("tf_puma.connection", None),
     "Cluster": ("tf_puma.cluster", "Cluster"),
     "LocalCluster": ("tf_puma.cluster", "LocalCluster"),
-    "connect": ("tf_puma.cluster", "connect"),
+    "connect": ("tf_puma.connection", "connect"),
+    "Connection": ("tf_puma.connection", "Connection"),
+    "PartyUnavailable": ("tf_puma.cluster", "PartyUnavailable"),
     "FixedPoint": ("tf_puma.fixedpoint", "FixedPoint"),
     "add": ("tf_puma.protocols.arithmetic", "add"),
     "add_public": ("tf_puma.protocols.arithmetic", "add_public"),

@@ -2,7 +2,8 @@
 
 Spec (JSON, or TF_CONFIG's `cluster` dict): {"client": ["host:port"], "puma": ["h0:p", "h1:p",
 "h2:p"]}. Nothing assumes localhost; `LocalCluster` starts three party servers on loopback for
-tests and demos and always tears them down.
+tests and demos and always tears them down. Connecting this process as the client task:
+tf_puma/connection.py.
 """
 
 from __future__ import annotations
@@ -120,50 +121,6 @@ def check_parties(cluster: "Cluster", timeout: float = 5.0) -> None:
             future.result()
 
 
-_connected: Cluster | None = None
-
-
-def connect(cluster: Cluster | Mapping[str, Any] | str, timeout: float = 30.0) -> Cluster:
-    """Makes this process the cluster's client task so tf.function code can place ops on parties.
-
-    Checks every party is reachable and answers as a TensorFlow server first (check_parties),
-    so a missing, stopped or foreign party is a clear error, not a hang.
-    Connecting again to the same cluster is a no-op; TensorFlow allows one cluster per process.
-    Grappler's meta-optimizer is switched off for the process: on secure graphs (tens of
-    thousands of small ops) it triples the first call's time (41 s -> 13 s for MiniLM) and two
-    of its rewrites mis-handle patterns secure graphs contain (docs/design-notes.md).
-    """
-    global _connected
-    if not isinstance(cluster, Cluster):
-        cluster = Cluster.from_spec(cluster)
-    if _connected is not None:
-        if _connected == cluster:
-            return cluster
-        raise RuntimeError(f"this process is already connected to {_connected.as_dict()}; "
-                           "use one process per cluster")
-    for i, address in enumerate(cluster.parties):
-        try:
-            wait_reachable(address, timeout)
-        except ConnectionError as err:
-            raise ConnectionError(f"party {i} is not reachable: {err}. Start it with "
-                                  f"`tf-puma party --cluster SPEC --task {i}`") from err
-    check_parties(cluster, timeout=min(timeout, 10.0))
-    import tensorflow as tf  # noqa: PLC0415 (keep `tf_puma.cluster` importable without TF work)
-
-    from tf_puma import _ops  # noqa: PLC0415
-
-    _ops.load()
-    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    tf.config.experimental_connect_to_cluster(tf.train.ClusterSpec(cluster.as_dict()),
-                                              job_name=CLIENT_JOB, task_index=0)
-    _connected = cluster
-    return cluster
-
-
-def connected_cluster() -> Cluster | None:
-    return _connected
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -201,20 +158,23 @@ class LocalCluster:
         self.cluster = Cluster(client=f"127.0.0.1:{ports[0]}",
                                parties=tuple(f"127.0.0.1:{p}" for p in ports[1:]))  # type: ignore
         self._start_timeout = start_timeout
-        self._env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(extra_env or {})}
+        # The party app's process settings (tf_puma.apps.APP_ENVIRONMENT) are applied by the
+        # party command itself; `extra_env` adds to them.
+        self._env = {**os.environ, **(extra_env or {})}
         self._shares_dir = shares_dir
         self.processes: list[subprocess.Popen] = []
 
+    def _spawn(self, i: int) -> subprocess.Popen:
+        shares = ([] if self._shares_dir is None else
+                  ["--shares", os.path.join(self._shares_dir, f"party{i}")])
+        return subprocess.Popen(
+            [sys.executable, "-m", "tf_puma.apps.cli", "party", "--cluster", self.cluster.to_json(),
+             "--task", str(i), *shares],
+            env={**self._env, EXIT_WITH_PARENT_ENV: str(os.getpid())},
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
     def start(self) -> Cluster:
-        spec = self.cluster.to_json()
-        for i in range(NUM_PARTIES):
-            shares = ([] if self._shares_dir is None else
-                      ["--shares", os.path.join(self._shares_dir, f"party{i}")])
-            self.processes.append(subprocess.Popen(
-                [sys.executable, "-m", "tf_puma.apps.cli", "party", "--cluster", spec, "--task", str(i),
-                 *shares],
-                env={**self._env, EXIT_WITH_PARENT_ENV: str(os.getpid())},
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+        self.processes = [self._spawn(i) for i in range(NUM_PARTIES)]
         atexit.register(self.stop)
         try:
             for i, proc in enumerate(self.processes):
@@ -240,10 +200,27 @@ class LocalCluster:
         self.processes[i].kill()
         self.processes[i].wait()
 
+    def restart_party(self, i: int) -> None:
+        """Starts party i again on its port (after kill_party): a fresh process, as an operator
+        restarting a crashed party would."""
+        if self.processes[i].poll() is None:
+            raise RuntimeError(f"party {i} is still running; kill_party({i}) first")
+        self.processes[i] = self._spawn(i)
+        self._wait_ready(i, self.processes[i])
+
     def stop(self) -> None:
+        """Stops the parties, after the client's connection (if to this cluster) has released
+        its functions on them."""
+        from tf_puma import connection  # noqa: PLC0415 (same layer; connection imports us)
+
+        conn = connection.current()
+        if conn is not None and conn.cluster == self.cluster and any(
+                proc.poll() is None for proc in self.processes):
+            conn.close()
         for proc in self.processes:
             if proc.poll() is None:
                 proc.terminate()
+                proc.send_signal(signal.SIGCONT)  # a stopped (SIGSTOP) party handles it now
         for proc in self.processes:
             try:
                 proc.wait(timeout=10)

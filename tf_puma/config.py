@@ -8,8 +8,8 @@
 A secure model records its fixed point in its manifest and its bundles; the parties check the
 bundle they read against the graph's (PumaLoadShare), so a model never runs with another format
 than the one it was converted with. The cluster a process is connected to is per process
-(TensorFlow allows one): `tf_puma.connect` returns it and `tf_puma.cluster.connected_cluster()`
-tells it; a party's share folder is passed to its kernels by the party itself (PumaSetShareRoot).
+(TensorFlow allows one): `tf_puma.connect` returns that Connection, models are loaded for it
+(`tf_puma.load(..., connection=)`, default `tf_puma.connection.current()`); a party's share folder is passed to its kernels by the party itself (PumaSetShareRoot).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Loading and calling a secure SavedModel written by `tf-puma convert`.
 
-    tf_puma.connect("cluster.json")          # parties started with their own --shares
-    model = tf_puma.load("OUT_DIR")
+    conn = tf_puma.connect("cluster.json")   # parties started with their own --shares
+    model = tf_puma.load("OUT_DIR")          # for tf_puma.connection.current(), or connection=
     outputs = model(input_ids=ids, attention_mask=mask)   # plaintext, on the client
 
 `tf.saved_model.load(OUT_DIR)` works too once the op library is loaded (`tf_puma.load` does that
@@ -18,7 +18,10 @@ import numpy as np
 import tensorflow as tf
 
 from tf_puma import _ops
+from tf_puma import connection as connection_lib
 from tf_puma import manifest as manifest_lib
+from tf_puma.cluster import PartyUnavailable
+from tf_puma.connection import Connection
 from tf_puma.manifest import Manifest, ManifestError  # noqa: F401 - ManifestError re-exported
 
 
@@ -69,6 +72,14 @@ def check_inputs(manifest: Manifest, inputs: Mapping[str, Any]) -> dict[str, np.
 
 FIRST_CALL_DEADLINE_S = 600.0  # graph registration on the parties: ~55 s for BERT-base here
 
+# What a call through a party that died, stalled or restarted raises (TF's gRPC runtime).
+_PARTY_FAULTS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+                 tf.errors.DeadlineExceededError)
+
+
+class ModelClosed(RuntimeError):
+    """The model was closed (its functions released on the parties)."""
+
 
 class SecureModel:
     """A loaded secure SavedModel: call it with named plaintext inputs.
@@ -77,20 +88,33 @@ class SecureModel:
     parties register the graph) and 10x the last call + 30 s after. When it passes, the parties
     are asked for their status and the error names the one that does not answer
     (cluster.PartyUnavailable), or says all answer (TimeoutError): never a silent hang.
+
+    A party that dies during a call fails it with PartyUnavailable naming the party; once all
+    three answer again the next call reconnects by itself (a restarted party lost this client's
+    context; TensorFlow re-creates it) and, if a call meets a party that restarted since the last
+    one, that call is reconnected and run again once: a fresh execution with fresh keys and
+    streams, never a partial result.
     """
 
     def __init__(self, model_dir: str, signature: str | None = None,
-                 deadline_s: float | None = None):
+                 deadline_s: float | None = None, connection: Connection | None = None):
+        self.connection = connection or connection_lib.current()
+        if self.connection is None:
+            raise RuntimeError("connect to the cluster before loading a secure model: "
+                               "tf_puma.connect('cluster.json') (or tf_puma.LocalCluster() for a "
+                               "local trial), then tf_puma.load(...)")
         _ops.load()
         self.dir = model_dir
         self.manifest = read_manifest(model_dir)
         self.signature_name = signature or self.manifest.signature
-        self.loaded = tf.saved_model.load(model_dir)
+        self.loaded: Any = tf.saved_model.load(model_dir)
         if self.signature_name not in self.loaded.signatures:
             raise KeyError(f"{model_dir} has no signature {self.signature_name!r}")
-        self.signature = self.loaded.signatures[self.signature_name]
+        self.signature: Any = self.loaded.signatures[self.signature_name]
         self.deadline_s = deadline_s
         self._last_call_s: float | None = None
+        self._needs_reconnect = False
+        self.connection.track(self)
 
     def _deadline(self) -> float:
         if self.deadline_s is not None:
@@ -99,14 +123,46 @@ class SecureModel:
             return FIRST_CALL_DEADLINE_S
         return 10 * self._last_call_s + 30
 
+    def close(self) -> None:
+        """Releases the model's functions on the parties; later calls raise ModelClosed."""
+        self.signature = self.loaded = None
+
     def __call__(self, **inputs: Any) -> dict[str, tf.Tensor]:
         arrays = check_inputs(self.manifest, inputs)
+        if self.signature is None:
+            raise ModelClosed(f"the secure model {self.dir} was closed; load it again")
+        if self._needs_reconnect:
+            self.connection.reconnect()  # PartyUnavailable while a party is still down
+            self._needs_reconnect = False
         feeds = {k: tf.constant(v) for k, v in arrays.items()}
+        try:
+            return self._call_with_deadline(feeds)
+        except _PARTY_FAULTS as err:
+            fault = err
+        try:  # which party? one that does not answer now, or one that restarted
+            self.connection.check(timeout=5.0)
+        except PartyUnavailable as down:
+            self._needs_reconnect = True
+            raise PartyUnavailable(f"{down} The call failed ({_first_line(fault)}); the client "
+                                   "reconnects by itself once the party answers again.") from None
+        restarted = _party_in(fault)
+        self.connection.reconnect()
+        try:
+            return self._call_with_deadline(feeds)
+        except _PARTY_FAULTS as err:
+            self._needs_reconnect = True
+            raise PartyUnavailable(
+                f"party {restarted if restarted is not None else '?'} restarted during or before "
+                f"the call and the call failed again after reconnecting ({_first_line(err)})"
+            ) from None
+
+    def _call_with_deadline(self, feeds: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         result: dict[str, Any] = {}
+        signature = self.signature
 
         def call() -> None:
             try:
-                result["out"] = dict(self.signature(**feeds))
+                result["out"] = dict(signature(**feeds))
             except BaseException as err:  # noqa: BLE001 - handed to the caller below
                 result["err"] = err
 
@@ -116,11 +172,8 @@ class SecureModel:
         worker.start()
         worker.join(deadline)
         if worker.is_alive():
-            from tf_puma import cluster  # noqa: PLC0415
-
-            connected = cluster.connected_cluster()
-            if connected is not None:
-                cluster.check_parties(connected, timeout=5.0)  # names a party that is stuck
+            self._needs_reconnect = True
+            self.connection.check(timeout=5.0)  # names a party that is stuck
             raise TimeoutError(f"the secure call did not finish within its deadline of "
                                f"{deadline:.0f} s although all parties answer; pass a longer "
                                "deadline_s to tf_puma.load if the model is that slow")
@@ -130,8 +183,24 @@ class SecureModel:
         return result["out"]
 
 
-def load(model_dir: str, signature: str | None = None,
-         deadline_s: float | None = None) -> SecureModel:
-    """Loads a secure model; connect to the cluster (tf_puma.connect) before calling it.
-    `deadline_s` bounds every call (default: see SecureModel)."""
-    return SecureModel(model_dir, signature, deadline_s)
+def _first_line(err: BaseException) -> str:
+    text = getattr(err, "message", None) or str(err)
+    lines = [line.strip() for line in text.splitlines() if line.strip()
+             and not line.startswith(("Graph execution error", "Detected at node",
+                                      "<stack traces", "defined at"))]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def _party_in(err: BaseException) -> int | None:
+    """The party task an error from TF's runtime names, if any."""
+    import re  # noqa: PLC0415
+
+    found = re.search(r"/job:puma/replica:0/task:(\d)", str(err))
+    return int(found.group(1)) if found else None
+
+
+def load(model_dir: str, signature: str | None = None, deadline_s: float | None = None,
+         connection: Connection | None = None) -> SecureModel:
+    """Loads a secure model for the given connection (default: the process's, from
+    tf_puma.connect). `deadline_s` bounds every call (default: see SecureModel)."""
+    return SecureModel(model_dir, signature, deadline_s, connection)

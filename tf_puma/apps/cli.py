@@ -20,6 +20,8 @@ from typing import Callable
 
 from absl import app, flags
 
+from tf_puma.apps import prepare_process
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("cluster", None, "cluster spec: a JSON file or JSON text "
                     '({"client": ["host:port"], "puma": ["h0:p", "h1:p", "h2:p"]})')
@@ -171,7 +173,7 @@ def run_main(argv: list[str] | None = None) -> None:
     if any(arg in _HELP for arg in argv[1:]):  # no TensorFlow needed for help
         print(command_help(command))
         sys.exit(0)
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # SavedModels of transformers' TF classes
+    prepare_process()  # before TensorFlow loads: quiet logs, oneDNN off, Keras 2
     app.run(COMMANDS[command], argv=[f"{argv[0]} {command}", *argv[1:]])
 
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
@@ -18,11 +19,8 @@ import tempfile
 import time
 
 import numpy as np
-import tensorflow as tf
 
-import tf_puma
-from tf_puma import secure_model
-from tf_puma.apps import hf
+from tf_puma.apps import prepare_process
 
 SEQ_LEN = 32
 SENTENCES = [
@@ -45,25 +43,50 @@ def _matrix(title: str, m: np.ndarray) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
+def _plaintext(model_dir: str, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
+                                                                       float]:
+    """The plaintext model's outputs and time, its TF functions released before the parties
+    start (functions alive when local parties stop would be removed from them too late)."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    plain_fn = tf.saved_model.load(model_dir).signatures["serving_default"]
+    start = time.perf_counter()
+    out = {k: v.numpy() for k, v in plain_fn(**{k: tf.constant(v) for k, v in inputs.items()}
+                                              ).items()}
+    seconds = time.perf_counter() - start
+    del plain_fn
+    gc.collect()
+    return out, seconds
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse  # noqa: PLC0415
+
+    prepare_process()  # before TensorFlow loads (imported below)
+    import tf_puma  # noqa: PLC0415
+    from tf_puma import secure_model  # noqa: PLC0415
+    from tf_puma.apps import hf  # noqa: PLC0415
     from tf_puma.rewrites import convert  # noqa: PLC0415
 
+    hf.use_transformers().logging.set_verbosity_error()  # no loading chatter in the demo
+
+    parser = argparse.ArgumentParser(prog="python -m tf_puma.apps.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=None,
+                        help="keep only MiniLM's first N encoder layers (default: all 6)")
+    args = parser.parse_args(argv)
     work = tempfile.mkdtemp(prefix="tf-puma-demo-")
     try:
         print(f"== model owner: export all-MiniLM-L6-v2 and convert it (work dir {work})")
         plain_dir = hf.export_minilm(os.path.join(work, "minilm"), batch=len(SENTENCES),
-                                     seq_len=SEQ_LEN)
+                                     seq_len=SEQ_LEN, layers=args.layers)
         secure_dir = os.path.join(work, "minilm-secure")
         start = time.perf_counter()
         manifest = convert.convert(plain_dir, secure_dir)
         print(f"convert: {time.perf_counter() - start:.1f} s\n")
 
         inputs = hf.tokenize(SENTENCES, SEQ_LEN)
-        plain_fn = tf.saved_model.load(plain_dir).signatures["serving_default"]
-        start = time.perf_counter()
-        reference = {k: v.numpy() for k, v in plain_fn(
-            **{k: tf.constant(v) for k, v in inputs.items()}).items()}
-        plain_s = time.perf_counter() - start
+        reference, plain_s = _plaintext(plain_dir, inputs)
 
         print("== three parties start, each with its own share bundle; the client connects")
         with tf_puma.LocalCluster(shares_dir=os.path.join(secure_dir, "shares")) as spec:
@@ -105,4 +128,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()  # `make demo` sets TF_CPP_MIN_LOG_LEVEL=2 (TensorFlow's C++ logs) for this process
+    main()

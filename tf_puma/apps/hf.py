@@ -55,13 +55,14 @@ class _Keys(dict):
     """A state dict whose keys() iterates (transformers 4.57's TF loader needs that)."""
 
 
-def _load_bert_weights(model, prefix_map=None) -> None:
+def _load_bert_weights(model, prefix_map=None, layers: int | None = None) -> None:
     import safetensors.numpy  # noqa: PLC0415
     from transformers.modeling_tf_pytorch_utils import \
         load_pytorch_state_dict_in_tf2_model  # noqa: PLC0415
     state = safetensors.numpy.load_file(os.path.join(minilm_dir(), "model.safetensors"))
+    dropped = tuple(f"encoder.layer.{i}." for i in range(layers or 0, 99)) if layers else ()
     state = _Keys({(prefix_map or "") + k: v for k, v in state.items()
-                   if not k.endswith("position_ids")})
+                   if not k.endswith("position_ids") and not k.startswith(dropped)})
     model(model.dummy_inputs)
     load_pytorch_state_dict_in_tf2_model(model, state, allow_missing_keys=True)
 
@@ -77,12 +78,16 @@ def mean_pool(hidden: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(hidden * m, axis=1) / tf.maximum(tf.reduce_sum(m, axis=1), 1e-9)
 
 
-def export_minilm(out_dir: str, batch: int, seq_len: int) -> str:
+def export_minilm(out_dir: str, batch: int, seq_len: int, layers: int | None = None) -> str:
     """all-MiniLM-L6-v2 with real weights; signature serving_default(input_ids, attention_mask)
-    -> last_hidden_state [batch, seq_len, 384], sentence_embedding [batch, 384]."""
+    -> last_hidden_state [batch, seq_len, 384], sentence_embedding [batch, 384]. `layers` keeps
+    only the first N encoder layers (smoke tests)."""
     transformers = use_transformers()
-    model = transformers.TFBertModel(minilm_config())
-    _load_bert_weights(model)
+    config = minilm_config()
+    if layers is not None:
+        config.num_hidden_layers = layers
+    model = transformers.TFBertModel(config)
+    _load_bert_weights(model, layers=layers)
     spec = [tf.TensorSpec([batch, seq_len], tf.int32, name="input_ids"),
             tf.TensorSpec([batch, seq_len], tf.int32, name="attention_mask")]
 

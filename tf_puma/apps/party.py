@@ -10,6 +10,37 @@ import os
 from tf_puma.cluster import NUM_PARTIES, PARTY_JOB, Cluster, exit_with_parent
 
 
+M_ARENA_MAX = -8  # glibc mallopt parameter
+HEAP_ARENAS = 2
+TRIM_EVERY_S = 10.0
+
+
+def bound_heap() -> None:
+    """Keeps a long-lived party's heap near what it uses. Each client session registers and
+    runs its graphs on the party's threads; glibc gives busy threads their own arenas (up to 8
+    per core) and keeps freed pages in them, so a party grew ~100 MiB per finished session
+    (1-layer MiniLM, measured). Two arenas and a periodic malloc_trim (which also returns free
+    pages inside arenas) bound that (benchmarks/faults.py measures it). Linux/glibc only; a
+    no-op elsewhere."""
+    import ctypes  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_ARENA_MAX, HEAP_ARENAS)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+
+    def trimmer() -> None:
+        while True:
+            time.sleep(TRIM_EVERY_S)
+            trim(0)
+
+    threading.Thread(target=trimmer, name="tf-puma-heap-trim", daemon=True).start()
+
+
 def serve(cluster: Cluster, task: int, shares: str | None = None) -> None:
     """Starts party `task`'s server and blocks. `shares` is the party's share root: one bundle
     directory (OUT/shares/partyI) or a directory of them (one per model), read on first use."""
@@ -20,6 +51,7 @@ def serve(cluster: Cluster, task: int, shares: str | None = None) -> None:
 
         bundle.check_share_root(shares, task)  # refuses another party's bundle before serving
     exit_with_parent()
+    bound_heap()  # before TensorFlow starts its threads
     import tensorflow as tf  # noqa: PLC0415
 
     from tf_puma import _ops  # noqa: PLC0415
