@@ -29,7 +29,7 @@ build: setup
 
 # The same library with Bazel (offline) -> bazel-bin/custom_ops/_puma_ops.so
 bazel-build: setup
-	$(BAZEL) build $(BAZEL_FLAGS) //custom_ops:_puma_ops.so
+	$(BAZEL) build $(BAZEL_FLAGS) //custom_ops:_puma_ops.so //custom_ops:_puma_bind.so
 
 test: build bazel-build
 	$(PY) -m pytest -q tests
@@ -47,5 +47,5 @@ bench: build
 	$(PY) benchmarks/secure_matmul.py
 
 clean:
-	rm -rf build tf_puma/_puma_ops.so *.egg-info
+	rm -rf build tf_puma/_puma_ops.so tf_puma/_puma_bind.so *.egg-info
 	-$(BAZEL) clean

@@ -2,7 +2,8 @@
 
 `pip install --no-build-isolation -e .` compiles every `custom_ops/*.cc` with the system C++
 compiler against the installed pip TensorFlow (flags from `tf.sysconfig`, never hard-coded) into
-one op library, `tf_puma/_puma_ops.so`, which `tf_puma` loads in every process.
+one op library, `tf_puma/_puma_ops.so`, which `tf_puma` loads in every process, and
+`custom_ops/bind_host.c` into `tf_puma/_puma_bind.so` (preloaded so TF servers bind one host).
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ class BuildTfOps(build_ext):
         return os.path.join(*fullname.split(".")) + ".so"
 
     def build_extension(self, ext: Extension) -> None:
+        if ext.name == "tf_puma._puma_bind":  # plain C, no TensorFlow: preloaded before it
+            out_path = self.get_ext_fullpath(ext.name)
+            os.makedirs(os.path.dirname(out_path), exist_ok=True)
+            cmd = [os.environ.get("CC", "gcc"), "-O2", "-fPIC", "-shared", "-Wall",
+                   "-fvisibility=hidden", *ext.sources, "-o", out_path, "-ldl"]
+            print(" ".join(cmd), flush=True)
+            subprocess.check_call(cmd)
+            return
         cxx = os.environ.get("CXX", "g++")
         cflags, lflags = _tf_flags()
         lib_dir = next(f[2:] for f in lflags if f.startswith("-L"))
@@ -71,7 +80,9 @@ setup(
                                                                 "tf_puma.rewrites.idioms"],
     package_dir={"tf_puma.rewrites": "rewrites", "tf_puma.rewrites.idioms": "rewrites/idioms"},
     ext_modules=[Extension("tf_puma._puma_ops",
-                           sorted(glob.glob(os.path.join("custom_ops", "*.cc"))))],
+                           sorted(glob.glob(os.path.join("custom_ops", "*.cc")))),
+                 # Preloaded by tf-puma processes so their TF server binds the spec's host.
+                 Extension("tf_puma._puma_bind", [os.path.join("custom_ops", "bind_host.c")])],
     cmdclass={"build_ext": BuildTfOps},
     python_requires=">=3.10",
     entry_points={"console_scripts": ["tf-puma=tf_puma.apps.cli:run_main"]},

@@ -53,6 +53,12 @@ def model_hash(saved_model_dir: str) -> str:
     return digest.hexdigest()
 
 
+def progress_bar(done: int, total: int, width: int = 20) -> str:
+    """`[#########-----------]  9/20`: a text bar that reads the same in a log file."""
+    filled = round(width * done / total) if total else width
+    return f"[{'#' * filled}{'-' * (width - filled)}] {done:>{len(str(total))}}/{total}"
+
+
 def _signature_function(program: SecureProgram, signature: str, progress, ledgers):
     names = sorted(program.graph.inputs)
     specs = [tf.TensorSpec(program.graph.inputs[n].shape, program.graph.inputs[n].dtype, name=n)
@@ -179,7 +185,11 @@ def _convert(in_dir, out_dir, tmp, signature, input_shapes, public_inputs, log) 
         f"({time.perf_counter() - t:.1f} s)")
     ledgers: dict[str, costs.Ledger] = {}
     t = time.perf_counter()
-    fn = _signature_function(program, signature, lambda g: log(f"  tracing {g} ..."), ledgers)
+    def on_layer(group: str, done: int, total: int) -> None:
+        log(f"  {progress_bar(done - 1, total)} layers traced; now {group} "
+            f"({time.perf_counter() - t:.0f} s so far)")
+
+    fn = _signature_function(program, signature, on_layer, ledgers)
     with costs.Ledger() as total:
         concrete = fn.get_concrete_function()
     num_ops = len(concrete.graph.get_operations())

@@ -127,17 +127,28 @@ class SecureProgram:
             raise ConversionError("cannot make these nodes secure (nothing was written):\n"
                                   + "\n".join(problems))
 
+    def secure_groups(self) -> list[str]:
+        """The cost-report groups (layers) of the secure nodes, in build order."""
+        groups: dict[str, None] = {}
+        for name in self.order:
+            if self.graph.kinds[name] not in (Kind.CLIENT, Kind.PUBLIC) and \
+                    self.graph.nodes[name].op != "Placeholder":
+                groups.setdefault(layer_of(name))
+        return list(groups)
+
     def counts(self) -> dict[str, int]:
         c = collections.Counter(self.graph.kinds[n].name for n in self.order)
         return dict(c, idioms=len(self.idioms), weights=len(self.weights))
 
     # -- building the secure graph ---------------------------------------------------------
     def build(self, inputs: dict[str, tf.Tensor],
-              on_layer: Optional[Callable[[str], None]] = None,
+              on_layer: Optional[Callable[[str, int, int], None]] = None,
               ledgers: Optional[dict[str, costs.Ledger]] = None) -> dict[str, tf.Tensor]:
         """Emits the secure graph for `inputs` (client tensors by signature name) and returns
-        the signature's outputs, revealed to the client. Call inside a tf.function."""
+        the signature's outputs, revealed to the client. Call inside a tf.function.
+        `on_layer(group, i, n)` is called as the i-th of n groups (layers) starts."""
         ctx = BuildContext(self)
+        total_groups = len(self.secure_groups()) if on_layer else 0
         placeholders = {node_of(info.name): key for key, info in self.graph.inputs.items()}
         ledgers = {} if ledgers is None else ledgers
         for name in self.order:
@@ -158,7 +169,7 @@ class SecureProgram:
                 if group not in ledgers:
                     ledgers[group] = costs.Ledger()
                     if on_layer:
-                        on_layer(group)
+                        on_layer(group, len(ledgers), total_groups)
                 with ledgers[group], tf.name_scope(node.op):
                     outs = self._secure(ctx, node)
             for k, out in enumerate(outs):

@@ -144,6 +144,7 @@ def _script(code: str, timeout: float) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # a party stopped/restarted in a fresh client process
 def test_a_stopped_party_fails_the_call_by_its_deadline_naming_the_party(small_model, tmp_path):
     """SIGSTOP used to hang the client until killed (134 s and more)."""
     secure = str(tmp_path / "secure")
@@ -175,6 +176,7 @@ def test_a_stopped_party_fails_the_call_by_its_deadline_naming_the_party(small_m
     assert "party 1 at 127.0.0.1:" in proc.stdout and "does not answer" in proc.stdout
 
 
+@pytest.mark.slow  # a party stopped/restarted in a fresh client process
 def test_a_restarted_party_is_named_then_reconnected_by_itself(small_model, tmp_path):
     """A party restart used to fail every later call with AbortedError (context_id), and
     connecting again did nothing. Now: the failed call names the party within seconds, the next
@@ -240,3 +242,35 @@ def test_connect_refuses_a_port_that_is_not_a_tensorflow_server():
     assert proc.stdout.startswith("UNAVAILABLE"), proc.stdout + proc.stderr[-2000:]
     assert float(proc.stdout.split()[1]) < 10
     assert "party 0 at 127.0.0.1:" in proc.stdout and "not a tf-puma party" in proc.stdout
+
+
+def _accepts(host: str, port: int) -> bool:
+    import socket  # noqa: PLC0415
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_parties_listen_only_on_the_host_the_spec_names():
+    """TensorFlow binds every interface; a party whose spec says 127.0.0.1 was reachable on any
+    address of the machine (here 127.0.0.2 stands for one). `--bind 0.0.0.0` restores that on
+    purpose, which shows the probe can see it."""
+    from tf_puma.cluster import free_port  # noqa: PLC0415
+    with tf_puma.LocalCluster() as spec:
+        ports = [int(a.rsplit(":", 1)[1]) for a in spec.parties]
+        assert all(_accepts("127.0.0.1", p) for p in ports)
+        assert not any(_accepts("127.0.0.2", p) for p in ports)
+    ports = [free_port() for _ in range(4)]
+    wide = {"client": [f"127.0.0.1:{ports[0]}"], "puma": [f"127.0.0.1:{p}" for p in ports[1:]]}
+    import json  # noqa: PLC0415
+    proc = subprocess.Popen([sys.executable, "-m", "tf_puma.apps.cli", "party", "--cluster",
+                             json.dumps(wide), "--task", "0", "--bind", "0.0.0.0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert "listening on 0.0.0.0" in proc.stdout.readline()
+        assert _accepts("127.0.0.2", ports[1])
+    finally:
+        proc.kill()
+        proc.wait()

@@ -33,6 +33,11 @@ flags.DEFINE_multi_string("public-input", [], "convert: a signature input the pa
                           "in plaintext (repeatable)")
 flags.DEFINE_multi_string("input-shape", [], "convert: NAME=D0xD1... fixes an input's unknown "
                           "dimensions (repeatable)")
+flags.DEFINE_string("bind", None, "party, run: the address this process's TensorFlow server "
+                    "listens on (default: its host in the cluster spec; 0.0.0.0 = every interface)")
+flags.DEFINE_float("deadline", None, "run: seconds each call may take before the parties are "
+                   "checked and the call fails naming a stuck party (default: 600 s for the "
+                   "first call, then 10x the last call + 30 s)", lower_bound=0.1)
 flags.DEFINE_boolean("overwrite", False, "convert: replace an existing OUT_DIR")
 flags.DEFINE_string("model", None, "run: the secure model directory (tf-puma convert's OUT_DIR)")
 flags.DEFINE_string("input", None, "run: JSON file mapping input names to nested lists")
@@ -83,12 +88,20 @@ def _party(argv: list[str]) -> None:
         raise app.UsageError("party needs --cluster SPEC and --task I")
     from tf_puma.bundle import BundleError  # noqa: PLC0415
     from tf_puma.cluster import Cluster  # noqa: PLC0415
+    from tf_puma.apps import listen  # noqa: PLC0415
     from tf_puma.apps.party import serve  # noqa: PLC0415
 
     try:
-        serve(Cluster.from_spec(FLAGS.cluster), FLAGS.task, FLAGS.shares)
-    except BundleError as err:
+        cluster = Cluster.from_spec(FLAGS.cluster)
+        host = FLAGS.bind or listen.host_of(cluster.parties[FLAGS.task])
+        listen.listen_only_on(host)  # re-executes once, before TensorFlow loads
+        serve(cluster, FLAGS.task, FLAGS.shares, bind_host=host)
+    except (BundleError, listen.ListenError, ValueError) as err:
         _fail("party", err)
+
+
+def _stage(text: str) -> None:
+    print(f"tf-puma run: {text} ...", file=sys.stderr, flush=True)
 
 
 def _run(argv: list[str]) -> None:
@@ -97,6 +110,15 @@ def _run(argv: list[str]) -> None:
         raise app.UsageError("run needs --model OUT_DIR and --input inputs.json")
     if (FLAGS.cluster is None) == (not FLAGS.local):
         raise app.UsageError("run needs exactly one of --cluster SPEC and --local")
+    from tf_puma.apps import listen  # noqa: PLC0415
+    from tf_puma.cluster import Cluster  # noqa: PLC0415
+
+    try:
+        host = FLAGS.bind or ("127.0.0.1" if FLAGS.local
+                              else listen.host_of(Cluster.from_spec(FLAGS.cluster).client))
+        listen.listen_only_on(host)  # the client task's server too (re-executes once)
+    except (listen.ListenError, ValueError) as err:
+        _fail("run", err)
     import tf_puma  # noqa: PLC0415
     from tf_puma import secure_model  # noqa: PLC0415
 
@@ -114,14 +136,23 @@ def _run(argv: list[str]) -> None:
     try:
         cluster = local.start() if local else tf_puma.Cluster.from_spec(FLAGS.cluster)
         tf_puma.connect(cluster)
+        _stage(f"parties ready; loading {FLAGS.model} ({manifest.secure_graph_ops:,} graph ops)")
         start = time.perf_counter()
-        model = secure_model.load(FLAGS.model, FLAGS.signature)
+        model = secure_model.load(FLAGS.model, FLAGS.signature, deadline_s=FLAGS.deadline)
         load_s = time.perf_counter() - start
+        _stage(f"loaded in {load_s:.1f} s; first call (the parties register the graph)")
         walls = []
         for _ in range(FLAGS.repeat):
             start = time.perf_counter()
-            outputs = {k: v.numpy() for k, v in model(**inputs).items()}
+            try:
+                outputs = {k: v.numpy() for k, v in model(**inputs).items()}
+            except (tf_puma.PartyUnavailable, TimeoutError) as err:
+                _fail("run", err)
             walls.append(time.perf_counter() - start)
+            try:  # the client's server is up by the first call's end
+                listen.check_listening(host)
+            except listen.ListenError as err:
+                _fail("run", err)
     finally:
         if local:
             local.stop()
@@ -139,8 +170,9 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {"convert": _convert, "party"
 
 
 COMMAND_FLAGS = {"convert": ("signature", "public-input", "input-shape", "overwrite"),
-                 "party": ("cluster", "task", "shares"),
-                 "run": ("model", "input", "cluster", "local", "signature", "repeat")}
+                 "party": ("cluster", "task", "shares", "bind"),
+                 "run": ("model", "input", "cluster", "local", "signature", "repeat", "deadline",
+                         "bind")}
 _HELP = ("-h", "--help", "--helpshort", "--helpfull")
 
 

@@ -20,7 +20,8 @@ def bound_heap() -> None:
     runs its graphs on the party's threads; glibc gives busy threads their own arenas (up to 8
     per core) and keeps freed pages in them, so a party grew ~100 MiB per finished session
     (1-layer MiniLM, measured). Two arenas and a periodic malloc_trim (which also returns free
-    pages inside arenas) bound that (benchmarks/faults.py measures it). Linux/glibc only; a
+    pages inside arenas) return it once the party is idle for a few seconds; under back-to-back
+sessions it still grows (benchmarks/faults.py measures both). Linux/glibc only; a
     no-op elsewhere."""
     import ctypes  # noqa: PLC0415
     import threading  # noqa: PLC0415
@@ -41,9 +42,12 @@ def bound_heap() -> None:
     threading.Thread(target=trimmer, name="tf-puma-heap-trim", daemon=True).start()
 
 
-def serve(cluster: Cluster, task: int, shares: str | None = None) -> None:
+def serve(cluster: Cluster, task: int, shares: str | None = None,
+          bind_host: str | None = None) -> None:
     """Starts party `task`'s server and blocks. `shares` is the party's share root: one bundle
-    directory (OUT/shares/partyI) or a directory of them (one per model), read on first use."""
+    directory (OUT/shares/partyI) or a directory of them (one per model), read on first use.
+    `bind_host`: the host the server must listen on (apps/listen.py has set it up; checked
+    here once the server runs); None leaves TensorFlow's every-interface bind."""
     if not 0 <= task < NUM_PARTIES:
         raise ValueError(f"--task must be 0, 1 or 2, got {task}")
     if shares is not None:
@@ -61,6 +65,10 @@ def serve(cluster: Cluster, task: int, shares: str | None = None) -> None:
         ops.puma_set_share_root(root=os.path.abspath(shares), party=task)
     server = tf.distribute.Server(tf.train.ClusterSpec(cluster.as_dict()), job_name=PARTY_JOB,
                                   task_index=task, protocol="grpc", start=True)
-    print(f"tf-puma party ready: task {task} at {cluster.parties[task]} ({server.target})",
-          flush=True)
+    if bind_host is not None:
+        from tf_puma.apps import listen  # noqa: PLC0415
+
+        listen.check_listening(bind_host)
+    print(f"tf-puma party ready: task {task} at {cluster.parties[task]} ({server.target}), "
+          f"listening on {bind_host or 'every interface'}", flush=True)
     server.join()
