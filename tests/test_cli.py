@@ -81,3 +81,23 @@ def test_run_on_a_directory_that_is_not_a_secure_model(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         f"tf-puma run: {tmp_path} is not a tf-puma secure model (no tf_puma.json); create one "
         "with `tf-puma convert IN_SAVEDMODEL OUT_DIR`")
+
+
+def test_app_settings_apply_where_unset_and_parties_drop_a_clients(monkeypatch):
+    """Client apps turn oneDNN off (its int64 ERROR line); a party they start keeps TensorFlow's
+    default unless the user chose otherwise."""
+    import os  # noqa: PLC0415
+
+    from tf_puma.apps import prepare_process  # noqa: PLC0415
+    for name in ("TF_ENABLE_ONEDNN_OPTS", "TF_PUMA_SET_BY_APP"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")  # the user's choice stays
+    prepare_process(client=True)
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
+    prepare_process(client=False)  # a party started by that client (inherits its environment)
+    assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")  # set by the user for this process
+    monkeypatch.setenv("TF_PUMA_SET_BY_APP", "")
+    prepare_process(client=False)
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"

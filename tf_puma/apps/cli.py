@@ -86,17 +86,23 @@ def _party(argv: list[str]) -> None:
     del argv
     if FLAGS.cluster is None or FLAGS.task is None:
         raise app.UsageError("party needs --cluster SPEC and --task I")
-    from tf_puma.bundle import BundleError  # noqa: PLC0415
-    from tf_puma.cluster import Cluster  # noqa: PLC0415
     from tf_puma.apps import listen  # noqa: PLC0415
-    from tf_puma.apps.party import serve  # noqa: PLC0415
+    from tf_puma.cluster import Cluster  # noqa: PLC0415
 
-    try:
+    try:  # before anything imports TensorFlow: this re-executes the command once
         cluster = Cluster.from_spec(FLAGS.cluster)
         host = FLAGS.bind or listen.host_of(cluster.parties[FLAGS.task])
-        listen.listen_only_on(host)  # re-executes once, before TensorFlow loads
+        listen.listen_only_on(host)
+    except (listen.ListenError, ValueError) as err:
+        _fail("party", err)
+    from tf_puma.apps.party import bound_heap, serve  # noqa: PLC0415
+
+    bound_heap()  # before TensorFlow starts its threads
+    from tf_puma.bundle import BundleError  # noqa: PLC0415
+
+    try:
         serve(cluster, FLAGS.task, FLAGS.shares, bind_host=host)
-    except (BundleError, listen.ListenError, ValueError) as err:
+    except (BundleError, listen.ListenError) as err:
         _fail("party", err)
 
 
@@ -205,7 +211,7 @@ def run_main(argv: list[str] | None = None) -> None:
     if any(arg in _HELP for arg in argv[1:]):  # no TensorFlow needed for help
         print(command_help(command))
         sys.exit(0)
-    prepare_process()  # before TensorFlow loads: quiet logs, oneDNN off, Keras 2
+    prepare_process(client=command != "party")  # before TensorFlow loads
     app.run(COMMANDS[command], argv=[f"{argv[0]} {command}", *argv[1:]])
 
 

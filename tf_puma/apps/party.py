@@ -15,6 +15,9 @@ HEAP_ARENAS = 2
 TRIM_EVERY_S = 10.0
 
 
+_heap_bounded = False
+
+
 def bound_heap() -> None:
     """Keeps a long-lived party's heap near what it uses. Each client session registers and
     runs its graphs on the party's threads; glibc gives busy threads their own arenas (up to 8
@@ -27,6 +30,10 @@ sessions it still grows (benchmarks/faults.py measures both). Linux/glibc only; 
     import threading  # noqa: PLC0415
     import time  # noqa: PLC0415
 
+    global _heap_bounded
+    if _heap_bounded:
+        return
+    _heap_bounded = True
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_ARENA_MAX, HEAP_ARENAS)
@@ -50,12 +57,12 @@ def serve(cluster: Cluster, task: int, shares: str | None = None,
     here once the server runs); None leaves TensorFlow's every-interface bind."""
     if not 0 <= task < NUM_PARTIES:
         raise ValueError(f"--task must be 0, 1 or 2, got {task}")
+    bound_heap()
     if shares is not None:
         from tf_puma import bundle  # noqa: PLC0415
 
         bundle.check_share_root(shares, task)  # refuses another party's bundle before serving
     exit_with_parent()
-    bound_heap()  # before TensorFlow starts its threads
     import tensorflow as tf  # noqa: PLC0415
 
     from tf_puma import _ops  # noqa: PLC0415
