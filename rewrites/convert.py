@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Callable, Iterator, Mapping, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from tf_puma.rewrites.graph import ConversionError, load_signature
@@ -177,6 +178,7 @@ def _convert(in_dir, out_dir, tmp, signature, input_shapes, public_inputs, log) 
     source_hash = model_hash(in_dir)
     bundle_id = bundle.new_bundle_id()  # random: names the conversion, not the weights
     program = SecureProgram(graph, bundle_id)
+    _check_weights(program.weights, arithmetic.fixed_point())
     counts = program.counts()
     log(f"classified {len(program.order)} run-time nodes: {counts.get('SECRET', 0)} secure, "
         f"{counts.get('CLIENT', 0) + counts.get('PUBLIC', 0)} on the client; "
@@ -221,6 +223,26 @@ def _convert(in_dir, out_dir, tmp, signature, input_shapes, public_inputs, log) 
         os.replace(tmp, out_dir)
     log(cost_report(manifest))
     return manifest
+
+
+def _check_weights(weights: Mapping[str, np.ndarray], fxp) -> None:
+    """Every weight encodes in the fixed point, checked before tracing: a NaN/inf or an
+    out-of-range value is named (weight and index), not found while writing bundles."""
+    for name, value in weights.items():
+        array = np.asarray(value, dtype=np.float64)
+        if not array.size:
+            continue
+        bad = ~np.isfinite(array)
+        if bad.any():
+            raise ConversionError(f"weight {name!r} has NaN or infinity at index "
+                                  f"{np.argwhere(bad)[0].tolist()}: fix the model's weights")
+        worst = np.unravel_index(np.argmax(np.abs(array)), array.shape)
+        if abs(array[worst]) > fxp.max_abs:
+            raise ConversionError(
+                f"weight {name!r} has {array[worst]:.4g} at index {list(map(int, worst))}, "
+                f"outside the fixed-point range |x| <= {fxp.max_abs:.4g} at {fxp.frac_bits} "
+                "fractional bits: convert with fewer fractional bits (tf_puma.config) or "
+                "rescale the weights")
 
 
 def _manifest(signature, program, total, ledgers, num_ops, seconds) -> Manifest:

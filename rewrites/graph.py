@@ -73,6 +73,12 @@ class FrozenGraph:
             raise ConversionError(f"--public-input {sorted(unknown)}: no such signature input "
                                   f"(inputs: {sorted(self.inputs)})")
         self.public_inputs = set(public_inputs)
+        for key, info in self.inputs.items():
+            if not (info.dtype.is_integer or info.dtype.is_floating or info.dtype.is_bool):
+                raise ConversionError(
+                    f"signature input {key!r} is {info.dtype.name}: secure models take numbers "
+                    "only (tokenize text on the client and export a signature over token ids, "
+                    "as transformers' models take input_ids)")
         self.graph_def = _with_static_placeholders(graph_def, self.inputs)
         self.graph = tf.Graph()
         with self.graph.as_default():

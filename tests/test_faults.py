@@ -274,3 +274,67 @@ def test_parties_listen_only_on_the_host_the_spec_names():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_taken_port_is_named_for_a_party_and_for_a_second_client():
+    """Used to end in a TensorFlow traceback ("Could not start gRPC server") for the party and a
+    hang-free but cryptic error for a client reusing the client task's port."""
+    import json  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+    with tf_puma.LocalCluster() as spec:
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", int(spec.client.rsplit(":", 1)[1])))
+        holder.listen()
+        try:
+            proc = _script(f"""
+                import tf_puma
+                try:
+                    tf_puma.connect({spec.to_json()!r})
+                    print("NO ERROR")
+                except ConnectionError as err:
+                    print(err)
+            """, timeout=120)
+            party = subprocess.run([sys.executable, "-m", "tf_puma.apps.cli", "party",
+                                    "--cluster", json.dumps(spec.as_dict()), "--task", "2"],
+                                   capture_output=True, text=True, timeout=120)
+        finally:
+            holder.close()
+    assert f"the client task's address {spec.client} is in use" in proc.stdout, \
+        proc.stdout + proc.stderr[-2000:]
+    assert party.returncode == 1
+    assert party.stderr.strip().splitlines()[-1] == (
+        f"tf-puma party: party 2 cannot listen on {spec.parties[2]}: the port is in use (is this "
+        "party already running, or another program on it?)")
+    assert "Traceback" not in party.stderr
+
+
+def _saved(root, name: str, fn, spec, weight=None) -> str:
+    module = tf.Module()
+    if weight is not None:
+        module.w = weight
+    path = str(root / name)
+    tf.saved_model.save(module, path, signatures={"serving_default": tf.function(
+        fn, input_signature=spec)})
+    return path
+
+
+def _affine(w: tf.Variable):
+    return lambda x: {"y": x @ w}
+
+
+def test_convert_names_bad_weights_and_refuses_string_inputs(tmp_path):
+    """A NaN or out-of-range weight used to fail while writing bundles with no name ("cannot
+    encode NaN or infinity in fixed point"); a string-input model converted, then every run
+    refused its input."""
+    x_spec = [tf.TensorSpec([1, 2], tf.float32, name="x")]
+    for bad, message in ((np.nan, r"has NaN or infinity at index \[0, 1\]"),
+                         (1e9, r"has 1e\+09 at index \[0, 1\], outside the fixed-point range")):
+        w = tf.Variable(np.array([[1.0, bad], [2.0, 3.0]], np.float32))
+        plain = _saved(tmp_path, f"bad{bad}", _affine(w), x_spec, w)
+        with pytest.raises(ConversionError, match=r"weight '.*matmul.*' " + message):
+            convert.convert(plain, str(tmp_path / f"out{bad}"), **QUIET)
+        assert not os.path.exists(tmp_path / f"out{bad}")
+    plain = _saved(tmp_path, "strings", lambda s: {"n": tf.strings.length(s)},
+                   [tf.TensorSpec([2], tf.string, name="s")])
+    with pytest.raises(ConversionError, match="signature input 's' is string.*tokenize"):
+        convert.convert(plain, str(tmp_path / "out_s"), **QUIET)

@@ -86,6 +86,17 @@ def wait_reachable(address: str, timeout: float) -> None:
     raise ConnectionError(f"cannot reach {address} within {timeout:.0f} s ({last})")
 
 
+def port_in_use(address: str) -> bool:
+    """Whether something on this machine already listens on `address`'s port."""
+    port = int(address.rsplit(":", 1)[1])
+    with socket.socket() as sock:
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return True
+    return False
+
+
 class PartyUnavailable(ConnectionError):
     """A party does not answer: stopped, overloaded, gone, or not a tf-puma party at all."""
 

@@ -26,7 +26,7 @@ import weakref
 from typing import Any, Mapping, Protocol
 
 from tf_puma.cluster import (CLIENT_JOB, Cluster, PartyUnavailable, check_parties,
-                             wait_reachable)
+                             port_in_use, wait_reachable)
 
 
 KEEP_ALIVE_S = 60  # a party drops a client's context this long after the client's last ping
@@ -70,6 +70,12 @@ class Connection:
             job_name=CLIENT_JOB, task_index=0, protocol="grpc",
             default_session_config=copy.deepcopy(ctx.config))
         if context.get_server_def() is None:
+            if port_in_use(self.cluster.client):  # checked first: TF logs ERROR lines
+                raise ConnectionError(
+                    f"the client task's address {self.cluster.client} is in use: another "
+                    "client of this cluster spec is running (one client per spec at a time) or "
+                    "another program holds the port; stop it or give this client another "
+                    "address in the spec")
             ctx.set_server_def(server_def, keep_alive_secs=KEEP_ALIVE_S)
         else:  # reconnect: TF re-creates this client's context on parties that restarted
             ctx.update_server_def(server_def, keep_alive_secs=KEEP_ALIVE_S)

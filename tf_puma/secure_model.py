@@ -184,11 +184,17 @@ class SecureModel:
 
 
 def _first_line(err: BaseException) -> str:
+    """The line of a TF runtime error that says what happened (not its graph-location chatter)."""
+    import re  # noqa: PLC0415
+
     text = getattr(err, "message", None) or str(err)
-    lines = [line.strip() for line in text.splitlines() if line.strip()
-             and not line.startswith(("Graph execution error", "Detected at node",
-                                      "<stack traces", "defined at"))]
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
+    for line in text.splitlines():
+        line = re.sub(r"^\s*\(\d+\)\s*", "", line).strip()
+        if line and not line.startswith(("Graph execution error", "Detected at node",
+                                         "<stack traces", "defined at", "[[", "Additional")) \
+                and "root error(s) found" not in line:
+            return f"{type(err).__name__}: {line}"[:300]
+    return type(err).__name__
 
 
 def _party_in(err: BaseException) -> int | None:

@@ -95,14 +95,14 @@ def _party(argv: list[str]) -> None:
         listen.listen_only_on(host)
     except (listen.ListenError, ValueError) as err:
         _fail("party", err)
-    from tf_puma.apps.party import bound_heap, serve  # noqa: PLC0415
+    from tf_puma.apps.party import PortInUse, bound_heap, serve  # noqa: PLC0415
 
     bound_heap()  # before TensorFlow starts its threads
     from tf_puma.bundle import BundleError  # noqa: PLC0415
 
     try:
         serve(cluster, FLAGS.task, FLAGS.shares, bind_host=host)
-    except (BundleError, listen.ListenError) as err:
+    except (BundleError, listen.ListenError, PortInUse) as err:
         _fail("party", err)
 
 

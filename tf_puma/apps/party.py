@@ -10,6 +10,10 @@ import os
 from tf_puma.cluster import NUM_PARTIES, PARTY_JOB, Cluster, exit_with_parent
 
 
+class PortInUse(RuntimeError):
+    """The party's port is taken."""
+
+
 M_ARENA_MAX = -8  # glibc mallopt parameter
 HEAP_ARENAS = 2
 TRIM_EVERY_S = 10.0
@@ -70,8 +74,22 @@ def serve(cluster: Cluster, task: int, shares: str | None = None,
     ops = _ops.load()
     if shares is not None:  # the kernels' share root, explicitly (no environment variable)
         ops.puma_set_share_root(root=os.path.abspath(shares), party=task)
-    server = tf.distribute.Server(tf.train.ClusterSpec(cluster.as_dict()), job_name=PARTY_JOB,
-                                  task_index=task, protocol="grpc", start=True)
+    from tf_puma.cluster import port_in_use  # noqa: PLC0415
+
+    if port_in_use(cluster.parties[task]):  # checked first: TF would log two ERROR lines
+        raise PortInUse(f"party {task} cannot listen on {cluster.parties[task]}: the port is in "
+                        "use (is this party already running, or another program on it?)")
+    try:
+        server = tf.distribute.Server(tf.train.ClusterSpec(cluster.as_dict()),
+                                      job_name=PARTY_JOB, task_index=task, protocol="grpc",
+                                      start=True)
+    except tf.errors.UnknownError as err:
+        address = cluster.parties[task]
+        if port_in_use(address):
+            raise PortInUse(f"party {task} cannot listen on {address}: the port is in use "
+                            "(is this party already running, or another program on it?)"
+                            ) from None
+        raise PortInUse(f"party {task} cannot start its server on {address}: {err}") from None
     if bind_host is not None:
         from tf_puma.apps import listen  # noqa: PLC0415
 
