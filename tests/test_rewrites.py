@@ -276,3 +276,43 @@ def test_other_fixed_points_end_to_end(tmp_path, cluster, deploy, frac_bits):
 def arithmetic_fixed_point_is_default() -> bool:
     from tf_puma.protocols import arithmetic  # noqa: PLC0415
     return arithmetic.fixed_point() == FixedPoint()
+
+
+def test_division_powers_and_two_secret_rules_match_plaintext(tmp_path, cluster, deploy):
+    """Pow 0.5/-0.5/-1, RealDiv and Reciprocal of a secret, SquaredDifference, AddN, and
+    Maximum/Minimum of two secrets (no rule test reached them before)."""
+    w1, w2 = _weights((6, 8), (6, 8), seed=11)
+
+    def fn(x):
+        h, g = x @ w1, x @ w2
+        p = tf.square(h) + 1.0  # in [1, ~30]: inside rsqrt's and reciprocal's ranges
+        return {"sqrt": tf.pow(p, 0.5), "rsqrt": tf.pow(p, -0.5), "inv": tf.pow(p, -1.0),
+                "div": g / p, "recip": tf.math.reciprocal(p + 1.0),
+                "sqdiff": tf.math.squared_difference(h, g), "addn": tf.add_n([h, g, h]),
+                "max": tf.maximum(h, g), "min": tf.minimum(h, g)}
+
+    plain = _save(tmp_path, "plain", fn, [tf.TensorSpec([4, 6], tf.float32, name="x")], [w1, w2])
+    secure = str(tmp_path / "secure")
+    convert.convert(plain, secure, **QUIET)
+    deploy(secure, "rules2")
+    x = np.random.default_rng(12).normal(size=(4, 6)).astype(np.float32)
+    x[0, :] = 0.0  # h = g = 0 in row 0: ties for max/min, p = 1 exactly
+    reference = tf.saved_model.load(plain).signatures["serving_default"](x=tf.constant(x))
+    out = secure_model.load(secure)(x=x)
+    # Bounds: measured errors on this input (sqrt 6.9e-6, rsqrt 3.5e-6, inv 6.4e-6, div 7.9e-6,
+    # recip 3.9e-6, sqdiff 1.2e-5, addn 1.3e-5, max 7.2e-6, min 5.6e-6: a few ulp of 2^-18
+    # plus float32 output rounding) times ~4 for TruncPr's random +-1 ulp per product.
+    bounds = {"sqrt": 3e-5, "rsqrt": 1.5e-5, "inv": 2.5e-5, "div": 3e-5, "recip": 1.5e-5,
+              "sqdiff": 5e-5, "addn": 5e-5, "max": 2.5e-5, "min": 2.5e-5}
+    errors = {k: float(np.abs(out[k].numpy() - reference[k].numpy()).max()) for k in bounds}
+    assert all(errors[k] <= bounds[k] for k in bounds), (errors, bounds)
+
+
+def test_an_output_that_depends_on_the_weights_only_is_refused(tmp_path):
+    """Revealing it would hand the client a function of the weights alone."""
+    w, = _weights((3, 3), seed=13)
+    plain = _save(tmp_path, "plain", lambda x: {"y": x @ w, "leak": tf.reduce_sum(w, 0) * 2.0},
+                  [tf.TensorSpec([1, 3], tf.float32, name="x")], [w])
+    with pytest.raises(ConversionError, match="output 'leak' depends on the weights only"):
+        convert.convert(plain, str(tmp_path / "secure"), **QUIET)
+    assert not os.path.exists(tmp_path / "secure")
