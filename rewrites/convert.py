@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
 from typing import Callable, Iterator, Mapping, Optional, Sequence
@@ -90,7 +91,7 @@ def convert(in_dir: str, out_dir: str, signature: str = "serving_default",
     _ops.load()
     tmp = _partial_dir(out_dir)
     try:
-        with _cleaned_up_on_sigterm():
+        with _cleaned_up_on_sigterm(tmp):
             return _convert(in_dir, out_dir, tmp, signature, input_shapes, public_inputs, log)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -153,14 +154,20 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def _cleaned_up_on_sigterm() -> Iterator[None]:
-    """SIGTERM raises SystemExit here, so the `finally` blocks remove the partial output."""
+def _cleaned_up_on_sigterm(partial: str) -> Iterator[None]:
+    """SIGTERM removes the partial output and exits (128 + signal) at once. (Raising SystemExit
+    instead was not enough: a signal handled while a __del__ or weakref callback runs, as happens
+    all the time while TensorFlow traces, has its exception printed and ignored, and the
+    conversion went on to finish with exit code 0.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def terminate(signum, frame):  # noqa: ARG001
-        raise SystemExit(128 + signum)
+        shutil.rmtree(partial, ignore_errors=True)
+        sys.stderr.write(f"tf-puma convert: stopped by signal {signum}; removed {partial}\n")
+        sys.stderr.flush()
+        os._exit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
@@ -214,13 +221,19 @@ def _convert(in_dir, out_dir, tmp, signature, input_shapes, public_inputs, log) 
     manifest = _manifest(signature, program, total, ledgers, num_ops,
                          time.perf_counter() - start)
     manifest_lib.write(tmp, manifest)
-    if os.path.lexists(out_dir):  # an earlier tf-puma output (_check_paths): swap it out
-        old = f"{tmp}.replaced"
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
+    # The swap is not interrupted by SIGTERM (held until it is done): OUT is always either the
+    # earlier output or the new one.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        if os.path.lexists(out_dir):  # an earlier tf-puma output (_check_paths): swap it out
+            old = f"{tmp}.replaced"
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
     log(cost_report(manifest))
     return manifest
 

@@ -90,6 +90,9 @@ def port_in_use(address: str) -> bool:
     """Whether something on this machine already listens on `address`'s port."""
     port = int(address.rsplit(":", 1)[1])
     with socket.socket() as sock:
+        # SO_REUSEADDR as gRPC's own listener: connections of a party that just died linger in
+        # TIME_WAIT on its port and must not count as "in use" (a restart binds through them).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("", port))
         except OSError:
