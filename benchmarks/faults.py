@@ -31,20 +31,12 @@ prepare_process()
 import tensorflow as tf  # noqa: E402
 
 import tf_puma  # noqa: E402
-from benchmarks.common import print_table, write_json  # noqa: E402
+from benchmarks.common import print_table, status_mib, write_json  # noqa: E402
 from tf_puma.apps import hf, text_data  # noqa: E402
 from tf_puma.rewrites import convert  # noqa: E402
 
 WRONG = 0.01  # an answer further than this from plaintext counts as wrong
 KILLED = 1
-
-
-def _rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status", encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _plaintext(model_dir: str, inputs: dict) -> dict:
@@ -126,7 +118,7 @@ def memory_over_sessions(secure: str, inputs: dict, sessions: int) -> dict:
             local.stop()
             raise RuntimeError(f"client session failed: {done.stderr[-2000:]}")
         seconds.append(time.monotonic() - start)
-        rss.append([round(_rss_mib(p.pid), 1) for p in local.processes])
+        rss.append([round(status_mib(p.pid, "VmRSS"), 1) for p in local.processes])
     local.stop()
     first, last = np.array(rss[0]), np.array(rss[-1])
     return {"sessions": sessions, "rss_mib_per_party": rss,

@@ -22,7 +22,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, write_json  # noqa: E402
+from common import print_table, status_mib, write_json  # noqa: E402
 
 CONFIGS = {"minilm-32": ("minilm", 32), "minilm-128": ("minilm", 128),
            "bert-base-128": ("bert-base", 128)}
@@ -52,14 +52,6 @@ def _export(kind: str, seq_len: int, out: str) -> str:
     module.model = model
     tf.saved_model.save(module, out, signatures={"serving_default": serve})
     return out
-
-
-def _peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status", encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def run_one(name: str) -> dict:
@@ -130,8 +122,8 @@ def _measure(name: str, work: str) -> dict:
             start = time.perf_counter()
             out = {k: v.numpy() for k, v in model(**inputs).items()}
             walls.append(time.perf_counter() - start)
-        peak = [_peak_rss_mib(p.pid) for p in local.processes]
-    client_peak = _peak_rss_mib(os.getpid())
+        peak = [status_mib(p.pid, "VmHWM") for p in local.processes]
+    client_peak = status_mib(os.getpid(), "VmHWM")
     seq_len = CONFIGS[name][1]
     err = float(np.abs(out["last_hidden_state"] - saved["last_hidden_state"]).max())
     sent = manifest.total.bytes_by_sender

@@ -10,6 +10,7 @@ and checks inputs against the manifest so mistakes are named before anything run
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any, Mapping
@@ -185,8 +186,6 @@ class SecureModel:
 
 def _first_line(err: BaseException) -> str:
     """The line of a TF runtime error that says what happened (not its graph-location chatter)."""
-    import re  # noqa: PLC0415
-
     text = getattr(err, "message", None) or str(err)
     for line in text.splitlines():
         line = re.sub(r"^\s*\(\d+\)\s*", "", line).strip()
@@ -199,8 +198,6 @@ def _first_line(err: BaseException) -> str:
 
 def _party_in(err: BaseException) -> int | None:
     """The party task an error from TF's runtime names, if any."""
-    import re  # noqa: PLC0415
-
     found = re.search(r"/job:puma/replica:0/task:(\d)", str(err))
     return int(found.group(1)) if found else None
 
