@@ -2,6 +2,7 @@
 many client sessions. Prints two tables, writes benchmarks/results/faults.json.
 
     python benchmarks/faults.py [--calls 200] [--sessions 20] [--layers 1]
+                                [--recycle-growth 0.1] [--idle 4]
 
 Model: the real all-MiniLM-L6-v2 cut to `--layers` encoder layers, 4 review sentences x 32
 tokens. Part 1 makes `--calls` calls; at the middle one party (1) is killed, the calls go on
@@ -9,7 +10,9 @@ tokens. Part 1 makes `--calls` calls; at the middle one party (1) is killed, the
 party is restarted, and the calls go on (the client must reconnect by itself). Every answer is
 compared with plaintext TensorFlow: a wrong answer is one off by more than 0.01 (the secure
 error is ~2e-3). Part 2 runs `--sessions` client processes (connect, load, 5 calls, exit)
-against the same three long-lived parties and records each party's RSS after each session.
+against the same three long-lived parties and records each party server's RSS after each
+session and after a few idle seconds, when the party's watcher replaces a server grown past
+--recycle-growth (tf_puma/apps/supervisor.py), and how often it did.
 """
 
 from __future__ import annotations
@@ -104,13 +107,20 @@ for _ in range(5):
 """
 
 
-def memory_over_sessions(secure: str, inputs: dict, sessions: int) -> dict:
-    local = tf_puma.LocalCluster(shares_dir=os.path.join(secure, "shares"))
+def memory_over_sessions(secure: str, inputs: dict, sessions: int, recycle_growth: float,
+                         idle_s: float) -> dict:
+    """Each party server's RSS right after each client session and again after `idle_s` of
+    idleness (when the watcher may have recycled it), and how often servers were replaced."""
+    local = tf_puma.LocalCluster(shares_dir=os.path.join(secure, "shares"),
+                                 party_args=["--recycle-growth", str(recycle_growth)])
     spec = local.start()
     code = CLIENT.format(spec=spec.to_json(), secure=secure,
                          inputs={k: v.tolist() for k, v in inputs.items()})
-    rss: list[list[float]] = []
+    after: list[list[float]] = []
+    idle: list[list[float]] = []
     seconds: list[float] = []
+    servers = [local.server_pid(i) for i in range(3)]
+    replaced = 0
     for _ in range(sessions):
         start = time.monotonic()
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -118,15 +128,24 @@ def memory_over_sessions(secure: str, inputs: dict, sessions: int) -> dict:
             local.stop()
             raise RuntimeError(f"client session failed: {done.stderr[-2000:]}")
         seconds.append(time.monotonic() - start)
-        rss.append([round(status_mib(p.pid, "VmRSS"), 1) for p in local.processes])
+        after.append([round(status_mib(local.server_pid(i), "VmRSS"), 1) for i in range(3)])
+        time.sleep(idle_s)
+        now = [local.server_pid(i) for i in range(3)]
+        replaced += sum(a != b for a, b in zip(servers, now))
+        servers = now
+        idle.append([round(status_mib(pid, "VmRSS"), 1) for pid in now])
     local.stop()
-    first, last = np.array(rss[0]), np.array(rss[-1])
-    return {"sessions": sessions, "rss_mib_per_party": rss,
+    first = np.array(idle[0])
+
+    def growth(rows: list[list[float]]) -> list[float]:
+        return [round(float(g), 1) for g in 100 * (np.max(rows, axis=0) - first) / first]
+
+    return {"sessions": sessions, "recycle_growth": recycle_growth, "idle_seconds": idle_s,
+            "rss_mib_after_session": after, "rss_mib_idle": idle,
             "session_seconds_mean": round(float(np.mean(seconds)), 1),
-            "growth_percent_per_party": [round(float(g), 1)
-                                         for g in 100 * (last - first) / first],
-            "peak_growth_percent": round(float(100 * (np.max(rss, axis=0) - first).max()
-                                               / first.min()), 1)}
+            "servers_replaced": replaced,
+            "max_idle_growth_percent_per_party": growth(idle),
+            "max_after_session_growth_percent_per_party": growth(after)}
 
 
 def main() -> None:
@@ -136,6 +155,10 @@ def main() -> None:
     parser.add_argument("--down-calls", type=int, default=5)
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--layers", type=int, default=1)
+    parser.add_argument("--recycle-growth", type=float, default=0.10,
+                        help="the parties' --recycle-growth (0: never replace a server)")
+    parser.add_argument("--idle", type=float, default=4.0,
+                        help="seconds between sessions (the watcher acts after 2 s idle)")
     args = parser.parse_args()
     hf.use_transformers().logging.set_verbosity_error()
     work = tempfile.mkdtemp(prefix="tf-puma-faults-")
@@ -157,14 +180,19 @@ def main() -> None:
                   restart["recovery_seconds_after_restart"], restart["reconnects"],
                   f"{restart['max_abs_error']:.2e}"]])
 
-    memory = memory_over_sessions(secure, inputs, args.sessions)
-    print(f"\nparty RSS over {args.sessions} client sessions (connect, load, 5 calls, exit; "
-          f"{memory['session_seconds_mean']} s each)")
-    rows = [[i + 1, *r] for i, r in enumerate(memory["rss_mib_per_party"])
+    memory = memory_over_sessions(secure, inputs, args.sessions, args.recycle_growth, args.idle)
+    print(f"\nparty server RSS over {args.sessions} client sessions (connect, load, 5 calls, exit;"
+          f" {memory['session_seconds_mean']} s each, then {args.idle} s idle; "
+          f"--recycle-growth {args.recycle_growth})")
+    rows = [[i + 1, *memory["rss_mib_after_session"][i], *memory["rss_mib_idle"][i]]
+            for i in range(args.sessions)
             if i in (0, 1, 4, 9, 19, 49, 99) or i == args.sessions - 1]
-    print_table(["session", "P0 MiB", "P1 MiB", "P2 MiB"], rows)
-    print(f"growth after the first session: {memory['growth_percent_per_party']} % "
-          f"(peak {memory['peak_growth_percent']} %)")
+    print_table(["session", "P0 after", "P1 after", "P2 after", "P0 idle", "P1 idle",
+                 "P2 idle"], rows)
+    print(f"largest growth over the first session's idle size: idle "
+          f"{memory['max_idle_growth_percent_per_party']} %, right after a session "
+          f"{memory['max_after_session_growth_percent_per_party']} %; servers replaced "
+          f"{memory['servers_replaced']} times")
     write_json("faults", {"model": f"all-MiniLM-L6-v2, {args.layers} layer(s), 4 x 32",
                           "restart": restart, "memory": memory})
 

@@ -122,7 +122,7 @@ def _measure(name: str, work: str) -> dict:
             start = time.perf_counter()
             out = {k: v.numpy() for k, v in model(**inputs).items()}
             walls.append(time.perf_counter() - start)
-        peak = [status_mib(p.pid, "VmHWM") for p in local.processes]
+        peak = [status_mib(local.server_pid(i), "VmHWM") for i in range(3)]
     client_peak = status_mib(os.getpid(), "VmHWM")
     seq_len = CONFIGS[name][1]
     err = float(np.abs(out["last_hidden_state"] - saved["last_hidden_state"]).max())

@@ -117,13 +117,14 @@ def test_local_parties_exit_when_their_client_is_killed():
         import os, signal, tf_puma
         local = tf_puma.LocalCluster()
         local.start()
-        print(" ".join(str(p.pid) for p in local.processes), flush=True)
+        pids = [p.pid for p in local.processes] + [local.server_pid(i) for i in range(3)]
+        print(" ".join(str(p) for p in pids), flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120)
     pids = [int(p) for p in done.stdout.split()]
-    assert len(pids) == 3, done.stderr[-2000:]
+    assert len(pids) == 6, done.stderr[-2000:]  # the watchers and their servers
     deadline = time.monotonic() + 15
     alive = pids
     while alive and time.monotonic() < deadline:

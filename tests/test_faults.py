@@ -158,7 +158,7 @@ def test_a_stopped_party_fails_the_call_by_its_deadline_naming_the_party(small_m
         x = np.ones((2, 4), np.float32)
         print("first", model(x=x)["y"].shape, flush=True)
         model.deadline_s = 5
-        os.kill(local.processes[1].pid, signal.SIGSTOP)
+        local.signal_party(1, signal.SIGSTOP)
         start = time.monotonic()
         try:
             model(x=x)
@@ -166,7 +166,7 @@ def test_a_stopped_party_fails_the_call_by_its_deadline_naming_the_party(small_m
         except PartyUnavailable as err:
             print("UNAVAILABLE", round(time.monotonic() - start, 1), flush=True)
             print(err, flush=True)
-        os.kill(local.processes[1].pid, signal.SIGCONT)
+        local.signal_party(1, signal.SIGCONT)
         local.stop()
         os._exit(0)  # the stuck call's thread would wait for party 1's Recv
     """, timeout=300)
@@ -215,6 +215,57 @@ def test_a_restarted_party_is_named_then_reconnected_by_itself(small_model, tmp_
     # The same inputs give the same answer within the fixed-point noise (TruncPr's +-1 ulp).
     assert after[0] == "AFTER" and float(after[1]) < 1e-4 and after[2] == "1", lines[2]
     assert unseen[0] == "UNSEEN" and float(unseen[1]) < 1e-4 and unseen[2] == "2", lines[3]
+
+
+@pytest.mark.slow  # a party's server killed, then recycled between client sessions
+def test_a_party_server_is_restarted_and_recycled_by_its_watcher(small_model, tmp_path):
+    """TensorFlow keeps every finished client's graphs on a party (a party grew 30-60 MiB per
+    MiniLM session, without bound). The party's watching process restarts a server that died
+    (the client's next call waits for it and answers) and replaces an idle server grown past its
+    size after the first session; sessions around the recycling answer as before."""
+    secure = str(tmp_path / "secure")
+    convert.convert(small_model, secure, **QUIET)
+    session = f"""
+        import numpy as np, sys, tf_puma
+        tf_puma.connect(sys.argv[1])
+        x = np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)
+        print("SESSION", " ".join(map(str, tf_puma.load({secure!r})(x=x)["y"].numpy().ravel())))
+    """
+    proc = _script(f"""
+        import os, signal, subprocess, sys, textwrap, time, numpy as np, tf_puma
+        local = tf_puma.LocalCluster(shares_dir={os.path.join(secure, 'shares')!r},
+                                     party_args=["--recycle-growth", "0.001"])
+        spec = local.start()
+        servers = [local.server_pid(i) for i in range(3)]
+        for _ in range(3):  # client processes, one after the other
+            done = subprocess.run([sys.executable, "-c", textwrap.dedent({session!r}),
+                                   spec.to_json()], capture_output=True, text=True)
+            print(done.stdout.strip() or done.stderr[-1500:], flush=True)
+            time.sleep(4)  # idle: the watchers compare sizes
+        print("RECYCLED", sum(a != b for a, b in zip(servers, [local.server_pid(i) for i in
+                                                              range(3)])), flush=True)
+        conn = tf_puma.connect(spec)
+        model = tf_puma.load({secure!r})
+        x = np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)
+        first = model(x=x)["y"].numpy()
+        print("FIRST", " ".join(map(str, first.ravel())), flush=True)
+        os.kill(local.server_pid(1), signal.SIGKILL)
+        start = time.monotonic()
+        again = model(x=x)["y"].numpy()
+        print("KILLED", np.abs(again - first).max(), conn.reconnects,
+              round(time.monotonic() - start, 1), flush=True)
+        local.stop()
+    """, timeout=400)
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 6, proc.stdout + proc.stderr[-3000:]
+    first = np.array(lines[4].split()[1:], float)
+    # The same inputs give the same answer within the fixed-point noise (TruncPr's +-1 ulp).
+    for line in lines[:3]:
+        assert line.startswith("SESSION"), line
+        assert np.abs(np.array(line.split()[1:], float) - first).max() < 1e-4, line
+    assert lines[3] == "RECYCLED 3", lines[3]  # every party's server was replaced
+    killed = lines[5].split()
+    assert killed[0] == "KILLED" and float(killed[1]) < 1e-4 and killed[2] == "1", lines[5]
 
 
 def test_connect_refuses_a_port_that_is_not_a_tensorflow_server():

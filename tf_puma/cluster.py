@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 NUM_PARTIES = 3
 PARTY_JOB = "puma"
@@ -160,14 +160,27 @@ def exit_with_parent() -> None:
         sys.exit(f"tf-puma party: the process that started this party ({expected}) is gone")
 
 
+def _child_pid(pid: int) -> int | None:
+    """The first child of process `pid` (Linux /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as fh:
+            children = fh.read().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
 class LocalCluster:
     """Three party servers on 127.0.0.1 in subprocesses (`with LocalCluster() as cluster:`).
 
     `shares_dir` is a bundle root written by `bundle.write_bundles`: party i gets party{i}/.
+    Each party is `tf-puma party` (a watching process and its server child, one process group);
+    `party_args` are added to its command line, `party_stderr` receives its log (default: none).
     """
 
     def __init__(self, start_timeout: float = 60.0, extra_env: Mapping[str, str] | None = None,
-                 shares_dir: str | None = None):
+                 shares_dir: str | None = None, party_args: Sequence[str] = (),
+                 party_stderr: Any = subprocess.DEVNULL):
         ports = [free_port() for _ in range(NUM_PARTIES + 1)]
         self.cluster = Cluster(client=f"127.0.0.1:{ports[0]}",
                                parties=tuple(f"127.0.0.1:{p}" for p in ports[1:]))  # type: ignore
@@ -176,6 +189,8 @@ class LocalCluster:
         # party command itself; `extra_env` adds to them.
         self._env = {**os.environ, **(extra_env or {})}
         self._shares_dir = shares_dir
+        self._party_args = list(party_args)
+        self._party_stderr = party_stderr
         self.processes: list[subprocess.Popen] = []
 
     def _spawn(self, i: int) -> subprocess.Popen:
@@ -183,9 +198,10 @@ class LocalCluster:
                   ["--shares", os.path.join(self._shares_dir, f"party{i}")])
         return subprocess.Popen(
             [sys.executable, "-m", "tf_puma.apps.cli", "party", "--cluster", self.cluster.to_json(),
-             "--task", str(i), *shares],
+             "--task", str(i), *shares, *self._party_args],
             env={**self._env, EXIT_WITH_PARENT_ENV: str(os.getpid())},
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            stdout=subprocess.PIPE, stderr=self._party_stderr, text=True,
+            start_new_session=True)  # its own process group: the watcher and its server
 
     def start(self) -> Cluster:
         self.processes = [self._spawn(i) for i in range(NUM_PARTIES)]
@@ -210,9 +226,20 @@ class LocalCluster:
         raise TimeoutError(f"party {i} did not start within {self._start_timeout} s")
 
     def kill_party(self, i: int) -> None:
-        """Stops party i abruptly (failure tests)."""
-        self.processes[i].kill()
+        """Stops party i abruptly (failure tests): its watching process and its server."""
+        self.signal_party(i, signal.SIGKILL)
         self.processes[i].wait()
+
+    def signal_party(self, i: int, signum: int) -> None:
+        """Sends `signum` to party i's processes (SIGSTOP/SIGCONT in tests)."""
+        try:
+            os.killpg(self.processes[i].pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def server_pid(self, i: int) -> int | None:
+        """The pid of party i's TensorFlow server (the watching process's child), or None."""
+        return _child_pid(self.processes[i].pid)
 
     def restart_party(self, i: int) -> None:
         """Starts party i again on its port (after kill_party): a fresh process, as an operator
@@ -231,15 +258,15 @@ class LocalCluster:
         if conn is not None and conn.cluster == self.cluster and any(
                 proc.poll() is None for proc in self.processes):
             conn.close()
-        for proc in self.processes:
+        for i, proc in enumerate(self.processes):
             if proc.poll() is None:
-                proc.terminate()
-                proc.send_signal(signal.SIGCONT)  # a stopped (SIGSTOP) party handles it now
-        for proc in self.processes:
+                proc.terminate()  # the watcher stops its server
+                self.signal_party(i, signal.SIGCONT)  # a stopped (SIGSTOP) party handles it now
+        for i, proc in enumerate(self.processes):
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                self.signal_party(i, signal.SIGKILL)
                 proc.wait()
 
     def __enter__(self) -> Cluster:

@@ -71,6 +71,7 @@ def check_inputs(manifest: Manifest, inputs: Mapping[str, Any]) -> dict[str, np.
     return out
 
 
+RESTART_GRACE_S = 8.0  # a party that does not answer may be restarting: wait this long first
 FIRST_CALL_DEADLINE_S = 600.0  # graph registration on the parties: ~55 s for BERT-base here
 
 # What a call through a party that died, stalled or restarted raises (TF's gRPC runtime).
@@ -90,7 +91,8 @@ class SecureModel:
     are asked for their status and the error names the one that does not answer
     (cluster.PartyUnavailable), or says all answer (TimeoutError): never a silent hang.
 
-    A party that dies during a call fails it with PartyUnavailable naming the party; once all
+    A party that dies during a call, and is not back within RESTART_GRACE_S (a watcher restarting
+    or recycling its server takes ~3 s), fails it with PartyUnavailable naming the party; once all
     three answer again the next call reconnects by itself (a restarted party lost this client's
     context; TensorFlow re-creates it) and, if a call meets a party that restarted since the last
     one, that call is reconnected and run again once: a fresh execution with fresh keys and
@@ -143,9 +145,11 @@ class SecureModel:
         try:  # which party? one that does not answer now, or one that restarted
             self.connection.check(timeout=5.0)
         except PartyUnavailable as down:
-            self._needs_reconnect = True
-            raise PartyUnavailable(f"{down} The call failed ({_first_line(fault)}); the client "
-                                   "reconnects by itself once the party answers again.") from None
+            if not self._party_returns(RESTART_GRACE_S):
+                self._needs_reconnect = True
+                raise PartyUnavailable(f"{down} The call failed ({_first_line(fault)}); the "
+                                       "client reconnects by itself once the party answers "
+                                       "again.") from None
         restarted = _party_in(fault)
         self.connection.reconnect()
         try:
@@ -156,6 +160,19 @@ class SecureModel:
                 f"party {restarted if restarted is not None else '?'} restarted during or before "
                 f"the call and the call failed again after reconnecting ({_first_line(err)})"
             ) from None
+
+    def _party_returns(self, within_s: float) -> bool:
+        """Whether all parties answer again within `within_s` (a party being restarted by its
+        watcher, tf_puma/apps/supervisor.py, is back in ~3 s)."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                self.connection.check(timeout=1.0)
+                return True
+            except PartyUnavailable:
+                continue
+        return False
 
     def _call_with_deadline(self, feeds: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         result: dict[str, Any] = {}

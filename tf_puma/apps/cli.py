@@ -4,8 +4,9 @@ Commands:
   convert IN_SAVEDMODEL OUT_DIR [--signature NAME] [--public-input NAME ...]
           [--input-shape NAME=1x32 ...] [--overwrite]
           plaintext SavedModel -> secure SavedModel + OUT_DIR/shares/party{0,1,2}
-  party   --cluster SPEC --task I [--shares DIR]
-          start one party's TensorFlow server with its own share bundle
+  party   --cluster SPEC --task I [--shares DIR] [--recycle-growth 0.1]
+          start one party's TensorFlow server with its own share bundle (a watching
+          process restarts it after a crash and recycles it when grown, between sessions)
   run     --model OUT_DIR --input inputs.json (--cluster SPEC | --local)
           run the secure model; prints outputs (JSON) and a run summary
 """
@@ -35,6 +36,10 @@ flags.DEFINE_multi_string("input-shape", [], "convert: NAME=D0xD1... fixes an in
                           "dimensions (repeatable)")
 flags.DEFINE_string("bind", None, "party, run: the address this process's TensorFlow server "
                     "listens on (default: its host in the cluster spec; 0.0.0.0 = every interface)")
+flags.DEFINE_float("recycle-growth", 0.10, "party: replace the server, between client sessions, "
+                   "once it has grown this fraction past its size after the first session "
+                   "(TensorFlow keeps every finished client's graphs); 0 turns it off",
+                   lower_bound=0.0)
 flags.DEFINE_float("deadline", None, "run: seconds each call may take before the parties are "
                    "checked and the call fails naming a stuck party (default: 600 s for the "
                    "first call, then 10x the last call + 30 s)", lower_bound=0.1)
@@ -95,6 +100,13 @@ def _party(argv: list[str]) -> None:
         listen.listen_only_on(host)
     except (listen.ListenError, ValueError) as err:
         _fail("party", err)
+    from tf_puma.apps import supervisor  # noqa: PLC0415
+
+    if not supervisor.in_server():  # this process watches; a child runs TensorFlow's server
+        from tf_puma.cluster import exit_with_parent  # noqa: PLC0415
+
+        exit_with_parent()
+        sys.exit(supervisor.supervise(FLAGS["recycle-growth"].value))
     from tf_puma.apps.party import PortInUse, bound_heap, serve  # noqa: PLC0415
 
     bound_heap()  # before TensorFlow starts its threads
@@ -176,7 +188,7 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {"convert": _convert, "party"
 
 
 COMMAND_FLAGS = {"convert": ("signature", "public-input", "input-shape", "overwrite"),
-                 "party": ("cluster", "task", "shares", "bind"),
+                 "party": ("cluster", "task", "shares", "bind", "recycle-growth"),
                  "run": ("model", "input", "cluster", "local", "signature", "repeat", "deadline",
                          "bind")}
 _HELP = ("-h", "--help", "--helpshort", "--helpfull")
