@@ -9,6 +9,9 @@ Commands:
           process restarts it after a crash and recycles it when grown, between sessions)
   run     --model OUT_DIR --input inputs.json (--cluster SPEC | --local)
           run the secure model; prints outputs (JSON) and a run summary
+  serve   --model_name NAME --model_base_path DIR (--cluster SPEC | --local)
+          [--port 8500] [--rest_api_port 8501]
+          TF Serving's PredictionService (gRPC) and REST API for a secure model
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ flags.DEFINE_multi_string("public-input", [], "convert: a signature input the pa
                           "in plaintext (repeatable)")
 flags.DEFINE_multi_string("input-shape", [], "convert: NAME=D0xD1... fixes an input's unknown "
                           "dimensions (repeatable)")
-flags.DEFINE_string("bind", None, "party, run: the address this process's TensorFlow server "
+flags.DEFINE_string("bind", None, "party, run, serve: the address this process's TensorFlow server "
                     "listens on (default: its host in the cluster spec; 0.0.0.0 = every interface)")
 flags.DEFINE_float("recycle-growth", 0.10, "party: replace the server, between client sessions, "
                    "once it has grown this fraction past its size after the first session "
@@ -43,10 +46,15 @@ flags.DEFINE_float("recycle-growth", 0.10, "party: replace the server, between c
 flags.DEFINE_float("deadline", None, "run: seconds each call may take before the parties are "
                    "checked and the call fails naming a stuck party (default: 600 s for the "
                    "first call, then 10x the last call + 30 s)", lower_bound=0.1)
+flags.DEFINE_string("model_name", None, "serve: the name clients ask for")
+flags.DEFINE_string("model_base_path", None, "serve: a secure model directory, or a directory "
+                    "of numeric versions (1/, 2/ ...) of one; the newest is served")
+flags.DEFINE_integer("port", 8500, "serve: gRPC port (tensorflow_serving.apis PredictionService)")
+flags.DEFINE_integer("rest_api_port", 8501, "serve: REST port (0: no REST API)")
 flags.DEFINE_boolean("overwrite", False, "convert: replace an existing OUT_DIR")
 flags.DEFINE_string("model", None, "run: the secure model directory (tf-puma convert's OUT_DIR)")
 flags.DEFINE_string("input", None, "run: JSON file mapping input names to nested lists")
-flags.DEFINE_boolean("local", False, "run: start three local party servers with the model's "
+flags.DEFINE_boolean("local", False, "run, serve: start three local party servers with the model's "
                      "share bundles, and stop them afterwards")
 flags.DEFINE_integer("repeat", 1, "run: calls to make (the summary reports the last)",
                      lower_bound=1)
@@ -118,6 +126,32 @@ def _party(argv: list[str]) -> None:
         _fail("party", err)
 
 
+def _serve(argv: list[str]) -> None:
+    del argv
+    if FLAGS.model_name is None or FLAGS.model_base_path is None:
+        raise app.UsageError("serve needs --model_name NAME and --model_base_path DIR")
+    if (FLAGS.cluster is None) == (not FLAGS.local):
+        raise app.UsageError("serve needs exactly one of --cluster SPEC and --local")
+    from tf_puma.apps import listen  # noqa: PLC0415
+    from tf_puma.cluster import Cluster  # noqa: PLC0415
+
+    try:
+        host = FLAGS.bind or ("127.0.0.1" if FLAGS.local
+                              else listen.host_of(Cluster.from_spec(FLAGS.cluster).client))
+        listen.listen_only_on(host)  # the client task's server (re-executes once)
+    except (listen.ListenError, ValueError) as err:
+        _fail("serve", err)
+    from tf_puma.apps.serving import serve  # noqa: PLC0415
+    from tf_puma.cluster import PartyUnavailable  # noqa: PLC0415
+    from tf_puma.manifest import ManifestError  # noqa: PLC0415
+
+    try:
+        serve(FLAGS.model_name, FLAGS.model_base_path, FLAGS.port, FLAGS.rest_api_port,
+              FLAGS.cluster, FLAGS.local, host)
+    except (FileNotFoundError, ManifestError, PartyUnavailable, ConnectionError) as err:
+        _fail("serve", err)
+
+
 def _stage(text: str) -> None:
     print(f"tf-puma run: {text} ...", file=sys.stderr, flush=True)
 
@@ -184,13 +218,15 @@ def _run(argv: list[str]) -> None:
 
 
 COMMANDS: dict[str, Callable[[list[str]], None]] = {"convert": _convert, "party": _party,
-                                                    "run": _run}
+                                                    "run": _run, "serve": _serve}
 
 
 COMMAND_FLAGS = {"convert": ("signature", "public-input", "input-shape", "overwrite"),
                  "party": ("cluster", "task", "shares", "bind", "recycle-growth"),
                  "run": ("model", "input", "cluster", "local", "signature", "repeat", "deadline",
-                         "bind")}
+                         "bind"),
+                 "serve": ("model_name", "model_base_path", "port", "rest_api_port", "cluster",
+                           "local", "bind")}
 _HELP = ("-h", "--help", "--helpshort", "--helpfull")
 
 

@@ -1,0 +1,192 @@
+"""One version of a secure model, loaded the way TF Serving loads a SavedModel: the TF1
+SavedModel loader in a `Session` whose target is the cluster's client task
+(`SessionBundleConfig.session_target`), with `share_cluster_devices_in_session` so the
+signature's graph sees the parties' devices.
+
+A request with fewer rows than the converted batch is padded (zeros: token id 0, mask 0) and
+its outputs cut back; more rows run as several secure calls of one batch each. Calls run one at
+a time: concurrent requests are packed by the batcher instead (a secure call's time is mostly
+rounds, so one packed call beats several interleaved ones).
+
+Faults: a call through a party that does not answer waits up to `restart_grace_s` for it (a
+party's watcher restarts its server in ~3 s), then fails with PartyUnavailable naming it; a
+party that restarted lost this session on its side (AbortedError "Session handle is not
+found"): the model is loaded into a new session and the call is run again once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from tf_puma import secure_model
+from tf_puma.cluster import Cluster, PartyUnavailable, check_parties
+from tf_puma.manifest import Manifest
+
+FIRST_CALL_TIMEOUT_S = 600.0
+RESTART_GRACE_S = 8.0
+
+
+class ServingError(ValueError):
+    """A request the model cannot answer as asked (becomes INVALID_ARGUMENT / HTTP 400)."""
+
+
+def session_config() -> tf.compat.v1.ConfigProto:
+    """What TF Serving's `session_config` must hold for a secure model (docs/serving.md)."""
+    config = tf.compat.v1.ConfigProto()
+    config.experimental.share_cluster_devices_in_session = True
+    config.graph_options.rewrite_options.disable_meta_optimizer = True  # see connection.connect
+    return config
+
+
+class Servable:
+    """A secure model version answering `predict` through a TF1 session on `target`."""
+
+    def __init__(self, name: str, version: int, path: str, target: str, cluster: Cluster):
+        self.name, self.version, self.path = name, version, path
+        self.target = target
+        self.cluster = cluster
+        self.manifest: Manifest = secure_model.read_manifest(path)
+        self._lock = threading.Lock()
+        self._last_call_s: float | None = None
+        self.calls = 0
+        self._load()
+
+    def _load(self) -> None:
+        graph = tf.Graph()
+        session = tf.compat.v1.Session(target=self.target, graph=graph, config=session_config())
+        with graph.as_default():
+            meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], self.path)
+        self.graph, self.session = graph, session
+        self.signature_defs = dict(meta.signature_def)
+
+    @property
+    def signature_names(self) -> list[str]:
+        return [self.manifest.signature]
+
+    @property
+    def batch(self) -> int:
+        """Rows per secure call: the inputs' (common) first dimension."""
+        return next(iter(self.manifest.inputs.values())).shape[0]
+
+    def rows_of(self, inputs: Mapping[str, np.ndarray]) -> int:
+        """The request's row count (its inputs' common first dimension)."""
+        spec = self.manifest.inputs
+        rows = {name: (np.shape(value)[0] if np.ndim(value) else None)
+                for name, value in inputs.items()}
+        for name, want in spec.items():
+            if name in inputs and np.ndim(inputs[name]) != len(want.shape):
+                raise ServingError(f"input {name!r}: expected {len(want.shape)} dimensions "
+                                   f"(shape [rows, {', '.join(map(str, want.shape[1:]))}]), got "
+                                   f"shape {list(np.shape(inputs[name]))}")
+        counts = set(rows.values())
+        if len(counts) != 1 or None in counts:
+            raise ServingError(f"inputs have different row counts: {rows}")
+        return counts.pop()
+
+    def predict(self, inputs: Mapping[str, Any], signature: str | None = None,
+                output_filter: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Outputs for `inputs` (any number of rows); ServingError, secure_model.InputError,
+        PartyUnavailable or TimeoutError say what went wrong."""
+        if signature not in (None, "", self.manifest.signature):
+            raise ServingError(f"model {self.name!r} has no signature {signature!r}; it serves "
+                               f"{self.manifest.signature!r}")
+        outputs = list(output_filter or self.manifest.outputs)
+        unknown = sorted(set(outputs) - set(self.manifest.outputs))
+        if unknown:
+            raise ServingError(f"unknown output(s) {unknown}; the model has "
+                               f"{sorted(self.manifest.outputs)}")
+        missing = sorted(set(self.manifest.inputs) - set(inputs))
+        extra = sorted(set(inputs) - set(self.manifest.inputs))
+        if missing or extra:
+            raise ServingError(f"the model takes inputs {sorted(self.manifest.inputs)}; missing "
+                               f"{missing}, unexpected {extra}")
+        arrays = {}
+        for name, value in inputs.items():
+            try:
+                arrays[name] = np.asarray(value)
+            except ValueError as err:  # ragged nested lists
+                raise ServingError(f"input {name!r}: not a rectangular array ({err})") from None
+            if arrays[name].dtype == object:
+                raise ServingError(f"input {name!r}: not a rectangular array of numbers")
+        rows = self.rows_of(arrays)
+        if rows == 0:
+            raise ServingError("the request has no rows")
+        batch = self.batch
+        pieces: list[dict[str, np.ndarray]] = []
+        for start in range(0, rows, batch):
+            chunk = {k: v[start:start + batch] for k, v in arrays.items()}
+            got = len(next(iter(chunk.values())))
+            if got < batch:
+                chunk = {k: np.concatenate([v, np.zeros((batch - got, *v.shape[1:]), v.dtype)])
+                         for k, v in chunk.items()}
+            out = self._call(secure_model.check_inputs(self.manifest, chunk), outputs)
+            pieces.append({k: (v[:got] if self._batched(k) else v) for k, v in out.items()})
+        if len(pieces) == 1:
+            return pieces[0]
+        return {k: np.concatenate([p[k] for p in pieces]) for k in outputs}
+
+    def _batched(self, output: str) -> bool:
+        shape = self.manifest.outputs[output].shape
+        return bool(shape) and shape[0] == self.batch
+
+    def _call(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        signature = self.signature_defs[self.manifest.signature]
+        fetches = {k: signature.outputs[k].name for k in outputs}
+        feed_dict = {signature.inputs[k].name: v for k, v in feeds.items()}
+        with self._lock:
+            try:
+                return self._run(fetches, feed_dict)
+            except (tf.errors.UnavailableError, tf.errors.CancelledError) as err:
+                fault: Exception = err
+            except tf.errors.AbortedError as err:  # a party restarted: a new session, once
+                fault = err
+            self._wait_for_parties(fault)
+            self._load()
+            try:
+                return self._run(fetches, feed_dict)
+            except (tf.errors.UnavailableError, tf.errors.AbortedError,
+                    tf.errors.CancelledError) as err:
+                self._wait_for_parties(err, grace_s=0)
+                raise PartyUnavailable(f"a party restarted during the call and the call failed "
+                                       f"again ({_first_line(err)})") from None
+
+    def _run(self, fetches: dict[str, str], feed_dict: dict[str, np.ndarray]) -> dict:
+        timeout = (FIRST_CALL_TIMEOUT_S if self._last_call_s is None
+                   else 10 * self._last_call_s + 30)
+        options = tf.compat.v1.RunOptions(timeout_in_ms=int(timeout * 1000))
+        start = time.monotonic()
+        try:
+            out = self.session.run(fetches, feed_dict, options=options)
+        except tf.errors.DeadlineExceededError:
+            check_parties(self.cluster, timeout=5.0)  # names a party that is stuck
+            raise TimeoutError(f"the secure call did not finish within {timeout:.0f} s although "
+                               "all parties answer") from None
+        self._last_call_s = time.monotonic() - start
+        self.calls += 1
+        return out
+
+    def _wait_for_parties(self, fault: Exception, grace_s: float = RESTART_GRACE_S) -> None:
+        """Returns once all parties answer (within `grace_s`); else PartyUnavailable."""
+        deadline = time.monotonic() + grace_s
+        while True:
+            try:
+                check_parties(self.cluster, timeout=2.0)
+                return
+            except PartyUnavailable as down:
+                if time.monotonic() >= deadline:
+                    raise PartyUnavailable(f"{down} The call failed ({_first_line(fault)}); the "
+                                           "server recovers by itself once the party answers "
+                                           "again.") from None
+            time.sleep(0.5)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _first_line(err: BaseException) -> str:
+    return secure_model._first_line(err)  # noqa: SLF001 - one wording for runtime faults
