@@ -5,6 +5,7 @@
 | `cli`       | `tf-puma convert / party / run` (the console script)              |
 | `party`     | one party's TensorFlow server with its share bundle                |
 | `supervisor`| `tf-puma party`'s watching process: restarts and recycles the server |
+| `serving/`  | `tf-puma serve`: TF Serving's PredictionService and REST API      |
 | `demo`      | `make demo`: the real MiniLM, converted and served by three parties |
 | `hf`        | fixtures: transformers models exported as SavedModels, tokenizers  |
 | `text_data` | fixtures: the review sentences and news text shipped in packages   |
