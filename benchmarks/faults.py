@@ -112,7 +112,7 @@ def memory_over_sessions(secure: str, inputs: dict, sessions: int, recycle_growt
     """Each party server's RSS right after each client session and again after `idle_s` of
     idleness (when the watcher may have recycled it), and how often servers were replaced."""
     local = tf_puma.LocalCluster(shares_dir=os.path.join(secure, "shares"),
-                                 party_args=["--recycle-growth", str(recycle_growth)])
+                                 recycle_growth=recycle_growth)
     spec = local.start()
     code = CLIENT.format(spec=spec.to_json(), secure=secure,
                          inputs={k: v.tolist() for k, v in inputs.items()})

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from tf_puma.rewrites.graph import ConversionError, load_signature
 from tf_puma.rewrites.program import SecureProgram
-from tf_puma import _ops, bundle, costs
+from tf_puma import _ops, bundle, costs, warmup
 from tf_puma import manifest as manifest_lib
 from tf_puma.manifest import Cost, Manifest, TensorEntry
 from tf_puma.cluster import NUM_PARTIES
@@ -221,6 +221,7 @@ def _convert(in_dir, out_dir, tmp, signature, input_shapes, public_inputs, log) 
     manifest = _manifest(signature, program, total, ledgers, num_ops,
                          time.perf_counter() - start)
     manifest_lib.write(tmp, manifest)
+    warmup.write(tmp, manifest)
     # The swap is not interrupted by SIGTERM (held until it is done): OUT is always either the
     # earlier output or the new one.
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})

@@ -234,7 +234,7 @@ def test_a_party_server_is_restarted_and_recycled_by_its_watcher(small_model, tm
     proc = _script(f"""
         import os, signal, subprocess, sys, textwrap, time, numpy as np, tf_puma
         local = tf_puma.LocalCluster(shares_dir={os.path.join(secure, 'shares')!r},
-                                     party_args=["--recycle-growth", "0.001"])
+                                     recycle_growth=0.001)
         spec = local.start()
         servers = [local.server_pid(i) for i in range(3)]
         for _ in range(3):  # client processes, one after the other

@@ -22,6 +22,8 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
+from tf_puma import warmup
+from tf_puma.apps.serving import batcher
 from tf_puma.cluster import free_port
 from tf_puma.rewrites import convert
 
@@ -31,20 +33,37 @@ BOUND = 2e-4  # measured ~2e-5: fixed point at 18 bits through a 4x3 matmul and 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    w = tf.Variable(np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32))
+    plain = _save_plain(root / "plain", seed=0)
+    base = root / "models" / "tiny"
+    convert.convert(plain, str(base / "1"), log=lambda line: None)
+    proc, grpc_address, rest_address = _start_serve(base)
+    plain_fn = tf.saved_model.load(plain).signatures["serving_default"]
+    yield {"grpc": grpc_address, "rest": rest_address, "base": base,
+           "plain": lambda x: {k: v.numpy() for k, v in plain_fn(x=tf.constant(x)).items()}}
+    _stop(proc)
+
+
+def _save_plain(path, seed: int) -> str:
+    w = tf.Variable(np.random.default_rng(seed).normal(size=(4, 3)).astype(np.float32))
     module = tf.Module()
     module.w = w
     fn = tf.function(lambda x: {"y": tf.nn.gelu(x @ w), "s": tf.reduce_sum(x, axis=1)},
                      input_signature=[tf.TensorSpec([2, 4], tf.float32, name="x")])
-    plain = str(root / "plain")
-    tf.saved_model.save(module, plain, signatures={"serving_default": fn})
-    base = root / "models" / "tiny"
-    convert.convert(plain, str(base / "1"), log=lambda line: None)
+    tf.saved_model.save(module, str(path), signatures={"serving_default": fn})
+    return str(path)
+
+
+def _plain_y(path: str, x: np.ndarray) -> np.ndarray:
+    return tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(x))["y"].numpy()
+
+
+def _start_serve(base, *extra: str) -> tuple[subprocess.Popen, str, str]:
     grpc_port, rest_port = free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tf_puma.apps.cli", "serve", "--model_name", "tiny",
-         "--model_base_path", str(base), "--port", str(grpc_port), "--rest_api_port",
-         str(rest_port), "--local"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [sys.executable, "-m", "tf_puma.apps.cli", "serve",
+         *(["--model_name", "tiny", "--model_base_path", str(base)] if base else []),
+         "--port", str(grpc_port), "--rest_api_port", str(rest_port), "--local", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
     deadline = time.monotonic() + 240
     ready = ""
     while time.monotonic() < deadline:
@@ -54,9 +73,10 @@ def served(tmp_path_factory):
     if not ready.startswith("tf-puma serve ready"):
         proc.kill()
         pytest.fail(f"serve did not start: {ready}{proc.stderr.read()[-3000:]}")
-    plain_fn = tf.saved_model.load(plain).signatures["serving_default"]
-    yield {"grpc": f"127.0.0.1:{grpc_port}", "rest": f"http://127.0.0.1:{rest_port}",
-           "plain": lambda x: {k: v.numpy() for k, v in plain_fn(x=tf.constant(x)).items()}}
+    return proc, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}"
+
+
+def _stop(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(30)
@@ -186,3 +206,153 @@ def test_rest_predict_rows_and_columns_status_metadata_and_errors(served):
         assert code == want and body.get("error"), (path, request, code, body)
     code, body = _rest(served, "/v1/models/tiny:predict", {"instances": x[:1].tolist()})
     assert code == 200 and len(body["predictions"]) == 1
+
+
+def test_convert_writes_tf_servings_warmup_record(served):
+    requests = warmup.read(str(served["base"] / "1"))
+    assert len(requests) == 1 and set(requests[0]) == {"x"}
+    assert requests[0]["x"].shape == (2, 4) and not requests[0]["x"].any()
+
+
+def test_metrics_page_counts_requests_and_checks_parties(served):
+    _rest(served, "/v1/models/tiny:predict", {"instances": _x(2).tolist()})
+    _rest(served, "/v1/models/tiny:predict", {"instances": [[1.0, 2.0]]})
+    with urllib.request.urlopen(served["rest"] + "/monitoring/prometheus/metrics",
+                                timeout=30) as response:
+        page = response.read().decode()
+    assert 'tf_puma_serving_requests_total{model="tiny",code="OK"}' in page
+    assert 'tf_puma_serving_requests_total{model="tiny",code="INVALID_ARGUMENT"}' in page
+    assert 'tf_puma_serving_request_latency_seconds_bucket{model="tiny",le="+Inf"}' in page
+    assert all(f'tf_puma_party_up{{party="{i}"}} 1' in page for i in range(3)), page
+    assert 'tf_puma_serving_rounds_per_call{model="tiny",version="1"}' in page
+
+
+def test_batching_packs_concurrent_requests_into_one_secure_call(served, tmp_path):
+    import concurrent.futures  # noqa: PLC0415
+
+    params = tmp_path / "batching.txt"
+    params.write_text("max_batch_size { value: 2 }\nbatch_timeout_micros { value: 500000 }\n")
+    proc, _, rest = _start_serve(served["base"], "--enable_batching",
+                                 "--batching_parameters_file", str(params))
+    try:
+        rows = [_x(1, seed=s) for s in (5, 6)]
+        plain = served["plain"](np.concatenate(rows))["y"]
+
+        def ask(row):
+            return _rest({"rest": rest}, "/v1/models/tiny:predict", {"instances": row.tolist()})
+
+        def calls() -> int:
+            with urllib.request.urlopen(rest + "/monitoring/prometheus/metrics") as response:
+                line = next(l for l in response.read().decode().splitlines()
+                            if l.startswith("tf_puma_serving_secure_calls_total"))
+            return int(line.split()[-1])
+
+        before = calls()
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(ask, rows))
+        for (code, body), want in zip(answers, plain):
+            assert code == 200, body
+            assert np.abs(np.array(body["predictions"][0]["y"]) - want).max() < BOUND
+        assert calls() - before == 1  # both requests answered by one secure call
+        code, body = ask(np.full((1, 4), np.inf))  # a bad request fails alone
+        assert code == 400 and "infinity" in body["error"]
+    finally:
+        _stop(proc)
+
+
+def test_batching_parameters_parse_as_tf_serving_writes_them():
+    params = batcher.parse_parameters(
+        "# comment\nmax_batch_size { value: 8 }\nbatch_timeout_micros { value: 100 }\n"
+        "num_batch_threads { value: 4 }\nmax_enqueued_batches { value: 10 }\n"
+        "allowed_batch_sizes: 4\n")
+    assert (params.max_batch_size, params.batch_timeout_micros,
+            params.max_enqueued_batches) == (8, 100, 10)
+    with pytest.raises(ValueError, match="unknown batching parameter 'max_batch'"):
+        batcher.parse_parameters("max_batch { value: 8 }")
+    with pytest.raises(ValueError, match="cannot parse"):
+        batcher.parse_parameters("max_batch_size: eight")
+
+
+def test_several_models_from_a_config_file_and_a_new_version_swapped_in(served, tmp_path):
+    """--model_config_file serves two models; converting version 2 of one while it serves gets
+    it loaded, warmed and answering (requests meanwhile keep their answers from version 1)."""
+    other_plain = _save_plain(tmp_path / "other_plain", seed=3)
+    other_base = tmp_path / "other"
+    convert.convert(other_plain, str(other_base / "1"), log=lambda line: None)
+    config = tmp_path / "models.config"
+    config.write_text(f"""model_config_list {{
+      config {{ name: "tiny" base_path: "{served['base']}" model_platform: "tensorflow" }}
+      config {{ name: "other" base_path: "other" }}
+    }}""")
+    proc, _, rest = _start_serve(None, "--model_config_file", str(config),
+                                 "--file_system_poll_wait_seconds", "0.5")
+    try:
+        x = _x(2, seed=9)
+        for name, plain in (("tiny", served["plain"](x)["y"]), ("other", _plain_y(other_plain, x))):
+            code, body = _rest({"rest": rest}, f"/v1/models/{name}:predict",
+                               {"inputs": {"x": x.tolist()}})
+            assert code == 200 and np.abs(np.array(body["outputs"]["y"]) - plain).max() < BOUND
+        new_plain = _save_plain(tmp_path / "other_plain2", seed=4)
+        convert.convert(new_plain, str(other_base / "2"), log=lambda line: None)
+        want_v1, want_v2 = _plain_y(other_plain, x), _plain_y(new_plain, x)
+        deadline = time.monotonic() + 120
+        version = "1"
+        while version != "2" and time.monotonic() < deadline:
+            code, body = _rest({"rest": rest}, "/v1/models/other:predict",
+                               {"inputs": {"x": x.tolist()}})
+            assert code == 200, body
+            y = np.array(body["outputs"]["y"])
+            if np.abs(y - want_v2).max() < BOUND:
+                version = "2"
+            else:  # still version 1, answering as before
+                assert np.abs(y - want_v1).max() < BOUND
+                time.sleep(0.5)
+        assert version == "2"
+        code, body = _rest({"rest": rest}, "/v1/models/other")
+        assert [v["version"] for v in body["model_version_status"]] == ["2"]
+    finally:
+        _stop(proc)
+
+
+@pytest.mark.slow  # parties killed and restarted under a running server
+def test_a_killed_party_gets_unavailable_naming_it_and_the_server_recovers(served):
+    import tf_puma  # noqa: PLC0415
+
+    local = tf_puma.LocalCluster(shares_dir=str(served["base"] / "1" / "shares"))
+    spec = local.start()
+    grpc_port, rest_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tf_puma.apps.cli", "serve", "--model_name", "tiny",
+         "--model_base_path", str(served["base"]), "--port", str(grpc_port), "--rest_api_port",
+         str(rest_port), "--cluster", spec.to_json()], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("tf-puma serve ready"), proc.stderr.read()
+        rest = {"rest": f"http://127.0.0.1:{rest_port}"}
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
+        x = _x(2, seed=11)
+        plain = served["plain"](x)["y"]
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "tiny"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto(x))
+        assert np.abs(tf.make_ndarray(stub.Predict(request, timeout=60).outputs["y"])
+                      - plain).max() < BOUND
+        local.kill_party(1)
+        start = time.monotonic()
+        code, body = _rest(rest, "/v1/models/tiny:predict", {"instances": x.tolist()})
+        assert code == 503 and "party 1 at 127.0.0.1:" in body["error"], body
+        assert time.monotonic() - start < 10
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Predict(request, timeout=60)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "party 1 at 127.0.0.1:" in raised.value.details()
+        local.restart_party(1)
+        got = tf.make_ndarray(stub.Predict(request, timeout=120).outputs["y"])
+        assert np.abs(got - plain).max() < BOUND  # recovered by itself: a new session
+        code, body = _rest(rest, "/v1/models/tiny:predict", {"instances": x.tolist()})
+        assert code == 200 and np.abs(np.array([r["y"] for r in body["predictions"]])
+                                      - plain).max() < BOUND
+    finally:
+        _stop(proc)
+        local.stop()

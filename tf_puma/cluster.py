@@ -176,11 +176,15 @@ class LocalCluster:
     `shares_dir` is a bundle root written by `bundle.write_bundles`: party i gets party{i}/.
     Each party is `tf-puma party` (a watching process and its server child, one process group);
     `party_args` are added to its command line, `party_stderr` receives its log (default: none).
+    `recycle_growth` is the parties' --recycle-growth, 0 (off) by default: local parties serve
+    one client process and end with it, and a client that drives the cluster with its own
+    tf.functions (not tf_puma.load or tf-puma serve, which reconnect) would lose its context
+    to a recycled server.
     """
 
     def __init__(self, start_timeout: float = 60.0, extra_env: Mapping[str, str] | None = None,
                  shares_dir: str | None = None, party_args: Sequence[str] = (),
-                 party_stderr: Any = subprocess.DEVNULL):
+                 party_stderr: Any = subprocess.DEVNULL, recycle_growth: float = 0.0):
         ports = [free_port() for _ in range(NUM_PARTIES + 1)]
         self.cluster = Cluster(client=f"127.0.0.1:{ports[0]}",
                                parties=tuple(f"127.0.0.1:{p}" for p in ports[1:]))  # type: ignore
@@ -189,7 +193,7 @@ class LocalCluster:
         # party command itself; `extra_env` adds to them.
         self._env = {**os.environ, **(extra_env or {})}
         self._shares_dir = shares_dir
-        self._party_args = list(party_args)
+        self._party_args = ["--recycle-growth", str(recycle_growth), *party_args]
         self._party_stderr = party_stderr
         self.processes: list[subprocess.Popen] = []
 

@@ -2,15 +2,17 @@
 
 Commands:
   convert IN_SAVEDMODEL OUT_DIR [--signature NAME] [--public-input NAME ...]
-          [--input-shape NAME=1x32 ...] [--overwrite]
+          [--input-shape NAME=1x32 ...] [--version N] [--overwrite]
           plaintext SavedModel -> secure SavedModel + OUT_DIR/shares/party{0,1,2}
   party   --cluster SPEC --task I [--shares DIR] [--recycle-growth 0.1]
           start one party's TensorFlow server with its own share bundle (a watching
           process restarts it after a crash and recycles it when grown, between sessions)
   run     --model OUT_DIR --input inputs.json (--cluster SPEC | --local)
           run the secure model; prints outputs (JSON) and a run summary
-  serve   --model_name NAME --model_base_path DIR (--cluster SPEC | --local)
-          [--port 8500] [--rest_api_port 8501]
+  serve   (--model_name NAME --model_base_path DIR | --model_config_file F)
+          (--cluster SPEC | --local) [--file_system_poll_wait_seconds 1]
+          [--port 8500] [--rest_api_port 8501] [--enable_batching
+          [--batching_parameters_file F]]
           TF Serving's PredictionService (gRPC) and REST API for a secure model
 """
 
@@ -51,6 +53,16 @@ flags.DEFINE_string("model_base_path", None, "serve: a secure model directory, o
                     "of numeric versions (1/, 2/ ...) of one; the newest is served")
 flags.DEFINE_integer("port", 8500, "serve: gRPC port (tensorflow_serving.apis PredictionService)")
 flags.DEFINE_integer("rest_api_port", 8501, "serve: REST port (0: no REST API)")
+flags.DEFINE_string("model_config_file", None, "serve: a ModelServerConfig text proto naming "
+                    "several models (model_config_list { config { name: base_path: } })")
+flags.DEFINE_float("file_system_poll_wait_seconds", 1.0, "serve: how often to look for a new "
+                   "version directory (loaded, warmed and swapped in; 0: never)", lower_bound=0)
+flags.DEFINE_boolean("enable_batching", False, "serve: pack concurrent requests into one secure "
+                     "call (a call's time is mostly rounds)")
+flags.DEFINE_string("batching_parameters_file", None, "serve: TF Serving's BatchingParameters "
+                    "text proto (max_batch_size, batch_timeout_micros, max_enqueued_batches)")
+flags.DEFINE_integer("version", None, "convert: write OUT_DIR/VERSION (TF Serving's layout: "
+                     "serve OUT_DIR as --model_base_path)", lower_bound=1)
 flags.DEFINE_boolean("overwrite", False, "convert: replace an existing OUT_DIR")
 flags.DEFINE_string("model", None, "run: the secure model directory (tf-puma convert's OUT_DIR)")
 flags.DEFINE_string("input", None, "run: JSON file mapping input names to nested lists")
@@ -87,8 +99,9 @@ def _convert(argv: list[str]) -> None:
         raise app.UsageError("convert needs IN_SAVEDMODEL OUT_DIR")
     from tf_puma.rewrites.graph import ConversionError  # noqa: PLC0415
     from tf_puma.rewrites import convert  # noqa: PLC0415
+    out = argv[2] if FLAGS.version is None else os.path.join(argv[2], str(FLAGS.version))
     try:
-        convert.convert(argv[1], argv[2], signature=FLAGS.signature or "serving_default",
+        convert.convert(argv[1], out, signature=FLAGS.signature or "serving_default",
                         input_shapes=_parse_shapes(FLAGS["input-shape"].value),
                         public_inputs=FLAGS["public-input"].value, overwrite=FLAGS.overwrite)
     except ConversionError as err:
@@ -128,8 +141,11 @@ def _party(argv: list[str]) -> None:
 
 def _serve(argv: list[str]) -> None:
     del argv
-    if FLAGS.model_name is None or FLAGS.model_base_path is None:
-        raise app.UsageError("serve needs --model_name NAME and --model_base_path DIR")
+    if (FLAGS.model_config_file is None) == (FLAGS.model_base_path is None):
+        raise app.UsageError("serve needs --model_name NAME with --model_base_path DIR, or "
+                             "--model_config_file FILE")
+    if FLAGS.model_base_path is not None and FLAGS.model_name is None:
+        raise app.UsageError("serve needs --model_name NAME with --model_base_path DIR")
     if (FLAGS.cluster is None) == (not FLAGS.local):
         raise app.UsageError("serve needs exactly one of --cluster SPEC and --local")
     from tf_puma.apps import listen  # noqa: PLC0415
@@ -141,14 +157,22 @@ def _serve(argv: list[str]) -> None:
         listen.listen_only_on(host)  # the client task's server (re-executes once)
     except (listen.ListenError, ValueError) as err:
         _fail("serve", err)
-    from tf_puma.apps.serving import serve  # noqa: PLC0415
-    from tf_puma.cluster import PartyUnavailable  # noqa: PLC0415
-    from tf_puma.manifest import ManifestError  # noqa: PLC0415
+    from tf_puma.apps.serving import read_model_config, serve  # noqa: PLC0415
 
     try:
-        serve(FLAGS.model_name, FLAGS.model_base_path, FLAGS.port, FLAGS.rest_api_port,
-              FLAGS.cluster, FLAGS.local, host)
-    except (FileNotFoundError, ManifestError, PartyUnavailable, ConnectionError) as err:
+        models = (read_model_config(FLAGS.model_config_file) if FLAGS.model_config_file
+                  else [(FLAGS.model_name, FLAGS.model_base_path)])
+        batching = None
+        if FLAGS.enable_batching:
+            from tf_puma.apps.serving import batcher  # noqa: PLC0415
+
+            batching = batcher.BatchingParameters()
+            if FLAGS.batching_parameters_file:
+                with open(FLAGS.batching_parameters_file, encoding="utf-8") as fh:
+                    batching = batcher.parse_parameters(fh.read())
+        serve(models, FLAGS.port, FLAGS.rest_api_port, FLAGS.cluster, FLAGS.local, host,
+              batching, FLAGS.file_system_poll_wait_seconds)
+    except (OSError, ValueError) as err:  # PartyUnavailable is a ConnectionError
         _fail("serve", err)
 
 
@@ -221,12 +245,13 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {"convert": _convert, "party"
                                                     "run": _run, "serve": _serve}
 
 
-COMMAND_FLAGS = {"convert": ("signature", "public-input", "input-shape", "overwrite"),
+COMMAND_FLAGS = {"convert": ("signature", "public-input", "input-shape", "version", "overwrite"),
                  "party": ("cluster", "task", "shares", "bind", "recycle-growth"),
                  "run": ("model", "input", "cluster", "local", "signature", "repeat", "deadline",
                          "bind"),
-                 "serve": ("model_name", "model_base_path", "port", "rest_api_port", "cluster",
-                           "local", "bind")}
+                 "serve": ("model_name", "model_base_path", "model_config_file", "port",
+                           "rest_api_port", "cluster", "local", "bind", "enable_batching",
+                           "batching_parameters_file", "file_system_poll_wait_seconds")}
 _HELP = ("-h", "--help", "--helpshort", "--helpfull")
 
 

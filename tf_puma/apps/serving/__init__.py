@@ -22,11 +22,66 @@ from concurrent import futures
 READY_PREFIX = "tf-puma serve ready"
 
 
-def serve(model_name: str, model_base_path: str, port: int, rest_api_port: int,
-          cluster_spec: str | None, local: bool, host: str) -> None:
-    """Serves until SIGTERM/SIGINT."""
+def read_model_config(path: str) -> list[tuple[str, str]]:
+    """(name, base_path) of each model in a ModelServerConfig text proto (--model_config_file)."""
+    from google.protobuf import text_format  # noqa: PLC0415
+    from tensorflow_serving.config import model_server_config_pb2  # noqa: PLC0415
+
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as err:
+        raise ValueError(f"{path}: not a ModelServerConfig text proto ({err})") from None
+    if config.WhichOneof("config") != "model_config_list":
+        raise ValueError(f"{path}: needs a model_config_list {{ config {{ name: ... "
+                         "base_path: ... }} }}")
+    models = []
+    for entry in config.model_config_list.config:
+        if entry.model_platform not in ("", "tensorflow"):
+            raise ValueError(f"{path}: model {entry.name!r} has platform "
+                             f"{entry.model_platform!r}; tf-puma serves 'tensorflow' models")
+        if not entry.name or not entry.base_path:
+            raise ValueError(f"{path}: every config needs a name and a base_path")
+        base = entry.base_path if os.path.isabs(entry.base_path) else os.path.join(
+            os.path.dirname(os.path.abspath(path)), entry.base_path)
+        models.append((entry.name, base))
+    if len({name for name, _ in models}) != len(models):
+        raise ValueError(f"{path}: model names must be unique")
+    return models
+
+
+class LocalShares:
+    """--local with several models or versions: one share root per party whose subdirectories
+    link to each served version's shares/partyI (a party finds bundles there by id, on first
+    use, so versions added later are found too)."""
+
+    def __init__(self) -> None:
+        import tempfile  # noqa: PLC0415
+
+        self.root = tempfile.mkdtemp(prefix="tf-puma-serve-shares-")
+        for i in range(3):
+            os.makedirs(os.path.join(self.root, f"party{i}"))
+
+    def add(self, name: str, version: int, model_dir: str) -> None:
+        for i in range(3):
+            link = os.path.join(self.root, f"party{i}", f"{name}-{version}")
+            if not os.path.lexists(link):
+                os.symlink(os.path.abspath(os.path.join(model_dir, "shares", f"party{i}")), link)
+
+    def remove(self) -> None:
+        import shutil  # noqa: PLC0415
+
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def serve(models: list[tuple[str, str]], port: int, rest_api_port: int,
+          cluster_spec: str | None, local: bool, host: str, batching: object = None,
+          poll_seconds: float = 1.0) -> None:
+    """Serves `models` ((name, base path) pairs) until SIGTERM/SIGINT; a new version directory
+    under a base path is loaded, warmed and swapped in every `poll_seconds` (0: never)."""
     import grpc  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
     import tf_puma  # noqa: PLC0415
@@ -35,10 +90,13 @@ def serve(model_name: str, model_base_path: str, port: int, rest_api_port: int,
     from tf_puma.apps.serving.models import ModelRegistry, version_dirs  # noqa: PLC0415
     from tf_puma.cluster import CLIENT_JOB, check_parties, wait_reachable  # noqa: PLC0415
 
-    versions = version_dirs(model_base_path)
-    newest = versions[max(versions)]
-    cluster_runner = (tf_puma.LocalCluster(shares_dir=os.path.join(newest, "shares"))
-                      if local else None)
+    newest = {name: max(version_dirs(base).items()) for name, base in models}
+    shares = LocalShares() if local else None
+    cluster_runner = None
+    if shares is not None:
+        for name, (version, path) in newest.items():
+            shares.add(name, version, path)
+        cluster_runner = tf_puma.LocalCluster(shares_dir=shares.root)
     cluster = cluster_runner.start() if cluster_runner else tf_puma.Cluster.from_spec(cluster_spec)
     for address in cluster.parties:
         wait_reachable(address, 30.0)
@@ -47,11 +105,9 @@ def serve(model_name: str, model_base_path: str, port: int, rest_api_port: int,
     client_server = tf.distribute.Server(tf.train.ClusterSpec(cluster.as_dict()),
                                          job_name=CLIENT_JOB, task_index=0, protocol="grpc",
                                          start=True)
-    registry = ModelRegistry(client_server.target, cluster)
-    servable = registry.load(model_name, model_base_path)
-    warm = {name: np.zeros(entry.shape, tf.as_dtype(entry.dtype).as_numpy_dtype)
-            for name, entry in servable.manifest.inputs.items()}
-    servable.predict(warm)  # the parties register the graph before the first request
+    registry = ModelRegistry(client_server.target, cluster, batching)
+    for name, (version, path) in newest.items():
+        registry.load(name, version, path)
     grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
                               options=[("grpc.max_receive_message_length", 64 * 2 ** 20)])
     grpc_api.add_services(grpc_server, registry)
@@ -68,17 +124,39 @@ def serve(model_name: str, model_base_path: str, port: int, rest_api_port: int,
         del frame
         stop.set()
 
+    def poll() -> None:
+        while not stop.wait(poll_seconds):
+            for name, base in models:
+                try:
+                    version, path = max(version_dirs(base).items())
+                except (OSError, ValueError):
+                    continue  # a base path being rewritten: next time
+                if version > registry.find(name).version:
+                    if shares is not None:
+                        shares.add(name, version, path)
+                    try:
+                        registry.load(name, version, path)
+                        print(f"tf-puma serve: model {name!r} version {version} loaded, warmed "
+                              "and serving", flush=True)
+                    except Exception as err:  # noqa: BLE001 - keep serving the old version
+                        print(f"tf-puma serve: model {name!r} version {version} failed to load "
+                              f"({err}); still serving the earlier version", file=sys.stderr,
+                              flush=True)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print(f"{READY_PREFIX}: model {model_name!r} version {servable.version} "
-          f"({servable.manifest.secure_graph_ops:,} graph ops); gRPC at {host}:{port}"
+    if poll_seconds > 0:
+        threading.Thread(target=poll, name="tf-puma-version-poll", daemon=True).start()
+    served = ", ".join(f"{name!r} version {version}" for name, (version, _) in newest.items())
+    print(f"{READY_PREFIX}: {served}; gRPC at {host}:{port}"
           + (f", REST at {host}:{rest_api_port}" if rest_api_port else ""), flush=True)
     stop.wait()
     grpc_server.stop(grace=5).wait()
     if http_server is not None:
         http_server.shutdown()
-    for loaded in registry.all():
-        loaded.close()
+    registry.close()
     if cluster_runner is not None:
         cluster_runner.stop()
+    if shares is not None:
+        shares.remove()
     sys.stdout.flush()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any, Mapping
 
 import numpy as np
@@ -12,6 +13,7 @@ import numpy as np
 from tf_puma import manifest as manifest_lib
 from tf_puma import secure_model
 from tf_puma.cluster import Cluster, PartyUnavailable
+from tf_puma.apps.serving.metrics import Metrics
 from tf_puma.apps.serving.servable import Servable, ServingError
 
 
@@ -41,18 +43,43 @@ def version_dirs(base_path: str) -> dict[int, str]:
 class ModelRegistry:
     """Loaded servables by model name and version (the newest version of each is served)."""
 
-    def __init__(self, target: str, cluster: Cluster):
+    def __init__(self, target: str, cluster: Cluster, batching: Any = None):
+        """`batching`: batcher.BatchingParameters to pack concurrent requests, or None."""
         self.target, self.cluster = target, cluster
+        self.batching = batching
         self._models: dict[str, dict[int, Servable]] = {}
+        self._batchers: dict[int, Any] = {}  # id(servable) -> Batcher
+        self._in_flight: dict[int, int] = {}  # id(servable) -> requests being answered
+        self._retired: set[int] = set()  # replaced versions, closed when none are in flight
         self._lock = threading.Lock()
+        self.metrics = Metrics()
 
-    def load(self, name: str, base_path: str) -> Servable:
-        versions = version_dirs(base_path)
-        newest = max(versions)
-        servable = Servable(name, newest, versions[newest], self.target, self.cluster)
+    def load(self, name: str, version: int, path: str) -> Servable:
+        """Loads and warms a version (TF Serving's warm-up records, else zeros: the parties
+        register the graph before a request meets it), then serves it instead of the earlier
+        one, which is closed once its last request is answered (TF Serving's default policy:
+        the latest version)."""
+        from tf_puma import warmup  # noqa: PLC0415
+
+        servable = Servable(name, version, path, self.target, self.cluster)
+        for inputs in warmup.read(path) or [warmup.zero_inputs(servable.manifest)]:
+            servable.predict(inputs)
+        if self.batching is not None:
+            from tf_puma.apps.serving.batcher import Batcher  # noqa: PLC0415
+
+            self._batchers[id(servable)] = Batcher(servable, self.batching)
         with self._lock:
-            self._models.setdefault(name, {})[newest] = servable
+            old = list(self._models.get(name, {}).values())
+            self._models[name] = {version: servable}
+            for retired in old:
+                self._retired.add(id(retired))
+                if not self._in_flight.get(id(retired)):
+                    retired.close()
         return servable
+
+    def close(self) -> None:
+        for servable in self.all():
+            servable.close()
 
     def find(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         with self._lock:
@@ -78,14 +105,33 @@ class ModelRegistry:
 
     def predict(self, servable: Servable, inputs: Mapping[str, Any], signature: str | None,
                 output_filter: list[str] | None) -> dict[str, np.ndarray]:
+        batcher = self._batchers.get(id(servable))
+        start = time.monotonic()
+        code = "OK"
+        with self._lock:
+            self._in_flight[id(servable)] = self._in_flight.get(id(servable), 0) + 1
         try:
+            if batcher is not None:
+                return batcher.predict(inputs, signature, output_filter)
             return servable.predict(inputs, signature, output_filter)
         except (ServingError, secure_model.InputError) as err:
-            raise RequestError("INVALID_ARGUMENT", str(err)) from None
+            code = "INVALID_ARGUMENT"
+            raise RequestError(code, str(err)) from None
         except PartyUnavailable as err:
-            raise RequestError("UNAVAILABLE", str(err)) from None
+            code = "UNAVAILABLE"
+            raise RequestError(code, str(err)) from None
         except TimeoutError as err:
-            raise RequestError("DEADLINE_EXCEEDED", str(err)) from None
+            code = "DEADLINE_EXCEEDED"
+            raise RequestError(code, str(err)) from None
+        except RequestError as err:
+            code = err.code
+            raise
+        finally:
+            self.metrics.observe(servable.name, code, time.monotonic() - start)
+            with self._lock:
+                self._in_flight[id(servable)] -= 1
+                if id(servable) in self._retired and not self._in_flight[id(servable)]:
+                    servable.close()
 
     def all(self) -> list[Servable]:
         with self._lock:

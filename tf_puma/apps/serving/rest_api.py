@@ -3,6 +3,7 @@
     POST /v1/models/NAME[/versions/V]:predict   {"instances": [...]} (rows) or {"inputs": ...}
     GET  /v1/models/NAME[/versions/V]           version status
     GET  /v1/models/NAME[/versions/V]/metadata  signature
+    GET  /monitoring/prometheus/metrics         Prometheus metrics (metrics.py)
 
 Errors are {"error": "..."} with the HTTP code of the gRPC status TF Serving maps it to.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from tf_puma.apps.serving import metrics
 from tf_puma.apps.serving.models import ModelRegistry, RequestError
 
 MAX_BODY_BYTES = 64 * 2 ** 20
@@ -73,6 +75,14 @@ class _Handler(BaseHTTPRequestHandler):
         return match["name"], version, match["verb"], bool(match["metadata"])
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path.split("?", 1)[0] == metrics.PATH:
+            data = self.registry.metrics.render(self.registry).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         try:
             name, version, verb, metadata = self._route()
             if verb:

@@ -29,6 +29,7 @@ from tf_puma.manifest import Manifest
 
 FIRST_CALL_TIMEOUT_S = 600.0
 RESTART_GRACE_S = 8.0
+HEALTH_EVERY_S = 1.0
 
 
 class ServingError(ValueError):
@@ -53,6 +54,7 @@ class Servable:
         self.manifest: Manifest = secure_model.read_manifest(path)
         self._lock = threading.Lock()
         self._last_call_s: float | None = None
+        self._party_failed: Exception | None = None  # the fault of a call a party missed
         self.calls = 0
         self._load()
 
@@ -88,10 +90,11 @@ class Servable:
             raise ServingError(f"inputs have different row counts: {rows}")
         return counts.pop()
 
-    def predict(self, inputs: Mapping[str, Any], signature: str | None = None,
-                output_filter: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Outputs for `inputs` (any number of rows); ServingError, secure_model.InputError,
-        PartyUnavailable or TimeoutError say what went wrong."""
+    def validate(self, inputs: Mapping[str, Any], signature: str | None = None,
+                 output_filter: list[str] | None = None
+                 ) -> tuple[dict[str, np.ndarray], int, list[str]]:
+        """The request as arrays, its row count and the outputs to return; ServingError or
+        secure_model.InputError say what is wrong (every row block is checked as it would run)."""
         if signature not in (None, "", self.manifest.signature):
             raise ServingError(f"model {self.name!r} has no signature {signature!r}; it serves "
                                f"{self.manifest.signature!r}")
@@ -116,14 +119,28 @@ class Servable:
         rows = self.rows_of(arrays)
         if rows == 0:
             raise ServingError("the request has no rows")
+        for chunk, _ in self._chunks(arrays, rows):
+            secure_model.check_inputs(self.manifest, chunk)
+        return arrays, rows, outputs
+
+    def _chunks(self, arrays: dict[str, np.ndarray], rows: int):
+        """Blocks of `batch` rows, the last padded with zeros; yields (block, real rows)."""
         batch = self.batch
-        pieces: list[dict[str, np.ndarray]] = []
         for start in range(0, rows, batch):
             chunk = {k: v[start:start + batch] for k, v in arrays.items()}
             got = len(next(iter(chunk.values())))
             if got < batch:
                 chunk = {k: np.concatenate([v, np.zeros((batch - got, *v.shape[1:]), v.dtype)])
                          for k, v in chunk.items()}
+            yield chunk, got
+
+    def predict(self, inputs: Mapping[str, Any], signature: str | None = None,
+                output_filter: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Outputs for `inputs` (any number of rows); ServingError, secure_model.InputError,
+        PartyUnavailable or TimeoutError say what went wrong."""
+        arrays, rows, outputs = self.validate(inputs, signature, output_filter)
+        pieces: list[dict[str, np.ndarray]] = []
+        for chunk, got in self._chunks(arrays, rows):
             out = self._call(secure_model.check_inputs(self.manifest, chunk), outputs)
             pieces.append({k: (v[:got] if self._batched(k) else v) for k, v in out.items()})
         if len(pieces) == 1:
@@ -139,36 +156,72 @@ class Servable:
         fetches = {k: signature.outputs[k].name for k in outputs}
         feed_dict = {signature.inputs[k].name: v for k, v in feeds.items()}
         with self._lock:
+            if self._party_failed is not None:  # a party was down at the last call: is it back?
+                self._wait_for_parties(self._party_failed)
+                self._load()
+                self._party_failed = None
             try:
                 return self._run(fetches, feed_dict)
             except (tf.errors.UnavailableError, tf.errors.CancelledError) as err:
                 fault: Exception = err
             except tf.errors.AbortedError as err:  # a party restarted: a new session, once
                 fault = err
-            self._wait_for_parties(fault)
+            self._party_failed = fault
+            self._wait_for_parties(fault, grace_s=RESTART_GRACE_S)
             self._load()
+            self._party_failed = None
             try:
                 return self._run(fetches, feed_dict)
             except (tf.errors.UnavailableError, tf.errors.AbortedError,
                     tf.errors.CancelledError) as err:
+                self._party_failed = err
                 self._wait_for_parties(err, grace_s=0)
                 raise PartyUnavailable(f"a party restarted during the call and the call failed "
                                        f"again ({_first_line(err)})") from None
 
     def _run(self, fetches: dict[str, str], feed_dict: dict[str, np.ndarray]) -> dict:
+        """One session.run, watched: TF1's distributed runtime does not end a step whose
+        party died (the client's partition waits for that party's tensors forever), so the run
+        happens in a thread while the parties are asked for their status every
+        HEALTH_EVERY_S; a party that stops answering, or the deadline (first call 600 s, then
+        10x the last + 30 s), abandons the run and its session (the next call loads a new one)
+        and raises UnavailableError / TimeoutError."""
         timeout = (FIRST_CALL_TIMEOUT_S if self._last_call_s is None
                    else 10 * self._last_call_s + 30)
-        options = tf.compat.v1.RunOptions(timeout_in_ms=int(timeout * 1000))
+        session = self.session
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                result["out"] = session.run(fetches, feed_dict)
+            except BaseException as err:  # noqa: BLE001 - handed to the caller below
+                result["err"] = err
+
         start = time.monotonic()
-        try:
-            out = self.session.run(fetches, feed_dict, options=options)
-        except tf.errors.DeadlineExceededError:
-            check_parties(self.cluster, timeout=5.0)  # names a party that is stuck
-            raise TimeoutError(f"the secure call did not finish within {timeout:.0f} s although "
-                               "all parties answer") from None
+        worker = threading.Thread(target=run, name="tf-puma-serve-call", daemon=True)
+        worker.start()
+        while True:
+            worker.join(HEALTH_EVERY_S)
+            if not worker.is_alive():
+                break
+            try:
+                check_parties(self.cluster, timeout=HEALTH_EVERY_S)
+            except PartyUnavailable as down:
+                self._abandon()
+                raise tf.errors.UnavailableError(None, None, str(down)) from None
+            if time.monotonic() - start > timeout:
+                self._abandon()
+                raise TimeoutError(f"the secure call did not finish within {timeout:.0f} s "
+                                   "although all parties answer")
+        if "err" in result:
+            raise result["err"]
         self._last_call_s = time.monotonic() - start
         self.calls += 1
-        return out
+        return result["out"]
+
+    def _abandon(self) -> None:
+        """Leaves a stuck run to its thread; later calls use a new session."""
+        self._party_failed = self._party_failed or RuntimeError("a call was abandoned")
 
     def _wait_for_parties(self, fault: Exception, grace_s: float = RESTART_GRACE_S) -> None:
         """Returns once all parties answer (within `grace_s`); else PartyUnavailable."""
