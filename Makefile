@@ -8,7 +8,7 @@ BAZEL ?= bazel
 BAZEL_FLAGS := --repo_env=PYTHON_BIN_PATH=$(abspath $(PY))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup build bazel-build test test-fast test-bazel demo bench clean
+.PHONY: setup build bazel-build test test-fast test-bazel demo serve-demo bench clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,6 +41,9 @@ test-fast: build
 
 demo: build
 	$(PY) -m tf_puma.apps.demo
+
+serve-demo: build
+	$(PY) -m tf_puma.apps.serve_demo
 
 bench: build
 	$(PY) benchmarks/ring_gemm.py

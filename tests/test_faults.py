@@ -265,7 +265,9 @@ def test_a_party_server_is_restarted_and_recycled_by_its_watcher(small_model, tm
         assert np.abs(np.array(line.split()[1:], float) - first).max() < 1e-4, line
     assert lines[3] == "RECYCLED 3", lines[3]  # every party's server was replaced
     killed = lines[5].split()
-    assert killed[0] == "KILLED" and float(killed[1]) < 1e-4 and killed[2] == "1", lines[5]
+    # One reconnect for the kill; the watchers may have replaced a server once more meanwhile
+    # (growth 0.1%: this client's own model), which the model also reconnects through.
+    assert killed[0] == "KILLED" and float(killed[1]) < 1e-4 and int(killed[2]) >= 1, lines[5]
 
 
 def test_connect_refuses_a_port_that_is_not_a_tensorflow_server():

@@ -20,6 +20,15 @@ def python_snippets() -> list[str]:
     return re.findall(r"```python\n(.*?)```", open(README, encoding="utf-8").read(), re.S)
 
 
+def serving_snippet() -> str:
+    """The TF Serving client snippet (run by tests/test_serve.py against served MiniLM)."""
+    return next(s for s in python_snippets() if "PredictionServiceStub" in s)
+
+
+def library_snippets() -> list[str]:
+    return [s for s in python_snippets() if "PredictionServiceStub" not in s]
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, cluster, deploy):
     """cluster.json of the session's parties and a tiny encoder as minilm-secure."""
@@ -44,8 +53,9 @@ def workdir(tmp_path_factory, cluster, deploy):
 
 
 def test_readme_has_the_snippets_this_test_runs():
-    snippets = python_snippets()
-    assert len(snippets) == 2
+    assert len(python_snippets()) == 3
+    assert "stub.Predict(" in serving_snippet()
+    snippets = library_snippets()
     assert "tf_puma.load(" in snippets[0] and "costs.Ledger" in snippets[1]
 
 
@@ -53,7 +63,7 @@ def test_readme_python_snippets_run(workdir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
     namespace = {"ids": np.array([[1, 2, 3, 0, 0], [4, 5, 6, 7, 8]], np.int32),
                  "mask": np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], np.int32)}
-    for snippet in python_snippets():
+    for snippet in library_snippets():
         exec(compile(snippet, README, "exec"), namespace)  # noqa: S102 - our own README
     assert namespace["out"]["last_hidden_state"].shape == (2, 5, 8)
     printed = capsys.readouterr().out

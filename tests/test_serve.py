@@ -38,7 +38,7 @@ def served(tmp_path_factory):
     convert.convert(plain, str(base / "1"), log=lambda line: None)
     proc, grpc_address, rest_address = _start_serve(base)
     plain_fn = tf.saved_model.load(plain).signatures["serving_default"]
-    yield {"grpc": grpc_address, "rest": rest_address, "base": base,
+    yield {"grpc": grpc_address, "rest": rest_address, "base": base, "plain_dir": plain,
            "plain": lambda x: {k: v.numpy() for k, v in plain_fn(x=tf.constant(x)).items()}}
     _stop(proc)
 
@@ -214,6 +214,27 @@ def test_convert_writes_tf_servings_warmup_record(served):
     assert requests[0]["x"].shape == (2, 4) and not requests[0]["x"].any()
 
 
+def test_cli_convert_writes_a_version_directory_and_serve_checks_its_flags(served, tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "tf_puma.apps.cli", *args],
+                              capture_output=True, text=True, timeout=180)
+
+    done = cli("convert", served["plain_dir"], str(tmp_path / "m"), "--version", "3")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path / "m")) == ["3"]
+    assert len(warmup.read(str(tmp_path / "m" / "3"))) == 1
+    done = cli("serve", "--local")
+    assert done.returncode != 0 and "--model_base_path" in done.stderr
+    done = cli("serve", "--model_name", "m", "--model_base_path", str(tmp_path / "nothing"),
+               "--local")
+    assert done.returncode == 1 and "does not exist" in done.stderr, done.stderr[-2000:]
+    bad = tmp_path / "bad.config"
+    bad.write_text('model_config_list { config { name: "m" base_path: "m" '
+                   'model_platform: "pytorch" } }')
+    done = cli("serve", "--model_config_file", str(bad), "--local")
+    assert done.returncode == 1 and "pytorch" in done.stderr, done.stderr[-2000:]
+
+
 def test_metrics_page_counts_requests_and_checks_parties(served):
     _rest(served, "/v1/models/tiny:predict", {"instances": _x(2).tolist()})
     _rest(served, "/v1/models/tiny:predict", {"instances": [[1.0, 2.0]]})
@@ -356,3 +377,55 @@ def test_a_killed_party_gets_unavailable_naming_it_and_the_server_recovers(serve
     finally:
         _stop(proc)
         local.stop()
+
+
+@pytest.mark.slow  # the real MiniLM (1 encoder layer) converted and served
+def test_serving_the_real_minilm_through_tf_servings_clients(tmp_path, capsys):
+    """The issue's check: `tf-puma serve --local` on converted MiniLM, queried through
+    PredictionServiceStub and REST; both equal each other and plaintext TensorFlow within the
+    model bound (tests/test_models.py: 0.02, measured ~4e-3)."""
+    from tf_puma.apps import hf, text_data  # noqa: PLC0415
+
+    hf.use_transformers().logging.set_verbosity_error()
+    plain = hf.export_minilm(str(tmp_path / "plain"), batch=2, seq_len=16, layers=1)
+    base = tmp_path / "minilm"
+    convert.convert(plain, str(base / "1"), log=lambda line: None)
+    inputs = hf.tokenize([text_data.movie_reviews()[i][1] for i in (3, 7)], 16)
+    fn = tf.saved_model.load(plain).signatures["serving_default"]
+    want = {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
+    grpc_port, rest_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tf_puma.apps.cli", "serve", "--model_name", "minilm",
+         "--model_base_path", str(base), "--port", str(grpc_port), "--rest_api_port",
+         str(rest_port), "--local"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("tf-puma serve ready"), line + proc.stderr.read()[-3000:]
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "minilm"
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        response = stub.Predict(request, timeout=300)
+        got = {k: tf.make_ndarray(response.outputs[k]) for k in want}
+        for name in want:
+            assert np.abs(got[name] - want[name]).max() <= 0.02, name
+        rows = [{k: v[i].tolist() for k, v in inputs.items()} for i in range(2)]
+        code, body = _rest({"rest": f"http://127.0.0.1:{rest_port}"},
+                           "/v1/models/minilm:predict", {"instances": rows})
+        assert code == 200, body
+        rest = np.array([r["sentence_embedding"] for r in body["predictions"]])
+        assert np.abs(rest - want["sentence_embedding"]).max() <= 0.02
+        # Same secure model, same inputs: the two APIs differ only by fixed-point noise.
+        assert np.abs(rest - got["sentence_embedding"]).max() <= 1e-3
+        # The README's client snippet, as written (the default port swapped for this one's).
+        from tests.test_readme import serving_snippet  # noqa: PLC0415
+
+        snippet = serving_snippet().replace("localhost:8500", f"localhost:{grpc_port}")
+        namespace = {"ids": inputs["input_ids"], "mask": inputs["attention_mask"]}
+        exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - our README
+        printed = capsys.readouterr().out
+        assert printed.startswith("[[") and set(namespace["request"].inputs) == set(inputs)
+    finally:
+        _stop(proc)

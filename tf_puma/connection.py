@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import gc
 import threading
+import time
 import weakref
 from typing import Any, Mapping, Protocol
 
@@ -144,13 +145,21 @@ def connect(cluster: Cluster | Mapping[str, Any] | str, timeout: float = 30.0) -
                 return _current
             raise RuntimeError(f"this process is already connected to {_current.cluster.as_dict()}"
                                "; use one process per cluster")
+        deadline = time.monotonic() + timeout
         for i, address in enumerate(cluster.parties):
             try:
-                wait_reachable(address, timeout)
+                wait_reachable(address, max(1.0, deadline - time.monotonic()))
             except ConnectionError as err:
                 raise PartyUnavailable(f"party {i} is not reachable: {err}. Start it with "
                                        f"`tf-puma party --cluster SPEC --task {i}`") from None
-        check_parties(cluster, timeout=min(timeout, 10.0))
+        while True:  # a party whose watcher is replacing its server answers again in seconds
+            try:
+                check_parties(cluster, timeout=min(5.0, max(1.0, deadline - time.monotonic())))
+                break
+            except PartyUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
         import tensorflow as tf  # noqa: PLC0415
 
         from tf_puma import _ops  # noqa: PLC0415

@@ -1,8 +1,8 @@
 """TF Serving's warm-up records for a secure model: `assets.extra/tf_serving_warmup_requests`, a
 TFRecord of PredictionLog protos, each a PredictRequest a server replays before it reports the
 model AVAILABLE. A secure model's first call is slow (the parties register its graph: ~10 s for
-GPT-2 tiny, ~55 s for BERT-base), so the record is one request of zeros in the converted shapes
-(token id 0, mask 0): it carries nothing of the weights or of any client's data."""
+GPT-2 tiny, ~55 s for BERT-base), so the record is one request of constants in the converted shapes
+(neutral_inputs): it carries nothing of the weights or of any client's data."""
 
 from __future__ import annotations
 
@@ -16,10 +16,15 @@ from tf_puma.manifest import Manifest
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 
-def zero_inputs(manifest: Manifest) -> dict[str, np.ndarray]:
-    """One batch of zeros in the signature's shapes and dtypes."""
-    return {name: np.zeros(entry.shape, tf.as_dtype(entry.dtype).as_numpy_dtype)
-            for name, entry in manifest.inputs.items()}
+def neutral_inputs(manifest: Manifest) -> dict[str, np.ndarray]:
+    """One batch in the signature's shapes and dtypes: ones for integer inputs (token id 1,
+    mask 1: an all-zero attention mask divides by zero in mean pooling), zeros for floats."""
+    out = {}
+    for name, entry in manifest.inputs.items():
+        dtype = tf.as_dtype(entry.dtype)
+        out[name] = (np.ones if dtype.is_integer else np.zeros)(entry.shape,
+                                                                dtype.as_numpy_dtype)
+    return out
 
 
 def write(model_dir: str, manifest: Manifest, model_name: str = "model") -> str:
@@ -29,7 +34,7 @@ def write(model_dir: str, manifest: Manifest, model_name: str = "model") -> str:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = manifest.signature
-    for name, value in zero_inputs(manifest).items():
+    for name, value in neutral_inputs(manifest).items():
         request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
     log = prediction_log_pb2.PredictionLog(
         predict_log=prediction_log_pb2.PredictLog(request=request))

@@ -55,14 +55,14 @@ class ModelRegistry:
         self.metrics = Metrics()
 
     def load(self, name: str, version: int, path: str) -> Servable:
-        """Loads and warms a version (TF Serving's warm-up records, else zeros: the parties
-        register the graph before a request meets it), then serves it instead of the earlier
+        """Loads and warms a version (TF Serving's warm-up records, else
+        warmup.neutral_inputs: the parties register the graph before a request meets it), then serves it instead of the earlier
         one, which is closed once its last request is answered (TF Serving's default policy:
         the latest version)."""
         from tf_puma import warmup  # noqa: PLC0415
 
         servable = Servable(name, version, path, self.target, self.cluster)
-        for inputs in warmup.read(path) or [warmup.zero_inputs(servable.manifest)]:
+        for inputs in warmup.read(path) or [warmup.neutral_inputs(servable.manifest)]:
             servable.predict(inputs)
         if self.batching is not None:
             from tf_puma.apps.serving.batcher import Batcher  # noqa: PLC0415

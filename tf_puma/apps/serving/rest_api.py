@@ -111,6 +111,9 @@ class _Handler(BaseHTTPRequestHandler):
                                    f"{self.path}: tf-puma serve answers :predict only")
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY_BYTES:
+                for _ in range(0, length, 2 ** 20):  # read it, so the client gets the answer
+                    self.rfile.read(min(2 ** 20, length))
+                    length -= 2 ** 20
                 raise RequestError("RESOURCE_EXHAUSTED", f"request body of {length} bytes is over "
                                    f"the {MAX_BODY_BYTES} byte limit")
             try:

@@ -3,8 +3,8 @@ SavedModel loader in a `Session` whose target is the cluster's client task
 (`SessionBundleConfig.session_target`), with `share_cluster_devices_in_session` so the
 signature's graph sees the parties' devices.
 
-A request with fewer rows than the converted batch is padded (zeros: token id 0, mask 0) and
-its outputs cut back; more rows run as several secure calls of one batch each. Calls run one at
+A request with fewer rows than the converted batch is padded (copies of its first row) and its
+outputs cut back; more rows run as several secure calls of one batch each. Calls run one at
 a time: concurrent requests are packed by the batcher instead (a secure call's time is mostly
 rounds, so one packed call beats several interleaved ones).
 
@@ -124,13 +124,15 @@ class Servable:
         return arrays, rows, outputs
 
     def _chunks(self, arrays: dict[str, np.ndarray], rows: int):
-        """Blocks of `batch` rows, the last padded with zeros; yields (block, real rows)."""
+        """Blocks of `batch` rows, the last padded with copies of its first row (zeros could
+        leave the model outside its range: an all-zero attention mask divides by zero in mean
+        pooling); yields (block, real rows)."""
         batch = self.batch
         for start in range(0, rows, batch):
             chunk = {k: v[start:start + batch] for k, v in arrays.items()}
             got = len(next(iter(chunk.values())))
-            if got < batch:
-                chunk = {k: np.concatenate([v, np.zeros((batch - got, *v.shape[1:]), v.dtype)])
+            if got < batch:  # copies of the first row, as TF Serving's batching pads
+                chunk = {k: np.concatenate([v, np.repeat(v[:1], batch - got, axis=0)])
                          for k, v in chunk.items()}
             yield chunk, got
 
@@ -214,6 +216,8 @@ class Servable:
                 raise TimeoutError(f"the secure call did not finish within {timeout:.0f} s "
                                    "although all parties answer")
         if "err" in result:
+            if isinstance(result["err"], tf.errors.InvalidArgumentError):  # the graph's checks
+                raise ServingError(_first_line(result["err"]).split(": ", 1)[-1]) from None
             raise result["err"]
         self._last_call_s = time.monotonic() - start
         self.calls += 1
