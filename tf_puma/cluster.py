@@ -135,6 +135,21 @@ def check_parties(cluster: "Cluster", timeout: float = 5.0) -> None:
             future.result()
 
 
+def await_parties(cluster: "Cluster", within_s: float, check_timeout: float = 2.0) -> None:
+    """check_parties until all three answer or `within_s` has passed (a party whose watcher is
+    replacing its server answers again in ~3-4 s); raises the last PartyUnavailable."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            check_parties(cluster, timeout=min(check_timeout,
+                                               max(1.0, deadline - time.monotonic())))
+            return
+        except PartyUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(0.5)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -26,8 +26,8 @@ import time
 import weakref
 from typing import Any, Mapping, Protocol
 
-from tf_puma.cluster import (CLIENT_JOB, Cluster, PartyUnavailable, check_parties,
-                             port_in_use, wait_reachable)
+from tf_puma.cluster import (CLIENT_JOB, Cluster, PartyUnavailable, await_parties,
+                             check_parties, port_in_use, wait_reachable)
 
 
 KEEP_ALIVE_S = 60  # a party drops a client's context this long after the client's last ping
@@ -152,14 +152,7 @@ def connect(cluster: Cluster | Mapping[str, Any] | str, timeout: float = 30.0) -
             except ConnectionError as err:
                 raise PartyUnavailable(f"party {i} is not reachable: {err}. Start it with "
                                        f"`tf-puma party --cluster SPEC --task {i}`") from None
-        while True:  # a party whose watcher is replacing its server answers again in seconds
-            try:
-                check_parties(cluster, timeout=min(5.0, max(1.0, deadline - time.monotonic())))
-                break
-            except PartyUnavailable:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.5)
+        await_parties(cluster, max(0.0, deadline - time.monotonic()), check_timeout=5.0)
         import tensorflow as tf  # noqa: PLC0415
 
         from tf_puma import _ops  # noqa: PLC0415

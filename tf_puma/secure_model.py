@@ -21,7 +21,7 @@ import tensorflow as tf
 from tf_puma import _ops
 from tf_puma import connection as connection_lib
 from tf_puma import manifest as manifest_lib
-from tf_puma.cluster import PartyUnavailable
+from tf_puma.cluster import PartyUnavailable, await_parties
 from tf_puma.connection import Connection
 from tf_puma.manifest import Manifest, ManifestError  # noqa: F401 - ManifestError re-exported
 
@@ -164,15 +164,11 @@ class SecureModel:
     def _party_returns(self, within_s: float) -> bool:
         """Whether all parties answer again within `within_s` (a party being restarted by its
         watcher, tf_puma/apps/supervisor.py, is back in ~3 s)."""
-        deadline = time.monotonic() + within_s
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            try:
-                self.connection.check(timeout=1.0)
-                return True
-            except PartyUnavailable:
-                continue
-        return False
+        try:
+            await_parties(self.connection.cluster, within_s, check_timeout=1.0)
+            return True
+        except PartyUnavailable:
+            return False
 
     def _call_with_deadline(self, feeds: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         result: dict[str, Any] = {}

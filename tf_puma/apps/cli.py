@@ -139,6 +139,21 @@ def _party(argv: list[str]) -> None:
         _fail("party", err)
 
 
+def _listen_as_client(command: str) -> str:
+    """The host this client task's server must listen on (--bind, else 127.0.0.1 for --local,
+    else the spec's client host); re-executes the command once with the bind shim."""
+    from tf_puma.apps import listen  # noqa: PLC0415
+    from tf_puma.cluster import Cluster  # noqa: PLC0415
+
+    try:
+        host = FLAGS.bind or ("127.0.0.1" if FLAGS.local
+                              else listen.host_of(Cluster.from_spec(FLAGS.cluster).client))
+        listen.listen_only_on(host)  # before TensorFlow loads
+    except (listen.ListenError, ValueError) as err:
+        _fail(command, err)
+    return host
+
+
 def _serve(argv: list[str]) -> None:
     del argv
     if (FLAGS.model_config_file is None) == (FLAGS.model_base_path is None):
@@ -148,15 +163,7 @@ def _serve(argv: list[str]) -> None:
         raise app.UsageError("serve needs --model_name NAME with --model_base_path DIR")
     if (FLAGS.cluster is None) == (not FLAGS.local):
         raise app.UsageError("serve needs exactly one of --cluster SPEC and --local")
-    from tf_puma.apps import listen  # noqa: PLC0415
-    from tf_puma.cluster import Cluster  # noqa: PLC0415
-
-    try:
-        host = FLAGS.bind or ("127.0.0.1" if FLAGS.local
-                              else listen.host_of(Cluster.from_spec(FLAGS.cluster).client))
-        listen.listen_only_on(host)  # the client task's server (re-executes once)
-    except (listen.ListenError, ValueError) as err:
-        _fail("serve", err)
+    host = _listen_as_client("serve")
     from tf_puma.apps.serving import read_model_config, serve  # noqa: PLC0415
 
     try:
@@ -187,14 +194,8 @@ def _run(argv: list[str]) -> None:
     if (FLAGS.cluster is None) == (not FLAGS.local):
         raise app.UsageError("run needs exactly one of --cluster SPEC and --local")
     from tf_puma.apps import listen  # noqa: PLC0415
-    from tf_puma.cluster import Cluster  # noqa: PLC0415
 
-    try:
-        host = FLAGS.bind or ("127.0.0.1" if FLAGS.local
-                              else listen.host_of(Cluster.from_spec(FLAGS.cluster).client))
-        listen.listen_only_on(host)  # the client task's server too (re-executes once)
-    except (listen.ListenError, ValueError) as err:
-        _fail("run", err)
+    host = _listen_as_client("run")
     import tf_puma  # noqa: PLC0415
     from tf_puma import secure_model  # noqa: PLC0415
 

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_puma import secure_model
-from tf_puma.cluster import Cluster, PartyUnavailable, check_parties
+from tf_puma.cluster import Cluster, PartyUnavailable, await_parties, check_parties
 from tf_puma.manifest import Manifest
 
 FIRST_CALL_TIMEOUT_S = 600.0
@@ -229,17 +229,11 @@ class Servable:
 
     def _wait_for_parties(self, fault: Exception, grace_s: float = RESTART_GRACE_S) -> None:
         """Returns once all parties answer (within `grace_s`); else PartyUnavailable."""
-        deadline = time.monotonic() + grace_s
-        while True:
-            try:
-                check_parties(self.cluster, timeout=2.0)
-                return
-            except PartyUnavailable as down:
-                if time.monotonic() >= deadline:
-                    raise PartyUnavailable(f"{down} The call failed ({_first_line(fault)}); the "
-                                           "server recovers by itself once the party answers "
-                                           "again.") from None
-            time.sleep(0.5)
+        try:
+            await_parties(self.cluster, grace_s)
+        except PartyUnavailable as down:
+            raise PartyUnavailable(f"{down} The call failed ({_first_line(fault)}); the server "
+                                   "recovers by itself once the party answers again.") from None
 
     def close(self) -> None:
         self.session.close()
