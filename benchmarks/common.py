@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -32,6 +33,37 @@ def status_mib(pid: int, field: str) -> float:
             if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def prepare_in_child(script: str, args: Sequence[str], work: str) -> dict:
+    """Runs `script --prepare ARGS` (export, convert and plaintext reference, as the model owner
+    would, in a process of its own) and returns the work/prepared.json it wrote."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    done = subprocess.run([sys.executable, os.path.abspath(script), "--prepare", *args],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"export/convert failed:\n{done.stderr[-3000:]}")
+    with open(os.path.join(work, "prepared.json"), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+@contextlib.contextmanager
+def secure_session(secure_dir: str, first_call: Callable[[object], object]):
+    """Three local parties holding the model's bundles, this process connected as the client,
+    the model loaded and called once (the parties register its graph). Yields (local cluster,
+    model, load seconds, first call seconds)."""
+    import tf_puma  # noqa: PLC0415
+    from tf_puma import secure_model  # noqa: PLC0415
+    local = tf_puma.LocalCluster(shares_dir=os.path.join(secure_dir, "shares"))
+    with local as spec:
+        tf_puma.connect(spec)
+        start = time.perf_counter()
+        model = secure_model.load(secure_dir)
+        load_s = time.perf_counter() - start
+        start = time.perf_counter()
+        first_call(model)
+        yield local, model, load_s, time.perf_counter() - start
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

@@ -22,7 +22,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, status_mib, write_json  # noqa: E402
+from common import (prepare_in_child, print_table, secure_session, status_mib,  # noqa: E402
+                    write_json)
 
 CONFIGS = {"minilm-32": ("minilm", 32), "minilm-128": ("minilm", 128),
            "bert-base-128": ("bert-base", 128)}
@@ -95,28 +96,14 @@ def _measure(name: str, work: str) -> dict:
     """The secure run, in a process that only connects, loads and calls (like a client)."""
     import numpy as np  # noqa: PLC0415
 
-    import tf_puma  # noqa: PLC0415
     from tf_puma import secure_model  # noqa: PLC0415
 
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--prepare", name, work],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{name}: export/convert failed:\n{done.stderr[-3000:]}")
-    with open(os.path.join(work, "prepared.json"), encoding="utf-8") as fh:
-        prepared = json.load(fh)
+    prepared = prepare_in_child(__file__, [name, work], work)
     saved = np.load(os.path.join(work, "reference.npz"))
     inputs = {k: saved[k] for k in ("input_ids", "attention_mask")}
     secure_dir = os.path.join(work, "secure")
     manifest = secure_model.read_manifest(secure_dir)
-    local = tf_puma.LocalCluster(shares_dir=os.path.join(secure_dir, "shares"))
-    with local as spec:
-        tf_puma.connect(spec)
-        start = time.perf_counter()
-        model = secure_model.load(secure_dir)
-        load_s = time.perf_counter() - start
-        start = time.perf_counter()
-        model(**inputs)
-        first_s = time.perf_counter() - start
+    with secure_session(secure_dir, lambda m: m(**inputs)) as (local, model, load_s, first_s):
         walls = []
         for _ in range(STEADY_CALLS):
             start = time.perf_counter()

@@ -15,6 +15,7 @@ nothing behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -29,13 +30,14 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tf_puma.rewrites.graph import ConversionError, load_signature
+from tf_puma.rewrites.graph import ConversionError, FrozenGraph, load_signature
 from tf_puma.rewrites.program import SecureProgram
-from tf_puma import _ops, bundle, costs, warmup
+from tf_puma import _ops, bundle, costs, runtime, warmup
 from tf_puma import manifest as manifest_lib
 from tf_puma.manifest import Cost, Manifest, TensorEntry
 from tf_puma.cluster import NUM_PARTIES
 from tf_puma.protocols import arithmetic
+from tf_puma.sharing import Shared
 
 MANIFEST = manifest_lib.FILE
 OWNER_RECORD = "owner.json"
@@ -62,16 +64,49 @@ def progress_bar(done: int, total: int, width: int = 20) -> str:
 
 
 def _signature_function(program: SecureProgram, signature: str, progress, ledgers):
-    names = sorted(program.graph.inputs)
-    specs = [tf.TensorSpec(program.graph.inputs[n].shape, program.graph.inputs[n].dtype, name=n)
-             for n in names]
+    """The secure graph as a tf.function over the signature's inputs (state inputs: their six
+    shares, `manifest_lib.state_share_name`), returning the revealed outputs and the state
+    outputs' shares (left on the parties)."""
+    g = program.graph
+    plain_names = sorted(n for n in g.inputs if n not in g.state_inputs)
+    specs = [tf.TensorSpec(g.inputs[n].shape, g.inputs[n].dtype, name=n) for n in plain_names]
+    share_names = []
+    for key in sorted(g.state_inputs):
+        for party in range(NUM_PARTIES):
+            for slot in (0, 1):
+                share_names.append((key, party, slot))
+                specs.append(tf.TensorSpec(g.inputs[key].shape, tf.int64,
+                                           name=manifest_lib.state_share_name(key, party, slot)))
+    names = plain_names + [manifest_lib.state_share_name(*k) for k in share_names]
+
+    def build(values: list) -> dict:
+        inputs = dict(zip(plain_names, values[:len(plain_names)]))
+        shares = dict(zip(share_names, values[len(plain_names):]))
+        for key in sorted(g.state_inputs):
+            pairs = []
+            for party in range(NUM_PARTIES):
+                with tf.device(runtime.device(party)):
+                    pairs.append(tuple(tf.identity(shares[(key, party, slot)])
+                                       for slot in (0, 1)))
+            inputs[key] = Shared(pairs, arithmetic.fixed_point().frac_bits)
+        outputs = program.build(inputs, on_layer=progress, ledgers=ledgers)
+        flat = {}
+        for key, value in outputs.items():
+            if isinstance(value, Shared):
+                for party in range(NUM_PARTIES):
+                    with tf.device(runtime.device(party)):
+                        for slot in (0, 1):
+                            name = manifest_lib.state_share_name(key, party, slot)
+                            flat[name] = tf.identity(value.pairs[party][slot], name=name)
+            else:
+                flat[key] = value
+        return flat
+
     # a function whose parameters carry the signature's input names
     params = ", ".join(n if n.isidentifier() else f"arg{i}" for i, n in enumerate(names))
     scope: dict = {}
     exec(f"def {signature.replace('-', '_')}({params}):\n"  # noqa: S102 - names only
-         f"    return _build(dict(zip(_names, [{params}])))\n",
-         {"_build": lambda inputs: program.build(inputs, on_layer=progress, ledgers=ledgers),
-          "_names": names}, scope)
+         f"    return _build([{params}])\n", {"_build": build}, scope)
     fn = next(iter(scope.values()))
     return tf.function(fn, input_signature=specs, autograph=False)
 
@@ -95,6 +130,77 @@ def convert(in_dir: str, out_dir: str, signature: str = "serving_default",
             return _convert(in_dir, out_dir, tmp, signature, input_shapes, public_inputs, log)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+GENERATE_SIGNATURE = "generate_step"
+GENERATE_PUBLIC = ("position_ids", "attention_mask", "last_index")
+
+
+def convert_generation(in_dir: str, out_dir: str, prompt_tokens: int,
+                       overwrite: bool = False, log: Callable[[str], None] = print) -> Manifest:
+    """`tf-puma convert --generate`: a causal LM's `generate_step` signature (the contract of
+    `tf_puma.apps.hf.export_generation`) converted twice into one secure model: `prefill`
+    (prompt_tokens new tokens) and `decode` (one), sharing one bundle. Inputs past_X / outputs
+    present_X are the KV cache: state kept secret-shared on the parties between calls.
+    position_ids, attention_mask and last_index are public (the parties see where in the
+    window a call writes, which the number of calls tells them anyway); token ids stay the
+    client's. Nothing is half-written (see `convert`)."""
+    _check_paths(in_dir, out_dir, overwrite)
+    if prompt_tokens < 1:
+        raise ConversionError(f"--prompt-tokens must be at least 1, got {prompt_tokens}")
+    _ops.load()
+    tmp = _partial_dir(out_dir)
+    try:
+        with _cleaned_up_on_sigterm(tmp):
+            return _convert_generation(in_dir, out_dir, tmp, prompt_tokens, log)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _generation_contract(in_dir: str) -> tuple[dict, int]:
+    """(state pairs present_X -> past_X, window) of a generate_step signature; what is missing
+    is named."""
+    loaded = tf.saved_model.load(in_dir)
+    if GENERATE_SIGNATURE not in loaded.signatures:
+        raise ConversionError(
+            f"{in_dir} has no {GENERATE_SIGNATURE!r} signature (it has "
+            f"{sorted(loaded.signatures)}); export one with "
+            "tf_puma.apps.hf.export_generation(model, DIR, window)")
+    fn = loaded.signatures[GENERATE_SIGNATURE]
+    inputs = fn.structured_input_signature[1]
+    outputs = fn.structured_outputs
+    missing = [k for k in ("input_ids", *GENERATE_PUBLIC) if k not in inputs]
+    missing += [k for k in ("next_token",) if k not in outputs]
+    state = {f"present_{k[len('past_'):]}": k for k in inputs if k.startswith("past_")}
+    missing += [out for out in state if out not in outputs]
+    if missing or not state:
+        raise ConversionError(f"{GENERATE_SIGNATURE} of {in_dir} lacks {missing or 'past_*'} "
+                              "(see tf_puma.apps.hf.export_generation for the contract)")
+    windows = {int(inputs[k].shape[-2]) for k in state.values()}  # positions: axis -2
+    if len(windows) != 1:
+        raise ConversionError(f"the past_* inputs of {GENERATE_SIGNATURE} disagree on the "
+                              f"window size: {sorted(windows)}")
+    return state, windows.pop()
+
+
+def _convert_generation(in_dir, out_dir, tmp, prompt_tokens, log) -> Manifest:
+    start = time.perf_counter()
+    state, window = _generation_contract(in_dir)
+    graphs = {}
+    for name, new in (("prefill", prompt_tokens), ("decode", 1)):
+        shapes = {"input_ids": [1, new], "position_ids": [1, new],
+                  "attention_mask": [1, window + new]}
+        graphs[name] = load_signature(in_dir, GENERATE_SIGNATURE, shapes, GENERATE_PUBLIC,
+                                      state)
+        log(f"loaded and froze {in_dir} [{GENERATE_SIGNATURE}, {new} new token"
+            f"{'s' if new > 1 else ''}]: {len(graphs[name].nodes)} nodes "
+            f"({time.perf_counter() - start:.1f} s)")
+    decode = graphs["decode"]
+    generation = {"window": window, "prompt_tokens": prompt_tokens,
+                  "state": {past: {"output": present,
+                                   "shape": list(decode.inputs[past].shape)}
+                            for present, past in sorted(state.items())}}
+    return _write_secure_model(in_dir, out_dir, tmp, graphs, "decode", start, log, generation)
 
 
 def _check_paths(in_dir: str, out_dir: str, overwrite: bool) -> None:
@@ -181,47 +287,75 @@ def _convert(in_dir, out_dir, tmp, signature, input_shapes, public_inputs, log) 
     graph = load_signature(in_dir, signature, input_shapes, public_inputs)
     log(f"loaded and froze {in_dir} [{signature}]: {len(graph.nodes)} nodes "
         f"({time.perf_counter() - start:.1f} s)")
+    return _write_secure_model(in_dir, out_dir, tmp, {signature: graph}, signature, start, log)
+
+
+def _write_secure_model(in_dir, out_dir, tmp, graphs: Mapping[str, FrozenGraph], main: str,
+                        start: float, log, generation: Optional[dict] = None) -> Manifest:
+    """Programs for the frozen signatures (secure signature name -> graph), one share bundle for
+    all of them (their weights must agree), the secure SavedModel, the manifest (of `main`;
+    `generation` adds its section) and the swap into OUT."""
     t = time.perf_counter()
     source_hash = model_hash(in_dir)
     bundle_id = bundle.new_bundle_id()  # random: names the conversion, not the weights
-    program = SecureProgram(graph, bundle_id)
-    _check_weights(program.weights, arithmetic.fixed_point())
-    counts = program.counts()
-    log(f"classified {len(program.order)} run-time nodes: {counts.get('SECRET', 0)} secure, "
-        f"{counts.get('CLIENT', 0) + counts.get('PUBLIC', 0)} on the client; "
-        f"{counts['idioms']} idioms (GeLU, LayerNorm); {counts['weights']} weight tensors, "
-        f"{sum(w.size for w in program.weights.values()):,} values "
-        f"({time.perf_counter() - t:.1f} s)")
-    ledgers: dict[str, costs.Ledger] = {}
-    t = time.perf_counter()
-    def on_layer(group: str, done: int, total: int) -> None:
-        log(f"  {progress_bar(done - 1, total)} layers traced; now {group} "
-            f"({time.perf_counter() - t:.0f} s so far)")
-
-    fn = _signature_function(program, signature, on_layer, ledgers)
-    with costs.Ledger() as total:
-        concrete = fn.get_concrete_function()
-    num_ops = len(concrete.graph.get_operations())
-    trace_s = time.perf_counter() - t
-    log(f"traced the secure graph: {num_ops:,} ops ({trace_s:.1f} s)")
-
-    t = time.perf_counter()
+    programs = {name: SecureProgram(graph, bundle_id) for name, graph in graphs.items()}
+    weights: dict[str, np.ndarray] = {}
+    for name, program in programs.items():
+        for key, value in program.weights.items():
+            if key in weights and not np.array_equal(weights[key], value):
+                raise ConversionError(f"weight {key!r} differs between the signatures")
+            weights[key] = value
+    _check_weights(weights, arithmetic.fixed_point())
+    for name, program in programs.items():
+        counts = program.counts()
+        log(f"{'[' + name + '] ' if len(programs) > 1 else ''}classified {len(program.order)} "
+            f"run-time nodes: {counts.get('SECRET', 0)} secure, "
+            f"{counts.get('CLIENT', 0) + counts.get('PUBLIC', 0)} on the client; "
+            f"{counts['idioms']} idioms ({program.idiom_summary() or 'none'}); "
+            f"{counts['weights']} weight tensors, "
+            f"{sum(w.size for w in program.weights.values()):,} values "
+            f"({time.perf_counter() - t:.1f} s)")
+    concretes, manifests = {}, {}
     module = tf.Module()
-    module.secure_fn = fn
-    tf.saved_model.save(module, tmp, signatures={signature: concrete})
+    module.secure_fns = []
+    for name, program in programs.items():
+        ledgers: dict[str, costs.Ledger] = {}
+        t = time.perf_counter()
+
+        def on_layer(group: str, done: int, total: int, t=t) -> None:
+            log(f"  {progress_bar(done - 1, total)} layers traced; now {group} "
+                f"({time.perf_counter() - t:.0f} s so far)")
+
+        fn = _signature_function(program, name, on_layer, ledgers)
+        with costs.Ledger() as total:
+            concretes[name] = fn.get_concrete_function()
+        module.secure_fns.append(fn)
+        num_ops = len(concretes[name].graph.get_operations())
+        log(f"traced the secure graph{' ' + name if len(programs) > 1 else ''}: {num_ops:,} ops "
+            f"({time.perf_counter() - t:.1f} s)")
+        manifests[name] = _manifest(name, program, total, ledgers, num_ops,
+                                    time.perf_counter() - start)
+    t = time.perf_counter()
+    tf.saved_model.save(module, tmp, signatures=concretes)
     save_s = time.perf_counter() - t
     t = time.perf_counter()
-    bundle.write_bundles(program.weights, os.path.join(tmp, "shares"), bundle_id,
+    bundle.write_bundles(weights, os.path.join(tmp, "shares"), bundle_id,
                          arithmetic.fixed_point())
     with open(os.path.join(tmp, "shares", OWNER_RECORD), "w", encoding="utf-8") as fh:
         json.dump({"source": os.path.abspath(in_dir), "model_sha256": source_hash,
-                   "bundle_id": bundle_id, "signature": signature}, fh, indent=2)
+                   "bundle_id": bundle_id, "signature": main}, fh, indent=2)
     log(f"saved the secure SavedModel ({save_s:.1f} s) and {NUM_PARTIES} share bundles "
         f"({time.perf_counter() - t:.1f} s)")
-    manifest = _manifest(signature, program, total, ledgers, num_ops,
-                         time.perf_counter() - start)
+    manifest = manifests[main]
+    if generation is not None:
+        others = {name: m.to_json() for name, m in manifests.items() if name != main}
+        manifest = dataclasses.replace(
+            manifest, generation={**generation, "signatures": others},
+            weight_tensors=len(weights), weight_values=int(sum(w.size for w in weights.values())),
+            convert_seconds=round(time.perf_counter() - start, 2))
     manifest_lib.write(tmp, manifest)
-    warmup.write(tmp, manifest)
+    if generation is None:
+        warmup.write(tmp, manifest)
     # The swap is not interrupted by SIGTERM (held until it is done): OUT is always either the
     # earlier output or the new one.
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
@@ -268,9 +402,9 @@ def _manifest(signature, program, total, ledgers, num_ops, seconds) -> Manifest:
     return Manifest(
         signature=signature,
         inputs={k: TensorEntry(v.dtype.name, tuple(v.shape), k in g.public_inputs)
-                for k, v in sorted(g.inputs.items())},
+                for k, v in sorted(g.inputs.items()) if k not in g.state_inputs},
         outputs={k: TensorEntry(g.tensor(ref).dtype.name, tuple(g.static_shape(ref)))
-                 for k, ref in g.outputs.items()},
+                 for k, ref in g.outputs.items() if k not in g.state},
         frac_bits=arithmetic.fixed_point().frac_bits, bundle_id=program.bundle_id,
         weight_tensors=len(program.weights),
         weight_values=int(sum(w.size for w in program.weights.values())),

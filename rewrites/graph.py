@@ -11,7 +11,9 @@ Kinds (a node's kind follows from its data inputs' kinds):
 | SECRET  | nobody                    | at run time by the parties, with a rewrite rule  |
 Shape, Size and Rank are CONST (secure graphs have static shapes). Weights are the signature's
 captured variables, whatever their size or dtype, and everything computed from them without
-run-time data; conservatively also every other float constant with more than one element.
+run-time data; conservatively also every other float constant with more than one element, except
+a rotary embedding's inverse frequencies (theta^(-2i/d), i < d/2: architecture, one number from
+the model's config), so that rotary angles stay CONST.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class FrozenGraph:
 
     def __init__(self, graph_def: graph_pb2.GraphDef, inputs: Mapping[str, TensorInfo],
                  outputs: Mapping[str, str], weight_nodes: set[str],
-                 public_inputs: Sequence[str] = ()):
+                 public_inputs: Sequence[str] = (), state: Mapping[str, str] | None = None):
         self.inputs = dict(inputs)          # signature name -> placeholder tensor info
         self.outputs = dict(outputs)        # signature name -> tensor name
         unknown = set(public_inputs) - set(self.inputs)
@@ -73,6 +75,17 @@ class FrozenGraph:
             raise ConversionError(f"--public-input {sorted(unknown)}: no such signature input "
                                   f"(inputs: {sorted(self.inputs)})")
         self.public_inputs = set(public_inputs)
+        # state: output name -> input name; both stay secret-shared on the parties between
+        # calls (a decoder's KV cache): the input arrives as shares, the output leaves as shares
+        self.state = dict(state or {})
+        for out_key, in_key in self.state.items():
+            if out_key not in self.outputs or in_key not in self.inputs:
+                raise ConversionError(f"state {out_key}={in_key}: needs an output {out_key!r} "
+                                      f"and an input {in_key!r} of the signature")
+            if not self.inputs[in_key].dtype.is_floating or in_key in self.public_inputs:
+                raise ConversionError(f"state input {in_key!r} must be a float, non-public "
+                                      "input")
+        self.state_inputs = set(self.state.values())
         for key, info in self.inputs.items():
             if not (info.dtype.is_integer or info.dtype.is_floating or info.dtype.is_bool):
                 raise ConversionError(
@@ -111,7 +124,8 @@ class FrozenGraph:
                 sig_name = placeholders.get(name)
                 if sig_name is None:
                     raise ConversionError(f"placeholder {name} is not a signature input")
-                kind = Kind.PUBLIC if sig_name in self.public_inputs else Kind.CLIENT
+                kind = (Kind.SECRET if sig_name in self.state_inputs else
+                        Kind.PUBLIC if sig_name in self.public_inputs else Kind.CLIENT)
             elif node.op == "Const":
                 kind = Kind.WEIGHT if self._is_weight_const(node) else Kind.CONST
             elif node.op in SHAPE_OPS:
@@ -131,7 +145,9 @@ class FrozenGraph:
             return True
         value = node.attr["value"].tensor
         dtype = tf.dtypes.as_dtype(value.dtype)
-        return dtype.is_floating and int(np.prod([d.size for d in value.tensor_shape.dim])) > 1
+        if not (dtype.is_floating and int(np.prod([d.size for d in value.tensor_shape.dim])) > 1):
+            return False
+        return not is_rotary_inverse_frequencies(tf.make_ndarray(value))
 
     def kind(self, ref: str) -> Kind:
         return self.kinds[node_of(ref)]
@@ -160,8 +176,13 @@ class FrozenGraph:
         graph = tf.Graph()
         with graph.as_default():
             tf.graph_util.import_graph_def(folded_def, name="")
+        # CONST values never depend on run-time inputs, but a ShapeN (not turned into a
+        # constant above: several outputs) still reads its placeholder: feed zeros
+        feeds = {graph.get_tensor_by_name(info.name): np.zeros(info.shape,
+                                                               info.dtype.as_numpy_dtype)
+                 for info in self.inputs.values()}
         with tf.compat.v1.Session(graph=graph) as session:
-            values = session.run(refs)
+            values = session.run(refs, feed_dict=feeds)
         return dict(zip(refs, values))
 
     def _shape_op_value(self, node: node_def_pb2.NodeDef):
@@ -171,6 +192,21 @@ class FrozenGraph:
         if node.op == "Size":
             return int(np.prod(shape))
         return len(shape)
+
+
+def is_rotary_inverse_frequencies(value: np.ndarray) -> bool:
+    """True for the vector theta^(-2i/d), i = 0..d/2-1, theta > 1 (rotary position embedding's
+    inverse frequencies, as transformers' rotary layers hold them), to float32 precision. At
+    least 4 values (head size 8): fewer would fit any vector starting with 1."""
+    v = np.asarray(value, np.float64)
+    if v.ndim != 1 or v.size < 4 or v[0] != 1.0 or not np.all((v > 0) & (v <= 1)):
+        return False
+    d = 2 * v.size
+    theta = v[1] ** (-d / 2.0)
+    if not theta > 1:
+        return False
+    expected = theta ** (-2.0 * np.arange(v.size) / d)
+    return bool(np.allclose(v, expected, rtol=1e-5, atol=0))
 
 
 def _with_static_placeholders(graph_def: graph_pb2.GraphDef,
@@ -213,9 +249,11 @@ def _topological_order(graph_def: graph_pb2.GraphDef) -> list[str]:
 
 def load_signature(saved_model_dir: str, signature: str = "serving_default",
                    input_shapes: Mapping[str, Sequence[int]] | None = None,
-                   public_inputs: Sequence[str] = ()) -> FrozenGraph:
+                   public_inputs: Sequence[str] = (),
+                   state: Mapping[str, str] | None = None) -> FrozenGraph:
     """Loads and freezes one signature; `input_shapes` fills dimensions the signature leaves
-    unknown (e.g. {"input_ids": [1, 32]})."""
+    unknown (e.g. {"input_ids": [1, 32]}); `state` pairs outputs with inputs that stay
+    secret-shared between calls ({"present_0": "past_0"})."""
     if not os.path.isdir(saved_model_dir):
         raise ConversionError(f"{saved_model_dir}: no such SavedModel directory")
     try:
@@ -253,4 +291,4 @@ def load_signature(saved_model_dir: str, signature: str = "serving_default",
     keys = sorted(fn.structured_outputs)  # flattening order of a dict
     outputs = {key: t.name for key, t in zip(keys, frozen.outputs)}
     return FrozenGraph(frozen.graph.as_graph_def(), inputs, outputs, weight_nodes,
-                       public_inputs)
+                       public_inputs, state)

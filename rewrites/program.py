@@ -114,7 +114,7 @@ class SecureProgram:
         for name in self.order:
             node = self.graph.nodes[name]
             if (self.graph.kinds[name] == Kind.SECRET and name not in self.idioms
-                    and node.op not in rules.RULES):
+                    and node.op not in rules.RULES and node.op != "Placeholder"):
                 scope = name.rsplit("/", 1)[0] if "/" in name else "(top level)"
                 hint = {**_HINTS, **idioms.hints()}.get(
                     node.op, "no secure rewrite rule for this op type")
@@ -136,6 +136,13 @@ class SecureProgram:
                 groups.setdefault(layer_of(name))
         return list(groups)
 
+    def idiom_summary(self) -> str:
+        """`gelu x6, layer_norm x13`: the idioms found, by name."""
+        needed = set(self.order)
+        found = collections.Counter(idiom.name for name, (idiom, _) in self.idioms.items()
+                                    if name in needed)
+        return ", ".join(f"{name} x{n}" for name, n in sorted(found.items()))
+
     def counts(self) -> dict[str, int]:
         c = collections.Counter(self.graph.kinds[n].name for n in self.order)
         return dict(c, idioms=len(self.idioms), weights=len(self.weights))
@@ -144,9 +151,10 @@ class SecureProgram:
     def build(self, inputs: dict[str, tf.Tensor],
               on_layer: Optional[Callable[[str, int, int], None]] = None,
               ledgers: Optional[dict[str, costs.Ledger]] = None) -> dict[str, tf.Tensor]:
-        """Emits the secure graph for `inputs` (client tensors by signature name) and returns
-        the signature's outputs, revealed to the client. Call inside a tf.function.
-        `on_layer(group, i, n)` is called as the i-th of n groups (layers) starts."""
+        """Emits the secure graph for `inputs` (client tensors by signature name; Shared values
+        for state inputs) and returns the signature's outputs, revealed to the client (state
+        outputs: Shared, at the format's fractional bits, never revealed). Call inside a
+        tf.function. `on_layer(group, i, n)` is called as the i-th of n groups starts."""
         ctx = BuildContext(self)
         total_groups = len(self.secure_groups()) if on_layer else 0
         placeholders = {node_of(info.name): key for key, info in self.graph.inputs.items()}
@@ -154,6 +162,9 @@ class SecureProgram:
         for name in self.order:
             node = self.graph.nodes[name]
             kind = self.graph.kinds[name]
+            if node.op == "Placeholder" and placeholders[name] in self.graph.state_inputs:
+                ctx.env[f"{name}:0"] = inputs[placeholders[name]]
+                continue
             if node.op == "Placeholder":
                 ctx.env[f"{name}:0"] = ClientValue(_checked_input(
                     inputs[placeholders[name]], placeholders[name],
@@ -174,15 +185,21 @@ class SecureProgram:
                     outs = self._secure(ctx, node)
             for k, out in enumerate(outs):
                 ctx.env[f"{name}:{k}"] = out
-        return {key: ctx.reveal(ref, key) for key, ref in self.graph.outputs.items()}
+        return {key: (ctx.state_out(ref) if key in self.graph.state else ctx.reveal(ref, key))
+                for key, ref in self.graph.outputs.items()}
 
     def _secure(self, ctx: "BuildContext", node: node_def_pb2.NodeDef) -> list[Value]:
-        if node.name in self.idioms:
-            idiom, bindings = self.idioms[node.name]
-            outs = [idiom.build(ctx, bindings)]
-        else:
-            args = [ctx.value(ref) for ref in self.graph.data_inputs(node.name)]
-            outs = rules.RULES[node.op](ctx, node, args)
+        try:
+            if node.name in self.idioms:
+                idiom, bindings = self.idioms[node.name]
+                outs = [idiom.build(ctx, bindings)]
+            else:
+                args = [ctx.value(ref) for ref in self.graph.data_inputs(node.name)]
+                outs = rules.RULES[node.op](ctx, node, args)
+        except ValueError as e:  # protocols' argument checks, named by node
+            if isinstance(e, ConversionError):
+                raise
+            raise ConversionError(f"{node.op} {node.name}: {e}") from e
         for k, out in enumerate(outs):
             want = self.graph.static_shape(f"{node.name}:{k}")
             if isinstance(out, Shared) and tuple(out.shape.as_list()) != want:
@@ -287,6 +304,17 @@ class BuildContext:
         raise ConversionError(f"{node.op} {node.name}: this operand must be a constant or a "
                               "public input (it would be shown to the parties); mark the "
                               "input --public-input if that is acceptable")
+
+    def state_out(self, ref: str) -> Shared:
+        """A state output as shares at the format's fractional bits (the next call's input)."""
+        x = self.shared(self.value(ref))
+        frac = arithmetic.fixed_point().frac_bits
+        if x.frac_bits > frac:
+            cut = arithmetic.trunc(x, x.frac_bits - frac)
+            x = Shared(cut.pairs, frac, cut.depth)
+        elif x.frac_bits < frac:
+            x = x.map_local(lambda t: t * 2 ** (frac - x.frac_bits), frac_bits=frac)
+        return x
 
     def reveal(self, ref: str, key: str) -> tf.Tensor:
         value = self.value(ref)

@@ -2,11 +2,11 @@
 
 `RULES[op_type](ctx, node, args)` returns the node's outputs, where args are the node's data inputs
 as values (`rewrites.values`) and `ctx` (a `rewrites.program.BuildContext`) converts values to
-shares. Whole idioms (GeLU, LayerNorm) are declared one per file in `rewrites/idioms/`.
+shares. Whole idioms (GeLU, LayerNorm, RMSNorm, SiLU, masked Softmax) are declared one per file in `rewrites/idioms/`.
 
 | ops                                                  | protocol                       | rounds |
 |------------------------------------------------------|--------------------------------|--------|
-| Identity, StopGradient, Reshape, Transpose, ExpandDims, Squeeze, StridedSlice, Slice, Split, SplitV, Pack, Unpack, ConcatV2, Tile, BroadcastTo, Pad, Sum, Neg, GatherV2 (public ids), Cast (float) | the same op on every share | 0 |
+| Identity, IdentityN, StopGradient, Reshape, Transpose, ExpandDims, Squeeze, StridedSlice, Slice, Split, SplitV, Pack, Unpack, ConcatV2, Tile, BroadcastTo, Pad, Sum, Neg, GatherV2 (public ids), Cast (float) | the same op on every share | 0 |
 | AddV2, Add, BiasAdd, Sub, AddN                       | add / add_public               | 0      |
 | Mul, RealDiv by a constant                           | mul_public                     | 0 or 2 |
 | Mul, Square, SquaredDifference, Pow (integer)        | mul                            | 2 each |
@@ -16,8 +16,10 @@ shares. Whole idioms (GeLU, LayerNorm) are declared one per file in `rewrites/id
 | RealDiv by a secret, Reciprocal; Rsqrt; Sqrt         | reciprocal; rsqrt; x rsqrt(x)  | ~28    |
 | Softmax                                              | nn.softmax (last axis)         | ~120   |
 | Tanh, Sigmoid, Relu, Abs, Maximum/Minimum            | nn.tanh, nn.sigmoid, relu, msb |        |
+| ArgMax (constant axis; integer index out)            | compare.argmax_index | 11 log2 n |
 | GatherV2 (client ids: embeddings)                    | one-hot matmul                 | 1      |
 | idioms: GeLU (erf, erfc, tanh forms), LayerNorm      | approx.gelu, nn.layer_norm     |        |
+| idioms: RMSNorm, SiLU, Softmax(scores + mask)       | nn.rms_norm, approx.silu, nn.softmax |  |
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def share_wise(ctx, node, args):
     if node.op == "GatherV2" and isinstance(args[1], ClientValue) and not args[1].public:
         return [_embedding(ctx, node, args)]
     float_inputs = [i for i, ref in enumerate(ctx.data_inputs(node))
-                    if ctx.dtype(ref).is_floating]
+                    if ctx.dtype(ref).is_floating or isinstance(args[i], Shared)]
     if not float_inputs:
         raise ConversionError(f"{node.op} {node.name}: no float operand to share")
     shared = ctx.aligned([args[i] for i in float_inputs])
@@ -142,6 +144,12 @@ def _embedding(ctx, node, args) -> Shared:
         flat = tf.reshape(ids, [-1])
     rows = nn.embedding(flat, table)
     return tensor.reshape(rows, [*ids.shape.as_list(), table.shape[1]])
+
+
+@rule("IdentityN")
+def identity_n(ctx, node, args):
+    """Its inputs, unchanged (a custom gradient's wrapper; no op is emitted)."""
+    return list(args)
 
 
 @rule("Cast")
@@ -387,6 +395,16 @@ def maximum(ctx, node, args):
     if node.op == "Maximum":
         return [compare.maximum(x, y)]
     return [arithmetic.neg(compare.maximum(arithmetic.neg(x), arithmetic.neg(y)))]
+
+
+@rule("ArgMax")
+def arg_max(ctx, node, args):
+    """The position of the max as an integer share (revealed, it is the index tf.argmax gives;
+    greedy decoding's next token). Axis: a constant."""
+    axis = args[1]
+    if not isinstance(axis, np.ndarray) or axis.size != 1:
+        raise ConversionError(f"ArgMax {node.name}: the axis must be a constant")
+    return [compare.argmax_index(ctx.shared(args[0]), axis=int(axis))]
 
 
 runtime.exclude_from_autograph(globals())

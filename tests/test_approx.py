@@ -83,6 +83,15 @@ def test_rsqrt_relative(cluster):
     assert np.max(np.abs(out - ref) / (2.5e-6 * ref + 1.25 * ULP)) <= 1
 
 
+def test_rsqrt_relative_wide(cluster):
+    # RMSNorm's range [2^-10, 2^24] (the 2^(-j/2) mix at 28 fractional bits, 2^-j exact):
+    # same bound as the standard range.
+    x = encoded(np.concatenate([np.geomspace(2 ** -10, 2 ** 24, 3000), [2 ** -10, 2 ** 24]]))
+    out = run_secure(lambda a: approx.rsqrt(a, hi=2.0 ** 24), x)
+    ref = 1 / np.sqrt(x)
+    assert np.max(np.abs(out - ref) / (2.5e-6 * ref + 1.25 * ULP)) <= 1
+
+
 def np_softmax(x):
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
@@ -124,6 +133,30 @@ def test_rms_norm(cluster, rng):
     err = check(run_secure(lambda a, g: nn.rms_norm(a, g, eps=1e-5), x, gamma), ref,
                 3e-5)  # measured 9.5e-6
     print(f"rms_norm: max abs error {err:.1e}")
+
+
+def test_rms_norm_with_massive_activations(cluster, rng):
+    """SmolLM2's residual stream: mean squares from 6e-3 to 9e5 and single values of 2.3e4
+    (x^2 at 36 fractional bits would leave the ring). Rows at both ends of [2^-10, 2^24] and
+    one just around the switch from direct to scaled squares (sum 2^24)."""
+    n = 576
+    x = rng.normal(size=(6, n))
+    x[0] *= 0.035                                       # mean square ~1.2e-3 (~2^-9.7)
+    x[1, :3] = [22552.0, -9000.0, 3000.0]               # SmolLM2's outliers, rest ~1
+    x[2] *= 4096.0 / np.sqrt((x[2] ** 2).mean())        # mean square 2^24, the top
+    x[3] *= np.sqrt(2.0 ** 24 / n) / np.sqrt((x[3] ** 2).mean()) * 0.999  # sum just below
+    x[4] = x[3] * 1.002                                  # ... and just above 2^24
+    x[5, :] = 0.0
+    x[5, 7] = 8192.0 * 1.5                               # one value alone, x^2 * 2^36 > 2^62
+    gamma = rng.normal(size=n) * 0.2 + 1
+    ref = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-5) * gamma
+    out = run_secure(lambda a, g: nn.rms_norm(a, g, eps=1e-5), x, gamma)
+    # measured over 8 runs: <= 7.0e-5 at the bottom of the range (x itself keeps ~13
+    # significant bits there), <= 6.2e-5 on the outlier row (outputs of 24: 2.6e-6 relative),
+    # <= 3.5e-5 elsewhere
+    err_low = check(out[:1], ref[:1], 1e-4)
+    err = check(out[1:], ref[1:], 8e-5)
+    print(f"rms_norm wide: max abs error {err_low:.1e} (mean square 2^-9.7), {err:.1e}")
 
 
 def test_embedding_is_exact_lookup(cluster, rng):

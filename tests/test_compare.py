@@ -102,3 +102,15 @@ def test_argmax_one_hot(cluster, rng, n):
     x = rng.normal(size=(3, n))
     out = run_secure(lambda a: compare.argmax(a, axis=-1), x, dtype=tf.int64)
     np.testing.assert_array_equal(out, np.eye(n, dtype=np.int64)[x.argmax(-1)])
+
+
+@pytest.mark.parametrize("n,axis", [(5, -1), (16, -1), (7, 0), (1000, -1)])
+def test_argmax_index_is_tf_argmax(cluster, rng, n, axis):
+    """The position as tf.argmax gives it (first one on ties), along the last or first axis;
+    values up to +-2^20 and exact ties at the max."""
+    shape = (n, 3) if axis == 0 else (3, n)
+    x = np.round(rng.normal(size=shape) * 4, 1)
+    x.flat[:: max(1, x.size // 4)] = 2.0 ** 20          # ties at the top (first one wins)
+    x.flat[1] = -(2.0 ** 20)
+    out = run_secure(lambda a: compare.argmax_index(a, axis=axis), x, dtype=tf.int64)
+    np.testing.assert_array_equal(out, tf.argmax(x, axis=axis).numpy())

@@ -25,8 +25,14 @@ def serving_snippet() -> str:
     return next(s for s in python_snippets() if "PredictionServiceStub" in s)
 
 
+def generation_snippets() -> list[str]:
+    """The decoders section's two snippets: export a decoding step, then generate."""
+    return [s for s in python_snippets() if "export_generation" in s or "load_generator" in s]
+
+
 def library_snippets() -> list[str]:
-    return [s for s in python_snippets() if "PredictionServiceStub" not in s]
+    return [s for s in python_snippets() if "PredictionServiceStub" not in s
+            and s not in generation_snippets()]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +59,8 @@ def workdir(tmp_path_factory, cluster, deploy):
 
 
 def test_readme_has_the_snippets_this_test_runs():
-    assert len(python_snippets()) == 3
+    assert len(python_snippets()) == 5
+    assert len(generation_snippets()) == 2
     assert "stub.Predict(" in serving_snippet()
     snippets = library_snippets()
     assert "tf_puma.load(" in snippets[0] and "costs.Ledger" in snippets[1]
@@ -68,3 +75,30 @@ def test_readme_python_snippets_run(workdir, monkeypatch, capsys):
     assert namespace["out"]["last_hidden_state"].shape == (2, 5, 8)
     printed = capsys.readouterr().out
     assert "matmul" in printed and "4." in printed
+
+
+def test_readme_generation_snippets_run(workdir, monkeypatch, capsys, deploy):
+    """Export a (tiny, random) LLaMA-style model's decoding step as the README does, convert it
+    as `tf-puma convert lm-step lm-gen --generate --prompt-tokens 16` does, generate."""
+    from tf_puma.apps import hf  # noqa: PLC0415
+    transformers = hf.use_transformers()
+    tf.keras.utils.set_random_seed(4)
+    model = transformers.TFMistralForCausalLM(transformers.MistralConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+        sliding_window=None, initializer_range=0.2))
+    model(model.dummy_inputs)
+    monkeypatch.chdir(workdir)
+    export, generate = generation_snippets()
+    exec(compile(export, README, "exec"), {"model": model})  # noqa: S102 - our own README
+    convert.convert_generation("lm-step", "lm-gen", prompt_tokens=16, log=lambda line: None)
+    deploy(str(workdir / "lm-gen"), "readme-generation")
+    prompt = [3, 14, 15, 9, 26]
+    namespace = {"prompt_ids": prompt}
+    exec(compile(generate, README, "exec"), namespace)  # noqa: S102
+    ids = list(prompt)
+    for _ in range(16):
+        logits = model(input_ids=np.asarray([ids], np.int32), training=False).logits
+        ids.append(int(np.argmax(logits[0, -1])))
+    assert namespace["tokens"] == ids[len(prompt):]
+    assert capsys.readouterr().out.split() == [str(t) for t in ids[len(prompt):]]

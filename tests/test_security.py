@@ -389,11 +389,18 @@ def _view_cases(rng) -> dict:
         "reciprocal": (approx.reciprocal, [np.exp(rng.uniform(-4, 9, size=512))], [True]),
         "embedding": (lambda ids: nn.embedding(ids, _weight()),
                       [rng.integers(0, 16, size=(8, 64)).astype(np.int32)], [False]),
+        # rows on both sides of the direct / scaled squares switch (sum of squares 2^24)
+        "rms_norm": (nn.rms_norm, [rng.normal(size=(8, 64)) * np.array(
+            [0.05, 1, 30, 600, 900, 3000, 1, 9000])[:, None]], [True]),
+        "silu": (nn.silu, [np.linspace(-12, 12, 512)], [True]),
+        "argmax_index": (lambda s: compare.argmax_index(s),
+                         [rng.normal(size=(8, 64)) * 4], [True]),
     }
 
 
 @pytest.mark.parametrize("case", ["mul(x, x)", "trunc", "less", "gelu", "softmax",
-                                  "layer_norm", "reciprocal", "embedding"])
+                                  "layer_norm", "reciprocal", "embedding", "rms_norm", "silu",
+                                  "argmax_index"])
 def test_views_after_unmasking_with_own_keys(cluster, case):
     """Each party's view stays uniform and secret-independent after it strips every PRG output
     it can compute, for two different secrets and two calls each."""

@@ -41,6 +41,7 @@ _EXPORTS = {
     "trunc": ("tf_puma.protocols.arithmetic", "trunc"),
     "SecureModel": ("tf_puma.secure_model", "SecureModel"),
     "load": ("tf_puma.secure_model", "load"),
+    "load_generator": ("tf_puma.generation", "load_generator"),
     "Shared": ("tf_puma.sharing", "Shared"),
     "reveal": ("tf_puma.sharing", "reveal"),
     "reveal_ring": ("tf_puma.sharing", "reveal_ring"),

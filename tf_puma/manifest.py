@@ -70,6 +70,10 @@ class Manifest:
     layers: dict[str, Cost]  # rounds: sum over the layer's protocol calls
     protocols: dict[str, dict]  # per protocol: calls, rounds, bytes (costs.Ledger.as_json)
     ring_bits: int = 64
+    # a generation model (`tf-puma convert --generate`): this manifest describes its `decode`
+    # signature; `generation` holds the window, the prompt bucket, the state (KV cache) pairs
+    # and shapes, and the `prefill` signature's manifest
+    generation: Optional[dict] = None
 
     def to_json(self) -> dict:
         return {
@@ -85,6 +89,7 @@ class Manifest:
             "bytes_by_sender": dict(self.total.bytes_by_sender),
             "layers": {k: v.to_json() for k, v in self.layers.items()},
             "protocols": self.protocols,
+            **({"generation": self.generation} if self.generation is not None else {}),
         }
 
     @classmethod
@@ -109,10 +114,18 @@ class Manifest:
                 total=Cost(int(data["critical_path_rounds"]),
                            {str(k): int(v) for k, v in data["bytes_by_sender"].items()}),
                 layers={k: Cost.from_json(v) for k, v in data["layers"].items()},
-                protocols=dict(data["protocols"]), ring_bits=int(data["ring_bits"]))
+                protocols=dict(data["protocols"]), ring_bits=int(data["ring_bits"]),
+                generation=(dict(data["generation"]) if data.get("generation") is not None
+                            else None))
         except (KeyError, TypeError, ValueError) as err:
             raise ManifestError(f"{where} is malformed ({type(err).__name__}: {err}); convert "
                                 "the model again") from err
+
+
+def state_share_name(key: str, party: int, slot: int) -> str:
+    """The secure signature's name for share `slot` of party `party` of a state tensor (a KV
+    cache entry that stays on the parties between calls)."""
+    return f"{key}__p{party}s{slot}"
 
 
 def path(model_dir: str) -> str:

@@ -131,6 +131,9 @@ class SecureModel:
         self.signature = self.loaded = None
 
     def __call__(self, **inputs: Any) -> dict[str, tf.Tensor]:
+        if self.manifest.generation is not None:
+            raise TypeError(f"{self.dir} is a generation model: use "
+                            "tf_puma.load_generator(...).generate(...)")
         arrays = check_inputs(self.manifest, inputs)
         if self.signature is None:
             raise ModelClosed(f"the secure model {self.dir} was closed; load it again")
@@ -170,9 +173,10 @@ class SecureModel:
         except PartyUnavailable:
             return False
 
-    def _call_with_deadline(self, feeds: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def _call_with_deadline(self, feeds: dict[str, tf.Tensor],
+                            signature: Any = None) -> dict[str, tf.Tensor]:
         result: dict[str, Any] = {}
-        signature = self.signature
+        signature = signature or self.signature
 
         def call() -> None:
             try:

@@ -3,12 +3,18 @@
 Commands:
   convert IN_SAVEDMODEL OUT_DIR [--signature NAME] [--public-input NAME ...]
           [--input-shape NAME=1x32 ...] [--version N] [--overwrite]
+          [--generate --prompt-tokens N]
           plaintext SavedModel -> secure SavedModel + OUT_DIR/shares/party{0,1,2}
+          (--generate: a causal LM's generate_step signature -> a generation model)
   party   --cluster SPEC --task I [--shares DIR] [--recycle-growth 0.1]
           start one party's TensorFlow server with its own share bundle (a watching
           process restarts it after a crash and recycles it when grown, between sessions)
   run     --model OUT_DIR --input inputs.json (--cluster SPEC | --local)
           run the secure model; prints outputs (JSON) and a run summary
+  generate --model OUT_DIR (--prompt TEXT --tokenizer DIR | --prompt-ids 1,2,3)
+          --max-new-tokens N (--cluster SPEC | --local) [--temperature T] [--seed S]
+          secure generation (a model from convert --generate): prints tokens as they
+          arrive, the KV cache kept secret-shared on the parties
   serve   (--model_name NAME --model_base_path DIR | --model_config_file F)
           (--cluster SPEC | --local) [--file_system_poll_wait_seconds 1]
           [--port 8500] [--rest_api_port 8501] [--enable_batching
@@ -68,6 +74,18 @@ flags.DEFINE_string("model", None, "run: the secure model directory (tf-puma con
 flags.DEFINE_string("input", None, "run: JSON file mapping input names to nested lists")
 flags.DEFINE_boolean("local", False, "run, serve: start three local party servers with the model's "
                      "share bundles, and stop them afterwards")
+flags.DEFINE_boolean("generate", False, "convert: the model's generate_step signature into a "
+                     "generation model (prefill + decode, KV cache kept on the parties)")
+flags.DEFINE_integer("prompt-tokens", 16, "convert --generate: the prompt bucket (longest "
+                     "prompt; shorter ones are padded)", lower_bound=1)
+flags.DEFINE_string("prompt", None, "generate: the prompt text (tokenized on the client)")
+flags.DEFINE_list("prompt-ids", None, "generate: the prompt as token ids (comma-separated)")
+flags.DEFINE_string("tokenizer", None, "generate: a transformers tokenizer directory (or "
+                    "`smollm2` for the bundled SmolLM2 one) for --prompt and the printed tokens")
+flags.DEFINE_integer("max-new-tokens", 16, "generate: tokens to generate", lower_bound=1)
+flags.DEFINE_float("temperature", 0.0, "generate: 0 = greedy (the parties' argmax); > 0 = "
+                   "sampled on the client from revealed logits", lower_bound=0.0)
+flags.DEFINE_integer("seed", None, "generate: the client's sampling seed")
 flags.DEFINE_integer("repeat", 1, "run: calls to make (the summary reports the last)",
                      lower_bound=1)
 
@@ -101,9 +119,13 @@ def _convert(argv: list[str]) -> None:
     from tf_puma.rewrites import convert  # noqa: PLC0415
     out = argv[2] if FLAGS.version is None else os.path.join(argv[2], str(FLAGS.version))
     try:
-        convert.convert(argv[1], out, signature=FLAGS.signature or "serving_default",
-                        input_shapes=_parse_shapes(FLAGS["input-shape"].value),
-                        public_inputs=FLAGS["public-input"].value, overwrite=FLAGS.overwrite)
+        if FLAGS.generate:
+            convert.convert_generation(argv[1], out, FLAGS["prompt-tokens"].value,
+                                       overwrite=FLAGS.overwrite)
+        else:
+            convert.convert(argv[1], out, signature=FLAGS.signature or "serving_default",
+                            input_shapes=_parse_shapes(FLAGS["input-shape"].value),
+                            public_inputs=FLAGS["public-input"].value, overwrite=FLAGS.overwrite)
     except ConversionError as err:
         _fail("convert", err)
 
@@ -142,6 +164,8 @@ def _party(argv: list[str]) -> None:
 def _listen_as_client(command: str) -> str:
     """The host this client task's server must listen on (--bind, else 127.0.0.1 for --local,
     else the spec's client host); re-executes the command once with the bind shim."""
+    if (FLAGS.cluster is None) == (not FLAGS.local):
+        raise app.UsageError(f"{command} needs exactly one of --cluster SPEC and --local")
     from tf_puma.apps import listen  # noqa: PLC0415
     from tf_puma.cluster import Cluster  # noqa: PLC0415
 
@@ -161,8 +185,6 @@ def _serve(argv: list[str]) -> None:
                              "--model_config_file FILE")
     if FLAGS.model_base_path is not None and FLAGS.model_name is None:
         raise app.UsageError("serve needs --model_name NAME with --model_base_path DIR")
-    if (FLAGS.cluster is None) == (not FLAGS.local):
-        raise app.UsageError("serve needs exactly one of --cluster SPEC and --local")
     host = _listen_as_client("serve")
     from tf_puma.apps.serving import read_model_config, serve  # noqa: PLC0415
 
@@ -183,16 +205,14 @@ def _serve(argv: list[str]) -> None:
         _fail("serve", err)
 
 
-def _stage(text: str) -> None:
-    print(f"tf-puma run: {text} ...", file=sys.stderr, flush=True)
+def _stage(text: str, command: str = "run") -> None:
+    print(f"tf-puma {command}: {text} ...", file=sys.stderr, flush=True)
 
 
 def _run(argv: list[str]) -> None:
     del argv
     if FLAGS.model is None or FLAGS.input is None:
         raise app.UsageError("run needs --model OUT_DIR and --input inputs.json")
-    if (FLAGS.cluster is None) == (not FLAGS.local):
-        raise app.UsageError("run needs exactly one of --cluster SPEC and --local")
     from tf_puma.apps import listen  # noqa: PLC0415
 
     host = _listen_as_client("run")
@@ -242,11 +262,87 @@ def _run(argv: list[str]) -> None:
           + f", client {sent.get('client', 0) / 2 ** 20:.1f} MiB", file=sys.stderr)
 
 
+def _tokenizer(spec: str):
+    if spec == "smollm2":
+        from tf_puma.apps import hf  # noqa: PLC0415
+        return hf.smollm2_tokenizer()
+    from tf_puma.apps import hf  # noqa: PLC0415
+    return hf.use_transformers().AutoTokenizer.from_pretrained(spec)
+
+
+def _generate(argv: list[str]) -> None:
+    del argv
+    if FLAGS.model is None or (FLAGS.prompt is None) == (FLAGS["prompt-ids"].value is None):
+        raise app.UsageError("generate needs --model OUT_DIR and one of --prompt TEXT "
+                             "(with --tokenizer) and --prompt-ids 1,2,3")
+    if FLAGS.prompt is not None and FLAGS.tokenizer is None:
+        raise app.UsageError("--prompt needs --tokenizer DIR (or smollm2)")
+    host = _listen_as_client("generate")
+    import tf_puma  # noqa: PLC0415
+    from tf_puma import secure_model  # noqa: PLC0415
+
+    try:
+        manifest = secure_model.read_manifest(FLAGS.model)
+    except secure_model.ManifestError as err:
+        _fail("generate", err)
+    if manifest.generation is None:
+        _fail("generate", f"{FLAGS.model} is not a generation model: convert the causal LM's "
+                          "generate_step signature with `tf-puma convert --generate`")
+    tok = _tokenizer(FLAGS.tokenizer) if FLAGS.tokenizer else None
+    try:
+        prompt = (tok(FLAGS.prompt)["input_ids"] if FLAGS.prompt is not None
+                  else [int(t) for t in FLAGS["prompt-ids"].value])
+    except ValueError:
+        _fail("generate", f"--prompt-ids {FLAGS['prompt-ids'].value}: expected integers")
+    stops = [tok.eos_token_id] if tok is not None and tok.eos_token_id is not None else []
+    local = (tf_puma.LocalCluster(shares_dir=os.path.join(FLAGS.model, "shares"))
+             if FLAGS.local else None)
+    from tf_puma.apps import listen  # noqa: PLC0415
+    try:
+        cluster = local.start() if local else tf_puma.Cluster.from_spec(FLAGS.cluster)
+        tf_puma.connect(cluster)
+        _stage(f"parties ready; loading {FLAGS.model}", "generate")
+        start = time.perf_counter()
+        gen = tf_puma.load_generator(FLAGS.model, deadline_s=FLAGS.deadline)
+        _stage(f"loaded in {time.perf_counter() - start:.1f} s; prompt of {len(prompt)} tokens",
+               "generate")
+        times = []
+
+        def show(token: int) -> None:
+            times.append(time.perf_counter())
+            text = tok.decode([token]) if tok is not None else f"{token} "
+            print(text, end="", flush=True)
+
+        start = time.perf_counter()
+        try:
+            tokens = gen.generate(prompt, FLAGS["max-new-tokens"].value, on_token=show,
+                                  stop_tokens=stops, temperature=FLAGS.temperature,
+                                  seed=FLAGS.seed)
+        except (ValueError, tf_puma.PartyUnavailable, TimeoutError) as err:
+            print(file=sys.stderr)
+            _fail("generate", err)
+        try:
+            listen.check_listening(host)
+        except listen.ListenError as err:
+            _fail("generate", err)
+    finally:
+        if local:
+            local.stop()
+    print()
+    per_token = ((times[-1] - times[0]) / (len(times) - 1)) if len(times) > 1 else float("nan")
+    print(f"generate summary: {len(tokens)} tokens; prompt (first token) "
+          f"{times[0] - start:.2f} s, then {per_token:.2f} s per token", file=sys.stderr)
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {"convert": _convert, "party": _party,
-                                                    "run": _run, "serve": _serve}
+                                                    "run": _run, "generate": _generate,
+                                                    "serve": _serve}
 
 
-COMMAND_FLAGS = {"convert": ("signature", "public-input", "input-shape", "version", "overwrite"),
+COMMAND_FLAGS = {"convert": ("signature", "public-input", "input-shape", "version", "overwrite",
+                             "generate", "prompt-tokens"),
+                 "generate": ("model", "prompt", "prompt-ids", "tokenizer", "max-new-tokens",
+                              "cluster", "local", "temperature", "seed", "deadline", "bind"),
                  "party": ("cluster", "task", "shares", "bind", "recycle-growth"),
                  "run": ("model", "input", "cluster", "local", "signature", "repeat", "deadline",
                          "bind"),

@@ -316,6 +316,29 @@ def _public_mix(onehot: Sequence[Shared], values: Sequence[float],
 NEWTON_FRAC_BITS = 28
 
 
+def _scale_frac_bits(js: Sequence[int], x_frac: int) -> int:
+    """Fractional bits of the public 2^-j: exact for every octave (at least j_max + 1), at
+    least the format's; x 2^-j in [1, 2) then sits below 2^(1 + x_frac + bits) <= 2^61."""
+    bits = max(arithmetic.fixed_point().frac_bits, max(js) + 1)
+    if x_frac + bits + 1 > 61:
+        raise ValueError(f"octaves up to 2^{max(js)} at {x_frac} fractional bits leave the ring; "
+                         "narrow the range or give the input fewer fractional bits")
+    return bits
+
+
+def _mix_frac_bits(js: Sequence[int]) -> int:
+    """Fractional bits of rsqrt's public 2^(-j/2): MIX_FRAC_BITS, or for ranges reaching high
+    octaves as many as keep the largest value 2^(-j_min/2) times y (< 2^28.2 in the ring)
+    below 2^61, if the smallest, 2^(-j_max/2), then keeps at least 14 significant bits."""
+    if max(js) <= 14:
+        return MIX_FRAC_BITS
+    bits = math.floor(32.8 + min(js) / 2)
+    if bits - max(js) / 2 < 14:
+        raise ValueError(f"rsqrt over octaves {min(js)}..{max(js)} would keep fewer than 14 "
+                         "significant bits; narrow the range")
+    return bits
+
+
 def _newton_start(x: Shared, scale: Shared, slope: float,
                   intercept: float) -> tuple[Shared, Shared]:
     """m = x scale in [1, 2) and the linear first guess intercept + slope m, both with
@@ -339,7 +362,7 @@ def reciprocal(x: Shared, lo: float = 2.0 ** -7, hi: float = 2.0 ** 14,
     fxp = arithmetic.fixed_point()
     with tf.name_scope("reciprocal"):
         js, onehot = _one_hot_octaves(x, lo, hi)
-        scale = _public_mix(onehot, [2.0 ** -j for j in js])
+        scale = _public_mix(onehot, [2.0 ** -j for j in js], frac_bits=_scale_frac_bits(js, x.frac_bits))
         m, y = _newton_start(x, scale, -8 / 17, 24 / 17)
         for _ in range(iterations):
             my = arithmetic.mul(m, y, frac_out=NEWTON_FRAC_BITS)
@@ -363,7 +386,7 @@ def rsqrt(x: Shared, lo: float = 2.0 ** -10, hi: float = 2.0 ** 14,
     fxp = arithmetic.fixed_point()
     with tf.name_scope("rsqrt"):
         js, onehot = _one_hot_octaves(x, lo, hi)
-        scale = _public_mix(onehot, [2.0 ** -j for j in js])
+        scale = _public_mix(onehot, [2.0 ** -j for j in js], frac_bits=_scale_frac_bits(js, x.frac_bits))
         m, y = _newton_start(x, scale, -0.2929, 1.2759)
         for _ in range(iterations):
             t = arithmetic.mul(m, arithmetic.mul(y, y, frac_out=NEWTON_FRAC_BITS),
@@ -371,7 +394,7 @@ def rsqrt(x: Shared, lo: float = 2.0 ** -10, hi: float = 2.0 ** 14,
             three_minus = arithmetic.add_public(arithmetic.neg(t), 3.0)
             # y (3 - t) / 2: the halving rides on the product's truncation
             y = arithmetic.mul(y, three_minus, shift=1, frac_out=NEWTON_FRAC_BITS)
-        mix = _public_mix(onehot, [2.0 ** (-j / 2) for j in js], frac_bits=MIX_FRAC_BITS)
+        mix = _public_mix(onehot, [2.0 ** (-j / 2) for j in js], frac_bits=_mix_frac_bits(js))
         return arithmetic.mul(y, mix, frac_out=frac_out or fxp.frac_bits)
 
 

@@ -76,6 +76,10 @@ def _encode_public(c: Public, frac_bits: int) -> np.ndarray:
     c = np.asarray(c, dtype=np.float64)
     if not np.all(np.isfinite(c)):
         raise ValueError("public constants must be finite")
+    if c.size and float(np.max(np.abs(c))) * 2.0 ** frac_bits >= 2.0 ** 62:
+        raise ValueError(f"a public constant ({float(np.max(np.abs(c))):.3g}) lies outside the "
+                         f"fixed-point range (|c| < 2^{62 - frac_bits}); a value that large only "
+                         "works as an attention mask right before Softmax")
     return np.round(c * 2.0 ** frac_bits).astype(np.int64)
 
 

@@ -52,6 +52,11 @@ class Servable:
         self.target = target
         self.cluster = cluster
         self.manifest: Manifest = secure_model.read_manifest(path)
+        if self.manifest.generation is not None:
+            raise secure_model.ManifestError(
+                f"{path} is a generation model (tf-puma convert --generate), which keeps a KV "
+                "cache on the parties between calls; serve a forward-pass conversion instead, "
+                "or generate with `tf-puma generate`")
         self._lock = threading.Lock()
         self._last_call_s: float | None = None
         self._party_failed: Exception | None = None  # the fault of a call a party missed

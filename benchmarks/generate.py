@@ -1,0 +1,139 @@
+"""Secure generation: prefill (time to the first token) and per-token time, rounds and bytes of
+both signatures, peak memory per party, and whether the tokens equal plaintext greedy decoding.
+
+Models: `gpt2-base` (GPT-2 base shape, random weights: 12 layers, 768 wide, vocabulary 50,257)
+and `smollm2` (real weights; `--layers` keeps the first N of 30). The model owner's part (export
+of the generate_step signature, `convert --generate`, the plaintext reference tokens by full
+recomputation) runs in a child process; the client (three local parties) in this one.
+
+    python benchmarks/generate.py --model gpt2-base --prompt-tokens 32 --new-tokens 16
+    python benchmarks/generate.py --model smollm2 --layers 4 --prompt-tokens 8 --new-tokens 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import prepare_in_child, print_table, status_mib, write_json  # noqa: E402
+
+
+def _model(name: str, layers: int | None):
+    from tf_puma.apps import hf  # noqa: PLC0415
+    if name == "smollm2":
+        return hf.load_smollm2(layers)
+    import tensorflow as tf  # noqa: PLC0415
+    transformers = hf.use_transformers()
+    tf.keras.utils.set_random_seed(0)
+    cfg = transformers.GPT2Config(**({"n_layer": layers} if layers else {}))
+    model = transformers.TFGPT2LMHeadModel(cfg)
+    model(model.dummy_inputs)
+    return model
+
+
+def _prompt(name: str, tokens: int) -> list[int]:
+    from tf_puma.apps import text_data  # noqa: PLC0415
+    text = " ".join(s for _, s in text_data.movie_reviews()[:50])
+    if name == "smollm2":
+        from tf_puma.apps import hf  # noqa: PLC0415
+        return hf.smollm2_tokenizer()(text)["input_ids"][:tokens]
+    import numpy as np  # noqa: PLC0415
+    return [int(t) for t in np.random.default_rng(0).integers(1000, 20000, tokens)]
+
+
+def prepare(work: str, name: str, layers: int, prompt_tokens: int, new_tokens: int) -> None:
+    import numpy as np  # noqa: PLC0415
+
+    from tf_puma.apps import hf  # noqa: PLC0415
+    from tf_puma.rewrites import convert  # noqa: PLC0415
+    model = _model(name, layers or None)
+    plain = hf.export_generation(model, os.path.join(work, "plain"),
+                                 window=prompt_tokens + new_tokens - 1)
+    start = time.perf_counter()
+    convert.convert_generation(plain, os.path.join(work, "secure"), prompt_tokens,
+                               log=lambda line: None)
+    convert_s = time.perf_counter() - start
+    prompt = _prompt(name, prompt_tokens)
+    ids = list(prompt)
+    for _ in range(new_tokens):
+        logits = model(input_ids=np.asarray([ids], np.int32), training=False).logits
+        ids.append(int(np.argmax(logits[0, -1])))
+    with open(os.path.join(work, "prepared.json"), "w", encoding="utf-8") as fh:
+        json.dump({"convert_s": convert_s, "prompt": prompt,
+                   "reference": ids[len(prompt):]}, fh)
+
+
+def measure(work: str, args) -> dict:
+    import tf_puma  # noqa: PLC0415
+    from tf_puma import secure_model  # noqa: PLC0415
+    prepared = prepare_in_child(__file__, [work, args.model, str(args.layers or 0),
+                                           str(args.prompt_tokens), str(args.new_tokens)], work)
+    secure = os.path.join(work, "secure")
+    manifest = secure_model.read_manifest(secure)
+    prefill = manifest.generation["signatures"]["prefill"]
+    local = tf_puma.LocalCluster(shares_dir=os.path.join(secure, "shares"))
+    with local as spec:
+        tf_puma.connect(spec)
+        start = time.perf_counter()
+        gen = tf_puma.load_generator(secure)
+        load_s = time.perf_counter() - start
+        start = time.perf_counter()
+        gen.generate(prepared["prompt"], 2)  # both signatures registered on the parties
+        first_s = time.perf_counter() - start
+        stamps = []
+        start = time.perf_counter()
+        tokens = gen.generate(prepared["prompt"], args.new_tokens,
+                              on_token=lambda t: stamps.append(time.perf_counter()))
+        peak = [status_mib(local.server_pid(i), "VmHWM") for i in range(3)]
+    per_token = ((stamps[-1] - stamps[0]) / (len(stamps) - 1)) if len(stamps) > 1 else None
+
+    def gib(sent: dict) -> float:
+        return sum(v for k, v in sent.items() if k != "client") / 2 ** 30
+
+    return {"model": args.model, "layers": args.layers, "prompt_tokens": args.prompt_tokens,
+            "new_tokens": args.new_tokens, "tokens_equal_plaintext": tokens ==
+            prepared["reference"][:len(tokens)], "prefill_s": stamps[0] - start,
+            "per_token_s": per_token, "prefill_rounds": prefill["critical_path_rounds"],
+            "decode_rounds": manifest.total.rounds,
+            "prefill_gib": gib(prefill["bytes_by_sender"]),
+            "decode_gib": gib(manifest.total.bytes_by_sender), "peak_party_mib": peak,
+            "convert_s": prepared["convert_s"], "load_s": load_s,
+            "first_generation_s": first_s, "tokens": tokens,
+            "reference": prepared["reference"]}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) == 7 and argv[1] == "--prepare":
+        prepare(argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["gpt2-base", "smollm2"], default="gpt2-base")
+    parser.add_argument("--layers", type=int, default=None)
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    args = parser.parse_args(argv[1:])
+    work = tempfile.mkdtemp(prefix="tf-puma-bench-generate-")
+    try:
+        row = measure(work, args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print_table(["model", "layers", "prompt", "new", "tokens = plaintext", "prefill s",
+                 "s per token", "prefill rounds", "decode rounds", "prefill GiB", "decode GiB",
+                 "peak MiB/party", "convert s", "load s"],
+                [[row["model"], row["layers"] or "all", row["prompt_tokens"], row["new_tokens"],
+                  row["tokens_equal_plaintext"], row["prefill_s"], row["per_token_s"],
+                  row["prefill_rounds"], row["decode_rounds"], row["prefill_gib"],
+                  row["decode_gib"], max(row["peak_party_mib"]), row["convert_s"],
+                  row["load_s"]]])
+    write_json(f"generate-{row['model']}-{row['layers'] or 'all'}-{row['prompt_tokens']}-"
+               f"{row['new_tokens']}", row)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
