@@ -153,25 +153,29 @@ def test_smollm2_loads_as_a_working_llama():
 
 
 @pytest.mark.slow  # real SmolLM2 weights, first 4 layers (an outlier of 700 appears at layer 3)
-def test_smollm2_first_layers_match_plaintext(tmp_path, cluster, deploy):
+def test_smollm2_first_layers_match_plaintext(tmp_path):
+    """Real weights through three parties of its own (a child process: 57M embedding and head
+    values per party would otherwise stay in the session's parties for the rest of the suite)."""
     plain, secure = str(tmp_path / "plain"), str(tmp_path / "secure")
-    ids_file = str(tmp_path / "ids.npy")
-    _in_child(f"""
-        import numpy as np
+    err, top, agree = _in_child(f"""
+        import numpy as np, tensorflow as tf, tf_puma
+        from tf_puma import secure_model
         from tf_puma.apps import hf
         from tf_puma.rewrites import convert
         hf.export_smollm2({plain!r}, batch=1, seq_len=8, layers=4)
         manifest = convert.convert({plain!r}, {secure!r}, log=lambda line: None)
         assert manifest.weight_values > 50_000_000, manifest.weight_values
         text = "The capital of France is Paris. The capital"
-        np.save({ids_file!r}, np.asarray([hf.smollm2_tokenizer()(text)["input_ids"][:8]],
-                                         np.int32))
-    """)
-    deploy(secure, "smollm2-4")
-    ids = np.load(ids_file)
-    reference = _plain(plain, {"input_ids": ids})["logits"]
-    logits = secure_model.load(secure)(input_ids=ids)["logits"].numpy()
-    err = float(np.abs(logits - reference).max())
-    print(f"SmolLM2 4 layers: max abs error {err:.2e}, |logits| max {np.abs(reference).max():.1f}")
-    assert err <= 1e-2, err  # measured 4.1e-3 on logits up to 71
-    assert list(logits[0].argmax(-1)) == list(reference[0].argmax(-1))
+        ids = np.asarray([hf.smollm2_tokenizer()(text)["input_ids"][:8]], np.int32)
+        fn = tf.saved_model.load({plain!r}).signatures["serving_default"]
+        reference = fn(input_ids=tf.constant(ids))["logits"].numpy()
+        with tf_puma.LocalCluster(shares_dir={secure + "/shares"!r}) as spec:
+            tf_puma.connect(spec)
+            logits = secure_model.load({secure!r})(input_ids=ids)["logits"].numpy()
+        print(float(np.abs(logits - reference).max()))
+        print(float(np.abs(reference).max()))
+        print(list(logits[0].argmax(-1)) == list(reference[0].argmax(-1)))
+    """)[-3:]
+    print(f"SmolLM2 4 layers: max abs error {float(err):.2e}, |logits| max {float(top):.1f}")
+    assert float(err) <= 1e-2, err  # measured 4.1e-3 and 4.8e-3 on logits up to 71
+    assert agree == "True"
