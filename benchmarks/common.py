@@ -49,17 +49,17 @@ def prepare_in_child(script: str, args: Sequence[str], work: str) -> dict:
 
 
 @contextlib.contextmanager
-def secure_session(secure_dir: str, first_call: Callable[[object], object]):
+def secure_session(secure_dir: str, first_call: Callable[[object], object],
+                   load: Callable[[str], object] | None = None):
     """Three local parties holding the model's bundles, this process connected as the client,
-    the model loaded and called once (the parties register its graph). Yields (local cluster,
-    model, load seconds, first call seconds)."""
+    the model loaded (`load`, default tf_puma.load) and called once (the parties register its
+    graph). Yields (local cluster, model, load seconds, first call seconds)."""
     import tf_puma  # noqa: PLC0415
-    from tf_puma import secure_model  # noqa: PLC0415
     local = tf_puma.LocalCluster(shares_dir=os.path.join(secure_dir, "shares"))
     with local as spec:
         tf_puma.connect(spec)
         start = time.perf_counter()
-        model = secure_model.load(secure_dir)
+        model = (load or tf_puma.load)(secure_dir)
         load_s = time.perf_counter() - start
         start = time.perf_counter()
         first_call(model)

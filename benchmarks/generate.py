@@ -21,7 +21,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import prepare_in_child, print_table, status_mib, write_json  # noqa: E402
+from common import (prepare_in_child, print_table, secure_session, status_mib,  # noqa: E402
+                    write_json)
 
 
 def _model(name: str, layers: int | None):
@@ -77,15 +78,9 @@ def measure(work: str, args) -> dict:
     secure = os.path.join(work, "secure")
     manifest = secure_model.read_manifest(secure)
     prefill = manifest.generation["signatures"]["prefill"]
-    local = tf_puma.LocalCluster(shares_dir=os.path.join(secure, "shares"))
-    with local as spec:
-        tf_puma.connect(spec)
-        start = time.perf_counter()
-        gen = tf_puma.load_generator(secure)
-        load_s = time.perf_counter() - start
-        start = time.perf_counter()
-        gen.generate(prepared["prompt"], 2)  # both signatures registered on the parties
-        first_s = time.perf_counter() - start
+    # the first generation registers both signatures on the parties
+    with secure_session(secure, lambda gen: gen.generate(prepared["prompt"], 2),
+                        load=tf_puma.load_generator) as (local, gen, load_s, first_s):
         stamps = []
         start = time.perf_counter()
         tokens = gen.generate(prepared["prompt"], args.new_tokens,

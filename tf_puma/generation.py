@@ -47,6 +47,12 @@ class SecureGenerator(SecureModel):
         self.prefill = self.loaded.signatures["prefill"]
         self.has_logits = "logits" in self.manifest.outputs
         self.last_logits: np.ndarray | None = None  # the last step's logits, if revealed
+        self._empty_cache = self._empty_cache_function()
+
+    def close(self) -> None:
+        """Releases both signatures' functions on the parties; later calls raise ModelClosed."""
+        self.prefill = None
+        super().close()
 
     @property
     def max_new_tokens(self) -> int:
@@ -54,8 +60,9 @@ class SecureGenerator(SecureModel):
         last must fit in the window."""
         return self.window - self.prompt_tokens + 1
 
-    def _empty_cache(self) -> dict[str, tf.Tensor]:
-        """Shares of an all-zero cache, made on the parties (every slot is masked out)."""
+    def _empty_cache_function(self) -> Callable[[], dict[str, tf.Tensor]]:
+        """A function (traced once, on the first generation) making the shares of an all-zero
+        cache on the parties (every slot is masked out)."""
         specs = {name: shape for name, (_, shape) in self.state.items()}
 
         @tf.function
@@ -68,7 +75,7 @@ class SecureGenerator(SecureModel):
                             out[state_share_name(name, party, slot)] = tf.zeros(shape, tf.int64)
             return out
 
-        return zeros()
+        return zeros
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int,
                  on_token: Callable[[int], Any] | None = None,
@@ -91,11 +98,7 @@ class SecureGenerator(SecureModel):
                              "use temperature=0 (the parties' argmax)")
         rng = np.random.default_rng(seed)
         stops = set(int(t) for t in stop_tokens)
-        if self.signature is None:
-            raise RuntimeError(f"the generation model {self.dir} was closed; load it again")
-        if self._needs_reconnect:
-            self.connection.reconnect()
-            self._needs_reconnect = False
+        self._ready()
         n, bucket = len(prompt), self.prompt_tokens
         valid = [0] * self.window + [1] * n + [0] * (bucket - n)
         feeds = {"input_ids": np.asarray([prompt + [prompt[-1]] * (bucket - n)], np.int32),

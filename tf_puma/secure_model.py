@@ -135,11 +135,7 @@ class SecureModel:
             raise TypeError(f"{self.dir} is a generation model: use "
                             "tf_puma.load_generator(...).generate(...)")
         arrays = check_inputs(self.manifest, inputs)
-        if self.signature is None:
-            raise ModelClosed(f"the secure model {self.dir} was closed; load it again")
-        if self._needs_reconnect:
-            self.connection.reconnect()  # PartyUnavailable while a party is still down
-            self._needs_reconnect = False
+        self._ready()
         feeds = {k: tf.constant(v) for k, v in arrays.items()}
         try:
             return self._call_with_deadline(feeds)
@@ -163,6 +159,15 @@ class SecureModel:
                 f"party {restarted if restarted is not None else '?'} restarted during or before "
                 f"the call and the call failed again after reconnecting ({_first_line(err)})"
             ) from None
+
+    def _ready(self) -> None:
+        """Before a call: ModelClosed once closed; reconnects after a party fault was seen
+        (PartyUnavailable while a party is still down)."""
+        if self.signature is None:
+            raise ModelClosed(f"the secure model {self.dir} was closed; load it again")
+        if self._needs_reconnect:
+            self.connection.reconnect()
+            self._needs_reconnect = False
 
     def _party_returns(self, within_s: float) -> bool:
         """Whether all parties answer again within `within_s` (a party being restarted by its

@@ -263,10 +263,9 @@ def _run(argv: list[str]) -> None:
 
 
 def _tokenizer(spec: str):
-    if spec == "smollm2":
-        from tf_puma.apps import hf  # noqa: PLC0415
-        return hf.smollm2_tokenizer()
     from tf_puma.apps import hf  # noqa: PLC0415
+    if spec == "smollm2":
+        return hf.smollm2_tokenizer()
     return hf.use_transformers().AutoTokenizer.from_pretrained(spec)
 
 

@@ -42,11 +42,11 @@ def softmax(x: Shared, mask: np.ndarray | None = None) -> Shared:
         return arithmetic.mul(e, inv)
 
 
-def _normalise(x: Shared, centre: bool, eps: float) -> Shared:
+def _normalise(x: Shared, eps: float) -> Shared:
+    """(x - mean) / sqrt(var + eps) over the last axis (RMSNorm has its own wide-range path)."""
     n = x.shape[-1]
-    if centre:
-        mean = arithmetic.mul_public(tensor.reduce_sum(x, -1, keepdims=True), 1.0 / n)
-        x = arithmetic.sub(x, mean)
+    mean = arithmetic.mul_public(tensor.reduce_sum(x, -1, keepdims=True), 1.0 / n)
+    x = arithmetic.sub(x, mean)
     var = arithmetic.mul_public(tensor.reduce_sum(arithmetic.mul(x, x), -1, keepdims=True),
                                 1.0 / n)
     r = approx.rsqrt(arithmetic.add_public(var, eps), lo=2.0 ** -10, hi=2.0 ** 14,
@@ -59,7 +59,7 @@ def layer_norm(x: Shared, gamma: Shared | None = None, beta: Shared | None = Non
     """(x - mean) / sqrt(var + eps) * gamma + beta over the last axis (variance in [2^-10,
     2^14] after eps; eps below one ulp acts as 2^-18). Cost: rsqrt + 8 rounds."""
     with tf.name_scope("layer_norm"):
-        y = _normalise(x, centre=True, eps=max(eps, 2.0 ** -18))
+        y = _normalise(x, eps=max(eps, 2.0 ** -18))
         if gamma is not None:
             y = arithmetic.mul(y, gamma)
         return arithmetic.add(y, beta) if beta is not None else y
