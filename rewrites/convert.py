@@ -317,7 +317,6 @@ def _write_secure_model(in_dir, out_dir, tmp, graphs: Mapping[str, FrozenGraph],
             f"({time.perf_counter() - t:.1f} s)")
     concretes, manifests = {}, {}
     module = tf.Module()
-    module.secure_fns = []
     for name, program in programs.items():
         ledgers: dict[str, costs.Ledger] = {}
         t = time.perf_counter()
@@ -329,7 +328,6 @@ def _write_secure_model(in_dir, out_dir, tmp, graphs: Mapping[str, FrozenGraph],
         fn = _signature_function(program, name, on_layer, ledgers)
         with costs.Ledger() as total:
             concretes[name] = fn.get_concrete_function()
-        module.secure_fns.append(fn)
         num_ops = len(concretes[name].graph.get_operations())
         log(f"traced the secure graph{' ' + name if len(programs) > 1 else ''}: {num_ops:,} ops "
             f"({time.perf_counter() - t:.1f} s)")
