@@ -7,6 +7,10 @@ STAMP := $(VENV)/.installed
 BAZEL ?= bazel
 BAZEL_FLAGS := --repo_env=PYTHON_BIN_PATH=$(abspath $(PY))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# Tests run in two processes (pytest-xdist; each with its own three local parties), a test file
+# per process at a time: conversion and tracing are single-threaded Python, so two cores halve it.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: setup build bazel-build test test-fast test-bazel demo serve-demo bench clean
 
@@ -32,12 +36,12 @@ bazel-build: setup
 	$(BAZEL) build $(BAZEL_FLAGS) //custom_ops:_puma_ops.so //custom_ops:_puma_bind.so
 
 test: build bazel-build
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 	TF_PUMA_OPS_LIBRARY=$(abspath bazel-bin/custom_ops/_puma_ops.so) $(PY) -m pytest -q tests/test_kernels.py
 
 # Everything but the whole-model tests (pytest -m "not slow"): for local iteration.
 test-fast: build
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 demo: build
 	$(PY) -m tf_puma.apps.demo
