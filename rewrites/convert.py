@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from tf_puma.rewrites.graph import ConversionError, FrozenGraph, load_signature
 from tf_puma.rewrites.program import SecureProgram
+from tf_puma.rewrites import calibrate as calibration
 from tf_puma import _ops, bundle, costs, runtime, warmup
 from tf_puma import manifest as manifest_lib
 from tf_puma.manifest import Cost, Manifest, TensorEntry
@@ -114,8 +115,13 @@ def _signature_function(program: SecureProgram, signature: str, progress, ledger
 def convert(in_dir: str, out_dir: str, signature: str = "serving_default",
             input_shapes: Optional[Mapping[str, Sequence[int]]] = None,
             public_inputs: Sequence[str] = (), overwrite: bool = False,
-            log: Callable[[str], None] = print) -> Manifest:
+            log: Callable[[str], None] = print,
+            calibrate: str | Sequence[Mapping] | None = None) -> Manifest:
     """Converts one signature; returns the manifest (also written to OUT_DIR/tf_puma.json).
+
+    `calibrate` (sample inputs, or a JSON file of them: `rewrites.calibrate.read_samples`) runs
+    the plaintext model on them first and refuses the conversion (CalibrationError naming node
+    and range) if a value would leave a protocol's range; the observations go to `log` only.
 
     Nothing is half-written and nothing else is lost: the output is built in a hidden
     `.OUT.partial-PID` directory beside OUT (removed on failure and on SIGTERM, swept by the next
@@ -123,11 +129,13 @@ def convert(in_dir: str, out_dir: str, signature: str = "serving_default",
     inside IN, and --overwrite replaces only an earlier tf-puma output.
     """
     _check_paths(in_dir, out_dir, overwrite)
+    samples = calibration.read_samples(calibrate) if isinstance(calibrate, str) else calibrate
     _ops.load()
     tmp = _partial_dir(out_dir)
     try:
         with _cleaned_up_on_sigterm(tmp):
-            return _convert(in_dir, out_dir, tmp, signature, input_shapes, public_inputs, log)
+            return _convert(in_dir, out_dir, tmp, signature, input_shapes, public_inputs, log,
+                            samples)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -282,19 +290,23 @@ def _cleaned_up_on_sigterm(partial: str) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _convert(in_dir, out_dir, tmp, signature, input_shapes, public_inputs, log) -> Manifest:
+def _convert(in_dir, out_dir, tmp, signature, input_shapes, public_inputs, log,
+             samples) -> Manifest:
     start = time.perf_counter()
     graph = load_signature(in_dir, signature, input_shapes, public_inputs)
     log(f"loaded and froze {in_dir} [{signature}]: {len(graph.nodes)} nodes "
         f"({time.perf_counter() - start:.1f} s)")
-    return _write_secure_model(in_dir, out_dir, tmp, {signature: graph}, signature, start, log)
+    return _write_secure_model(in_dir, out_dir, tmp, {signature: graph}, signature, start, log,
+                               samples=samples)
 
 
 def _write_secure_model(in_dir, out_dir, tmp, graphs: Mapping[str, FrozenGraph], main: str,
-                        start: float, log, generation: Optional[dict] = None) -> Manifest:
+                        start: float, log, generation: Optional[dict] = None,
+                        samples: Optional[Sequence[Mapping]] = None) -> Manifest:
     """Programs for the frozen signatures (secure signature name -> graph), one share bundle for
     all of them (their weights must agree), the secure SavedModel, the manifest (of `main`;
-    `generation` adds its section) and the swap into OUT."""
+    `generation` adds its section) and the swap into OUT; with `samples`, the calibration check
+    of `main` comes before anything is traced."""
     t = time.perf_counter()
     source_hash = model_hash(in_dir)
     bundle_id = bundle.new_bundle_id()  # random: names the conversion, not the weights
@@ -306,6 +318,10 @@ def _write_secure_model(in_dir, out_dir, tmp, graphs: Mapping[str, FrozenGraph],
                 raise ConversionError(f"weight {key!r} differs between the signatures")
             weights[key] = value
     _check_weights(weights, arithmetic.fixed_point())
+    if samples is not None:
+        calibration.enforce(programs[main], samples, arithmetic.fixed_point(), log)
+    else:
+        log(calibration.assumptions(programs[main], arithmetic.fixed_point()))
     for name, program in programs.items():
         counts = program.counts()
         log(f"{'[' + name + '] ' if len(programs) > 1 else ''}classified {len(program.order)} "

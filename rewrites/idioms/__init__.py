@@ -22,6 +22,15 @@ def _always(graph, bindings: Bindings) -> bool:  # noqa: ARG001 - the default ch
 
 
 @dataclasses.dataclass(frozen=True)
+class Domain:
+    """`lo <= measure(values) <= hi`, where values are plaintext values of the bindings."""
+    quantity: str
+    lo: float
+    hi: float
+    measure: Callable
+
+
+@dataclasses.dataclass(frozen=True)
 class Idiom:
     """One plaintext idiom and its secure build.
 
@@ -36,6 +45,7 @@ class Idiom:
     build: Callable
     applies: Callable = _always
     hints: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    domain: Domain | None = None
 
 
 _REGISTRY: dict[str, Idiom] = {}

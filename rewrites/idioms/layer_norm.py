@@ -8,7 +8,7 @@ import numpy as np
 from tf_puma.protocols import nn
 from tf_puma.rewrites import patterns
 from tf_puma.rewrites.graph import Kind, node_of
-from tf_puma.rewrites.idioms import Idiom, register
+from tf_puma.rewrites.idioms import Domain, Idiom, register
 from tf_puma.rewrites.patterns import Op, Same, Var
 
 # y = x * inv + (beta - mean * inv), inv = rsqrt(mean((x - mean)^2) + eps) * gamma
@@ -40,5 +40,13 @@ def build(ctx, bindings):
                          ctx.shared(ctx.value(bindings["beta"])), eps=eps)
 
 
+def _measure(values):
+    """The variance + eps of each row, which nn.layer_norm's rsqrt takes."""
+    x = np.asarray(values["x"], np.float64)
+    return x.var(axis=-1) + max(float(np.ravel(values["eps"])[0]), 2.0 ** -18)
+
+
+DOMAIN = Domain("LayerNorm variance + eps", *nn.LAYER_NORM_VARIANCE, _measure)
+
 LAYER_NORM = register(Idiom(name="layer_norm", patterns=(PATTERN,), roots=("AddV2",),
-                            build=build, applies=applies))
+                            build=build, applies=applies, domain=DOMAIN))

@@ -11,7 +11,7 @@ import numpy as np
 from tf_puma.protocols import nn
 from tf_puma.rewrites import patterns
 from tf_puma.rewrites.graph import Kind, node_of
-from tf_puma.rewrites.idioms import Idiom, register
+from tf_puma.rewrites.idioms import Domain, Idiom, register
 from tf_puma.rewrites.patterns import AnyOf, Op, Var
 
 X = Var("x")
@@ -40,5 +40,13 @@ def build(ctx, bindings):
                        ctx.shared(ctx.value(bindings["gamma"])), eps=eps)
 
 
+def _measure(values):
+    """The mean square + eps of each row, which nn.rms_norm's rsqrt takes."""
+    x = np.asarray(values["x"], np.float64)
+    return np.mean(x * x, axis=-1) + max(float(np.ravel(values["eps"])[0]), 2.0 ** -18)
+
+
+DOMAIN = Domain("RMSNorm mean square + eps", *nn.RMS_NORM_MEAN_SQUARE, _measure)
+
 RMS_NORM = register(Idiom(name="rms_norm", patterns=(PATTERN,), roots=("Mul",), build=build,
-                          applies=applies))
+                          applies=applies, domain=DOMAIN))

@@ -69,6 +69,9 @@ flags.DEFINE_string("batching_parameters_file", None, "serve: TF Serving's Batch
                     "text proto (max_batch_size, batch_timeout_micros, max_enqueued_batches)")
 flags.DEFINE_integer("version", None, "convert: write OUT_DIR/VERSION (TF Serving's layout: "
                      "serve OUT_DIR as --model_base_path)", lower_bound=1)
+flags.DEFINE_string("calibrate", None, "convert: a JSON file of sample inputs (one object of "
+                    "named inputs, or a list): refuse the conversion if one drives a value out of "
+                    "a protocol's range (the report goes to the model owner's log only)")
 flags.DEFINE_boolean("overwrite", False, "convert: replace an existing OUT_DIR")
 flags.DEFINE_string("model", None, "run: the secure model directory (tf-puma convert's OUT_DIR)")
 flags.DEFINE_string("input", None, "run: JSON file mapping input names to nested lists")
@@ -119,13 +122,18 @@ def _convert(argv: list[str]) -> None:
     from tf_puma.rewrites import convert  # noqa: PLC0415
     out = argv[2] if FLAGS.version is None else os.path.join(argv[2], str(FLAGS.version))
     try:
+        if FLAGS.generate and FLAGS.calibrate:
+            raise app.UsageError("--calibrate checks a forward signature, not --generate's "
+                                 "decoding step: run it on the model's forward pass (convert "
+                                 "--calibrate to a scratch directory), then convert --generate")
         if FLAGS.generate:
             convert.convert_generation(argv[1], out, FLAGS["prompt-tokens"].value,
                                        overwrite=FLAGS.overwrite)
         else:
             convert.convert(argv[1], out, signature=FLAGS.signature or "serving_default",
                             input_shapes=_parse_shapes(FLAGS["input-shape"].value),
-                            public_inputs=FLAGS["public-input"].value, overwrite=FLAGS.overwrite)
+                            public_inputs=FLAGS["public-input"].value, overwrite=FLAGS.overwrite,
+                            calibrate=FLAGS.calibrate)
     except ConversionError as err:
         _fail("convert", err)
 

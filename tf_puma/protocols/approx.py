@@ -348,7 +348,13 @@ def _newton_start(x: Shared, scale: Shared, slope: float,
     return m, arithmetic.add_public(guess, intercept)
 
 
-def reciprocal(x: Shared, lo: float = 2.0 ** -7, hi: float = 2.0 ** 14,
+# The input ranges the graph rewriter uses for a Reciprocal / Rsqrt op found alone (checked by
+# `tf-puma convert --calibrate`): outside them the result is silently off.
+RECIPROCAL_RANGE = (2.0 ** -7, 2.0 ** 14)
+RSQRT_RANGE = (2.0 ** -10, 2.0 ** 14)
+
+
+def reciprocal(x: Shared, lo: float = RECIPROCAL_RANGE[0], hi: float = RECIPROCAL_RANGE[1],
                iterations: int = 3, frac_out: int | None = None) -> Shared:
     """1 / x for x in [lo, hi] (positive), with `frac_out` fractional bits (default the
     format's; more for a result known small, e.g. softmax's 1/sum in [1/n, 1]).
@@ -371,7 +377,7 @@ def reciprocal(x: Shared, lo: float = 2.0 ** -7, hi: float = 2.0 ** 14,
         return arithmetic.mul(y, scale, frac_out=frac_out or fxp.frac_bits)
 
 
-def rsqrt(x: Shared, lo: float = 2.0 ** -10, hi: float = 2.0 ** 14,
+def rsqrt(x: Shared, lo: float = RSQRT_RANGE[0], hi: float = RSQRT_RANGE[1],
           iterations: int = 3, frac_out: int | None = None) -> Shared:
     """1 / sqrt(x) for x in [lo, hi] (positive), with `frac_out` fractional bits (default
     the format's).

@@ -42,6 +42,9 @@ def softmax(x: Shared, mask: np.ndarray | None = None) -> Shared:
         return arithmetic.mul(e, inv)
 
 
+LAYER_NORM_VARIANCE = (2.0 ** -10, 2.0 ** 14)  # var + eps, the range of LayerNorm's rsqrt
+
+
 def _normalise(x: Shared, eps: float) -> Shared:
     """(x - mean) / sqrt(var + eps) over the last axis (RMSNorm has its own wide-range path)."""
     n = x.shape[-1]
@@ -49,7 +52,7 @@ def _normalise(x: Shared, eps: float) -> Shared:
     x = arithmetic.sub(x, mean)
     var = arithmetic.mul_public(tensor.reduce_sum(arithmetic.mul(x, x), -1, keepdims=True),
                                 1.0 / n)
-    r = approx.rsqrt(arithmetic.add_public(var, eps), lo=2.0 ** -10, hi=2.0 ** 14,
+    r = approx.rsqrt(arithmetic.add_public(var, eps), *LAYER_NORM_VARIANCE,
                      frac_out=INVERSE_FRAC_BITS)
     return arithmetic.mul(x, r)
 
@@ -73,6 +76,7 @@ SUM_FRAC_BITS = 26
 WIDE_SHIFT = 6
 WIDE_THRESHOLD = 24
 WIDE_HI = 2.0 ** 24
+RMS_NORM_MEAN_SQUARE = (2.0 ** -10, WIDE_HI)  # mean(x^2) + eps
 NORMED_FRAC_BITS = 26  # x / sqrt(sum x^2) is <= 1: 8 more digits than the format's
 
 
@@ -98,7 +102,8 @@ def rms_norm(x: Shared, gamma: Shared | None = None, eps: float = 1e-6) -> Share
     with tf.name_scope("rms_norm"):
         n = x.shape[-1]
         total = arithmetic.add_public(_sum_squares_wide(x), n * max(eps, 2.0 ** -18))
-        r = approx.rsqrt(total, lo=n * 2.0 ** -10, hi=n * WIDE_HI, frac_out=40)
+        r = approx.rsqrt(total, lo=n * RMS_NORM_MEAN_SQUARE[0], hi=n * RMS_NORM_MEAN_SQUARE[1],
+                         frac_out=40)
         y = arithmetic.mul(x, r, frac_out=NORMED_FRAC_BITS)          # |y| <= 1
         scale = (arithmetic.mul_public(gamma, float(np.sqrt(n))) if gamma is not None
                  else float(np.sqrt(n)))
