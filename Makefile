@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-.PHONY: setup build bazel-build test test-fast test-bazel demo serve-demo bench clean
+.PHONY: spu-venv setup build bazel-build test test-fast test-bazel demo serve-demo bench clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,16 @@ $(STAMP): requirements.txt requirements-nodeps.txt setup.py
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# The reference implementation (SPU 0.9.5: numpy<2, jax 0.4.34) in its own venv, for the
+# benchmarks' --reference columns (not needed by tf-puma or its tests).
+SPU_VENV := .venv-spu
+$(SPU_VENV)/.installed: benchmarks/requirements-spu.txt
+	test -x $(SPU_VENV)/bin/python || python3 -m venv $(SPU_VENV)
+	$(SPU_VENV)/bin/pip install -q -r benchmarks/requirements-spu.txt
+	touch $@
+
+spu-venv: $(SPU_VENV)/.installed
 
 # The op library with the system compiler (setup.py) -> tf_puma/_puma_ops.so
 build: setup

@@ -66,6 +66,37 @@ def secure_session(secure_dir: str, first_call: Callable[[object], object],
         yield local, model, load_s, time.perf_counter() - start
 
 
+SPU_PYTHON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          ".venv-spu", "bin", "python")
+
+
+def spu_reference(model: str, seq: int, **options: object) -> dict:
+    """The reference implementation (SPU 0.9.5, PUMA's settings) on the same shape, run now by
+    benchmarks/spu_reference.py in its own venv (`make spu-venv`): its JSON (steady_wall_s,
+    comm.total_send_bytes, comm.max_send_actions, max_abs_err_vs_plain_exact, ...).
+    options: layers, hidden, heads, inter, vocab, repeat (flags of that script)."""
+    import subprocess  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    if not os.path.exists(SPU_PYTHON):
+        raise SystemExit(f"{SPU_PYTHON} is missing: run `make spu-venv` first (or leave out "
+                         "--reference)")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "spu_reference.py")
+    with tempfile.TemporaryDirectory(prefix="spu-ref-") as work:
+        out = os.path.join(work, "ref.json")
+        argv = [SPU_PYTHON, script, "--model", model, "--seq", str(seq), "--json", out,
+                "--log-dir", work]
+        for key, value in options.items():
+            if value is not None:
+                argv += [f"--{key}", str(value)]
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"the SPU reference failed ({' '.join(argv[1:])}):\n"
+                             f"{done.stderr[-3000:]}")
+        with open(out, encoding="utf-8") as fh:
+            return json.load(fh)
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]

@@ -8,6 +8,11 @@ recomputation) runs in a child process; the client (three local parties) in this
 
     python benchmarks/generate.py --model gpt2-base --prompt-tokens 32 --new-tokens 16
     python benchmarks/generate.py --model smollm2 --layers 4 --prompt-tokens 8 --new-tokens 8
+    python benchmarks/generate.py --model gpt2-base --prompt-tokens 32 --new-tokens 16 --reference
+
+--reference (gpt2-base only) also runs the reference implementation (SPU 0.9.5 with PUMA's
+settings, `make spu-venv`) on the same shape right after: GPT-2 base, the prompt in, the next
+token's logits out (PUMA's "32 -> 1"), which is our prefill.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (prepare_in_child, print_table, secure_session, status_mib,  # noqa: E402
-                    write_json)
+from common import (prepare_in_child, print_table, secure_session, spu_reference,  # noqa: E402
+                    status_mib, write_json)
 
 
 def _model(name: str, layers: int | None):
@@ -112,12 +117,29 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--reference", action="store_true",
+                        help="also run SPU on the same shape (gpt2-base)")
     args = parser.parse_args(argv[1:])
+    if args.reference and args.model != "gpt2-base":
+        parser.error("--reference runs GPT-2 base shapes only (the reference script has no LLaMA)")
     work = tempfile.mkdtemp(prefix="tf-puma-bench-generate-")
     try:
         row = measure(work, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if args.reference:
+        ref = spu_reference("gpt2", args.prompt_tokens, layers=args.layers, repeat=2)
+        row.update(reference_s=ref["steady_wall_s"],
+                   reference_gib=ref["comm"]["total_send_bytes"] / 2 ** 30,
+                   reference_sends=ref["comm"]["max_send_actions"],
+                   reference_err=ref["max_abs_err_vs_plain_exact"],
+                   speedup=ref["steady_wall_s"] / row["prefill_s"])
+        print_table(["shape", "our prefill s", "reference s", "speedup", "our prefill GiB",
+                     "reference GiB", "our rounds", "reference sends", "reference err"],
+                    [[f"{args.prompt_tokens} -> 1", row["prefill_s"], row["reference_s"],
+                      row["speedup"], row["prefill_gib"], row["reference_gib"],
+                      row["prefill_rounds"], row["reference_sends"],
+                      f"{row['reference_err']:.1e}"]])
     print_table(["model", "layers", "prompt", "new", "tokens = plaintext", "prefill s",
                  "s per token", "prefill rounds", "decode rounds", "prefill GiB", "decode GiB",
                  "peak MiB/party", "convert s", "load s"],

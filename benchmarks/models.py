@@ -9,6 +9,11 @@ another that only connects, loads and calls.
 
     python benchmarks/models.py                 # all three
     python benchmarks/models.py minilm-32       # one
+    python benchmarks/models.py --reference minilm-32   # and SPU on the same shape, same run
+
+With --reference, the reference implementation (SPU 0.9.5 with PUMA's settings, `make spu-venv`)
+runs the same shape right after ours (random weights of the same architecture: time and traffic
+do not depend on the values; its error is against its own exact plaintext).
 """
 
 from __future__ import annotations
@@ -22,13 +27,15 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (prepare_in_child, print_table, secure_session, status_mib,  # noqa: E402
-                    write_json)
+from common import (prepare_in_child, print_table, secure_session, spu_reference,  # noqa: E402
+                    status_mib, write_json)
 
 CONFIGS = {"minilm-32": ("minilm", 32), "minilm-128": ("minilm", 128),
            "bert-base-128": ("bert-base", 128)}
-# The reference PUMA implementation (SPU) measured on this 2-core machine (issue 4).
-REFERENCE = {"minilm-32": (31.0, 0.4), "minilm-128": (38.0, 2.1), "bert-base-128": (114.0, 6.7)}
+# The reference implementation's model and shape flags (benchmarks/spu_reference.py).
+REFERENCE = {"minilm-32": ("bert", 32, {}), "minilm-128": ("bert", 128, {}),
+             "bert-base-128": ("bert", 128, {"hidden": 768, "layers": 12, "heads": 12,
+                                             "inter": 3072})}
 STEADY_CALLS = 3
 
 
@@ -120,8 +127,18 @@ def _measure(name: str, work: str) -> dict:
             "first_call_s": first_s, "wall_s": min(walls), "plaintext_s": prepared["plaintext_s"],
             "rounds": manifest.total.rounds, "party_gib": parties_gib,
             "total_gib": sum(parties_gib), "client_mib": sent.get("client", 0) / 2 ** 20,
-            "peak_party_mib": peak, "peak_client_mib": client_peak, "max_abs_err": err,
-            "reference_s": REFERENCE[name][0], "reference_gib": REFERENCE[name][1]}
+            "peak_party_mib": peak, "peak_client_mib": client_peak, "max_abs_err": err}
+
+
+def with_reference(row: dict) -> dict:
+    """Adds SPU's steady call, traffic, send actions and error on the same shape, run now."""
+    model, seq, options = REFERENCE[row["model"]]
+    ref = spu_reference(model, seq, repeat=2, **options)
+    return {**row, "reference_s": ref["steady_wall_s"],
+            "reference_gib": ref["comm"]["total_send_bytes"] / 2 ** 30,
+            "reference_sends": ref["comm"]["max_send_actions"],
+            "reference_err": ref["max_abs_err_vs_plain_exact"],
+            "speedup": ref["steady_wall_s"] / row["wall_s"]}
 
 
 def main(argv: list[str]) -> None:
@@ -131,7 +148,8 @@ def main(argv: list[str]) -> None:
     if len(argv) == 3 and argv[1] == "--one":
         print(json.dumps(run_one(argv[2])))
         return
-    names = argv[1:] or list(CONFIGS)
+    reference = "--reference" in argv
+    names = [a for a in argv[1:] if a != "--reference"] or list(CONFIGS)
     rows = []
     for name in names:
         if name not in CONFIGS:
@@ -141,18 +159,21 @@ def main(argv: list[str]) -> None:
                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         if done.returncode != 0:
             raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append(with_reference(row) if reference else row)
     report(rows)
 
 
 def report(rows: list[dict]) -> None:
     """The table on stdout and benchmarks/results/models.json."""
-    print_table(["model", "tokens", "wall s", "ref s", "rounds", "GiB (3 parties)", "ref GiB",
-                 "client MiB", "peak MiB/party", "peak MiB client", "plain ms", "err",
-                 "convert s", "load s", "1st call s", "ops"],
-                [[r["model"], r["tokens"], r["wall_s"], r["reference_s"], r["rounds"],
-                  r["total_gib"], r["reference_gib"], r["client_mib"], max(r["peak_party_mib"]),
-                  r["peak_client_mib"], r["plaintext_s"] * 1e3, f"{r['max_abs_err']:.1e}",
+    print_table(["model", "tokens", "wall s", "ref s", "rounds", "ref sends", "GiB (3 parties)",
+                 "ref GiB", "client MiB", "peak MiB/party", "peak MiB client", "plain ms", "err",
+                 "ref err", "convert s", "load s", "1st call s", "ops"],
+                [[r["model"], r["tokens"], r["wall_s"], r.get("reference_s", "-"), r["rounds"],
+                  r.get("reference_sends", "-"), r["total_gib"], r.get("reference_gib", "-"),
+                  r["client_mib"], max(r["peak_party_mib"]), r["peak_client_mib"],
+                  r["plaintext_s"] * 1e3, f"{r['max_abs_err']:.1e}",
+                  f"{r['reference_err']:.1e}" if "reference_err" in r else "-",
                   r["convert_s"], r["load_s"], r["first_call_s"], r["secure_graph_ops"]]
                  for r in rows])
     write_json("models", {"rows": rows, "steady_calls": STEADY_CALLS})
