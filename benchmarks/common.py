@@ -63,7 +63,10 @@ def secure_session(secure_dir: str, first_call: Callable[[object], object],
         load_s = time.perf_counter() - start
         start = time.perf_counter()
         first_call(model)
-        yield local, model, load_s, time.perf_counter() - start
+        try:
+            yield local, model, load_s, time.perf_counter() - start
+        finally:  # release its functions on the parties while they still answer
+            getattr(model, "close", lambda: None)()
 
 
 SPU_PYTHON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
