@@ -220,6 +220,14 @@ def _feeds(graph: FrozenGraph, sample: Mapping[str, Any], index: int) -> dict:
     return feeds
 
 
+def _op_error_text(err: tf.errors.OpError) -> str:
+    """The sentence of TensorFlow's error (its message leads with where the node was defined)."""
+    lines = [line.strip() for line in err.message.splitlines()]
+    said = [line for line in lines if line and not line.startswith(
+        ("Graph execution error", "Detected at node", "File ", "Node:", "[["))]
+    return said[-1] if said else lines[0]
+
+
 def check(program, samples: Sequence[Mapping[str, Any]], fxp: FixedPoint) -> list[Site]:
     """Runs the plaintext graph on each sample and returns every site with what it saw."""
     graph = program.graph
@@ -227,7 +235,12 @@ def check(program, samples: Sequence[Mapping[str, Any]], fxp: FixedPoint) -> lis
     with tf.compat.v1.Session(graph=graph.graph) as session:
         fetches = [graph.tensor(ref) for ref in todo.fetches]
         for index, sample in enumerate(samples):
-            values = dict(zip(todo.fetches, session.run(fetches, _feeds(graph, sample, index))))
+            try:
+                outputs = session.run(fetches, _feeds(graph, sample, index))
+            except tf.errors.OpError as err:  # e.g. a token id past the vocabulary
+                raise CalibrationError(f"calibration sample {index}: the plaintext model fails "
+                                       f"on it: {_op_error_text(err)}") from None
+            values = dict(zip(todo.fetches, outputs))
             for site, fn in todo.measure:
                 site.observe(fn(values), index)
     return todo.sites

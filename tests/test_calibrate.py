@@ -144,3 +144,19 @@ def test_cli_calibrate_names_the_site_and_refuses_bad_files(tmp_path):
     proc = subprocess.run(cli + [str(tmp_path / "out"), "--calibrate", str(samples)],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 1 and "missing ['r', 'y', 'z']" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_sample_the_plaintext_model_fails_on_is_named(tmp_path):
+    """Token ids past the vocabulary: TensorFlow's own error, as a calibration error."""
+    table = tf.Variable(np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32))
+    module = tf.Module()
+    module.table = table
+    path = str(tmp_path / "emb")
+    tf.saved_model.save(module, path, signatures={"serving_default": tf.function(
+        lambda ids: {"h": tf.gather(table, ids) * 2.0},
+        input_signature=[tf.TensorSpec([1, 3], tf.int32, name="ids")])})
+    prog = program.SecureProgram(graph.load_signature(path))
+    assert calibrate.check(prog, [{"ids": [[0, 9, 3]]}], FXP)
+    with pytest.raises(CalibrationError, match=r"sample 1: the plaintext model fails on it: "
+                                               r".*indices\[0,1\] = 10 is not in \[0, 10\)"):
+        calibrate.check(prog, [{"ids": [[0, 9, 3]]}, {"ids": [[0, 10, 3]]}], FXP)
