@@ -100,6 +100,15 @@ def spu_reference(model: str, seq: int, **options: object) -> dict:
             return json.load(fh)
 
 
+def reference_columns(ref: dict, our_s: float) -> dict:
+    """The reference run's figures a result row carries beside ours (`our_s`: our same call)."""
+    return {"reference_s": ref["steady_wall_s"],
+            "reference_gib": ref["comm"]["total_send_bytes"] / 2 ** 30,
+            "reference_sends": ref["comm"]["max_send_actions"],
+            "reference_err": ref["max_abs_err_vs_plain_exact"],
+            "speedup": ref["steady_wall_s"] / our_s}
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]

@@ -26,8 +26,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (prepare_in_child, print_table, secure_session, spu_reference,  # noqa: E402
-                    status_mib, write_json)
+from common import (prepare_in_child, print_table, reference_columns,  # noqa: E402
+                    secure_session, spu_reference, status_mib, write_json)
 
 
 def _model(name: str, layers: int | None):
@@ -128,12 +128,9 @@ def main(argv: list[str]) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.reference:
-        ref = spu_reference("gpt2", args.prompt_tokens, layers=args.layers, repeat=2)
-        row.update(reference_s=ref["steady_wall_s"],
-                   reference_gib=ref["comm"]["total_send_bytes"] / 2 ** 30,
-                   reference_sends=ref["comm"]["max_send_actions"],
-                   reference_err=ref["max_abs_err_vs_plain_exact"],
-                   speedup=ref["steady_wall_s"] / row["prefill_s"])
+        row.update(reference_columns(spu_reference("gpt2", args.prompt_tokens,
+                                                   layers=args.layers, repeat=2),
+                                     row["prefill_s"]))
         print_table(["shape", "our prefill s", "reference s", "speedup", "our prefill GiB",
                      "reference GiB", "our rounds", "reference sends", "reference err"],
                     [[f"{args.prompt_tokens} -> 1", row["prefill_s"], row["reference_s"],

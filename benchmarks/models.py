@@ -27,8 +27,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (prepare_in_child, print_table, secure_session, spu_reference,  # noqa: E402
-                    status_mib, write_json)
+from common import (prepare_in_child, print_table, reference_columns,  # noqa: E402
+                    secure_session, spu_reference, status_mib, write_json)
 
 CONFIGS = {"minilm-32": ("minilm", 32), "minilm-128": ("minilm", 128),
            "bert-base-128": ("bert-base", 128)}
@@ -133,12 +133,8 @@ def _measure(name: str, work: str) -> dict:
 def with_reference(row: dict) -> dict:
     """Adds SPU's steady call, traffic, send actions and error on the same shape, run now."""
     model, seq, options = REFERENCE[row["model"]]
-    ref = spu_reference(model, seq, repeat=2, **options)
-    return {**row, "reference_s": ref["steady_wall_s"],
-            "reference_gib": ref["comm"]["total_send_bytes"] / 2 ** 30,
-            "reference_sends": ref["comm"]["max_send_actions"],
-            "reference_err": ref["max_abs_err_vs_plain_exact"],
-            "speedup": ref["steady_wall_s"] / row["wall_s"]}
+    return {**row, **reference_columns(spu_reference(model, seq, repeat=2, **options),
+                                       row["wall_s"])}
 
 
 def main(argv: list[str]) -> None:

@@ -203,7 +203,7 @@ class PumaPatch:
 # Models
 # --------------------------------------------------------------------------
 def build_model(args):
-    """Return (forward(ids, params), params, reference_forward, desc)."""
+    """Return (forward(ids, params), params, reference_forward, desc, vocabulary size)."""
     import jax.numpy as jnp
 
     if args.model == "bert":
@@ -261,7 +261,7 @@ def build_model(args):
                 + (" (full HF logits)" if args.full_logits else " (last pos only)"))
     else:
         raise SystemExit(f"unknown model {args.model}")
-    return forward, params, reference, desc
+    return forward, params, reference, desc, cfg.vocab_size
 
 
 # --------------------------------------------------------------------------
@@ -407,9 +407,8 @@ def main():
 
     # ---- model + inputs --------------------------------------------------
     t = time.perf_counter()
-    forward, params, reference, desc = build_model(args)
+    forward, params, reference, desc, vocab = build_model(args)
     rng = np.random.default_rng(args.seed)
-    vocab = args.vocab or (30522 if args.model == "bert" else 50257)
     ids = rng.integers(0, vocab, size=(1, args.seq), dtype=np.int32)
     timings["model_init_s"] = time.perf_counter() - t
 

@@ -27,13 +27,13 @@ import tensorflow as tf
 
 from tf_puma.fixedpoint import FixedPoint
 from tf_puma.protocols import approx
+from tf_puma.rewrites import rules
 from tf_puma.rewrites.graph import ConversionError, FrozenGraph, Kind, tensor_name
 
 VALUE = "|secret value|"
-# Ops that only move values (no new magnitudes): their inputs' sites cover them.
-_MOVES = {"Identity", "IdentityN", "StopGradient", "Reshape", "Transpose", "ExpandDims", "Squeeze",
-          "StridedSlice", "Slice", "Split", "SplitV", "Pack", "Unpack", "ConcatV2", "Tile",
-          "BroadcastTo", "Pad", "GatherV2"}
+# Ops that only move values (no new magnitudes): their inputs' sites cover them. The share-wise
+# rules' ops but Sum (which adds); a lookup (GatherV2) returns table rows.
+_MOVES = (set(rules.SHARE_WISE) - {"Sum"}) | {"IdentityN"}
 
 
 class CalibrationError(ConversionError):
@@ -100,7 +100,7 @@ class _Plan:
     measure: list[tuple[Site, Any]]    # site, function of the fetched values -> its values
 
 
-def _value_sites(program, fxp: FixedPoint) -> list[tuple[Site, Any]]:
+def _value_sites(program, fxp: FixedPoint) -> list[tuple[Site, Any, list[str]]]:
     """Every float output of a secret node (idioms included; not ops that only move values)
     must stay below max_abs."""
     out = []
@@ -112,13 +112,14 @@ def _value_sites(program, fxp: FixedPoint) -> list[tuple[Site, Any]]:
             continue
         for t in graph.graph.get_operation_by_name(name).outputs:
             if t.dtype.is_floating:
-                out.append((Site(name, node.op, VALUE, None, fxp.max_abs), _fetch(t.name)))
+                out.append(_input_site(Site(name, node.op, VALUE, None, fxp.max_abs), t.name))
     return out
 
 
-def _fetch(ref: str):
+def _input_site(site: Site, ref: str) -> tuple[Site, Any, list[str]]:
+    """A site whose values are one tensor's: (site, measure, refs needed)."""
     ref = tensor_name(ref)
-    return ref, (lambda values, ref=ref: values[ref])
+    return site, (lambda values: values[ref]), [ref]
 
 
 def _range_sites(program) -> list[tuple[Site, Any, list[str]]]:
@@ -158,19 +159,13 @@ def _range_sites(program) -> list[tuple[Site, Any, list[str]]]:
                 checked = (args[0], "Pow -1 base", approx.RECIPROCAL_RANGE)
         if checked is not None:
             ref, quantity, (lo, hi) = checked
-            ref = tensor_name(ref)
-            out.append((Site(name, node.op, quantity, lo, hi), lambda values, ref=ref: values[ref],
-                        [ref]))
+            out.append(_input_site(Site(name, node.op, quantity, lo, hi), ref))
     return out
 
 
 def plan(program, fxp: FixedPoint) -> _Plan:
     sites, measure, fetches = [], [], set()
-    for site, (ref, fn) in _value_sites(program, fxp):
-        sites.append(site)
-        measure.append((site, fn))
-        fetches.add(ref)
-    for site, fn, refs in _range_sites(program):
+    for site, fn, refs in _value_sites(program, fxp) + _range_sites(program):
         sites.append(site)
         measure.append((site, fn))
         fetches.update(refs)

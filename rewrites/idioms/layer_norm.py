@@ -43,7 +43,7 @@ def build(ctx, bindings):
 def _measure(values):
     """The variance + eps of each row, which nn.layer_norm's rsqrt takes."""
     x = np.asarray(values["x"], np.float64)
-    return x.var(axis=-1) + max(float(np.ravel(values["eps"])[0]), 2.0 ** -18)
+    return x.var(axis=-1) + nn.effective_eps(float(np.ravel(values["eps"])[0]))
 
 
 DOMAIN = Domain("LayerNorm variance + eps", *nn.LAYER_NORM_VARIANCE, _measure)

@@ -43,7 +43,7 @@ def build(ctx, bindings):
 def _measure(values):
     """The mean square + eps of each row, which nn.rms_norm's rsqrt takes."""
     x = np.asarray(values["x"], np.float64)
-    return np.mean(x * x, axis=-1) + max(float(np.ravel(values["eps"])[0]), 2.0 ** -18)
+    return np.mean(x * x, axis=-1) + nn.effective_eps(float(np.ravel(values["eps"])[0]))
 
 
 DOMAIN = Domain("RMSNorm mean square + eps", *nn.RMS_NORM_MEAN_SQUARE, _measure)

@@ -45,6 +45,11 @@ def softmax(x: Shared, mask: np.ndarray | None = None) -> Shared:
 LAYER_NORM_VARIANCE = (2.0 ** -10, 2.0 ** 14)  # var + eps, the range of LayerNorm's rsqrt
 
 
+def effective_eps(eps: float) -> float:
+    """The eps the norms add: below one ulp (2^-18) it would vanish, so it acts as 2^-18."""
+    return max(eps, 2.0 ** -18)
+
+
 def _normalise(x: Shared, eps: float) -> Shared:
     """(x - mean) / sqrt(var + eps) over the last axis (RMSNorm has its own wide-range path)."""
     n = x.shape[-1]
@@ -62,7 +67,7 @@ def layer_norm(x: Shared, gamma: Shared | None = None, beta: Shared | None = Non
     """(x - mean) / sqrt(var + eps) * gamma + beta over the last axis (variance in [2^-10,
     2^14] after eps; eps below one ulp acts as 2^-18). Cost: rsqrt + 8 rounds."""
     with tf.name_scope("layer_norm"):
-        y = _normalise(x, eps=max(eps, 2.0 ** -18))
+        y = _normalise(x, eps=effective_eps(eps))
         if gamma is not None:
             y = arithmetic.mul(y, gamma)
         return arithmetic.add(y, beta) if beta is not None else y
@@ -101,7 +106,7 @@ def rms_norm(x: Shared, gamma: Shared | None = None, eps: float = 1e-6) -> Share
     rounds."""
     with tf.name_scope("rms_norm"):
         n = x.shape[-1]
-        total = arithmetic.add_public(_sum_squares_wide(x), n * max(eps, 2.0 ** -18))
+        total = arithmetic.add_public(_sum_squares_wide(x), n * effective_eps(eps))
         r = approx.rsqrt(total, lo=n * RMS_NORM_MEAN_SQUARE[0], hi=n * RMS_NORM_MEAN_SQUARE[1],
                          frac_out=40)
         y = arithmetic.mul(x, r, frac_out=NORMED_FRAC_BITS)          # |y| <= 1
