@@ -160,3 +160,69 @@ def test_connecting_again_is_a_no_op_and_another_cluster_an_error(cluster):
     other = Cluster(client="127.0.0.1:1", parties=("127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"))
     with pytest.raises(RuntimeError, match="already connected.*one process per cluster"):
         tf_puma.connect(other)
+
+
+class _RestartingParties:
+    """A connection whose parties all answer; counts reconnects."""
+
+    def __init__(self, refused: int = 0):
+        self.reconnects, self.refused = 0, refused
+
+    def check(self, timeout: float) -> None:
+        del timeout
+
+    def reconnect(self) -> None:
+        self.reconnects += 1
+        if self.reconnects <= self.refused:  # another party's server went down meanwhile
+            raise tf.errors.UnavailableError(None, None, "failed to connect to all addresses "
+                                             "while calling /tensorflow.eager.EagerService/"
+                                             "UpdateContext")
+
+
+def _model_meeting_restarts(restarts: int, monkeypatch, refused: int = 0) -> tuple:
+    """A SecureModel whose signature fails with TensorFlow's lost-context error `restarts`
+    times (a party server restarted or recycled under it), then answers."""
+    from tf_puma import secure_model  # noqa: PLC0415
+
+    monkeypatch.setattr(secure_model, "check_inputs", lambda manifest, inputs: inputs)
+    calls = []
+
+    def signature(**feeds):
+        calls.append(feeds)
+        if len(calls) <= restarts:
+            raise tf.errors.AbortedError(None, None, "Unable to find a context_id matching the "
+                                         "specified one on /job:puma/replica:0/task:"
+                                         f"{(len(calls) - 1) % 3}")
+        return {"y": feeds["x"] * 2}
+
+    model = object.__new__(secure_model.SecureModel)
+    model.connection, model.signature, model.dir = _RestartingParties(refused), signature, "m"
+    model.manifest = type("Manifest", (), {"generation": None})()
+    model.deadline_s, model._last_call_s, model._needs_reconnect = 5.0, None, False
+    return model, calls
+
+
+def test_a_call_is_rerun_through_one_restart_per_party(monkeypatch):
+    """The three parties' watchers recycle their servers each at its own moment: one call can
+    meet three restarts in a row (CI saw two) and is rerun after each, then answers."""
+    model, calls = _model_meeting_restarts(3, monkeypatch)
+    assert float(model(x=tf.constant(1.5))["y"]) == 3.0
+    assert len(calls) == 4 and model.connection.reconnects == 3 and not model._needs_reconnect
+
+
+def test_a_fourth_restart_in_one_call_is_an_error_naming_the_party(monkeypatch):
+    from tf_puma.cluster import PartyUnavailable  # noqa: PLC0415
+
+    model, calls = _model_meeting_restarts(4, monkeypatch)
+    with pytest.raises(PartyUnavailable, match=r"party 0 restarted again: the call failed 4 "
+                                                r"times.*AbortedError: Unable to find a context"):
+        model(x=tf.constant(1.5))
+    assert len(calls) == 4 and model._needs_reconnect  # the next call reconnects first
+
+
+def test_a_reconnect_refused_by_a_party_going_down_counts_as_one_restart(monkeypatch):
+    """CI: a party answered the check, then its server was recycled before the reconnect's
+    UpdateContext reached it (UnavailableError out of the call, before this was caught)."""
+    model, calls = _model_meeting_restarts(1, monkeypatch, refused=1)
+    assert float(model(x=tf.constant(1.5))["y"]) == 3.0
+    assert len(calls) == 2 and model.connection.reconnects == 2 and not model._needs_reconnect

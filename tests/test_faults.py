@@ -138,6 +138,18 @@ def test_inputs_that_would_wrap_or_are_not_finite_are_refused():
         secure_model.check_inputs(spec, {**good, "ids": [[1, 2], [3]]})
 
 
+_CHATTER = ("Failed to remove function remotely", "This could happen if the remote target",
+            "oneDNN custom operations", "All log messages before absl", "cpu_feature_guard",
+            "To enable the following instructions", "Started server with target")
+
+
+def _errors(stderr: str, keep: int = 3000) -> str:
+    """A failed script's stderr without TensorFlow's start-up and exit chatter (a context lost
+    on a restarted party prints one line per function at exit, burying the traceback)."""
+    lines = [line for line in stderr.splitlines() if not any(c in line for c in _CHATTER)]
+    return "\n".join(lines)[-keep:]
+
+
 def _script(code: str, timeout: float) -> subprocess.CompletedProcess:
     import textwrap  # noqa: PLC0415
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
@@ -170,7 +182,7 @@ def test_a_stopped_party_fails_the_call_by_its_deadline_naming_the_party(small_m
         local.stop()
         os._exit(0)  # the stuck call's thread would wait for party 1's Recv
     """, timeout=300)
-    assert "first (2, 3)" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert "first (2, 3)" in proc.stdout, proc.stdout + _errors(proc.stderr)
     line = next(l for l in proc.stdout.splitlines() if l.startswith(("UNAVAILABLE", "NO ")))
     assert line.startswith("UNAVAILABLE") and float(line.split()[1]) < 15, proc.stdout
     assert "party 1 at 127.0.0.1:" in proc.stdout and "does not answer" in proc.stdout
@@ -207,7 +219,7 @@ def test_a_restarted_party_is_named_then_reconnected_by_itself(small_model, tmp_
         local.stop()
     """, timeout=300)
     lines = proc.stdout.splitlines()
-    assert len(lines) == 4, proc.stdout + proc.stderr[-3000:]
+    assert len(lines) == 4, proc.stdout + _errors(proc.stderr)
     for line in lines[:2]:
         assert line.startswith("DOWN") and float(line.split()[1]) < 10, line
         assert "party 1 at 127.0.0.1:" in line, line
@@ -229,10 +241,14 @@ def test_a_party_server_is_restarted_and_recycled_by_its_watcher(small_model, tm
         import numpy as np, sys, tf_puma
         tf_puma.connect(sys.argv[1])
         x = np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)
-        print("SESSION", " ".join(map(str, tf_puma.load({secure!r})(x=x)["y"].numpy().ravel())))
+        try:
+            y = tf_puma.load({secure!r})(x=x)["y"].numpy()
+            print("SESSION", " ".join(map(str, y.ravel())), flush=True)
+        except Exception as err:  # the failing session's own error, not its exit chatter
+            print("ERROR", type(err).__name__, " ".join(str(err).split())[:600], flush=True)
     """
     proc = _script(f"""
-        import os, signal, subprocess, sys, textwrap, time, numpy as np, tf_puma
+        import os, re, signal, subprocess, sys, textwrap, time, numpy as np, tf_puma
         local = tf_puma.LocalCluster(shares_dir={os.path.join(secure, 'shares')!r},
                                      recycle_growth=0.001)
         spec = local.start()
@@ -240,7 +256,7 @@ def test_a_party_server_is_restarted_and_recycled_by_its_watcher(small_model, tm
         for _ in range(3):  # client processes, one after the other
             done = subprocess.run([sys.executable, "-c", textwrap.dedent({session!r}),
                                    spec.to_json()], capture_output=True, text=True)
-            print(done.stdout.strip() or done.stderr[-1500:], flush=True)
+            print(done.stdout.strip() or "EXIT " + " ".join(done.stderr[-600:].split()), flush=True)
             time.sleep(4)  # idle: the watchers compare sizes
         print("RECYCLED", sum(a != b for a, b in zip(servers, [local.server_pid(i) for i in
                                                               range(3)])), flush=True)
@@ -255,15 +271,15 @@ def test_a_party_server_is_restarted_and_recycled_by_its_watcher(small_model, tm
             try:         # machine (tests run two at a time) may need longer: each failure names
                 again = model(x=x)["y"].numpy()  # the party, and the party must be back in 90 s
                 break
-            except tf_puma.PartyUnavailable as err:
-                assert "party 1 " in str(err), err
+            except tf_puma.PartyUnavailable as err:  # party 1, or one being recycled
+                assert re.search(r"party [012] at 127.0.0.1:", str(err)), err
                 assert time.monotonic() - start < 90, "party 1 not back after 90 s"
         print("KILLED", np.abs(again - first).max(), conn.reconnects,
               round(time.monotonic() - start, 1), flush=True)
         local.stop()
     """, timeout=400)
     lines = proc.stdout.splitlines()
-    assert len(lines) == 6, proc.stdout + proc.stderr[-3000:]
+    assert len(lines) == 6, proc.stdout + _errors(proc.stderr)
     first = np.array(lines[4].split()[1:], float)
     # The same inputs give the same answer within the fixed-point noise (TruncPr's +-1 ulp).
     for line in lines[:3]:
@@ -298,7 +314,7 @@ def test_connect_refuses_a_port_that_is_not_a_tensorflow_server():
             print("UNAVAILABLE", round(time.monotonic() - start, 1))
             print(err)
     """, timeout=120)
-    assert proc.stdout.startswith("UNAVAILABLE"), proc.stdout + proc.stderr[-2000:]
+    assert proc.stdout.startswith("UNAVAILABLE"), proc.stdout + _errors(proc.stderr)
     assert float(proc.stdout.split()[1]) < 10
     assert "party 0 at 127.0.0.1:" in proc.stdout and "not a tf-puma party" in proc.stdout
 
@@ -359,7 +375,7 @@ def test_a_taken_port_is_named_for_a_party_and_for_a_second_client():
         finally:
             holder.close()
     assert f"the client task's address {spec.client} is in use" in proc.stdout, \
-        proc.stdout + proc.stderr[-2000:]
+        proc.stdout + _errors(proc.stderr)
     assert party.returncode == 1
     assert party.stderr.strip().splitlines()[-1] == (
         f"tf-puma party: party 2 cannot listen on {spec.parties[2]}: the port is in use (is this "

@@ -72,6 +72,8 @@ def check_inputs(manifest: Manifest, inputs: Mapping[str, Any]) -> dict[str, np.
 
 
 RESTART_GRACE_S = 8.0  # a party that does not answer may be restarting: wait this long first
+RESTART_RERUNS = 3  # reruns after restarts: the three watchers recycle their servers each on its
+# own clock, so one call can meet up to three restarts in a row
 FIRST_CALL_DEADLINE_S = 600.0  # graph registration on the parties: ~55 s for BERT-base here
 
 # What a call through a party that died, stalled or restarted raises (TF's gRPC runtime).
@@ -95,8 +97,9 @@ class SecureModel:
     or recycling its server takes ~3 s), fails it with PartyUnavailable naming the party; once all
     three answer again the next call reconnects by itself (a restarted party lost this client's
     context; TensorFlow re-creates it) and, if a call meets a party that restarted since the last
-    one, that call is reconnected and run again once: a fresh execution with fresh keys and
-    streams, never a partial result.
+    one, that call is reconnected and run again (up to RESTART_RERUNS times: each party's watcher
+    may recycle its server at its own moment): a fresh execution with fresh keys and streams
+    each time, never a partial result.
     """
 
     def __init__(self, model_dir: str, signature: str | None = None,
@@ -141,24 +144,27 @@ class SecureModel:
             return self._call_with_deadline(feeds)
         except _PARTY_FAULTS as err:
             fault = err
-        try:  # which party? one that does not answer now, or one that restarted
-            self.connection.check(timeout=5.0)
-        except PartyUnavailable as down:
-            if not self._party_returns(RESTART_GRACE_S):
+        self._needs_reconnect = True  # until a rerun answers
+        for _ in range(RESTART_RERUNS):
+            try:  # which party? one that does not answer now, or one that restarted
+                self.connection.check(timeout=5.0)
+            except PartyUnavailable as down:
+                if not self._party_returns(RESTART_GRACE_S):
+                    raise PartyUnavailable(f"{down} The call failed ({_first_line(fault)}); the "
+                                           "client reconnects by itself once the party answers "
+                                           "again.") from None
+            try:  # reconnecting asks every party to update the context: another party's
+                self.connection.reconnect()  # server may be the one going down by now
+                self._needs_reconnect = False
+                return self._call_with_deadline(feeds)
+            except _PARTY_FAULTS as err:
+                fault = err
                 self._needs_reconnect = True
-                raise PartyUnavailable(f"{down} The call failed ({_first_line(fault)}); the "
-                                       "client reconnects by itself once the party answers "
-                                       "again.") from None
         restarted = _party_in(fault)
-        self.connection.reconnect()
-        try:
-            return self._call_with_deadline(feeds)
-        except _PARTY_FAULTS as err:
-            self._needs_reconnect = True
-            raise PartyUnavailable(
-                f"party {restarted if restarted is not None else '?'} restarted during or before "
-                f"the call and the call failed again after reconnecting ({_first_line(err)})"
-            ) from None
+        raise PartyUnavailable(
+            f"party {restarted if restarted is not None else '?'} restarted again: the call "
+            f"failed {RESTART_RERUNS + 1} times, reconnected after each ({_first_line(fault)})"
+        ) from None
 
     def _ready(self) -> None:
         """Before a call: ModelClosed once closed; reconnects after a party fault was seen
@@ -166,7 +172,13 @@ class SecureModel:
         if self.signature is None:
             raise ModelClosed(f"the secure model {self.dir} was closed; load it again")
         if self._needs_reconnect:
-            self.connection.reconnect()
+            try:
+                self.connection.reconnect()
+            except _PARTY_FAULTS as err:  # a party went down between the check and the update
+                party = _party_in(err)
+                raise PartyUnavailable(
+                    f"party {party if party is not None else '?'} went down while this client "
+                    f"reconnected ({_first_line(err)}); the next call tries again") from None
             self._needs_reconnect = False
 
     def _party_returns(self, within_s: float) -> bool:
