@@ -335,6 +335,145 @@ def test_several_models_from_a_config_file_and_a_new_version_swapped_in(served, 
         _stop(proc)
 
 
+class _SlowServable:
+    """Stands in for serving.servable.Servable: its warm-up waits until `warmed` is set."""
+
+    warmed = None
+
+    def __init__(self, name, version, path, target, cluster):
+        del path, target, cluster
+        self.name, self.version, self.manifest, self.closed = name, version, None, False
+
+    def predict(self, inputs, signature=None, output_filter=None):
+        del signature, output_filter
+        if inputs == {"warm": True}:
+            assert _SlowServable.warmed.wait(30), "the test never released the warm-up"
+        return {"version": np.array(self.version)}
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_version_being_loaded_is_loading_and_the_served_one_keeps_answering(monkeypatch):
+    """GetModelStatus lists a version that is being loaded and warmed as LOADING (TF Serving's
+    state) beside the one still AVAILABLE; asking for it by number meanwhile is UNAVAILABLE
+    saying it is loading, not NOT_FOUND; once warmed it is AVAILABLE and the old one closed."""
+    import threading  # noqa: PLC0415
+
+    from tf_puma.apps.serving import models  # noqa: PLC0415
+
+    monkeypatch.setattr(models, "Servable", _SlowServable)
+    monkeypatch.setattr(warmup, "read", lambda path: [{"warm": True}])
+    _SlowServable.warmed = threading.Event()
+    registry = models.ModelRegistry("grpc://unused", cluster=None)
+    _SlowServable.warmed.set()
+    first = registry.load("m", 1, "/v1")
+    _SlowServable.warmed.clear()
+    loader = threading.Thread(target=registry.load, args=("m", 2, "/v2"))
+    loader.start()
+    deadline = time.monotonic() + 10
+    while registry.versions("m") == [(1, "AVAILABLE")] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert registry.versions("m") == [(2, "LOADING"), (1, "AVAILABLE")]
+    assert registry.versions("m", 2) == [(2, "LOADING")]
+    assert registry.find("m") is first and not first.closed  # still answering
+    with pytest.raises(models.RequestError, match="version 2 is still loading") as err:
+        registry.find("m", 2)
+    assert err.value.code == "UNAVAILABLE"
+    with pytest.raises(models.RequestError, match="version 3") as err:
+        registry.find("m", 3)
+    assert err.value.code == "NOT_FOUND"
+    _SlowServable.warmed.set()
+    loader.join(10)
+    assert registry.versions("m") == [(2, "AVAILABLE")] and first.closed
+    assert registry.find("m", 2).version == 2
+
+
+def _certificates(root) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate signed by it, and a
+    client certificate from another CA (openssl; PEM texts by name)."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=root, check=True, capture_output=True)
+
+    (root / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for ca in ("ca", "other_ca"):
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out",
+            f"{ca}.pem", "-days", "2", "-subj", f"/CN=tf-puma test {ca}")
+    for name, ca in (("server", "ca"), ("client", "ca"), ("stranger", "other_ca")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+            f"{name}.csr", "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", "san.ext")
+    return {path.name: path.read_text() for path in root.iterdir()
+            if path.suffix in (".pem", ".key")}
+
+
+def test_ssl_config_file_puts_tls_with_client_verification_on_the_grpc_port(served, tmp_path):
+    """--ssl_config_file as tensorflow_model_server reads it (SSLConfig text proto, PEM texts):
+    a client holding a certificate from custom_ca is answered as before; no TLS, no client
+    certificate or one from another CA never reaches the model."""
+    from tf_puma.apps.serving import tls  # noqa: PLC0415
+
+    pem = _certificates(tmp_path)
+    config = tmp_path / "ssl.config"
+    config.write_text(f"server_key: {json.dumps(pem['server.key'])}\n"
+                      f"server_cert: {json.dumps(pem['server.pem'])}\n"
+                      f"custom_ca: {json.dumps(pem['ca.pem'])}\nclient_verify: true\n")
+    assert tls.read_ssl_config(str(config)).client_verify
+    proc, address, _ = _start_serve(served["base"], "--ssl_config_file", str(config),
+                                    "--rest_api_port", "0")
+    x = _x(2, seed=5)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "tiny"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(x))
+
+    def predict(credentials):
+        channel = (grpc.insecure_channel(address) if credentials is None
+                   else grpc.secure_channel(address, credentials))
+        with channel:
+            return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+                request, timeout=60)
+
+    try:
+        good = predict(grpc.ssl_channel_credentials(pem["ca.pem"].encode(),
+                                                    pem["client.key"].encode(),
+                                                    pem["client.pem"].encode()))
+        got = tf.make_ndarray(good.outputs["y"])
+        assert np.abs(got - served["plain"](x)["y"]).max() < BOUND
+        for credentials in (None, grpc.ssl_channel_credentials(pem["ca.pem"].encode()),
+                            grpc.ssl_channel_credentials(pem["ca.pem"].encode(),
+                                                         pem["stranger.key"].encode(),
+                                                         pem["stranger.pem"].encode())):
+            with pytest.raises(grpc.RpcError) as err:
+                predict(credentials)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+    finally:
+        _stop(proc)
+
+
+def test_ssl_config_errors_name_the_field_before_anything_starts(tmp_path):
+    from tf_puma.apps.serving import tls  # noqa: PLC0415
+
+    cases = [('server_key: "server.key"\nserver_cert: "-----BEGIN CERTIFICATE-----"',
+              "server_key must hold the PEM text itself"),
+             ('server_key: "-----BEGIN PRIVATE KEY-----"\nserver_cert: "server.pem"',
+              "server_cert must hold the PEM text itself"),
+             ('server_key: "-----BEGIN PRIVATE KEY-----"\n'
+              'server_cert: "-----BEGIN CERTIFICATE-----"\nclient_verify: true',
+              "client_verify needs custom_ca"),
+             ("server_keys: 1", "not an SSLConfig text proto")]
+    for text, message in cases:
+        path = tmp_path / "ssl.config"
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            tls.read_ssl_config(str(path))
+    proc = subprocess.run([sys.executable, "-m", "tf_puma.apps.cli", "serve", "--model_name",
+                           "m", "--model_base_path", str(tmp_path), "--local",
+                           "--ssl_config_file", str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and "not an SSLConfig text proto" in proc.stderr, proc.stderr
+
+
 @pytest.mark.slow  # parties killed and restarted under a running server
 def test_a_killed_party_gets_unavailable_naming_it_and_the_server_recovers(served):
     import tf_puma  # noqa: PLC0415

@@ -18,7 +18,7 @@ Commands:
   serve   (--model_name NAME --model_base_path DIR | --model_config_file F)
           (--cluster SPEC | --local) [--file_system_poll_wait_seconds 1]
           [--port 8500] [--rest_api_port 8501] [--enable_batching
-          [--batching_parameters_file F]]
+          [--batching_parameters_file F]] [--ssl_config_file F]
           TF Serving's PredictionService (gRPC) and REST API for a secure model
 """
 
@@ -67,6 +67,9 @@ flags.DEFINE_boolean("enable_batching", False, "serve: pack concurrent requests 
                      "call (a call's time is mostly rounds)")
 flags.DEFINE_string("batching_parameters_file", None, "serve: TF Serving's BatchingParameters "
                     "text proto (max_batch_size, batch_timeout_micros, max_enqueued_batches)")
+flags.DEFINE_string("ssl_config_file", None, "serve: TF Serving's SSLConfig text proto "
+                    "(server_key, server_cert as PEM text; custom_ca, client_verify): TLS on the "
+                    "gRPC port (REST stays plain HTTP, as in TF Serving)")
 flags.DEFINE_integer("version", None, "convert: write OUT_DIR/VERSION (TF Serving's layout: "
                      "serve OUT_DIR as --model_base_path)", lower_bound=1)
 flags.DEFINE_string("calibrate", None, "convert: a JSON file of sample inputs (one object of "
@@ -207,8 +210,13 @@ def _serve(argv: list[str]) -> None:
             if FLAGS.batching_parameters_file:
                 with open(FLAGS.batching_parameters_file, encoding="utf-8") as fh:
                     batching = batcher.parse_parameters(fh.read())
+        ssl_config = None
+        if FLAGS.ssl_config_file:  # read before any party starts: a bad file fails at once
+            from tf_puma.apps.serving import tls  # noqa: PLC0415
+
+            ssl_config = tls.read_ssl_config(FLAGS.ssl_config_file)
         serve(models, FLAGS.port, FLAGS.rest_api_port, FLAGS.cluster, FLAGS.local, host,
-              batching, FLAGS.file_system_poll_wait_seconds)
+              batching, FLAGS.file_system_poll_wait_seconds, ssl_config)
     except (OSError, ValueError) as err:  # PartyUnavailable is a ConnectionError
         _fail("serve", err)
 
@@ -355,7 +363,8 @@ COMMAND_FLAGS = {"convert": ("signature", "public-input", "input-shape", "versio
                          "bind"),
                  "serve": ("model_name", "model_base_path", "model_config_file", "port",
                            "rest_api_port", "cluster", "local", "bind", "enable_batching",
-                           "batching_parameters_file", "file_system_poll_wait_seconds")}
+                           "batching_parameters_file", "file_system_poll_wait_seconds",
+                           "ssl_config_file")}
 _HELP = ("-h", "--help", "--helpshort", "--helpfull")
 
 

@@ -6,6 +6,7 @@
 | `models`    | the served models by name/version; request faults -> status codes       |
 | `grpc_api`  | PredictionService Predict/GetModelMetadata, ModelService GetModelStatus |
 | `rest_api`  | /v1/models/NAME[:predict|/metadata] as TF Serving documents it          |
+| `tls`       | --ssl_config_file: TF Serving's SSLConfig, TLS on the gRPC port          |
 
 This process is the cluster's client task: it starts that task's TensorFlow server and loads each
 model into a Session whose target is it, as TF Serving does with `session_target`.
@@ -78,9 +79,10 @@ class LocalShares:
 
 def serve(models: list[tuple[str, str]], port: int, rest_api_port: int,
           cluster_spec: str | None, local: bool, host: str, batching: object = None,
-          poll_seconds: float = 1.0) -> None:
+          poll_seconds: float = 1.0, ssl_config: object = None) -> None:
     """Serves `models` ((name, base path) pairs) until SIGTERM/SIGINT; a new version directory
-    under a base path is loaded, warmed and swapped in every `poll_seconds` (0: never)."""
+    under a base path is loaded, warmed and swapped in every `poll_seconds` (0: never).
+    `ssl_config` (tls.SSLConfig) puts TLS on the gRPC port."""
     import grpc  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
@@ -111,7 +113,12 @@ def serve(models: list[tuple[str, str]], port: int, rest_api_port: int,
     grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
                               options=[("grpc.max_receive_message_length", 64 * 2 ** 20)])
     grpc_api.add_services(grpc_server, registry)
-    grpc_server.add_insecure_port(f"{host}:{port}")
+    if ssl_config is None:
+        grpc_server.add_insecure_port(f"{host}:{port}")
+    else:
+        from tf_puma.apps.serving import tls  # noqa: PLC0415
+
+        grpc_server.add_secure_port(f"{host}:{port}", tls.server_credentials(ssl_config))
     grpc_server.start()
     http_server = None
     if rest_api_port:
@@ -148,7 +155,7 @@ def serve(models: list[tuple[str, str]], port: int, rest_api_port: int,
     if poll_seconds > 0:
         threading.Thread(target=poll, name="tf-puma-version-poll", daemon=True).start()
     served = ", ".join(f"{name!r} version {version}" for name, (version, _) in newest.items())
-    print(f"{READY_PREFIX}: {served}; gRPC at {host}:{port}"
+    print(f"{READY_PREFIX}: {served}; gRPC{' (TLS)' if ssl_config else ''} at {host}:{port}"
           + (f", REST at {host}:{rest_api_port}" if rest_api_port else ""), flush=True)
     stop.wait()
     grpc_server.stop(grace=5).wait()

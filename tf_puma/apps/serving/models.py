@@ -51,6 +51,7 @@ class ModelRegistry:
         self._batchers: dict[int, Any] = {}  # id(servable) -> Batcher
         self._in_flight: dict[int, int] = {}  # id(servable) -> requests being answered
         self._retired: set[int] = set()  # replaced versions, closed when none are in flight
+        self._loading: dict[str, set[int]] = {}  # name -> versions being loaded and warmed
         self._lock = threading.Lock()
         self.metrics = Metrics()
 
@@ -61,9 +62,15 @@ class ModelRegistry:
         the latest version)."""
         from tf_puma import warmup  # noqa: PLC0415
 
-        servable = Servable(name, version, path, self.target, self.cluster)
-        for inputs in warmup.read(path) or [warmup.neutral_inputs(servable.manifest)]:
-            servable.predict(inputs)
+        with self._lock:
+            self._loading.setdefault(name, set()).add(version)
+        try:
+            servable = Servable(name, version, path, self.target, self.cluster)
+            for inputs in warmup.read(path) or [warmup.neutral_inputs(servable.manifest)]:
+                servable.predict(inputs)
+        finally:
+            with self._lock:
+                self._loading[name].discard(version)
         if self.batching is not None:
             from tf_puma.apps.serving.batcher import Batcher  # noqa: PLC0415
 
@@ -92,16 +99,29 @@ class ModelRegistry:
                                    f"(got label {label!r}); ask by version number")
             if version is None:
                 return versions[max(versions)]
+            if version in self._loading.get(name, ()):
+                raise RequestError("UNAVAILABLE", f"model {name!r} version {version} is still "
+                                   "loading (state LOADING: its graph is being registered on "
+                                   "the parties and warmed); retry in a few seconds")
             if version not in versions:
                 raise RequestError("NOT_FOUND", f"Servable not found for request: model "
                                    f"{name!r} version {version} (serving {sorted(versions)})")
             return versions[version]
 
     def versions(self, name: str, version: int | None = None) -> list[tuple[int, str]]:
+        """(version, state) as ModelService.GetModelStatus reports them: the served version
+        AVAILABLE, a newer one being loaded and warmed LOADING."""
+        with self._lock:
+            loading = sorted(self._loading.get(name, ()))
+            if version is not None and version in loading:
+                return [(version, "LOADING")]
         servable = self.find(name, version)
         with self._lock:
             known = sorted(self._models[name]) if version is None else [servable.version]
-        return [(v, "AVAILABLE") for v in known]
+        states = [(v, "AVAILABLE") for v in known]
+        if version is None:
+            states += [(v, "LOADING") for v in loading if v not in known]
+        return sorted(states, key=lambda state: -state[0])
 
     def predict(self, servable: Servable, inputs: Mapping[str, Any], signature: str | None,
                 output_filter: list[str] | None) -> dict[str, np.ndarray]:
