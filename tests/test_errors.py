@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import tf_puma
-from tf_puma.cluster import Cluster, free_port
+from tf_puma.cluster import Cluster, check_parties, free_port
 
 
 def test_wrong_dtype_is_rejected(cluster):
@@ -226,3 +226,37 @@ def test_a_reconnect_refused_by_a_party_going_down_counts_as_one_restart(monkeyp
     model, calls = _model_meeting_restarts(1, monkeypatch, refused=1)
     assert float(model(x=tf.constant(1.5))["y"]) == 3.0
     assert len(calls) == 2 and model.connection.reconnects == 2 and not model._needs_reconnect
+
+
+def test_a_local_cluster_starts_again_on_fresh_ports_when_one_was_taken(monkeypatch):
+    """CI: a port chosen free was bound by another process before party 0 started ("party 0
+    exited with code 1 while starting"); the cluster now starts again on fresh ports. A port
+    that stays taken every time is named."""
+    import socket  # noqa: PLC0415
+
+    from tf_puma import cluster as cluster_lib  # noqa: PLC0415
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    held = holder.getsockname()[1]
+    real = cluster_lib.free_port
+    picks = iter([real(), held])  # the client's port, then party 0's: the held one
+
+    monkeypatch.setattr(cluster_lib, "free_port", lambda: next(picks, None) or real())
+    local = tf_puma.LocalCluster()
+    assert local.cluster.parties[0] == f"127.0.0.1:{held}"
+    try:
+        spec = local.start()
+        assert f"127.0.0.1:{held}" not in spec.parties
+        check_parties(spec, timeout=10.0)  # all three answer
+    finally:
+        local.stop()
+    monkeypatch.setattr(cluster_lib, "free_port", lambda: held)
+    monkeypatch.setattr(cluster_lib, "START_ATTEMPTS", 2)
+    with pytest.raises(RuntimeError, match=f"party 0 exited with code 1 while starting: its port "
+                                           f"was taken by another program \\(127.0.0.1:{held}, "
+                                           f"127.0.0.1:{held}, 127.0.0.1:{held}\\), 2 times"):
+        tf_puma.LocalCluster().start()
+    holder.close()
+

@@ -351,6 +351,35 @@ def test_parties_listen_only_on_the_host_the_spec_names():
         proc.wait()
 
 
+@pytest.mark.parametrize("bind", [None, "0.0.0.0"])
+def test_a_python_client_listens_only_on_its_spec_host(bind):
+    """tf_puma.connect in a user's process (TensorFlow loaded already, so nothing can be
+    preloaded) made TensorFlow's client server listen on every interface: anyone on the network
+    could create contexts on it. Now TensorFlow's own bind calls are patched to the shim; the
+    user's Python sockets keep every interface; bind='0.0.0.0' restores TensorFlow's way."""
+    proc = _script(f"""
+        import socket, tensorflow as tf, tf_puma
+        def accepts(host, port):
+            try:
+                socket.create_connection((host, port), timeout=2).close()
+                return True
+            except OSError:
+                return False
+        with tf_puma.LocalCluster() as spec:
+            tf_puma.connect(spec, bind={bind!r})
+            port = int(spec.client.rsplit(":", 1)[1])
+            own = socket.socket()
+            own.bind(("0.0.0.0", 0))
+            own.listen()
+            print("CLIENT", accepts("127.0.0.1", port), accepts("127.0.0.2", port))
+            print("OWN", accepts("127.0.0.2", own.getsockname()[1]))
+            own.close()
+            tf_puma.connection.current().close()
+    """, timeout=180)
+    assert proc.stdout.splitlines()[:2] == [f"CLIENT True {bind is not None}", "OWN True"], \
+        proc.stdout + _errors(proc.stderr)
+
+
 def test_a_taken_port_is_named_for_a_party_and_for_a_second_client():
     """Used to end in a TensorFlow traceback ("Could not start gRPC server") for the party and a
     hang-free but cryptic error for a client reusing the client task's port."""

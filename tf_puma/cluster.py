@@ -185,6 +185,9 @@ def _child_pid(pid: int) -> int | None:
     return int(children[0]) if children else None
 
 
+START_ATTEMPTS = 3  # LocalCluster starts on fresh ports when one was taken meanwhile
+
+
 class LocalCluster:
     """Three party servers on 127.0.0.1 in subprocesses (`with LocalCluster() as cluster:`).
 
@@ -200,9 +203,7 @@ class LocalCluster:
     def __init__(self, start_timeout: float = 60.0, extra_env: Mapping[str, str] | None = None,
                  shares_dir: str | None = None, party_args: Sequence[str] = (),
                  party_stderr: Any = subprocess.DEVNULL, recycle_growth: float = 0.0):
-        ports = [free_port() for _ in range(NUM_PARTIES + 1)]
-        self.cluster = Cluster(client=f"127.0.0.1:{ports[0]}",
-                               parties=tuple(f"127.0.0.1:{p}" for p in ports[1:]))  # type: ignore
+        self.cluster = self._free_cluster()
         self._start_timeout = start_timeout
         # The party app's process settings (tf_puma.apps.APP_ENVIRONMENT) are applied by the
         # party command itself; `extra_env` adds to them.
@@ -222,16 +223,34 @@ class LocalCluster:
             stdout=subprocess.PIPE, stderr=self._party_stderr, text=True,
             start_new_session=True)  # its own process group: the watcher and its server
 
+    @staticmethod
+    def _free_cluster() -> Cluster:
+        ports = [free_port() for _ in range(NUM_PARTIES + 1)]
+        return Cluster(client=f"127.0.0.1:{ports[0]}",
+                       parties=tuple(f"127.0.0.1:{p}" for p in ports[1:]))  # type: ignore
+
     def start(self) -> Cluster:
-        self.processes = [self._spawn(i) for i in range(NUM_PARTIES)]
+        """Starts the three parties and waits until each is ready. A free port can be taken by
+        another program between choosing it and the party binding it (seen with two test
+        processes starting clusters at once): then the cluster starts again on fresh ports, up
+        to START_ATTEMPTS times; any other start-up failure is raised at once."""
         atexit.register(self.stop)
-        try:
-            for i, proc in enumerate(self.processes):
-                self._wait_ready(i, proc)
-        except Exception:
-            self.stop()
-            raise
-        return self.cluster
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.processes = [self._spawn(i) for i in range(NUM_PARTIES)]
+            try:
+                for i, proc in enumerate(self.processes):
+                    self._wait_ready(i, proc)
+                return self.cluster
+            except Exception as err:
+                self.stop()
+                taken = [a for a in self.cluster.parties if port_in_use(a)]
+                if not taken or not isinstance(err, RuntimeError):
+                    raise
+                if attempt == START_ATTEMPTS:
+                    raise RuntimeError(f"{err}: its port was taken by another program "
+                                       f"({', '.join(taken)}), {attempt} times in a row") from None
+                self.cluster = self._free_cluster()
+        raise AssertionError("unreachable")
 
     def _wait_ready(self, i: int, proc: subprocess.Popen) -> None:
         deadline = time.monotonic() + self._start_timeout

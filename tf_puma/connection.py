@@ -40,8 +40,9 @@ class _Releasable(Protocol):
 class Connection:
     """This process as the client task of `cluster` (create it with `tf_puma.connect`)."""
 
-    def __init__(self, cluster: Cluster):
+    def __init__(self, cluster: Cluster, bind: str | None = None):
         self.cluster = cluster
+        self.bind = bind  # the host this client task's server listens on (None: the spec's)
         self._models: "weakref.WeakSet[_Releasable]" = weakref.WeakSet()
         self._lock = threading.Lock()
         self.reconnects = 0
@@ -77,7 +78,15 @@ class Connection:
                     "client of this cluster spec is running (one client per spec at a time) or "
                     "another program holds the port; stop it or give this client another "
                     "address in the spec")
+            from tf_puma import listen  # noqa: PLC0415
+
+            # TF's server binds every interface; a client of a local trial must not be
+            # reachable (and drivable: it runs what a context asks) from the network.
+            host = self.bind or listen.host_of(self.cluster.client)
+            listen.limit_in_process(host)
             ctx.set_server_def(server_def, keep_alive_secs=KEEP_ALIVE_S)
+            ctx.ensure_initialized()  # the server starts here, not at the first op
+            listen.check_listening(host)
         else:  # reconnect: TF re-creates this client's context on parties that restarted
             ctx.update_server_def(server_def, keep_alive_secs=KEEP_ALIVE_S)
 
@@ -125,13 +134,16 @@ def current() -> Connection | None:
     return _current
 
 
-def connect(cluster: Cluster | Mapping[str, Any] | str, timeout: float = 30.0) -> Connection:
+def connect(cluster: Cluster | Mapping[str, Any] | str, timeout: float = 30.0,
+            bind: str | None = None) -> Connection:
     """Makes this process the cluster's client task so tf.function code can place ops on parties.
 
     Waits up to `timeout` for each party's port, then checks each answers as a TensorFlow server
     (check_parties), so a missing, stopped or foreign party is a clear error, not a hang.
     Connecting again to the same cluster returns the same Connection; TensorFlow allows one
-    cluster per process. Grappler's meta-optimizer is switched off for the process: on secure
+    cluster per process. This process's TensorFlow server listens on the spec's client host
+    only (`bind` names another IP; "0.0.0.0" keeps TensorFlow's every-interface listening, for a
+    client behind NAT whose spec address is not its own). Grappler's meta-optimizer is switched off for the process: on secure
     graphs (tens of thousands of small ops) it triples the first call's time (41 s -> 13 s for
     MiniLM) and two of its rewrites mis-handle patterns secure graphs contain
     (docs/design-notes.md).
@@ -159,7 +171,7 @@ def connect(cluster: Cluster | Mapping[str, Any] | str, timeout: float = 30.0) -
 
         _ops.load()
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-        connection = Connection(cluster)
+        connection = Connection(cluster, bind)
         connection._connect_tf()  # noqa: SLF001
         atexit.register(connection.close)  # runs before LocalCluster.stop (registered earlier)
         _current = connection

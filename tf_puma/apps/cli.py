@@ -145,7 +145,7 @@ def _party(argv: list[str]) -> None:
     del argv
     if FLAGS.cluster is None or FLAGS.task is None:
         raise app.UsageError("party needs --cluster SPEC and --task I")
-    from tf_puma.apps import listen  # noqa: PLC0415
+    from tf_puma import listen  # noqa: PLC0415
     from tf_puma.cluster import Cluster  # noqa: PLC0415
 
     try:  # before anything imports TensorFlow: this re-executes the command once
@@ -177,7 +177,7 @@ def _listen_as_client(command: str) -> str:
     else the spec's client host); re-executes the command once with the bind shim."""
     if (FLAGS.cluster is None) == (not FLAGS.local):
         raise app.UsageError(f"{command} needs exactly one of --cluster SPEC and --local")
-    from tf_puma.apps import listen  # noqa: PLC0415
+    from tf_puma import listen  # noqa: PLC0415
     from tf_puma.cluster import Cluster  # noqa: PLC0415
 
     try:
@@ -229,7 +229,7 @@ def _run(argv: list[str]) -> None:
     del argv
     if FLAGS.model is None or FLAGS.input is None:
         raise app.UsageError("run needs --model OUT_DIR and --input inputs.json")
-    from tf_puma.apps import listen  # noqa: PLC0415
+    from tf_puma import listen  # noqa: PLC0415
 
     host = _listen_as_client("run")
     import tf_puma  # noqa: PLC0415
@@ -312,7 +312,7 @@ def _generate(argv: list[str]) -> None:
     stops = [tok.eos_token_id] if tok is not None and tok.eos_token_id is not None else []
     local = (tf_puma.LocalCluster(shares_dir=os.path.join(FLAGS.model, "shares"))
              if FLAGS.local else None)
-    from tf_puma.apps import listen  # noqa: PLC0415
+    from tf_puma import listen  # noqa: PLC0415
     try:
         cluster = local.start() if local else tf_puma.Cluster.from_spec(FLAGS.cluster)
         tf_puma.connect(cluster)

@@ -57,7 +57,7 @@ def serve(cluster: Cluster, task: int, shares: str | None = None,
           bind_host: str | None = None) -> None:
     """Starts party `task`'s server and blocks. `shares` is the party's share root: one bundle
     directory (OUT/shares/partyI) or a directory of them (one per model), read on first use.
-    `bind_host`: the host the server must listen on (apps/listen.py has set it up; checked
+    `bind_host`: the host the server must listen on (tf_puma/listen.py has set it up; checked
     here once the server runs); None leaves TensorFlow's every-interface bind."""
     if not 0 <= task < NUM_PARTIES:
         raise ValueError(f"--task must be 0, 1 or 2, got {task}")
@@ -91,7 +91,7 @@ def serve(cluster: Cluster, task: int, shares: str | None = None,
                             ) from None
         raise PortInUse(f"party {task} cannot start its server on {address}: {err}") from None
     if bind_host is not None:
-        from tf_puma.apps import listen  # noqa: PLC0415
+        from tf_puma import listen  # noqa: PLC0415
 
         listen.check_listening(bind_host)
     print(f"tf-puma party ready: task {task} at {cluster.parties[task]} ({server.target}), "

@@ -6,6 +6,8 @@ so a party started for a local trial (`127.0.0.1:PORT`) was reachable from the w
 `_puma_bind.so` preloaded and TF_PUMA_BIND_HOST set (custom_ops/bind_host.c: wildcard binds become
 that host), and check after the server started that the shim took effect. `--bind 0.0.0.0`
 keeps TensorFlow's behaviour (a party behind NAT, say, whose spec address is not its own).
+`tf_puma.connect` in a user's process, where TensorFlow is loaded already, patches TensorFlow's
+bind calls to the shim instead (limit_in_process; `bind=` overrides the spec's client host).
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ import sys
 
 BIND_HOST_ENV = "TF_PUMA_BIND_HOST"
 BIND_LIBRARY_ENV = "TF_PUMA_BIND_LIBRARY"  # another build of the shim (Bazel's)
-_DEFAULT_LIBRARY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "_puma_bind.so")
+_DEFAULT_LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_puma_bind.so")
 WILDCARDS = ("0.0.0.0", "::", "*")
 
 
@@ -66,6 +67,23 @@ def listen_only_on(host: str) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", "tf_puma.apps.cli", *sys.argv[1:]], env)
+
+
+def limit_in_process(host: str) -> None:
+    """For a process where TensorFlow is already loaded (tf_puma.connect from a user's Python):
+    points TensorFlow's own calls to bind() at the shim (custom_ops/bind_host.c,
+    puma_bind_patch) so the server it starts next listens on `host` only; the process's other
+    sockets keep libc's bind. check_listening after the server started proves it."""
+    if host in WILDCARDS:
+        return
+    library = bind_library()
+    if not os.path.exists(library):
+        raise ListenError(f"the bind shim {library} is missing: build it with `make build` (or "
+                          "connect with bind='0.0.0.0' to listen on every interface)")
+    os.environ[BIND_HOST_ENV] = host
+    shim = ctypes.CDLL(library)
+    shim.puma_bind_patch.argtypes = [ctypes.c_char_p]
+    shim.puma_bind_patch(b"tensorflow")
 
 
 def check_listening(host: str) -> None:
