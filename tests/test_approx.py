@@ -52,6 +52,24 @@ def test_silu(cluster):
     check(run_secure(approx.silu, x), x / (1 + np.exp(-x)), 0.012)
 
 
+def test_silu_puma_pieces_match_their_float_error(cluster):
+    """PUMA's pieces: 7.2e-2 in float at x = 4 (the degree-6 piece meets x there); every
+    piece's boundary (-8, -4, 4) and both sides of it are in the grid."""
+    x = np.concatenate([np.linspace(-12, 12, 2401), [-8.0, -4.0, 4.0, -8.001, -3.999, 4.001]])
+    err = check(run_secure(lambda a: approx.silu(a, method="puma"), x), x / (1 + np.exp(-x)),
+                0.073)
+    assert err > 0.07  # the documented error is reached: the pieces are PUMA's, not "even"
+
+
+@pytest.mark.parametrize("protocol,methods", [(approx.exp, "'taylor3' or 'puma'"),
+                                              (approx.gelu, "'even' or 'puma'"),
+                                              (approx.silu, "'even' or 'puma'")])
+def test_an_unknown_method_is_refused_naming_the_known_ones(cluster, protocol, methods):
+    name = protocol.__name__
+    with pytest.raises(ValueError, match=f"{name} method must be {methods}, got 'PUMA'"):
+        run_secure(lambda a: protocol(a, method="PUMA"), np.zeros(4))
+
+
 def test_gelu_rounds_and_depth(cluster):
     @tf.function
     def run(a):

@@ -104,6 +104,19 @@ def test_argmax_one_hot(cluster, rng, n):
     np.testing.assert_array_equal(out, np.eye(n, dtype=np.int64)[x.argmax(-1)])
 
 
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_argmax_on_any_axis_gives_the_first_of_tied_maxima(cluster, rng, axis):
+    """argmax's one-hot row lies along the last axis whatever `axis` is reduced, argmax_index
+    is tf.argmax; both pick the first of tied maxima wherever they sit (small integers: ties
+    along every axis, 7, 4 and 5 long). The max tree used to pair i with i + n/2 and picked a
+    later tied position in 6 of 140 rows here."""
+    x = np.round(rng.normal(size=(7, 4, 5)) * 2, 0)
+    one_hot = run_secure(lambda a: compare.argmax(a, axis=axis), x, dtype=tf.int64)
+    np.testing.assert_array_equal(one_hot, np.eye(x.shape[axis], dtype=np.int64)[x.argmax(axis)])
+    index = run_secure(lambda a: compare.argmax_index(a, axis=axis), x, dtype=tf.int64)
+    np.testing.assert_array_equal(index, tf.argmax(x, axis=axis).numpy())
+
+
 @pytest.mark.parametrize("n,axis", [(5, -1), (16, -1), (7, 0), (1000, -1)])
 def test_argmax_index_is_tf_argmax(cluster, rng, n, axis):
     """The position as tf.argmax gives it (first one on ties), along the last or first axis;

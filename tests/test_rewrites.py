@@ -308,6 +308,38 @@ def test_division_powers_and_two_secret_rules_match_plaintext(tmp_path, cluster,
     assert all(errors[k] <= bounds[k] for k in bounds), (errors, bounds)
 
 
+def test_layer_norm_over_a_middle_axis_runs_as_generic_rules(tmp_path, cluster, deploy):
+    """Keras LayerNormalization(axis=1) is not the last-axis idiom: it converts through the
+    generic rules (Mean, SquaredDifference, lone Rsqrt with its range) and matches plaintext;
+    the last-axis one beside it is the idiom."""
+    w, = _weights((6, 8), seed=21)
+    middle = tf.keras.layers.LayerNormalization(axis=1, epsilon=1e-3)
+    middle.build([None, 5, 8])
+    # eps below 1.001e-5: Keras' fused path (FusedBatchNormV3, not converted yet) is off
+    last = tf.keras.layers.LayerNormalization(epsilon=1e-5)
+    last.build([None, 5, 8])
+
+    def fn(x):
+        h = tf.einsum("bsi,ij->bsj", x, w)
+        return {"middle": middle(h), "last": last(h)}
+
+    plain = _save(tmp_path, "plain", fn, [tf.TensorSpec([2, 5, 6], tf.float32, name="x")],
+                  [w, middle.gamma, middle.beta, last.gamma, last.beta])
+    prog = program.SecureProgram(graph.load_signature(plain))
+    assert sorted(idiom.name for idiom, _ in prog.idioms.values()) == ["layer_norm"]
+    assert "Rsqrt" in {prog.graph.nodes[n].op for n in prog.order}  # the middle one's
+    secure = str(tmp_path / "secure")
+    convert.convert(plain, secure, **QUIET)
+    deploy(secure, "middle_axis_norm")
+    x = np.random.default_rng(22).normal(size=(2, 5, 6)).astype(np.float32)
+    reference = tf.saved_model.load(plain).signatures["serving_default"](x=tf.constant(x))
+    out = secure_model.load(secure)(x=x)
+    errors = {k: float(np.abs(out[k].numpy() - reference[k].numpy()).max()) for k in reference}
+    # measured: middle 6.1e-5 (generic rules: the mean over 5 rows and a lone rsqrt, each
+    # truncated), last 2.0e-5 (the idiom); bounds 2x for TruncPr's random +-1 ulp
+    assert errors["middle"] <= 1.2e-4 and errors["last"] <= 4e-5, errors
+
+
 def test_an_output_that_depends_on_the_weights_only_is_refused(tmp_path):
     """Revealing it would hand the client a function of the weights alone."""
     w, = _weights((3, 3), seed=13)

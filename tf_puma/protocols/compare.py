@@ -110,15 +110,18 @@ def reduce_max(x: Shared, axis: int = -1, keepdims: bool = False) -> Shared:
 
 
 def _max_tree_carrying(vals: Shared, carried: Shared, axis: int) -> Shared:
-    """`carried` (aligned with `vals` along `axis`) at the position of vals' max: the pairwise
-    max tree of `reduce_max`, every selection applied to both (first position on ties)."""
+    """`carried` (aligned with `vals` along `axis`) at the position of vals' max: a pairwise
+    max tree, every selection applied to both. Neighbours are paired (2i with 2i+1, an odd
+    last one passed on), so each survivor stands for a run of positions left of the next one's
+    and the left one winning a tie gives the first position overall, as tf.argmax. (Pairing the
+    halves, i with i + n/2, as reduce_max may, does not: the survivors' runs interleave.)"""
     while vals.shape[axis] > 1:
         m = vals.shape[axis]
         half = m // 2
-        lo_v, hi_v = (tensor.slice_along(vals, axis, 0, half),
-                      tensor.slice_along(vals, axis, half, half))
-        lo_c, hi_c = (tensor.slice_along(carried, axis, 0, half),
-                      tensor.slice_along(carried, axis, half, half))
+        lo_v, hi_v = (tensor.every_other(vals, axis, 0, half),
+                      tensor.every_other(vals, axis, 1, half))
+        lo_c, hi_c = (tensor.every_other(carried, axis, 0, half),
+                      tensor.every_other(carried, axis, 1, half))
         take_hi = less(lo_v, hi_v)
         new_v = select(take_hi, hi_v, lo_v)
         new_c = select(take_hi, hi_c, lo_c)

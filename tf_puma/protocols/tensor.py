@@ -66,6 +66,13 @@ def slice_along(x: Shared, axis: int, begin: int, size: int) -> Shared:
     return x.map_local(lambda t: tf.slice(t, begins, sizes))
 
 
+def every_other(x: Shared, axis: int, begin: int, count: int) -> Shared:
+    """x[..., begin:begin+2*count:2, ...] along `axis` (even or odd positions): local."""
+    axis %= x.shape.rank
+    index = (slice(None),) * axis + (slice(begin, begin + 2 * count, 2),)
+    return x.map_local(lambda t: t[index])
+
+
 def reduce_sum(x: Shared, axis: int, keepdims: bool = False) -> Shared:
     """Sum along an axis: local (shares add)."""
     return x.map_local(lambda t: tf.reduce_sum(t, axis=axis, keepdims=keepdims))
