@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_puma.fixedpoint import FixedPoint
-from tf_puma.protocols import approx
+from tf_puma.protocols import approx, nn
 from tf_puma.rewrites import rules
 from tf_puma.rewrites.graph import ConversionError, FrozenGraph, Kind, tensor_name
 
@@ -122,6 +122,20 @@ def _input_site(site: Site, ref: str) -> tuple[Site, Any, list[str]]:
     return site, (lambda values: values[ref]), [ref]
 
 
+def _batch_norm_site(name: str, node, x_ref: str) -> tuple[Site, Any, list[str]]:
+    """rules.fused_batch_norm's rsqrt input: each channel's variance over the other axes + eps."""
+    eps = nn.effective_eps(float(node.attr["epsilon"].f))
+    ref = tensor_name(x_ref)
+
+    def measure(values):
+        x = np.asarray(values[ref], np.float64)
+        channel = rules.batch_norm_channel_axis(node, x.ndim)
+        return np.moveaxis(x, channel, 0).reshape(x.shape[channel], -1).var(axis=1) + eps
+
+    lo, hi = nn.LAYER_NORM_VARIANCE
+    return Site(name, node.op, "batch-norm variance + eps", lo, hi), measure, [ref]
+
+
 def _range_sites(program) -> list[tuple[Site, Any, list[str]]]:
     """Idioms with a domain and lone ops with an input range: (site, measure, refs needed)."""
     graph = program.graph
@@ -157,6 +171,9 @@ def _range_sites(program) -> list[tuple[Site, Any, list[str]]]:
                 checked = (args[0], f"Pow {e:g} base", approx.RSQRT_RANGE)
             elif e == -1:
                 checked = (args[0], "Pow -1 base", approx.RECIPROCAL_RANGE)
+        if node.op.startswith("FusedBatchNorm"):  # Keras' fused LayerNorm: per-channel var
+            out.append(_batch_norm_site(name, node, args[0]))
+            continue
         if checked is not None:
             ref, quantity, (lo, hi) = checked
             out.append(_input_site(Site(name, node.op, quantity, lo, hi), ref))

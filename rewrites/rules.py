@@ -351,6 +351,57 @@ def mean(ctx, node, args):
     return [arithmetic.mul_public(total, 1.0 / n)]
 
 
+def batch_norm_channel_axis(node: node_def_pb2.NodeDef, rank: int) -> int:
+    """The channel axis of a FusedBatchNorm* node: 1 for NCHW/NCDHW, else the last."""
+    data_format = _attr(node, "data_format", b"NHWC")
+    data_format = data_format.decode() if isinstance(data_format, bytes) else data_format
+    return 1 if data_format.startswith("NC") else rank - 1
+
+
+@rule("FusedBatchNormV3", "FusedBatchNormV2", "FusedBatchNorm")
+def fused_batch_norm(ctx, node, args):
+    """Training-mode batch norm, as Keras' LayerNormalization emits it when its epsilon is at
+    least 1.001e-5 (Keras' default is 1e-3): x reshaped to [1, rows, features, 1] in NCHW, each
+    channel (row) normalised over the other axes with its own mean and biased variance, then
+    times scale plus offset (ones and zeros: Keras applies gamma and beta after). That is
+    nn.layer_norm with the channel axis moved first and the rest flattened (cost: LayerNorm's).
+    Only output y may be used; inference mode (stored mean and variance) is refused."""
+    if not _attr(node, "is_training", True):
+        raise ConversionError(f"{node.op} {node.name}: batch norm in inference mode (stored "
+                              "mean and variance) is not supported; only the training-mode form "
+                              "Keras' LayerNormalization uses")
+    used = {ref for other in ctx.graph.nodes.values() for ref in other.input}
+    extra = [k for k in range(1, len(ctx.output_refs(node))) if f"{node.name}:{k}" in used]
+    if extra:
+        raise ConversionError(f"{node.op} {node.name}: only its normalised output can be made "
+                              f"secure; outputs {extra} (batch statistics) are used")
+    x = ctx.shared(args[0])
+    shape = x.shape.as_list()
+    channel = batch_norm_channel_axis(node, len(shape))
+    perm = [channel] + [a for a in range(len(shape)) if a != channel]
+    moved = [shape[a] for a in perm]
+    rows = tensor.reshape(tensor.transpose(x, perm), [moved[0], int(np.prod(moved[1:]))])
+    y = nn.layer_norm(rows, eps=float(_attr(node, "epsilon", 1e-4)))
+    scale, offset = args[1], args[2]
+    def per_row(v: Value) -> Shared:  # a weight's [C] as [C, n], aligned with y
+        return ctx.broadcast(tensor.reshape(ctx.shared(v), [-1, 1]), y.shape.as_list())
+
+    if isinstance(scale, np.ndarray):
+        if not np.all(scale == 1):
+            y = arithmetic.mul_public(y, np.broadcast_to(scale.reshape(-1, 1),
+                                                         y.shape.as_list()))
+    else:
+        y = arithmetic.mul(y, per_row(scale))
+    if isinstance(offset, np.ndarray):
+        if not np.all(offset == 0):
+            y = arithmetic.add_public(y, np.broadcast_to(offset.reshape(-1, 1),
+                                                         y.shape.as_list()))
+    else:
+        y = arithmetic.add(y, per_row(offset))
+    back = tensor.transpose(tensor.reshape(y, moved), [perm.index(a) for a in range(len(shape))])
+    return [back] + [None] * (len(ctx.output_refs(node)) - 1)
+
+
 # ---- non-linear ------------------------------------------------------------------------------
 @rule("Softmax")
 def softmax(ctx, node, args):

@@ -143,10 +143,10 @@ def connect(cluster: Cluster | Mapping[str, Any] | str, timeout: float = 30.0,
     Connecting again to the same cluster returns the same Connection; TensorFlow allows one
     cluster per process. This process's TensorFlow server listens on the spec's client host
     only (`bind` names another IP; "0.0.0.0" keeps TensorFlow's every-interface listening, for a
-    client behind NAT whose spec address is not its own). Grappler's meta-optimizer is switched off for the process: on secure
-    graphs (tens of thousands of small ops) it triples the first call's time (41 s -> 13 s for
-    MiniLM) and two of its rewrites mis-handle patterns secure graphs contain
-    (docs/design-notes.md).
+    client behind NAT whose spec address is not its own). Grappler's meta-optimizer is switched
+    off for the process: on secure graphs (tens of thousands of small ops) it triples the first
+    call's time (41 s -> 13 s for MiniLM) and two of its rewrites mis-handle patterns secure
+    graphs contain (docs/design-notes.md).
     """
     global _current
     if not isinstance(cluster, Cluster):

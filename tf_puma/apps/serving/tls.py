@@ -40,7 +40,8 @@ def _message_class() -> Any:
         message.field.add(name=name, number=number, type=kind,
                           label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
     pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.SSLConfig"))
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("tensorflow.serving.SSLConfig"))
 
 
 def read_ssl_config(path: str) -> SSLConfig:
