@@ -24,31 +24,6 @@ BUNDLE_WEIGHTS = {
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: whole real models (skipped by `make test-fast`)")
-    config.addinivalue_line("markers", "memory_heavy: a module whose models and parties take "
-                            "several GiB; such modules run one at a time across test workers")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_memory_heavy_module_at_a_time(request):
-    """`make test` runs two workers; two real-model modules at once (SmolLM2's four layers with
-    its parties beside the whole MiniLM's) outgrew CI's 24 GiB and the OOM killer ended one. A
-    module marked memory_heavy holds an exclusive lock (a file beside this checkout's tests, so
-    other checkouts' suites are not serialised with it) from before its fixtures until after."""
-    if request.node.get_closest_marker("memory_heavy") is None:
-        yield
-        return
-    import fcntl  # noqa: PLC0415
-    import hashlib  # noqa: PLC0415
-    import tempfile  # noqa: PLC0415
-
-    checkout = hashlib.sha256(os.path.dirname(os.path.abspath(__file__)).encode()).hexdigest()
-    path = os.path.join(tempfile.gettempdir(), f"tf-puma-tests-{checkout[:12]}.memory.lock")
-    with open(path, "w", encoding="ascii") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from tf_puma.apps import hf, text_data
 from tf_puma.rewrites import convert
 from tests.test_models import QUIET, _plain
 
-pytestmark = [pytest.mark.slow, pytest.mark.memory_heavy]  # the whole real MiniLM, converted
+pytestmark = pytest.mark.slow  # the whole real MiniLM, converted and run
 
 
 def test_sentiment_classifier_same_decisions(tmp_path, cluster, deploy):

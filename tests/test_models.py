@@ -14,8 +14,7 @@ from tf_puma import audit, secure_model
 from tf_puma.apps import hf, text_data
 from tf_puma.rewrites import convert
 
-pytestmark = [pytest.mark.slow,  # real models, minutes each: `make test` runs them, test-fast not
-              pytest.mark.memory_heavy]
+pytestmark = pytest.mark.slow  # real models, minutes each: `make test` runs them, test-fast not
 QUIET = {"log": lambda line: None}
 # Real text: four rated movie-review sentences. Their plaintext similarities differ by >= 0.019
 # within each row, far above the secure error (~1e-4), so rankings must agree exactly.

@@ -13,8 +13,6 @@ import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.memory_heavy  # ~6 GiB in the child plus its three parties
-
 
 def _in_child(code: str, timeout: int = 900) -> list[str]:
     """Runs `code` in a fresh Python (a whole real model would stay in this process's memory
