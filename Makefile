@@ -7,14 +7,14 @@ STAMP := $(VENV)/.installed
 BAZEL ?= bazel
 BAZEL_FLAGS := --repo_env=PYTHON_BIN_PATH=$(abspath $(PY))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
-# Tests can run in several processes (pytest-xdist; each with its own three local parties), a
-# test file per process at a time: conversion and tracing are single-threaded Python.
-# One test process for now: two reached CI's 24 GiB this stop (each worker keeps every model it
-# converted, 5.3 and 3.8 GiB measured, beside its parties and SmolLM2's child): ~26 min, not ~13.
-TEST_WORKERS ?= 1
-PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+# Tests run as several pytest processes, TEST_WORKERS at a time, each with its own three local
+# parties (conversion and tracing are single-threaded Python). Each real-model module gets a
+# process that exits when it is done: a long-lived process keeps every model it converted (two
+# pytest-xdist workers reached 5.3 and 3.8 GiB and CI's 24 GiB), see tests/run_in_processes.py.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) tests/run_in_processes.py -n $(TEST_WORKERS)
 
-.PHONY: spu-venv setup build bazel-build test test-fast test-bazel demo serve-demo bench clean
+.PHONY: system-tools spu-venv setup build bazel-build test test-fast test-bazel demo serve-demo bench clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,7 +27,14 @@ $(STAMP): requirements.txt requirements-nodeps.txt setup.py
 	$(PIP) download -q --no-deps --no-binary :all: vadersentiment==3.3.2 -d data
 	touch $(STAMP)
 
-setup: $(STAMP)
+# stunnel (Debian's stunnel4) carries the mutual-TLS links of `--tls-dir` deployments.
+system-tools:
+	@command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || \
+	  { command -v apt-get >/dev/null && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4; }; } >/dev/null; } || \
+	  echo "note: stunnel4 is not installed (apt-get install stunnel4): --tls-dir and tests/test_tls.py need it"
+
+setup: $(STAMP) system-tools
 
 # The reference implementation (SPU 0.9.5: numpy<2, jax 0.4.34) in its own venv, for the
 # benchmarks' --reference columns (not needed by tf-puma or its tests).
@@ -48,12 +55,12 @@ bazel-build: setup
 	$(BAZEL) build $(BAZEL_FLAGS) //custom_ops:_puma_ops.so //custom_ops:_puma_bind.so
 
 test: build bazel-build
-	$(PYTEST) tests
+	$(PYTEST)
 	TF_PUMA_OPS_LIBRARY=$(abspath bazel-bin/custom_ops/_puma_ops.so) $(PY) -m pytest -q tests/test_kernels.py
 
 # Everything but the whole-model tests (pytest -m "not slow"): for local iteration.
 test-fast: build
-	$(PYTEST) -m "not slow" tests
+	$(PYTEST) -m "not slow"
 
 demo: build
 	$(PY) -m tf_puma.apps.demo

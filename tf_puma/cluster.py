@@ -23,14 +23,20 @@ from typing import Any, Mapping, Sequence
 NUM_PARTIES = 3
 PARTY_JOB = "puma"
 CLIENT_JOB = "client"
+# With --tls-dir, every host reaches task k (client 0, party i at i + 1) at 127.0.0.1:BASE + k
+# (its own TF server, or a tunnel to that task): tf_puma/tunnels.py. Below Linux's ephemeral
+# range (32768-60999), so no outgoing connection holds one of these ports.
+DEFAULT_LOOPBACK_BASE = 24100
 
 
 @dataclasses.dataclass(frozen=True)
 class Cluster:
-    """Addresses of the client task and of the three parties."""
+    """Addresses of the client task and of the three parties; `loopback_base` is the spec's
+    optional "loopback_base" (only TLS deployments use it: tf_puma/tunnels.py)."""
 
     client: str
     parties: tuple[str, str, str]
+    loopback_base: int = DEFAULT_LOOPBACK_BASE
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any] | str | os.PathLike) -> "Cluster":
@@ -54,13 +60,23 @@ class Cluster:
         if len(client) != 1 or len(parties) != NUM_PARTIES:
             raise ValueError(f"cluster spec needs 1 client task and {NUM_PARTIES} puma tasks, got "
                              f"{len(client)} and {len(parties)}")
-        return cls(client=client[0], parties=tuple(parties))  # type: ignore[arg-type]
+        base = spec.get("loopback_base", DEFAULT_LOOPBACK_BASE)
+        if not isinstance(base, int) or not 1024 <= base <= 65535 - NUM_PARTIES:
+            raise ValueError(f"cluster spec's loopback_base {base!r} is not a port number in "
+                             f"[1024, {65535 - NUM_PARTIES}]: its four ports (client, parties) "
+                             "must be free on every host of a TLS deployment")
+        return cls(client=client[0], parties=tuple(parties),  # type: ignore[arg-type]
+                   loopback_base=base)
 
     def as_dict(self) -> dict[str, list[str]]:
+        """The TensorFlow ClusterSpec dict (jobs only)."""
         return {CLIENT_JOB: [self.client], PARTY_JOB: list(self.parties)}
 
     def to_json(self) -> str:
-        return json.dumps(self.as_dict())
+        spec: dict[str, Any] = dict(self.as_dict())
+        if self.loopback_base != DEFAULT_LOOPBACK_BASE:
+            spec["loopback_base"] = self.loopback_base
+        return json.dumps(spec)
 
 
 def party_device(i: int) -> str:

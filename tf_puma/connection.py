@@ -40,9 +40,10 @@ class _Releasable(Protocol):
 class Connection:
     """This process as the client task of `cluster` (create it with `tf_puma.connect`)."""
 
-    def __init__(self, cluster: Cluster, bind: str | None = None):
-        self.cluster = cluster
+    def __init__(self, cluster: Cluster, bind: str | None = None, tunnels: Any = None):
+        self.cluster = cluster  # the addresses TensorFlow uses (loopback ones behind tunnels)
         self.bind = bind  # the host this client task's server listens on (None: the spec's)
+        self.tunnels = tunnels  # tf_puma.tunnels.Tunnels of a TLS deployment, or None
         self._models: "weakref.WeakSet[_Releasable]" = weakref.WeakSet()
         self._lock = threading.Lock()
         self.reconnects = 0
@@ -52,7 +53,19 @@ class Connection:
 
     def check(self, timeout: float = 5.0) -> None:
         """Raises PartyUnavailable naming a party that does not answer within `timeout`."""
-        check_parties(self.cluster, timeout=timeout)
+        try:
+            check_parties(self.cluster, timeout=timeout)
+        except PartyUnavailable as err:
+            raise PartyUnavailable(f"{err}{self._tunnel_errors()}") from None
+
+    def _tunnel_errors(self) -> str:
+        """The TLS tunnels' recent errors (a refused certificate, say), to append to a
+        PartyUnavailable: behind a tunnel, TensorFlow only sees a closed connection."""
+        if self.tunnels is None:
+            return ""
+        from tf_puma import tunnels  # noqa: PLC0415
+
+        return tunnels.recent_errors(self.tunnels.log())
 
     def _connect_tf(self) -> None:
         """tf.config.experimental_connect_to_cluster's work (no coordination service on gRPC,
@@ -126,6 +139,7 @@ class Connection:
 
 
 _current: Connection | None = None
+_current_spec: tuple[Cluster, str | None] | None = None  # what `connect` was given
 _current_lock = threading.Lock()
 
 
@@ -135,7 +149,7 @@ def current() -> Connection | None:
 
 
 def connect(cluster: Cluster | Mapping[str, Any] | str, timeout: float = 30.0,
-            bind: str | None = None) -> Connection:
+            bind: str | None = None, tls_dir: str | None = None) -> Connection:
     """Makes this process the cluster's client task so tf.function code can place ops on parties.
 
     Waits up to `timeout` for each party's port, then checks each answers as a TensorFlow server
@@ -147,32 +161,61 @@ def connect(cluster: Cluster | Mapping[str, Any] | str, timeout: float = 30.0,
     off for the process: on secure graphs (tens of thousands of small ops) it triples the first
     call's time (41 s -> 13 s for MiniLM) and two of its rewrites mis-handle patterns secure
     graphs contain (docs/design-notes.md).
+
+    `tls_dir` (a TLS deployment, tf_puma/tunnels.py): the client's TLS directory (ca.pem,
+    cert.pem, key.pem); this process starts mutual-TLS tunnels to the parties and a public TLS
+    port at its spec address (`bind` names its IP), and TensorFlow's server listens on loopback.
     """
-    global _current
+    global _current, _current_spec
     if not isinstance(cluster, Cluster):
         cluster = Cluster.from_spec(cluster)
     with _current_lock:
         if _current is not None:
-            if _current.cluster == cluster:
+            if _current_spec == (cluster, tls_dir):
                 return _current
-            raise RuntimeError(f"this process is already connected to {_current.cluster.as_dict()}"
+            raise RuntimeError(f"this process is already connected to {_current_spec[0].as_dict()}"
                                "; use one process per cluster")
-        deadline = time.monotonic() + timeout
-        for i, address in enumerate(cluster.parties):
-            try:
-                wait_reachable(address, max(1.0, deadline - time.monotonic()))
-            except ConnectionError as err:
-                raise PartyUnavailable(f"party {i} is not reachable: {err}. Start it with "
-                                       f"`tf-puma party --cluster SPEC --task {i}`") from None
-        await_parties(cluster, max(0.0, deadline - time.monotonic()), check_timeout=5.0)
-        import tensorflow as tf  # noqa: PLC0415
+        spec = (cluster, tls_dir)
+        tunnel = None
+        if tls_dir is not None:
+            from tf_puma import tunnels  # noqa: PLC0415
 
-        from tf_puma import _ops  # noqa: PLC0415
-
-        _ops.load()
-        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-        connection = Connection(cluster, bind)
-        connection._connect_tf()  # noqa: SLF001
-        atexit.register(connection.close)  # runs before LocalCluster.stop (registered earlier)
-        _current = connection
+            tunnel = tunnels.Tunnels(cluster, "client", tls_dir, public_bind=bind).start()
+            # Not stopped at exit: TensorFlow still talks to the parties while the interpreter
+            # tears down (after atexit); stunnel ends with this process (PR_SET_PDEATHSIG).
+            atexit.register(tunnel.remove_files)
+            cluster, bind = tunnels.loopback_cluster(cluster), "127.0.0.1"
+        try:
+            connection = _connect_checked(cluster, timeout, bind, tunnel)
+        except BaseException:
+            if tunnel is not None:
+                tunnel.stop()
+            raise
+        _current, _current_spec = connection, spec
         return connection
+
+
+def _connect_checked(cluster: Cluster, timeout: float, bind: str | None,
+                     tunnel: Any) -> Connection:
+    """connect's work once the addresses TensorFlow uses are known."""
+    deadline = time.monotonic() + timeout
+    for i, address in enumerate(cluster.parties):
+        try:
+            wait_reachable(address, max(1.0, deadline - time.monotonic()))
+        except ConnectionError as err:
+            raise PartyUnavailable(f"party {i} is not reachable: {err}. Start it with "
+                                   f"`tf-puma party --cluster SPEC --task {i}`") from None
+    connection = Connection(cluster, bind, tunnel)
+    try:
+        await_parties(cluster, max(0.0, deadline - time.monotonic()), check_timeout=5.0)
+    except PartyUnavailable as err:
+        raise PartyUnavailable(f"{err}{connection._tunnel_errors()}") from None  # noqa: SLF001
+    import tensorflow as tf  # noqa: PLC0415
+
+    from tf_puma import _ops  # noqa: PLC0415
+
+    _ops.load()
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    connection._connect_tf()  # noqa: SLF001
+    atexit.register(connection.close)  # runs before LocalCluster.stop (registered earlier)
+    return connection

@@ -6,9 +6,11 @@ Commands:
           [--generate --prompt-tokens N]
           plaintext SavedModel -> secure SavedModel + OUT_DIR/shares/party{0,1,2}
           (--generate: a causal LM's generate_step signature -> a generation model)
-  party   --cluster SPEC --task I [--shares DIR] [--recycle-growth 0.1]
+  party   --cluster SPEC --task I [--shares DIR] [--recycle-growth 0.1] [--tls-dir DIR]
           start one party's TensorFlow server with its own share bundle (a watching
           process restarts it after a crash and recycles it when grown, between sessions)
+  certs   --cluster SPEC OUT_DIR [--days N]
+          a CA and one TLS directory per task (OUT_DIR/client, party0..2) for --tls-dir
   run     --model OUT_DIR --input inputs.json (--cluster SPEC | --local)
           run the secure model; prints outputs (JSON) and a run summary
   generate --model OUT_DIR (--prompt TEXT --tokenizer DIR | --prompt-ids 1,2,3)
@@ -92,6 +94,11 @@ flags.DEFINE_integer("max-new-tokens", 16, "generate: tokens to generate", lower
 flags.DEFINE_float("temperature", 0.0, "generate: 0 = greedy (the parties' argmax); > 0 = "
                    "sampled on the client from revealed logits", lower_bound=0.0)
 flags.DEFINE_integer("seed", None, "generate: the client's sampling seed")
+flags.DEFINE_string("tls-dir", None, "party, run, generate, serve: this task's TLS directory "
+                    "(ca.pem, cert.pem, key.pem; `tf-puma certs` makes them): every link to the "
+                    "other tasks goes through mutual-TLS tunnels (stunnel), TensorFlow's server "
+                    "listens on loopback only")
+flags.DEFINE_integer("days", 365, "certs: validity of the CA and certificates", lower_bound=1)
 flags.DEFINE_integer("repeat", 1, "run: calls to make (the summary reports the last)",
                      lower_bound=1)
 
@@ -141,6 +148,38 @@ def _convert(argv: list[str]) -> None:
         _fail("convert", err)
 
 
+def _certs(argv: list[str]) -> None:
+    if len(argv) != 2 or FLAGS.cluster is None:
+        raise app.UsageError("certs needs --cluster SPEC and OUT_DIR")
+    from tf_puma import certs  # noqa: PLC0415
+    from tf_puma.cluster import Cluster  # noqa: PLC0415
+
+    try:
+        cluster = Cluster.from_spec(FLAGS.cluster)
+        directories = certs.make_deployment(argv[1], FLAGS.days)
+    except (OSError, ValueError) as err:
+        _fail("certs", err)
+    addresses = [cluster.client, *cluster.parties]
+    print(f"tf-puma certs: a CA in {os.path.join(argv[1], 'ca')} (keep ca-key.pem offline) and "
+          "one TLS directory per task; copy each to its host and pass it as --tls-dir:")
+    for directory, task, address in zip(directories, certs.TASK_NAMES, addresses):
+        print(f"  {directory}  ->  {task} at {address}")
+
+
+def _tls_cluster(command: str, cluster, task: str):
+    """With --tls-dir: checks the TLS directory for `task` (a clear error now, not a hang later)
+    and returns the loopback cluster TensorFlow uses; without it, `cluster` itself."""
+    if FLAGS["tls-dir"].value is None:
+        return cluster
+    from tf_puma import certs, tunnels  # noqa: PLC0415
+
+    try:
+        certs.check_tls_dir(FLAGS["tls-dir"].value, task)
+    except certs.TlsSetupError as err:
+        _fail(command, err)
+    return tunnels.loopback_cluster(cluster)
+
+
 def _party(argv: list[str]) -> None:
     del argv
     if FLAGS.cluster is None or FLAGS.task is None:
@@ -148,9 +187,13 @@ def _party(argv: list[str]) -> None:
     from tf_puma import listen  # noqa: PLC0415
     from tf_puma.cluster import Cluster  # noqa: PLC0415
 
+    tls_dir = FLAGS["tls-dir"].value
     try:  # before anything imports TensorFlow: this re-executes the command once
         cluster = Cluster.from_spec(FLAGS.cluster)
-        host = FLAGS.bind or listen.host_of(cluster.parties[FLAGS.task])
+        tf_cluster = _tls_cluster("party", cluster, f"party{FLAGS.task}")
+        # With TLS the TF server listens on loopback and --bind applies to the public port.
+        host = ("127.0.0.1" if tls_dir else
+                FLAGS.bind or listen.host_of(cluster.parties[FLAGS.task]))
         listen.listen_only_on(host)
     except (listen.ListenError, ValueError) as err:
         _fail("party", err)
@@ -160,33 +203,66 @@ def _party(argv: list[str]) -> None:
         from tf_puma.cluster import exit_with_parent  # noqa: PLC0415
 
         exit_with_parent()
-        sys.exit(supervisor.supervise(FLAGS["recycle-growth"].value))
+        tunnel = None
+        if tls_dir:  # the tunnels outlive server restarts: the watcher owns them
+            from tf_puma import tunnels  # noqa: PLC0415
+
+            try:
+                tunnel = tunnels.Tunnels(cluster, f"party{FLAGS.task}", tls_dir,
+                                         public_bind=FLAGS.bind).start()
+            except (tunnels.TunnelError, ValueError) as err:
+                _fail("party", err)
+        try:
+            sys.exit(supervisor.supervise(FLAGS["recycle-growth"].value))
+        finally:
+            if tunnel is not None:
+                tunnel.stop()
     from tf_puma.apps.party import PortInUse, bound_heap, serve  # noqa: PLC0415
 
     bound_heap()  # before TensorFlow starts its threads
     from tf_puma.bundle import BundleError  # noqa: PLC0415
 
     try:
-        serve(cluster, FLAGS.task, FLAGS.shares, bind_host=host)
+        serve(tf_cluster, FLAGS.task, FLAGS.shares, bind_host=host)
     except (BundleError, listen.ListenError, PortInUse) as err:
         _fail("party", err)
 
 
 def _listen_as_client(command: str) -> str:
-    """The host this client task's server must listen on (--bind, else 127.0.0.1 for --local,
-    else the spec's client host); re-executes the command once with the bind shim."""
+    """The host this client task's public ports listen on (--bind, else 127.0.0.1 for --local,
+    else the spec's client host); re-executes the command once with the bind shim, which makes
+    TensorFlow's server listen there (on 127.0.0.1 with --tls-dir: the tunnels face out)."""
     if (FLAGS.cluster is None) == (not FLAGS.local):
         raise app.UsageError(f"{command} needs exactly one of --cluster SPEC and --local")
+    if FLAGS.local and FLAGS["tls-dir"].value:
+        raise app.UsageError(f"{command}: --tls-dir is for --cluster deployments (--local "
+                             "parties listen on loopback only)")
     from tf_puma import listen  # noqa: PLC0415
     from tf_puma.cluster import Cluster  # noqa: PLC0415
 
     try:
         host = FLAGS.bind or ("127.0.0.1" if FLAGS.local
                               else listen.host_of(Cluster.from_spec(FLAGS.cluster).client))
-        listen.listen_only_on(host)  # before TensorFlow loads
+        if FLAGS["tls-dir"].value:
+            _tls_cluster(command, Cluster.from_spec(FLAGS.cluster), "client")
+        listen.listen_only_on("127.0.0.1" if FLAGS["tls-dir"].value else host)
     except (listen.ListenError, ValueError) as err:
         _fail(command, err)
     return host
+
+
+def _connect(command: str, cluster, host: str) -> str:
+    """Connects this process as the client task (through TLS tunnels with --tls-dir); returns
+    the host TensorFlow's server listens on (for listen.check_listening)."""
+    import tf_puma  # noqa: PLC0415
+    from tf_puma import tunnels  # noqa: PLC0415
+
+    tls_dir = FLAGS["tls-dir"].value
+    try:
+        tf_puma.connect(cluster, bind=host if tls_dir is None else FLAGS.bind, tls_dir=tls_dir)
+    except tunnels.TunnelError as err:
+        _fail(command, err)
+    return "127.0.0.1" if tls_dir else host
 
 
 def _serve(argv: list[str]) -> None:
@@ -216,7 +292,8 @@ def _serve(argv: list[str]) -> None:
 
             ssl_config = tls.read_ssl_config(FLAGS.ssl_config_file)
         serve(models, FLAGS.port, FLAGS.rest_api_port, FLAGS.cluster, FLAGS.local, host,
-              batching, FLAGS.file_system_poll_wait_seconds, ssl_config)
+              batching, FLAGS.file_system_poll_wait_seconds, ssl_config,
+              tls_dir=FLAGS["tls-dir"].value, tunnel_bind=FLAGS.bind)
     except (OSError, ValueError) as err:  # PartyUnavailable is a ConnectionError
         _fail("serve", err)
 
@@ -248,7 +325,7 @@ def _run(argv: list[str]) -> None:
              if FLAGS.local else None)
     try:
         cluster = local.start() if local else tf_puma.Cluster.from_spec(FLAGS.cluster)
-        tf_puma.connect(cluster)
+        host = _connect("run", cluster, host)
         _stage(f"parties ready; loading {FLAGS.model} ({manifest.secure_graph_ops:,} graph ops)")
         start = time.perf_counter()
         model = secure_model.load(FLAGS.model, FLAGS.signature, deadline_s=FLAGS.deadline)
@@ -315,7 +392,7 @@ def _generate(argv: list[str]) -> None:
     from tf_puma import listen  # noqa: PLC0415
     try:
         cluster = local.start() if local else tf_puma.Cluster.from_spec(FLAGS.cluster)
-        tf_puma.connect(cluster)
+        host = _connect("generate", cluster, host)
         _stage(f"parties ready; loading {FLAGS.model}", "generate")
         start = time.perf_counter()
         gen = tf_puma.load_generator(FLAGS.model, deadline_s=FLAGS.deadline)
@@ -351,20 +428,22 @@ def _generate(argv: list[str]) -> None:
 
 COMMANDS: dict[str, Callable[[list[str]], None]] = {"convert": _convert, "party": _party,
                                                     "run": _run, "generate": _generate,
-                                                    "serve": _serve}
+                                                    "serve": _serve, "certs": _certs}
 
 
 COMMAND_FLAGS = {"convert": ("signature", "public-input", "input-shape", "version", "overwrite",
                              "generate", "prompt-tokens"),
                  "generate": ("model", "prompt", "prompt-ids", "tokenizer", "max-new-tokens",
-                              "cluster", "local", "temperature", "seed", "deadline", "bind"),
-                 "party": ("cluster", "task", "shares", "bind", "recycle-growth"),
+                              "cluster", "local", "temperature", "seed", "deadline", "bind",
+                              "tls-dir"),
+                 "party": ("cluster", "task", "shares", "bind", "recycle-growth", "tls-dir"),
                  "run": ("model", "input", "cluster", "local", "signature", "repeat", "deadline",
-                         "bind"),
+                         "bind", "tls-dir"),
                  "serve": ("model_name", "model_base_path", "model_config_file", "port",
                            "rest_api_port", "cluster", "local", "bind", "enable_batching",
                            "batching_parameters_file", "file_system_poll_wait_seconds",
-                           "ssl_config_file")}
+                           "ssl_config_file", "tls-dir"),
+                 "certs": ("cluster", "days")}
 _HELP = ("-h", "--help", "--helpshort", "--helpfull")
 
 

@@ -79,10 +79,13 @@ class LocalShares:
 
 def serve(models: list[tuple[str, str]], port: int, rest_api_port: int,
           cluster_spec: str | None, local: bool, host: str, batching: object = None,
-          poll_seconds: float = 1.0, ssl_config: object = None) -> None:
+          poll_seconds: float = 1.0, ssl_config: object = None, tls_dir: str | None = None,
+          tunnel_bind: str | None = None) -> None:
     """Serves `models` ((name, base path) pairs) until SIGTERM/SIGINT; a new version directory
     under a base path is loaded, warmed and swapped in every `poll_seconds` (0: never).
-    `ssl_config` (tls.SSLConfig) puts TLS on the gRPC port."""
+    `ssl_config` (tls.SSLConfig) puts TLS on the gRPC port for the server's clients; `tls_dir`
+    (the client task's TLS directory) puts mutual-TLS tunnels between this client task and the
+    parties (tf_puma/tunnels.py; `tunnel_bind`: the IP of its public port, default `host`)."""
     import grpc  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
@@ -100,6 +103,13 @@ def serve(models: list[tuple[str, str]], port: int, rest_api_port: int,
             shares.add(name, version, path)
         cluster_runner = tf_puma.LocalCluster(shares_dir=shares.root)
     cluster = cluster_runner.start() if cluster_runner else tf_puma.Cluster.from_spec(cluster_spec)
+    tunnel = None
+    if tls_dir is not None:
+        from tf_puma import tunnels  # noqa: PLC0415
+
+        tunnel = tunnels.Tunnels(cluster, "client", tls_dir, public_bind=tunnel_bind or host)
+        tunnel.start()
+        cluster = tunnels.loopback_cluster(cluster)
     for address in cluster.parties:
         wait_reachable(address, 30.0)
     check_parties(cluster, timeout=10.0)
@@ -164,6 +174,8 @@ def serve(models: list[tuple[str, str]], port: int, rest_api_port: int,
     registry.close()
     if cluster_runner is not None:
         cluster_runner.stop()
+    if tunnel is not None:
+        tunnel.stop()
     if shares is not None:
         shares.remove()
     sys.stdout.flush()
