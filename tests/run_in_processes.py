@@ -82,7 +82,8 @@ def _schedule(pending: list[Group], running: list, slots: int, pytest_args: list
             group = pending.pop(0)
             group.log = os.path.join(logdir, "+".join(f[:-3] for f in group.files) + ".log")
             out = open(group.log, "w")
-            cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args,
+            cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                   "--durations=5", "--durations-min=5", *pytest_args,
                    *[os.path.join(TESTS, f) for f in group.files]]
             group.started = time.monotonic()
             running.append((group, subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)))

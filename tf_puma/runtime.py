@@ -171,17 +171,32 @@ def next_turn(name: str) -> int:
 def const_on(endpoint: Endpoint, value, dtype: tf.DType = tf.int64) -> tf.Tensor:
     """A constant placed on `endpoint`'s device (constants must not cross devices implicitly).
 
-    Python scalars are created once per graph and device (graphs stay small and quick to trace).
+    Python ints and short int sequences (shapes) are created once per graph and device (graphs
+    stay small and quick to trace: MiniLM's trace asked for ~5,400 of them).
     """
-    if isinstance(value, int) and not tf.executing_eagerly():
+    key = _constant_key(value)
+    if key is not None and not tf.executing_eagerly():
         cache = _state().scalars
-        key = (endpoint, value, dtype)
+        key = (endpoint, key, dtype)
         if key not in cache:
             with tf.device(device(endpoint)), _no_deps():
                 cache[key] = tf.constant(value, dtype=dtype)
         return cache[key]
     with tf.device(device(endpoint)):
         return tf.constant(value, dtype=dtype)
+
+
+SHARED_SEQUENCE_MAX = 16  # longer constants are rare and not worth a cache entry
+
+
+def _constant_key(value) -> tuple | None:
+    """A hashable key for an int or a short sequence of ints (bool excluded), else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return ("int", value)
+    if (isinstance(value, (list, tuple)) and len(value) <= SHARED_SEQUENCE_MAX
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        return ("seq", tuple(value))
+    return None
 
 
 @contextlib.contextmanager
