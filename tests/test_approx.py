@@ -93,6 +93,22 @@ def test_reciprocal_relative(cluster):
     assert np.max(np.abs(out - 1 / x) / (2.5e-6 / x + 1.25 * ULP)) <= 1
 
 
+def test_octave_mix_gives_each_values_octave_exactly(cluster):
+    """reciprocal's and rsqrt's octave: the telescoped mix v_K + sum_k b_k (v_k - v_(k+1)) with
+    v_j = j must be exactly floor(log2 x), clamped to [-10, 14], at every power of two of the
+    range, halfway between, just below each, and outside the range on both sides."""
+    powers = 2.0 ** np.arange(-10, 15)
+    x = np.concatenate([[2.0 ** -14, 2.0 ** -11, 1.5 * 2.0 ** -11], powers, 1.5 * powers[:-1],
+                        powers[1:] - 2.0 ** -18, [2.0 ** 15, 1.5 * 2.0 ** 16]])
+
+    def octave(a):
+        js, bits = approx._octave_bits(a, 2.0 ** -10, 2.0 ** 14)  # noqa: SLF001
+        return approx._octave_mix(a, bits, [float(j) for j in js])  # noqa: SLF001
+
+    got = run_secure(octave, x)
+    np.testing.assert_array_equal(got, np.clip(np.floor(np.log2(x)), -10, 14))
+
+
 def test_rsqrt_relative(cluster):
     # Documented range [2^-10, 2^14]; measured 0.92 of (2e-6 relative + 1 ulp).
     x = encoded(np.concatenate([np.geomspace(2 ** -10, 2 ** 14, 3000), [2 ** -10, 2 ** 14]]))
