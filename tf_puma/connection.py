@@ -165,6 +165,8 @@ def connect(cluster: Cluster | Mapping[str, Any] | str, timeout: float = 30.0,
     `tls_dir` (a TLS deployment, tf_puma/tunnels.py): the client's TLS directory (ca.pem,
     cert.pem, key.pem); this process starts mutual-TLS tunnels to the parties and a public TLS
     port at its spec address (`bind` names its IP), and TensorFlow's server listens on loopback.
+    The tunnels end with the thread that connected (Linux's parent-death signal follows the
+    creating thread): connect from the main thread or one that lives as long as the process.
     """
     global _current, _current_spec
     if not isinstance(cluster, Cluster):
