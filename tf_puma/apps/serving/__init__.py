@@ -123,16 +123,29 @@ def serve(models: list[tuple[str, str]], port: int, rest_api_port: int,
     grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
                               options=[("grpc.max_receive_message_length", 64 * 2 ** 20)])
     grpc_api.add_services(grpc_server, registry)
-    if ssl_config is None:
-        grpc_server.add_insecure_port(f"{host}:{port}")
-    else:
-        from tf_puma.apps.serving import tls  # noqa: PLC0415
+    try:
+        if ssl_config is None:
+            grpc_server.add_insecure_port(f"{host}:{port}")
+        else:
+            from tf_puma.apps.serving import tls  # noqa: PLC0415
 
-        grpc_server.add_secure_port(f"{host}:{port}", tls.server_credentials(ssl_config))
+            grpc_server.add_secure_port(f"{host}:{port}", tls.server_credentials(ssl_config))
+    except RuntimeError:  # grpc's "Failed to bind to address"
+        if cluster_runner is not None:
+            cluster_runner.stop()
+        raise OSError(f"cannot listen on {host}:{port} for gRPC: the port is in use (another "
+                      "server, or pass another --port)") from None
     grpc_server.start()
     http_server = None
     if rest_api_port:
-        http_server = rest_api.make_server(host, rest_api_port, registry)
+        try:
+            http_server = rest_api.make_server(host, rest_api_port, registry)
+        except OSError as err:
+            grpc_server.stop(None)
+            if cluster_runner is not None:
+                cluster_runner.stop()
+            raise OSError(f"cannot listen on {host}:{rest_api_port} for REST: the port is in use "
+                          f"(another server, or pass another --rest_api_port): {err}") from None
         threading.Thread(target=http_server.serve_forever, name="tf-puma-rest",
                          daemon=True).start()
     stop = threading.Event()
