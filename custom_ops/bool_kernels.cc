@@ -1,10 +1,9 @@
 // Kernels: boolean-share local steps (interfaces in bool_ops.cc).
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
+#include "custom_ops/bit_pack.h"
 #include "custom_ops/kernel_util.h"
 #include "custom_ops/prg_draws.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -53,28 +52,6 @@ class AndShareOp : public OpKernel {
   }
 };
 
-// Bits of w under mask, moved to the low end in order (BMI2 pext when available).
-__attribute__((target("bmi2"))) uint64_t ExtractBmi2(uint64_t w, uint64_t mask) {
-  return _pext_u64(w, mask);
-}
-__attribute__((target("bmi2"))) uint64_t DepositBmi2(uint64_t v, uint64_t mask) {
-  return _pdep_u64(v, mask);
-}
-uint64_t ExtractPortable(uint64_t w, uint64_t mask) {
-  uint64_t out = 0;
-  for (int k = 0; mask; mask &= mask - 1, ++k) out |= ((w >> __builtin_ctzll(mask)) & 1) << k;
-  return out;
-}
-uint64_t DepositPortable(uint64_t v, uint64_t mask) {
-  uint64_t out = 0;
-  for (int k = 0; mask; mask &= mask - 1, ++k) out |= ((v >> k) & 1) << __builtin_ctzll(mask);
-  return out;
-}
-bool HasBmi2() {
-  static const bool has = __builtin_cpu_supports("bmi2");
-  return has;
-}
-
 // Segments of a packed AND: segment k covers positions[offset_k .. offset_k + counts[k]).
 struct Segments {
   std::vector<uint64_t> masks;
@@ -122,22 +99,6 @@ bool ReadSegments(OpKernelConstruction* ctx, const char* attr, Segments* seg) {
   return true;
 }
 
-// Packs bits `mask` (width bits) of src[0..n) densely into dst (zeroed, Words(n) words).
-void PackBits(const uint64_t* src, int64_t n, uint64_t mask, int width, bool portable,
-              uint64_t* dst, const ParallelRunner& runner) {
-  if (width == 0) return;
-  auto extract = HasBmi2() && !portable ? ExtractBmi2 : ExtractPortable;
-  runner((n + 63) / 64, 64 * 8, [&](int64_t b_begin, int64_t b_end) {
-    for (int64_t e = b_begin * 64; e < std::min(n, b_end * 64); ++e) {
-      const uint64_t v = extract(src[e], mask);
-      const int64_t bit = e * width;
-      const int shift = static_cast<int>(bit & 63);
-      dst[bit >> 6] |= v << shift;
-      if (shift && shift + width > 64) dst[(bit >> 6) + 1] |= v >> (64 - shift);
-    }
-  });
-}
-
 class AndPackedShareOp : public OpKernel {
  public:
   explicit AndPackedShareOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -176,7 +137,7 @@ class AndPackedShareOp : public OpKernel {
       const Segments* segs[4] = {&seg_, &seg_, &y_seg_, &y_seg_};
       uint64_t* dsts[4] = {xo, xn, yo, yn};
       for (int operand = 0; operand < 4; ++operand) {
-        PackBits(RingData(ctx->input(operand * num + k)), n, segs[operand]->masks[k],
+        bits::PackBits(RingData(ctx->input(operand * num + k)), n, segs[operand]->masks[k],
                  segs[operand]->widths[k], portable_, dsts[operand] + at, runner);
       }
       at += seg_.Words(n, k);
@@ -213,29 +174,13 @@ class BitUnpackSegmentsOp : public OpKernel {
     OP_REQUIRES(ctx, packed.dims() == 1 && packed.dim_size(0) == seg_.TotalWords(n),
                 errors::InvalidArgument("expected ", seg_.TotalWords(n), " packed words for ",
                                         n, " values, got shape ", packed.shape().DebugString()));
-    auto deposit = HasBmi2() && !portable_ ? DepositBmi2 : DepositPortable;
     auto runner = TfRunner(ctx);
     const uint64_t* src = RingData(packed);
     for (size_t k = 0; k < seg_.widths.size(); ++k) {
       Tensor* out = nullptr;
       OP_REQUIRES_OK(ctx, ctx->allocate_output(static_cast<int>(k), shape, &out));
-      uint64_t* dst = RingData(out);
-      const int width = seg_.widths[k];
-      const uint64_t mask = seg_.masks[k];
-      const uint64_t low = width == 64 ? ~uint64_t{0} : (uint64_t{1} << width) - 1;
-      if (width == 0) {
-        std::memset(dst, 0, n * sizeof(uint64_t));
-      } else {
-        runner(n, 8, [&](int64_t begin, int64_t end) {
-          for (int64_t e = begin; e < end; ++e) {
-            const int64_t bit = e * width;
-            const int shift = static_cast<int>(bit & 63);
-            uint64_t v = src[bit >> 6] >> shift;
-            if (shift && shift + width > 64) v |= src[(bit >> 6) + 1] << (64 - shift);
-            dst[e] = deposit(v & low, mask);
-          }
-        });
-      }
+      bits::UnpackBits(src, n, seg_.masks[k], seg_.widths[k], portable_, /*xor_into=*/false,
+                       RingData(out), runner);
       src += seg_.Words(n, k);
     }
   }

@@ -23,6 +23,10 @@ constexpr uint32_t kTruncMask = 0;
 constexpr uint32_t kTruncMsbShare = 1;
 constexpr uint32_t kTruncLowShare = 2;
 constexpr uint32_t kTruncOutShare = 3;
+// B2A (one stream per bit injection): P0's share c_0 = F(k_0, s, 0) of c = b_0 ^ b_1, and the
+// reshare s_0 = F(k_0, s, 1), s_1 = F(k_1, s, 1) of c b_2.
+constexpr uint32_t kB2aBitShare = 0;
+constexpr uint32_t kB2aProductShare = 1;
 // PumaPrgUniform takes its sub from its `sub` attribute.
 constexpr int64_t kSubFromAttr = -1;
 
@@ -45,6 +49,10 @@ constexpr Draw kDraws[] = {
     {"PumaAndShare", "xor_zero_share", "key_next", kZeroShare},
     {"PumaAndPackedShare", "xor_zero_share", "key_own", kZeroShare},
     {"PumaAndPackedShare", "xor_zero_share", "key_next", kZeroShare},
+    {"PumaMsbStart", "xor_zero_share", "key_own", kZeroShare},
+    {"PumaMsbStart", "xor_zero_share", "key_next", kZeroShare},
+    {"PumaMsbStep", "xor_zero_share", "key_own", kZeroShare},
+    {"PumaMsbStep", "xor_zero_share", "key_next", kZeroShare},
     {"PumaTruncPrDeal", "trunc_pr", "key_next", kTruncMask},
     {"PumaTruncPrDeal", "trunc_pr", "key_own", kTruncMask},
     {"PumaTruncPrDeal", "trunc_pr", "key_next", kTruncMsbShare},
@@ -56,6 +64,12 @@ constexpr Draw kDraws[] = {
     {"PumaTruncPrFinishA", "trunc_pr", "key_own", kTruncLowShare},
     {"PumaTruncPrFinishA", "trunc_pr", "key_own", kTruncOutShare},
     {"PumaTruncPrFinishB", "trunc_pr", "key_next", kTruncOutShare},
+    {"PumaB2aParty0", "b2a", "key_own", kB2aBitShare},
+    {"PumaB2aParty0", "b2a", "key_own", kB2aProductShare},
+    {"PumaB2aParty0", "b2a", "key_next", kB2aProductShare},
+    {"PumaB2aParty1", "b2a", "key_own", kB2aProductShare},
+    {"PumaB2aParty2", "b2a", "key_next", kB2aBitShare},
+    {"PumaB2aParty2", "b2a", "key_next", kB2aProductShare},
     {"PumaPrgUniform", "prg", "key", kSubFromAttr},
 };
 

@@ -269,6 +269,96 @@ def test_packed_and_rejects_unsorted_positions():
                                   positions=[5, 1], y_positions=[0, 1], counts=[2])
 
 
+def _msb_rounds(x: np.ndarray, portable: bool, keys=None):
+    """Runs the fused MSB kernels of the three parties on x's arithmetic shares (as three
+    parties would, messages passed by hand): ([bit_own, bit_next] per party, messages)."""
+    a0, a1 = random_ring(x.shape), random_ring(x.shape)
+    with np.errstate(over="ignore"):
+        shares = [a0, a1, x - a0 - a1]  # int64 wraps mod 2^64
+    keys = keys or [tf.constant(random_ring([2])) for _ in range(3)]
+    state, sent, log = [], [], []
+    for i in range(3):
+        st, z = ops.puma_msb_start(shares[i], shares[(i + 1) % 3], keys[i], keys[(i + 1) % 3],
+                                   tf.constant(100, tf.int64), party=i, portable=portable)
+        state.append(st)
+        sent.append(z)
+    for r in range(1, 8):
+        got = [sent[(i + 1) % 3] for i in range(3)]
+        log.append([z.numpy() for z in sent])
+        for i in range(3):
+            state[i], sent[i] = ops.puma_msb_step(state[i], sent[i], got[i], keys[i],
+                                                  keys[(i + 1) % 3], tf.constant(100 + r, tf.int64),
+                                                  round=r, portable=portable)
+    log.append([z.numpy() for z in sent])
+    bits = [[b.numpy() for b in ops.puma_msb_finish(state[i], sent[i], sent[(i + 1) % 3],
+                                                      portable=portable)] for i in range(3)]
+    return bits, log
+
+
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("shape", [[5, 13], [70_001]])  # the large one splits over threads
+def test_msb_rounds_give_the_sign_bit(portable, shape):
+    """PumaMsbStart/Step/Finish on three parties' shares give x < 0 in bit 0 of a replicated
+    XOR sharing, at the ring's edges too; each round's message has the plan's size
+    (boolean._MSB_PLAN: 63, 62, then the Kogge-Stone levels' ANDs, 244 bits per value)."""
+    from tf_puma.protocols import boolean  # noqa: PLC0415
+
+    x = random_ring(shape).reshape(-1)
+    edges = np.array([0, -1, 1, 2**63 - 1, -2**63, -2**62, 2**62, -2**62 - 1, 2**62 - 1,
+                      -(2**31), 2**31], dtype=np.int64)
+    x[:len(edges)] = edges
+    x = x.reshape(shape)
+    bits, log = _msb_rounds(x, portable)
+    n = x.size
+    widths = [[63], [62]] + [[len(g)] + ([len(p)] if p else []) for _, g, p in boolean._MSB_PLAN]
+    assert sum(sum(w) for w in widths) == 244
+    for r, messages in enumerate(log):
+        assert all(m.shape == (sum((n * w + 63) // 64 for w in widths[r]),) for m in messages)
+    for i in range(3):  # replicated: party i's second share is party i+1's first
+        np.testing.assert_array_equal(bits[i][1], bits[(i + 1) % 3][0])
+    msb = bits[0][0] ^ bits[1][0] ^ bits[2][0]
+    np.testing.assert_array_equal(msb, (x < 0).astype(np.int64))
+
+
+def test_msb_messages_are_masked_and_refused_at_the_wrong_size():
+    """The same secret twice with the same keys and streams gives the same messages; other
+    keys give other messages (the zero share masks them). A message of another round's size is
+    named."""
+    x = random_ring([64])
+    keys = [tf.constant(random_ring([2])) for _ in range(3)]
+    other = [tf.constant(random_ring([2])) for _ in range(3)]
+    _, log_other = _msb_rounds(x, False, other)
+    _, log = _msb_rounds(x, False, keys)
+    bits_other = np.unpackbits(log_other[3][0].view(np.uint8))
+    bits_log = np.unpackbits(log[3][0].view(np.uint8))
+    assert 0.4 < np.mean(bits_other != bits_log) < 0.6  # fresh masks: half the bits differ
+    st, z = ops.puma_msb_start(x, x, keys[0], keys[1], tf.constant(1, tf.int64), party=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="expected round 1's 62 packed"):
+        ops.puma_msb_step(st, z, z, keys[0], keys[1], tf.constant(2, tf.int64), round=2)
+
+
+def test_b2a_roles_give_arithmetic_shares_of_the_bit():
+    """PumaB2aParty0/1/2 and PumaB2aFinish, messages passed by hand: the three parties'
+    arithmetic shares are replicated and sum to bit 0 of b_0 ^ b_1 ^ b_2 (other bits ignored)."""
+    b = rng.integers(0, 2, size=[9, 31]).astype(np.int64)
+    xs = xor_replicated(b)
+    xs = [w | (random_ring(b.shape) & ~np.int64(1)) for w in xs]  # junk above bit 0
+    keys = [tf.constant(random_ring([2])) for _ in range(3)]
+    s = tf.constant(77, tf.int64)
+    c1, y0_own, y0_next = ops.puma_b2a_party0(xs[0], xs[1], keys[0], keys[1], s)
+    m2, d2, y2_next = ops.puma_b2a_party2(xs[2], keys[0], s)
+    m1, y1_own, d1 = ops.puma_b2a_party1(xs[2], c1, keys[1], s)
+    y1_next = ops.puma_b2a_finish(d1, m1, m2)
+    y2_own = ops.puma_b2a_finish(d2, m2, m1)
+    pairs = [(y0_own, y0_next), (y1_own, y1_next), (y2_own, y2_next)]
+    for i in range(3):
+        np.testing.assert_array_equal(pairs[i][1].numpy(), pairs[(i + 1) % 3][0].numpy())
+    with np.errstate(over="ignore"):
+        total = pairs[0][0].numpy() + pairs[1][0].numpy() + pairs[2][0].numpy()
+    np.testing.assert_array_equal(total, b)
+    assert len(np.unique(c1.numpy())) > 200  # c_1 is masked by c_0, not the bit itself
+
+
 # --- the PRG draw table (custom_ops/prg_draws.h) --------------------------------------------
 def _kernel_sources() -> str:
     import glob, os  # noqa: E401, PLC0415

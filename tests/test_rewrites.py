@@ -347,11 +347,13 @@ def test_keras_layer_norms_on_any_axis_and_in_the_fused_form(tmp_path, cluster, 
     reference = tf.saved_model.load(plain).signatures["serving_default"](x=tf.constant(x))
     out = secure_model.load(secure)(x=x)
     errors = {k: float(np.abs(out[k].numpy() - reference[k].numpy()).max()) for k in reference}
-    # measured over runs: middle 6.1e-5 to 8.0e-5 (generic rules: the mean over 5 rows and a
-    # lone rsqrt, each truncated), fused 1.8e-5 to 1.9e-5 (gamma in [0.5, 2]), last 1.5e-5 to
-    # 2.0e-5 (the idiom); bounds 2x for TruncPr's random +-1 ulp
-    assert errors["middle"] <= 1.6e-4 and errors["last"] <= 4e-5, errors
-    assert errors["fused"] <= 4e-5, errors
+    # measured over 340 calls on this input (TruncPr's random +-1 ulp per product makes each
+    # call differ): middle median 4.4e-5, max 1.03e-4 (generic rules: the mean over 5 rows and a
+    # lone rsqrt, each truncated); fused median 3.0e-5, max 6.2e-5 (gamma up to 2 doubles the
+    # idiom's error); last median 2.2e-5, max 4.1e-5 (the idiom). Bounds ~1.35x those maxima
+    # (a bound of 4e-5 for fused failed one CI run at 5.5e-5).
+    assert errors["middle"] <= 1.4e-4 and errors["last"] <= 5.5e-5, errors
+    assert errors["fused"] <= 8.5e-5, errors
 
 
 def test_an_output_that_depends_on_the_weights_only_is_refused(tmp_path):

@@ -29,7 +29,7 @@ from tf_puma import _ops, costs
 from tf_puma.cluster import CLIENT_DEVICE, NUM_PARTIES, party_device
 
 Endpoint = Union[int, str]  # a party index or "client"
-STREAM_FAMILIES = ("zero_share", "xor_zero_share", "trunc_pr", "prg")  # prg_draws.h families
+STREAM_FAMILIES = ("zero_share", "xor_zero_share", "trunc_pr", "b2a", "prg")  # prg_draws.h families
 CLIENT = costs.CLIENT
 TRANSFER_PREFIX = "puma_transfer"
 

@@ -128,6 +128,7 @@ def _fail(command: str, err: object) -> None:
 def _convert(argv: list[str]) -> None:
     if len(argv) != 3:
         raise app.UsageError("convert needs IN_SAVEDMODEL OUT_DIR")
+    input_shapes = _parse_shapes(FLAGS["input-shape"].value)  # before TensorFlow's import
     from tf_puma.rewrites.graph import ConversionError  # noqa: PLC0415
     from tf_puma.rewrites import convert  # noqa: PLC0415
     out = argv[2] if FLAGS.version is None else os.path.join(argv[2], str(FLAGS.version))
@@ -141,7 +142,7 @@ def _convert(argv: list[str]) -> None:
                                        overwrite=FLAGS.overwrite)
         else:
             convert.convert(argv[1], out, signature=FLAGS.signature or "serving_default",
-                            input_shapes=_parse_shapes(FLAGS["input-shape"].value),
+                            input_shapes=input_shapes,
                             public_inputs=FLAGS["public-input"].value, overwrite=FLAGS.overwrite,
                             calibrate=FLAGS.calibrate)
     except ConversionError as err:

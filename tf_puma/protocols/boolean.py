@@ -163,6 +163,7 @@ def _msb_plan() -> list[tuple[int, list[int], list[int]]]:
 
 
 _MSB_PLAN = _msb_plan()
+MSB_ROUNDS = 2 + len(_MSB_PLAN)  # carry-save AND, G, one per Kogge-Stone level
 _LOW_63 = list(range(63))
 
 
@@ -189,30 +190,43 @@ def msb(x: Shared) -> BoolShared:
     4. Kogge-Stone levels s = 1, 2, ..., 32: G[i] ^= P[i] & G[i-s], P[i] &= P[i-s], computed only
        at the positions the carry into bit 63 depends on (119 ANDs over all levels).
     5. msb = P_63 ^ G_62 with the original P.
+    Each party runs this as one fused kernel per round (PumaMsbStart, PumaMsbStep for rounds
+    1..7, PumaMsbFinish; the rounds' bits in custom_ops/msb_plan.h, as _MSB_PLAN): the local
+    XORs, packing and unpacking of a round are one op, the state (P, G, original P) stays in one
+    tensor per party, and each round's message is the packed AND share masked with a fresh XOR
+    zero share (its own stream).
     Cost: 8 rounds (log2 64 + 2); 63 + 62 + 119 = 244 bits per party per value.
     """
+    ops = _ops.load()
     with costs.protocol("msb", rounds=8), tf.name_scope("msb"):
-        p0, g = _propagate_generate(x)
-        p = p0
-        for shift, at_g, at_p in _MSB_PLAN:
-            work = [(p, g, at_g, shift)]
-            if at_p:
-                work.append((p, p, at_p, shift))
-            results = _and_at(work)
-            g = g ^ results[0]
-            if at_p:
-                p = results[1]
-
-        def bit(i: int, t_p: tf.Tensor, t_g: tf.Tensor) -> tf.Tensor:
-            one, c63, c62 = (runtime.const_on(i, v) for v in (1, 63, 62))
+        keys = runtime.prss()
+        state, sent = [], []
+        stream = runtime.new_stream("xor_zero_share")
+        for i in range(NUM_PARTIES):
             with tf.device(runtime.device(i)):
-                top = tf.bitwise.bitwise_and(tf.bitwise.right_shift(t_p, c63), one)
-                carry = tf.bitwise.bitwise_and(tf.bitwise.right_shift(t_g, c62), one)
-                return tf.bitwise.bitwise_xor(top, carry)
+                st, z = ops.puma_msb_start(x.pairs[i][0], x.pairs[i][1], keys.own[i],
+                                           keys.next[i], runtime.const_on(i, stream), party=i)
+            state.append(st)
+            sent.append(z)
 
-        pairs = [(bit(i, p0.pairs[i][0], g.pairs[i][0]), bit(i, p0.pairs[i][1], g.pairs[i][1]))
-                 for i in range(NUM_PARTIES)]
-        return BoolShared(pairs, g.depth)
+        def received() -> list[tf.Tensor]:
+            return [runtime.transfer(sent[(i + 1) % NUM_PARTIES], (i + 1) % NUM_PARTIES, i)
+                    for i in range(NUM_PARTIES)]
+
+        for round_ in range(1, MSB_ROUNDS):
+            got = received()
+            stream = runtime.new_stream("xor_zero_share")
+            for i in range(NUM_PARTIES):
+                with tf.device(runtime.device(i)):
+                    state[i], sent[i] = ops.puma_msb_step(
+                        state[i], sent[i], got[i], keys.own[i], keys.next[i],
+                        runtime.const_on(i, stream), round=round_)
+        got = received()
+        pairs = []
+        for i in range(NUM_PARTIES):
+            with tf.device(runtime.device(i)):
+                pairs.append(tuple(ops.puma_msb_finish(state[i], sent[i], got[i])))
+        return BoolShared(pairs, x.depth + MSB_ROUNDS)
 
 
 def a2b(x: Shared) -> BoolShared:
@@ -238,61 +252,36 @@ def a2b(x: Shared) -> BoolShared:
 def b2a(bit: BoolShared) -> Shared:
     """Arithmetic sharing (integer, frac_bits 0) of a shared bit held in bit 0 of each word.
 
-    With b = b_0 ^ b_1 ^ b_2: P0 knows c = b_0 ^ b_1, and b_2 is known to P1 and P2.
+    With b = b_0 ^ b_1 ^ b_2: P0 knows c = b_0 ^ b_1, and d = b_2 is known to P1 and P2.
     1. P0 shares c as (c_0, c_1, 0) with c_0 = F(k_0) (known to P2) and c_1 = c - c_0 sent to P1.
-    2. c b_2 = c_1 b_2 + c_0 b_2 is then a sum P1 and P2 compute locally; they reshare it as
-       (s_0, s_1, s_2) with s_0 = F(k_0), s_1 = F(k_1) and exchange c_1 b_2 - s_1 and
-       c_0 b_2 - s_0 to both learn s_2.
-    3. b = c + b_2 - 2 c b_2 (local).
+    2. c d = c_1 d + c_0 d is then a sum P1 and P2 compute locally; they reshare it as
+       (s_0, s_1, s_2) with s_0 = F(k_0), s_1 = F(k_1) and exchange m_1 = c_1 d - s_1 and
+       m_2 = c_0 d - s_0 to both learn s_2 = m_1 + m_2.
+    3. b = c + d - 2 c d (local).
+    One kernel per role (PumaB2aParty0/1/2; their draws differ) and PumaB2aFinish for the
+    share d - 2 s_2 of P1 and P2.
     Cost: 2 rounds; one ring element per party per bit (P0 -> P1, P1 <-> P2).
     """
     ops = _ops.load()
     with costs.protocol("b2a", rounds=2), tf.name_scope("b2a"):
         keys = runtime.prss()
-        stream = runtime.new_stream("prg")
-        shape = bit.shape
-
-        def prg(party: int, key: tf.Tensor, sub: int) -> tf.Tensor:
-            with tf.device(runtime.device(party)):
-                out = ops.puma_prg_uniform(key, runtime.const_on(party, stream),
-                                           runtime.shape_on(party, shape), sub=sub)
-                out.set_shape(shape)
-                return out
-
-        def low_bit(party: int, t: tf.Tensor) -> tf.Tensor:
-            with tf.device(runtime.device(party)):
-                return tf.bitwise.bitwise_and(t, runtime.const_on(party, 1))
-
-        # 1. c = b_0 ^ b_1 on P0, shared as (c_0, c_1, 0).
-        c0_p0, c0_p2 = prg(0, keys.own[0], 0), prg(2, keys.next[2], 0)
+        stream = runtime.new_stream("b2a")
         with tf.device(runtime.device(0)):
-            c1_p0 = low_bit(0, tf.bitwise.bitwise_xor(*bit.pairs[0])) - c0_p0
-        c1_p1 = runtime.transfer(c1_p0, 0, 1)
-        b2_p1, b2_p2 = low_bit(1, bit.pairs[1][1]), low_bit(2, bit.pairs[2][0])
-        # 2. c b_2 from P1's and P2's local products, reshared.
-        s0_p0, s0_p2 = prg(0, keys.own[0], 1), prg(2, keys.next[2], 1)
-        s1_p0, s1_p1 = prg(0, keys.next[0], 1), prg(1, keys.own[1], 1)
-        with tf.device(runtime.device(1)):
-            m1 = c1_p1 * b2_p1 - s1_p1
+            c1, y0_own, y0_next = ops.puma_b2a_party0(*bit.pairs[0], keys.own[0], keys.next[0],
+                                                      runtime.const_on(0, stream))
         with tf.device(runtime.device(2)):
-            m2 = c0_p2 * b2_p2 - s0_p2
+            m2, d2, y2_next = ops.puma_b2a_party2(bit.pairs[2][0], keys.next[2],
+                                                   runtime.const_on(2, stream))
+        c1_at_p1 = runtime.transfer(c1, 0, 1)
+        with tf.device(runtime.device(1)):
+            m1, y1_own, d1 = ops.puma_b2a_party1(bit.pairs[1][1], c1_at_p1, keys.own[1],
+                                                  runtime.const_on(1, stream))
         m2_at_p1, m1_at_p2 = runtime.transfer(m2, 2, 1), runtime.transfer(m1, 1, 2)
         with tf.device(runtime.device(1)):
-            s2_p1 = m1 + m2_at_p1
+            y1_next = ops.puma_b2a_finish(d1, m1, m2_at_p1)
         with tf.device(runtime.device(2)):
-            s2_p2 = m1_at_p2 + m2
-        # 3. b = c + b_2 - 2 c b_2, share by share.
-        zeros = {}
-        for i, t in ((0, c0_p0), (1, c1_p1), (2, c0_p2)):
-            with tf.device(runtime.device(i)):
-                zeros[i] = tf.zeros_like(t)
-        c = [(c0_p0, c1_p0), (c1_p1, zeros[1]), (zeros[2], c0_p2)]
-        d = [(zeros[0], zeros[0]), (zeros[1], b2_p1), (b2_p2, zeros[2])]
-        cd = [(s0_p0, s1_p0), (s1_p1, s2_p1), (s2_p2, s0_p2)]
-        pairs = []
-        for i in range(NUM_PARTIES):
-            with tf.device(runtime.device(i)):
-                pairs.append(tuple(c[i][k] + d[i][k] - 2 * cd[i][k] for k in range(2)))
+            y2_own = ops.puma_b2a_finish(d2, m2, m1_at_p2)
+        pairs = [(y0_own, y0_next), (y1_own, y1_next), (y2_own, y2_next)]
         return Shared(pairs, 0, bit.depth + 2)
 
 
