@@ -27,15 +27,15 @@ bool AllocateLikeInput0(OpKernelContext* ctx, int count, uint64_t** outs) {
   return true;
 }
 
-class B2aParty0Op : public OpKernel {
+class B2aParty0Op : public StreamOpKernel {
  public:
-  explicit B2aParty0Op(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit B2aParty0Op(OpKernelConstruction* ctx) : StreamOpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     if (!InputsShareShape(ctx, 2, "B2A")) return;
     PrgKey own, next;
-    uint64_t stream;
-    if (!ReadKey(ctx, 2, &own) || !ReadKey(ctx, 3, &next) || !ReadStream(ctx, 4, &stream)) return;
+    const uint64_t stream = stream_;
+    if (!ReadKey(ctx, 2, &own) || !ReadKey(ctx, 3, &next)) return;
     const int64_t n = ctx->input(0).NumElements();
     uint64_t* out[3];
     if (!AllocateLikeInput0(ctx, 3, out)) return;
@@ -60,15 +60,15 @@ class B2aParty0Op : public OpKernel {
   }
 };
 
-class B2aParty1Op : public OpKernel {
+class B2aParty1Op : public StreamOpKernel {
  public:
-  explicit B2aParty1Op(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit B2aParty1Op(OpKernelConstruction* ctx) : StreamOpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     if (!InputsShareShape(ctx, 2, "B2A")) return;
     PrgKey own;
-    uint64_t stream;
-    if (!ReadKey(ctx, 2, &own) || !ReadStream(ctx, 3, &stream)) return;
+    const uint64_t stream = stream_;
+    if (!ReadKey(ctx, 2, &own)) return;
     const int64_t n = ctx->input(0).NumElements();
     uint64_t* out[3];
     if (!AllocateLikeInput0(ctx, 3, out)) return;
@@ -88,14 +88,14 @@ class B2aParty1Op : public OpKernel {
   }
 };
 
-class B2aParty2Op : public OpKernel {
+class B2aParty2Op : public StreamOpKernel {
  public:
-  explicit B2aParty2Op(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit B2aParty2Op(OpKernelConstruction* ctx) : StreamOpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     PrgKey next;
-    uint64_t stream;
-    if (!ReadKey(ctx, 1, &next) || !ReadStream(ctx, 2, &stream)) return;
+    const uint64_t stream = stream_;
+    if (!ReadKey(ctx, 1, &next)) return;
     const int64_t n = ctx->input(0).NumElements();
     uint64_t* out[3];
     if (!AllocateLikeInput0(ctx, 3, out)) return;

@@ -20,16 +20,16 @@ namespace errors = tensorflow::errors;
 
 namespace {
 
-class AndShareOp : public OpKernel {
+class AndShareOp : public StreamOpKernel {
  public:
-  explicit AndShareOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit AndShareOp(OpKernelConstruction* ctx) : StreamOpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     if (!InputsShareShape(ctx, 4, "boolean AND")) return;
     const TensorShape& shape = ctx->input(0).shape();
     PrgKey own, next;
-    uint64_t stream;
-    if (!ReadKey(ctx, 4, &own) || !ReadKey(ctx, 5, &next) || !ReadStream(ctx, 6, &stream)) return;
+    const uint64_t stream = stream_;
+    if (!ReadKey(ctx, 4, &own) || !ReadKey(ctx, 5, &next)) return;
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &out));
     Tensor scratch;
@@ -99,9 +99,9 @@ bool ReadSegments(OpKernelConstruction* ctx, const char* attr, Segments* seg) {
   return true;
 }
 
-class AndPackedShareOp : public OpKernel {
+class AndPackedShareOp : public StreamOpKernel {
  public:
-  explicit AndPackedShareOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit AndPackedShareOp(OpKernelConstruction* ctx) : StreamOpKernel(ctx) {
     if (ReadSegments(ctx, "positions", &seg_)) ReadSegments(ctx, "y_positions", &y_seg_);
     OP_REQUIRES_OK(ctx, ctx->GetAttr("portable", &portable_));
   }
@@ -111,11 +111,8 @@ class AndPackedShareOp : public OpKernel {
     if (!InputsShareShape(ctx, 4 * num, "packed AND")) return;
     const TensorShape& shape = ctx->input(0).shape();
     PrgKey own, next;
-    uint64_t stream;
-    if (!ReadKey(ctx, 4 * num, &own) || !ReadKey(ctx, 4 * num + 1, &next) ||
-        !ReadStream(ctx, 4 * num + 2, &stream)) {
-      return;
-    }
+    const uint64_t stream = stream_;
+    if (!ReadKey(ctx, 4 * num, &own) || !ReadKey(ctx, 4 * num + 1, &next)) return;
     const int64_t n = shape.num_elements();
     const int64_t total = seg_.TotalWords(n);
     Tensor* out = nullptr;

@@ -41,18 +41,6 @@ bool InputsShareShape(OpKernelContext* ctx, int count, const char* what) {
   return true;
 }
 
-bool ReadStream(OpKernelContext* ctx, int index, uint64_t* stream) {
-  const Tensor& t = ctx->input(index);
-  if (!TensorShapeUtils::IsScalar(t.shape())) {
-    ctx->CtxFailure(errors::InvalidArgument("input ", index,
-                                            " must be a scalar stream id; got shape ",
-                                            t.shape().DebugString()));
-    return false;
-  }
-  *stream = static_cast<uint64_t>(t.scalar<int64_t>()());
-  return true;
-}
-
 bool ReadShape(OpKernelContext* ctx, int index, TensorShape* shape) {
   const Tensor& t = ctx->input(index);
   if (!TensorShapeUtils::IsVector(t.shape())) {

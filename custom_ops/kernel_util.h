@@ -21,11 +21,24 @@ bool ReadKey(tensorflow::OpKernelContext* ctx, int index, PrgKey* key);
 // Checks inputs 0..count-1 all have input 0's shape; sets an InvalidArgument error naming `what`.
 bool InputsShareShape(tensorflow::OpKernelContext* ctx, int count, const char* what);
 
-// Input `index` as a scalar stream id.
-bool ReadStream(tensorflow::OpKernelContext* ctx, int index, uint64_t* stream);
 
 // Input `index` as a shape vector (int64 elements, each >= 0).
 bool ReadShape(tensorflow::OpKernelContext* ctx, int index, tensorflow::TensorShape* shape);
+
+// A kernel that draws PRG outputs F(key, stream, sub): its stream id is its `stream` attribute
+// (runtime.new_stream gives each kernel call its own), so the graph holds no Const per stream
+// and the static audit reads it from the node itself.
+class StreamOpKernel : public tensorflow::OpKernel {
+ public:
+  explicit StreamOpKernel(tensorflow::OpKernelConstruction* ctx) : OpKernel(ctx) {
+    int64_t stream = 0;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("stream", &stream));
+    stream_ = static_cast<uint64_t>(stream);
+  }
+
+ protected:
+  uint64_t stream_ = 0;
+};
 
 // TensorFlow's intra-op thread pool of this kernel's device.
 ParallelRunner TfRunner(tensorflow::OpKernelContext* ctx);

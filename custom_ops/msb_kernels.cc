@@ -114,9 +114,9 @@ void Absorb(OpKernelContext* ctx, int round, int64_t n, bool portable, const Sta
   }
 }
 
-class MsbStartOp : public OpKernel {
+class MsbStartOp : public StreamOpKernel {
  public:
-  explicit MsbStartOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit MsbStartOp(OpKernelConstruction* ctx) : StreamOpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("party", &party_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("portable", &portable_));
     OP_REQUIRES(ctx, party_ < 3, errors::InvalidArgument("party must be 0, 1 or 2"));
@@ -125,8 +125,8 @@ class MsbStartOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     if (!InputsShareShape(ctx, 2, "MSB")) return;
     PrgKey own, next;
-    uint64_t stream;
-    if (!ReadKey(ctx, 2, &own) || !ReadKey(ctx, 3, &next) || !ReadStream(ctx, 4, &stream)) return;
+    const uint64_t stream = stream_;
+    if (!ReadKey(ctx, 2, &own) || !ReadKey(ctx, 3, &next)) return;
     const TensorShape& shape = ctx->input(0).shape();
     const int64_t n = shape.num_elements();
     TensorShape state_shape({msb::kStateRows});
@@ -177,9 +177,9 @@ class MsbStartOp : public OpKernel {
   bool portable_ = false;
 };
 
-class MsbStepOp : public OpKernel {
+class MsbStepOp : public StreamOpKernel {
  public:
-  explicit MsbStepOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit MsbStepOp(OpKernelConstruction* ctx) : StreamOpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("round", &round_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("portable", &portable_));
     OP_REQUIRES(ctx, round_ >= 1 && round_ < msb::kRounds,
@@ -190,8 +190,8 @@ class MsbStepOp : public OpKernel {
     int64_t n = 0;
     if (!ReadState(ctx, &n) || !ReadMessages(ctx, 1, round_ - 1, n)) return;
     PrgKey own, next;
-    uint64_t stream;
-    if (!ReadKey(ctx, 3, &own) || !ReadKey(ctx, 4, &next) || !ReadStream(ctx, 5, &stream)) return;
+    const uint64_t stream = stream_;
+    if (!ReadKey(ctx, 3, &own) || !ReadKey(ctx, 4, &next)) return;
     Tensor* state_t = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(0).shape(), &state_t));
     std::memcpy(RingData(state_t), RingData(ctx->input(0)),

@@ -40,9 +40,9 @@ class NewKeyOp : public OpKernel {
   }
 };
 
-class PrgUniformOp : public OpKernel {
+class PrgUniformOp : public StreamOpKernel {
  public:
-  explicit PrgUniformOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit PrgUniformOp(OpKernelConstruction* ctx) : StreamOpKernel(ctx) {
     int64_t sub;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("sub", &sub));
     OP_REQUIRES(ctx, sub >= 0 && sub < (int64_t{1} << 32),
@@ -52,9 +52,9 @@ class PrgUniformOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     PrgKey key;
-    uint64_t stream;
+    const uint64_t stream = stream_;
     TensorShape shape;
-    if (!ReadKey(ctx, 0, &key) || !ReadStream(ctx, 1, &stream) || !ReadShape(ctx, 2, &shape)) {
+    if (!ReadKey(ctx, 0, &key) || !ReadShape(ctx, 1, &shape)) {
       return;
     }
     OP_REQUIRES(ctx, shape.num_elements() <= kMaxDrawWords,
@@ -70,16 +70,16 @@ class PrgUniformOp : public OpKernel {
   uint32_t sub_;
 };
 
-class ZeroShareOp : public OpKernel {
+class ZeroShareOp : public StreamOpKernel {
  public:
-  explicit ZeroShareOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit ZeroShareOp(OpKernelConstruction* ctx) : StreamOpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     PrgKey own, next;
-    uint64_t stream;
+    const uint64_t stream = stream_;
     TensorShape shape;
-    if (!ReadKey(ctx, 0, &own) || !ReadKey(ctx, 1, &next) || !ReadStream(ctx, 2, &stream) ||
-        !ReadShape(ctx, 3, &shape)) {
+    if (!ReadKey(ctx, 0, &own) || !ReadKey(ctx, 1, &next) || 
+        !ReadShape(ctx, 2, &shape)) {
       return;
     }
     Tensor* out = nullptr;

@@ -24,11 +24,6 @@ Status KeyShape(InferenceContext* c, int input) {
   return c->WithValue(c->Dim(key, 0), 2, &unused);
 }
 
-Status ScalarInput(InferenceContext* c, int input) {
-  ShapeHandle unused;
-  return c->WithRank(c->input(input), 0, &unused);
-}
-
 }  // namespace
 
 REGISTER_OP("PumaNewKey")
@@ -45,15 +40,14 @@ execution draws a new key, so randomness derived from it is fresh on every call.
 
 REGISTER_OP("PumaPrgUniform")
     .Input("key: int64")
-    .Input("stream: int64")
+    .Attr("stream: int >= 0")
     .Input("shape: int64")
     .Attr("sub: int = 0")
     .Output("out: int64")
     .SetShapeFn([](InferenceContext* c) {
       TF_RETURN_IF_ERROR(KeyShape(c, 0));
-      TF_RETURN_IF_ERROR(ScalarInput(c, 1));
       ShapeHandle out;
-      TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(2, &out));
+      TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(1, &out));
       c->set_output(0, out);
       return ::tensorflow::OkStatus();
     })
@@ -64,15 +58,14 @@ Uniform ring elements F(key, stream, sub) of the given shape (deterministic in i
 REGISTER_OP("PumaZeroShare")
     .Input("key_own: int64")
     .Input("key_next: int64")
-    .Input("stream: int64")
+    .Attr("stream: int >= 0")
     .Input("shape: int64")
     .Output("alpha: int64")
     .SetShapeFn([](InferenceContext* c) {
       TF_RETURN_IF_ERROR(KeyShape(c, 0));
       TF_RETURN_IF_ERROR(KeyShape(c, 1));
-      TF_RETURN_IF_ERROR(ScalarInput(c, 2));
       ShapeHandle out;
-      TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(3, &out));
+      TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(2, &out));
       c->set_output(0, out);
       return ::tensorflow::OkStatus();
     })

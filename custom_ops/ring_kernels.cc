@@ -129,14 +129,14 @@ class RingMatMulOp : public OpKernel {
   GemmPath path_;
 };
 
-// Reads the two keys and the stream that follow the four share inputs.
-bool ReadPrss(OpKernelContext* ctx, PrgKey* own, PrgKey* next, uint64_t* stream) {
-  return ReadKey(ctx, 4, own) && ReadKey(ctx, 5, next) && ReadStream(ctx, 6, stream);
+// Reads the two keys that follow the four share inputs.
+bool ReadPrss(OpKernelContext* ctx, PrgKey* own, PrgKey* next) {
+  return ReadKey(ctx, 4, own) && ReadKey(ctx, 5, next);
 }
 
-class MatMulShareOp : public OpKernel {
+class MatMulShareOp : public StreamOpKernel {
  public:
-  explicit MatMulShareOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit MatMulShareOp(OpKernelConstruction* ctx) : StreamOpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("transpose_a", &trans_a_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("transpose_b", &trans_b_));
   }
@@ -153,8 +153,8 @@ class MatMulShareOp : public OpKernel {
                                         y_own.shape().DebugString(), " vs ",
                                         y_next.shape().DebugString()));
     PrgKey own, next;
-    uint64_t stream;
-    if (!ReadPrss(ctx, &own, &next, &stream)) return;
+    const uint64_t stream = stream_;
+    if (!ReadPrss(ctx, &own, &next)) return;
     MatMulPlan plan;
     OP_REQUIRES_OK(ctx, PlanMatMul(x_own.shape(), y_own.shape(), trans_a_, trans_b_, &plan));
     Tensor* out = nullptr;
@@ -182,16 +182,16 @@ class MatMulShareOp : public OpKernel {
   bool trans_a_, trans_b_;
 };
 
-class MulShareOp : public OpKernel {
+class MulShareOp : public StreamOpKernel {
  public:
-  explicit MulShareOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit MulShareOp(OpKernelConstruction* ctx) : StreamOpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     if (!InputsShareShape(ctx, 4, "elementwise share multiplication")) return;
     const TensorShape& shape = ctx->input(0).shape();
     PrgKey own, next;
-    uint64_t stream;
-    if (!ReadPrss(ctx, &own, &next, &stream)) return;
+    const uint64_t stream = stream_;
+    if (!ReadPrss(ctx, &own, &next)) return;
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &out));
     Tensor scratch;

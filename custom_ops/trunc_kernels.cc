@@ -79,16 +79,17 @@ bool OpenMasked(OpKernelContext* ctx, const ParallelRunner& runner, Tensor* c) {
   return true;
 }
 
-class TruncPrDealOp : public OpKernel {
+class TruncPrDealOp : public StreamOpKernel {
  public:
-  explicit TruncPrDealOp(OpKernelConstruction* ctx) : OpKernel(ctx), bits_(ReadBits(ctx)) {}
+  explicit TruncPrDealOp(OpKernelConstruction* ctx)
+      : StreamOpKernel(ctx), bits_(ReadBits(ctx)) {}
 
   void Compute(OpKernelContext* ctx) override {
     PrgKey own, next;
-    uint64_t stream;
+    const uint64_t stream = stream_;
     TensorShape shape;
-    if (!ReadKey(ctx, 0, &own) || !ReadKey(ctx, 1, &next) || !ReadStream(ctx, 2, &stream) ||
-        !ReadShape(ctx, 3, &shape)) {
+    if (!ReadKey(ctx, 0, &own) || !ReadKey(ctx, 1, &next) || 
+        !ReadShape(ctx, 2, &shape)) {
       return;
     }
     OP_REQUIRES(ctx, shape.num_elements() <= kMaxDrawWords,
@@ -131,16 +132,16 @@ class TruncPrDealOp : public OpKernel {
   const int64_t bits_;
 };
 
-class TruncPrMaskOp : public OpKernel {
+class TruncPrMaskOp : public StreamOpKernel {
  public:
-  explicit TruncPrMaskOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit TruncPrMaskOp(OpKernelConstruction* ctx) : StreamOpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("add_offset", &add_offset_));
   }
 
   void Compute(OpKernelContext* ctx) override {
     PrgKey key;
-    uint64_t stream;
-    if (!ReadKey(ctx, 1, &key) || !ReadStream(ctx, 2, &stream)) return;
+    const uint64_t stream = stream_;
+    if (!ReadKey(ctx, 1, &key)) return;
     const Tensor& u = ctx->input(0);
     Tensor* out = AllocateLike(ctx, 0, u.shape());
     if (!out) return;
@@ -159,15 +160,16 @@ class TruncPrMaskOp : public OpKernel {
   bool add_offset_;
 };
 
-class TruncPrFinishAOp : public OpKernel {
+class TruncPrFinishAOp : public StreamOpKernel {
  public:
-  explicit TruncPrFinishAOp(OpKernelConstruction* ctx) : OpKernel(ctx), bits_(ReadBits(ctx)) {}
+  explicit TruncPrFinishAOp(OpKernelConstruction* ctx)
+      : StreamOpKernel(ctx), bits_(ReadBits(ctx)) {}
 
   void Compute(OpKernelContext* ctx) override {
-    const int n_extras = ctx->num_inputs() - 4;
+    const int n_extras = ctx->num_inputs() - 3;  // masked_own, masked_other, key_own
     PrgKey key;
-    uint64_t stream;
-    if (!ReadKey(ctx, 2 + n_extras, &key) || !ReadStream(ctx, 3 + n_extras, &stream)) return;
+    const uint64_t stream = stream_;
+    if (!ReadKey(ctx, 2 + n_extras, &key)) return;
     auto runner = TfRunner(ctx);
     Tensor c_t;
     if (!OpenMasked(ctx, runner, &c_t)) return;
@@ -202,16 +204,17 @@ class TruncPrFinishAOp : public OpKernel {
   const int64_t bits_;
 };
 
-class TruncPrFinishBOp : public OpKernel {
+class TruncPrFinishBOp : public StreamOpKernel {
  public:
-  explicit TruncPrFinishBOp(OpKernelConstruction* ctx) : OpKernel(ctx), bits_(ReadBits(ctx)) {}
+  explicit TruncPrFinishBOp(OpKernelConstruction* ctx)
+      : StreamOpKernel(ctx), bits_(ReadBits(ctx)) {}
 
   void Compute(OpKernelContext* ctx) override {
-    const int n_extras = ctx->num_inputs() - 5;
+    const int n_extras = ctx->num_inputs() - 4;  // and corr, key_next
     const Tensor& corr = ctx->input(2 + n_extras);
     PrgKey key;
-    uint64_t stream;
-    if (!ReadKey(ctx, 3 + n_extras, &key) || !ReadStream(ctx, 4 + n_extras, &stream)) return;
+    const uint64_t stream = stream_;
+    if (!ReadKey(ctx, 3 + n_extras, &key)) return;
     auto runner = TfRunner(ctx);
     Tensor c_t;
     if (!OpenMasked(ctx, runner, &c_t)) return;

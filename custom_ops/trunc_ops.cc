@@ -25,7 +25,7 @@ using ::tensorflow::shape_inference::ShapeHandle;
 REGISTER_OP("PumaTruncPrDeal")
     .Input("key_own: int64")
     .Input("key_next: int64")
-    .Input("stream: int64")
+    .Attr("stream: int >= 0")
     .Input("shape: int64")
     .Attr("bits: int >= 1")
     .Output("corr: int64")
@@ -33,7 +33,7 @@ REGISTER_OP("PumaTruncPrDeal")
     .Output("share_next: int64")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle out, corr;
-      TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(3, &out));
+      TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(2, &out));
       TF_RETURN_IF_ERROR(c->Concatenate(c->Vector(2), out, &corr));
       c->set_output(0, corr);
       c->set_output(1, out);
@@ -49,7 +49,7 @@ F(k_next, s, 3).
 REGISTER_OP("PumaTruncPrMask")
     .Input("u: int64")
     .Input("key: int64")
-    .Input("stream: int64")
+    .Attr("stream: int >= 0")
     .Attr("add_offset: bool")
     .Output("masked: int64")
     .SetShapeFn(::tensorflow::shape_inference::UnchangedShape)
@@ -62,7 +62,7 @@ REGISTER_OP("PumaTruncPrFinishA")
     .Input("masked_other: int64")
     .Input("extras: N * int64")
     .Input("key_own: int64")
-    .Input("stream: int64")
+    .Attr("stream: int >= 0")
     .Attr("N: int >= 0")
     .Attr("bits: int >= 1")
     .Output("msg: int64")
@@ -85,7 +85,7 @@ REGISTER_OP("PumaTruncPrFinishB")
     .Input("extras: N * int64")
     .Input("corr: int64")
     .Input("key_next: int64")
-    .Input("stream: int64")
+    .Attr("stream: int >= 0")
     .Attr("N: int >= 0")
     .Attr("bits: int >= 1")
     .Output("msg: int64")

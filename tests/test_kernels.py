@@ -71,7 +71,7 @@ def prg_iv(stream: int, sub: int) -> tf.Tensor:
 def test_prg_is_aes_ctr_with_stream_layout():
     key = tf.constant(random_ring([2]))
     for stream, sub in [(0, 0), (5, 0), (5, 3), (2 ** 40 + 7, 1)]:
-        got = ops.puma_prg_uniform(key, tf.constant(stream, tf.int64), [3, 7], sub=sub)
+        got = ops.puma_prg_uniform(key, [3, 7], stream=stream, sub=sub)
         raw = ops.puma_aes128_ctr(key, prg_iv(stream, sub), num_blocks=11)
         np.testing.assert_array_equal(got.numpy().ravel(), raw.numpy()[:21])
 
@@ -79,14 +79,14 @@ def test_prg_is_aes_ctr_with_stream_layout():
 def test_prg_large_parallel_fill_matches_serial_blocks():
     key = tf.constant(random_ring([2]))
     n = 300_001  # large enough to split over the thread pool; odd to hit the tail element
-    got = ops.puma_prg_uniform(key, tf.constant(9, tf.int64), [n]).numpy()
+    got = ops.puma_prg_uniform(key, [n], stream=9).numpy()
     raw = ops.puma_aes128_ctr(key, prg_iv(9, 0), num_blocks=(n + 1) // 2).numpy()
     np.testing.assert_array_equal(got, raw[:n])
 
 
 def test_prg_uniform_bits():
     key = tf.constant(random_ring([2]))
-    out = ops.puma_prg_uniform(key, tf.constant(1, tf.int64), [200_000]).numpy()
+    out = ops.puma_prg_uniform(key, [200_000], stream=1).numpy()
     bits = (out.view(np.uint64)[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)
     freq = bits.mean(axis=0)
     # 200k samples per bit: std 0.0011; 6 sigma bound.
@@ -100,8 +100,8 @@ def test_new_key_is_fresh_each_call():
 
 def test_zero_shares_sum_to_zero():
     keys = [tf.constant(random_ring([2])) for _ in range(3)]
-    s = tf.constant(17, tf.int64)
-    alphas = [ops.puma_zero_share(keys[i], keys[(i + 1) % 3], s, [4, 5]) for i in range(3)]
+    s = 17
+    alphas = [ops.puma_zero_share(keys[i], keys[(i + 1) % 3], [4, 5], stream=s) for i in range(3)]
     total = sum(a.numpy().astype(np.uint64) for a in alphas)
     assert not total.any()
     assert len({a.numpy().tobytes() for a in alphas}) == 3
@@ -109,7 +109,7 @@ def test_zero_shares_sum_to_zero():
 
 def test_key_shape_errors_are_clear():
     with pytest.raises(tf.errors.InvalidArgumentError, match="128-bit key"):
-        ops.puma_prg_uniform(tf.constant([1, 2, 3], tf.int64), tf.constant(0, tf.int64), [2])
+        ops.puma_prg_uniform(tf.constant([1, 2, 3], tf.int64), [2], stream=0)
 
 
 # --- ring matmul ----------------------------------------------------------------------------
@@ -171,18 +171,18 @@ def ring_sum(parts) -> np.ndarray:
 
 def test_mul_and_matmul_share_sum_to_products():
     keys = [tf.constant(random_ring([2])) for _ in range(3)]
-    s = tf.constant(3, tf.int64)
+    s = 3
     x, y = random_ring([6, 9]), random_ring([6, 9])
     xs, ys = replicated(x), replicated(y)
     z = [ops.puma_mul_share(xs[i], xs[(i + 1) % 3], ys[i], ys[(i + 1) % 3], keys[i],
-                            keys[(i + 1) % 3], s).numpy() for i in range(3)]
+                            keys[(i + 1) % 3], stream=s).numpy() for i in range(3)]
     np.testing.assert_array_equal(ring_sum(z), (x.view(np.uint64) * y.view(np.uint64)).view(
         np.int64))
     b = random_ring([2, 9, 4])
     xb, bs = replicated(random_ring([2, 6, 9])), replicated(b)
     xfull = ring_sum(xb)
     z = [ops.puma_mat_mul_share(xb[i], xb[(i + 1) % 3], bs[i], bs[(i + 1) % 3], keys[i],
-                                keys[(i + 1) % 3], s).numpy() for i in range(3)]
+                                keys[(i + 1) % 3], stream=s).numpy() for i in range(3)]
     np.testing.assert_array_equal(ring_sum(z), ring_matmul_ref(xfull, b))
 
 
@@ -192,7 +192,7 @@ def test_mul_and_matmul_share_sum_to_products():
 def test_trunc_pr_roles(bits, with_extra):
     keys = [tf.constant(random_ring([2])) for _ in range(3)]
     a, b, d = 1, 2, 0  # A = j, B = j + 1, D = j + 2 with j = 1
-    s = tf.constant(11, tf.int64)
+    s = 11
     n = 20_000
     x = rng.integers(-(2 ** 61), 2 ** 61, size=n, dtype=np.int64)
     x[:6] = [0, 1, -1, 2 ** 61, -(2 ** 61), 2 ** bits]
@@ -201,11 +201,12 @@ def test_trunc_pr_roles(bits, with_extra):
     if not with_extra:
         u_a = ring_sum([u_a, u_d])
     extras = [u_d] if with_extra else []
-    corr, d_own, d_next = ops.puma_trunc_pr_deal(keys[d], keys[a], s, [n], bits=bits)
-    m_a = ops.puma_trunc_pr_mask(u_a, keys[a], s, add_offset=True)
-    m_b = ops.puma_trunc_pr_mask(u_b, keys[d], s, add_offset=False)
-    msg_a, t_j = ops.puma_trunc_pr_finish_a(m_a, m_b, extras, keys[a], s, bits=bits)
-    msg_b, t_j2 = ops.puma_trunc_pr_finish_b(m_b, m_a, extras, corr, keys[d], s, bits=bits)
+    corr, d_own, d_next = ops.puma_trunc_pr_deal(keys[d], keys[a], [n], stream=s, bits=bits)
+    m_a = ops.puma_trunc_pr_mask(u_a, keys[a], stream=s, add_offset=True)
+    m_b = ops.puma_trunc_pr_mask(u_b, keys[d], stream=s, add_offset=False)
+    msg_a, t_j = ops.puma_trunc_pr_finish_a(m_a, m_b, extras, keys[a], stream=s, bits=bits)
+    msg_b, t_j2 = ops.puma_trunc_pr_finish_b(m_b, m_a, extras, corr, keys[d], stream=s,
+                                                 bits=bits)
     t_j1 = ring_sum([msg_a.numpy(), msg_b.numpy()])
     # D's shares are (t_{j+2}, t_j); A's and B's copies of them agree.
     np.testing.assert_array_equal(d_own.numpy(), t_j2.numpy())
@@ -223,11 +224,11 @@ def xor_replicated(x: np.ndarray) -> list[np.ndarray]:
 
 def test_and_shares_xor_to_the_and():
     keys = [tf.constant(random_ring([2])) for _ in range(3)]
-    s = tf.constant(4, tf.int64)
+    s = 4
     x, y = random_ring([5, 33]), random_ring([5, 33])
     xs, ys = xor_replicated(x), xor_replicated(y)
     z = [ops.puma_and_share(xs[i], xs[(i + 1) % 3], ys[i], ys[(i + 1) % 3], keys[i],
-                            keys[(i + 1) % 3], s).numpy() for i in range(3)]
+                            keys[(i + 1) % 3], stream=s).numpy() for i in range(3)]
     np.testing.assert_array_equal(z[0] ^ z[1] ^ z[2], x & y)
 
 
@@ -235,7 +236,7 @@ def test_and_shares_xor_to_the_and():
 @pytest.mark.parametrize("shape", [[7, 11], [100_003]])  # the large one splits over threads
 def test_and_packed_share_segments(portable, shape):
     keys = [tf.constant(random_ring([2])) for _ in range(3)]
-    s = tf.constant(8, tf.int64)
+    s = 8
     x1, y1, x2, y2 = (random_ring(shape) for _ in range(4))
     seg1, seg2 = [0, 3, 40, 62], list(range(63))
     shares = [xor_replicated(v) for v in (x1, x2, y1, y2)]
@@ -244,7 +245,7 @@ def test_and_packed_share_segments(portable, shape):
         j = (i + 1) % 3
         z.append(ops.puma_and_packed_share(
             [shares[0][i], shares[1][i]], [shares[0][j], shares[1][j]],
-            [shares[2][i], shares[3][i]], [shares[2][j], shares[3][j]], keys[i], keys[j], s,
+            [shares[2][i], shares[3][i]], [shares[2][j], shares[3][j]], keys[i], keys[j], stream=s,
             positions=seg1 + seg2, y_positions=[0, 1, 37, 59] + seg2,
             counts=[len(seg1), len(seg2)], portable=portable).numpy())
     packed = z[0] ^ z[1] ^ z[2]
@@ -265,7 +266,7 @@ def test_packed_and_rejects_unsorted_positions():
     w = random_ring([3])
     key = tf.constant(random_ring([2]))
     with pytest.raises(tf.errors.InvalidArgumentError, match="strictly increasing"):
-        ops.puma_and_packed_share([w], [w], [w], [w], key, key, tf.constant(1, tf.int64),
+        ops.puma_and_packed_share([w], [w], [w], [w], key, key, stream=1,
                                   positions=[5, 1], y_positions=[0, 1], counts=[2])
 
 
@@ -279,7 +280,7 @@ def _msb_rounds(x: np.ndarray, portable: bool, keys=None):
     state, sent, log = [], [], []
     for i in range(3):
         st, z = ops.puma_msb_start(shares[i], shares[(i + 1) % 3], keys[i], keys[(i + 1) % 3],
-                                   tf.constant(100, tf.int64), party=i, portable=portable)
+                                   stream=100, party=i, portable=portable)
         state.append(st)
         sent.append(z)
     for r in range(1, 8):
@@ -287,8 +288,8 @@ def _msb_rounds(x: np.ndarray, portable: bool, keys=None):
         log.append([z.numpy() for z in sent])
         for i in range(3):
             state[i], sent[i] = ops.puma_msb_step(state[i], sent[i], got[i], keys[i],
-                                                  keys[(i + 1) % 3], tf.constant(100 + r, tf.int64),
-                                                  round=r, portable=portable)
+                                                  keys[(i + 1) % 3], stream=100 + r, round=r,
+                                                  portable=portable)
     log.append([z.numpy() for z in sent])
     bits = [[b.numpy() for b in ops.puma_msb_finish(state[i], sent[i], sent[(i + 1) % 3],
                                                       portable=portable)] for i in range(3)]
@@ -332,9 +333,9 @@ def test_msb_messages_are_masked_and_refused_at_the_wrong_size():
     bits_other = np.unpackbits(log_other[3][0].view(np.uint8))
     bits_log = np.unpackbits(log[3][0].view(np.uint8))
     assert 0.4 < np.mean(bits_other != bits_log) < 0.6  # fresh masks: half the bits differ
-    st, z = ops.puma_msb_start(x, x, keys[0], keys[1], tf.constant(1, tf.int64), party=0)
+    st, z = ops.puma_msb_start(x, x, keys[0], keys[1], stream=1, party=0)
     with pytest.raises(tf.errors.InvalidArgumentError, match="expected round 1's 62 packed"):
-        ops.puma_msb_step(st, z, z, keys[0], keys[1], tf.constant(2, tf.int64), round=2)
+        ops.puma_msb_step(st, z, z, keys[0], keys[1], stream=2, round=2)
 
 
 def test_b2a_roles_give_arithmetic_shares_of_the_bit():
@@ -344,10 +345,10 @@ def test_b2a_roles_give_arithmetic_shares_of_the_bit():
     xs = xor_replicated(b)
     xs = [w | (random_ring(b.shape) & ~np.int64(1)) for w in xs]  # junk above bit 0
     keys = [tf.constant(random_ring([2])) for _ in range(3)]
-    s = tf.constant(77, tf.int64)
-    c1, y0_own, y0_next = ops.puma_b2a_party0(xs[0], xs[1], keys[0], keys[1], s)
-    m2, d2, y2_next = ops.puma_b2a_party2(xs[2], keys[0], s)
-    m1, y1_own, d1 = ops.puma_b2a_party1(xs[2], c1, keys[1], s)
+    s = 77
+    c1, y0_own, y0_next = ops.puma_b2a_party0(xs[0], xs[1], keys[0], keys[1], stream=s)
+    m2, d2, y2_next = ops.puma_b2a_party2(xs[2], keys[0], stream=s)
+    m1, y1_own, d1 = ops.puma_b2a_party1(xs[2], c1, keys[1], stream=s)
     y1_next = ops.puma_b2a_finish(d1, m1, m2)
     y2_own = ops.puma_b2a_finish(d2, m2, m1)
     pairs = [(y0_own, y0_next), (y1_own, y1_next), (y2_own, y2_next)]
@@ -381,7 +382,8 @@ def test_draw_table_lists_every_draw_of_every_kernel():
     registered = dict((cls, op) for op, cls in re.findall(
         r'REGISTER_KERNEL_BUILDER\(Name\("(\w+)"\)[^;]*?,\s*(\w+)\);', source))
     drawn: dict[str, list] = {}
-    for cls, body in re.findall(r"class (\w+) : public OpKernel \{(.*?)\n\};", source, re.S):
+    for cls, body in re.findall(r"class (\w+) : public (?:Stream)?OpKernel \{(.*?)\n\};", source,
+                                re.S):
         subs = []
         for sub in re.findall(r"PrgFill\(\w+, stream, ([\w:]+),", body):
             subs.append(constants[sub.split("::")[-1]] if "::" in sub else -1)
@@ -397,8 +399,8 @@ def test_draw_table_lists_every_draw_of_every_kernel():
 def test_prg_refuses_draws_past_its_block_counter():
     # 2^33 ring elements = 2^32 AES blocks: one more would carry into the sub field (another
     # draw's counters). Refused before anything is allocated.
-    key, s = tf.constant(random_ring([2])), tf.constant(1, tf.int64)
+    key, s = tf.constant(random_ring([2])), 1
     with pytest.raises(tf.errors.InvalidArgumentError, match="exceeds 2\\^33"):
-        ops.puma_prg_uniform(key, s, [2 ** 33 + 2])
+        ops.puma_prg_uniform(key, [2 ** 33 + 2], stream=s)
     with pytest.raises(tf.errors.InvalidArgumentError, match="exceeds 2\\^33"):
-        ops.puma_trunc_pr_deal(key, key, s, [2, 2 ** 32 + 1], bits=4)
+        ops.puma_trunc_pr_deal(key, key, [2, 2 ** 32 + 1], stream=s, bits=4)

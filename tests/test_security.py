@@ -142,7 +142,7 @@ def old_fused_product(x: Shared, y: Shared, matrix: bool = False) -> Shared:
         with tf.device(runtime.device(i)):
             local = ops.puma_mat_mul_share if matrix else ops.puma_mul_share
             z.append(local(*x.pairs[i], *y.pairs[i], keys.own[i], keys.next[i],
-                           runtime.const_on(i, stream)))
+                           stream=stream))
     a, b, d = roles = (stream % 3, (stream + 1) % 3, (stream + 2) % 3)
     return arithmetic._trunc_pr(z[a], z[b], z[d], z[a].shape, y.frac_bits, stream,  # noqa: SLF001
                                 x.frac_bits, max(x.depth, y.depth), roles)
@@ -213,13 +213,13 @@ def test_audit_follows_function_calls_and_loops(cluster):
     twice with the caller's keys draws twice; a loop body drawing with outside keys repeats."""
     @tf.function(autograph=False)
     def inner(x0, x1, y0, y1, k_own, k_next, stream):
-        return _ops.load().puma_mul_share(x0, x1, y0, y1, k_own, k_next, stream)
+        return _ops.load().puma_mul_share(x0, x1, y0, y1, k_own, k_next, stream=stream)
 
     def twice(a):
         s = tf_puma.share(a)
         keys = runtime.prss()
         with tf.device(runtime.device(0)):
-            stream = runtime.const_on(0, runtime.new_stream("zero_share"))
+            stream = runtime.new_stream("zero_share")  # a Python int: the same attribute
             z1 = inner(*s.pairs[0], *s.pairs[0], keys.own[0], keys.next[0], stream)
             z2 = inner(*s.pairs[0], *s.pairs[0], keys.own[0], keys.next[0], stream)
         return z1 + z2
@@ -232,12 +232,12 @@ def test_audit_follows_function_calls_and_loops(cluster):
         s = tf_puma.share(a)
         keys = runtime.prss()
         with tf.device(runtime.device(0)):
-            stream = runtime.const_on(0, runtime.new_stream("zero_share"))
+            stream = runtime.new_stream("zero_share")
             mul = _ops.load().puma_mul_share
             _, out = tf.while_loop(
                 lambda i, z: i < 3,
                 lambda i, z: (i + 1, mul(*s.pairs[0], *s.pairs[0], keys.own[0],
-                                         keys.next[0], stream) + z),
+                                         keys.next[0], stream=stream) + z),
                 (tf.constant(0), tf.zeros([8], tf.int64)))
         return out
 
@@ -249,8 +249,8 @@ def test_audit_flags_unplaced_puma_ops(cluster):
     def unplaced(a):
         s = tf_puma.share(a)
         keys = runtime.prss()
-        return _ops.load().puma_prg_uniform(keys.own[0], tf.constant(1, tf.int64),
-                                            tf.constant([8], tf.int64)) + s.pairs[0][0]
+        return _ops.load().puma_prg_uniform(keys.own[0], tf.constant([8], tf.int64),
+                                            stream=1) + s.pairs[0][0]
 
     graph = tf.function(unplaced).get_concrete_function(tf.TensorSpec([8], tf.float64)).graph
     assert any("has no device" in p for p in audit.audit_graph(graph))
@@ -330,8 +330,8 @@ def check_views(build, arrays: list[np.ndarray], shared: list[bool], calls: int 
             if k not in prg_cache:
                 with tf.device(runtime.CLIENT_DEVICE):
                     prg_cache[k] = ops.puma_prg_uniform(
-                        key_values[key], tf.constant(stream, tf.int64),
-                        tf.constant([n], tf.int64), sub=sub).numpy().view(np.uint64)
+                        key_values[key], tf.constant([n], tf.int64), stream=stream,
+                        sub=sub).numpy().view(np.uint64)
             return prg_cache[k]
 
         for party in range(3):

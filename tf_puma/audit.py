@@ -12,7 +12,7 @@ The audit works on the GraphDef and its function library (what a SavedModel stor
 covers `tf.function` graphs, nested function calls and loaded secure models alike. Draws are
 listed as (holder, key, stream, sub): the holder is the party (or client) whose device runs the
 kernel, the key is the PumaNewKey op the key input comes from (through identities, transfers and
-function arguments), the stream is the constant the kernel receives, and the sub comes from the
+function arguments), the stream is the kernel's `stream` attribute, and the sub comes from the
 kernels' own table (PumaPrgDrawTable, the C++ constants in prg_draws.h). A draw inside a loop
 body with a key made outside the body repeats on every iteration and is refused; a function
 called twice with the same keys draws twice and is refused.
@@ -118,7 +118,7 @@ class _Auditor:
         self.problems: list[str] = []
         self._walked_calls = 0
 
-    # Where a value comes from: a PumaNewKey (key origin string), a Const (its value) or None.
+    # Where a key comes from: a PumaNewKey (key origin string) or None.
     def origin(self, scope: _Scope, ref: str, want: str, depth: int = 0) -> Origin:
         if depth > 200:
             return None
@@ -137,9 +137,6 @@ class _Auditor:
             return self.origin(scope, _data_inputs(node)[index], want, depth + 1)
         if want == "key" and node.op == "PumaNewKey":
             return f"{scope.path}{name}"
-        if want == "stream" and node.op == "Const":
-            value = tf.make_ndarray(node.attr["value"].tensor)
-            return int(value) if value.size == 1 and value.dtype.kind in "iu" else None
         return None
 
     def walk(self, scope: _Scope) -> None:
@@ -164,11 +161,7 @@ class _Auditor:
     def _record_draws(self, scope: _Scope, node: node_def_pb2.NodeDef) -> None:
         where = f"{scope.path}{node.name}"
         inputs = _data_inputs(node)
-        stream_ref = inputs[_input_index(node, "stream")]
-        stream = self.origin(scope, stream_ref, "stream")
-        if stream is None:
-            self.problems.append(f"{where} ({node.op}): its stream is not a constant of the "
-                                 "graph, so its draws cannot be checked")
+        stream = _attr_int(node, "stream")
         for entry in self.table[node.op]:
             key = self.origin(scope, inputs[_input_index(node, entry.key_input)], "key")
             if key is None:

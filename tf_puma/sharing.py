@@ -79,10 +79,9 @@ def share(x: tf.Tensor, fxp: FixedPoint | None = None, frac_bits: int | None = N
                 raise TypeError(f"{name}: cannot secret-share dtype {x.dtype.name}; "
                                 "use a float or integer tensor")
             shape_c = tf.constant(x.shape.as_list(), tf.int64)
-            zero = tf.constant(0, tf.int64)
             c0, c1 = ops.puma_new_key(), ops.puma_new_key()
-            x2 = v - ops.puma_prg_uniform(c0, zero, shape_c) - ops.puma_prg_uniform(c1, zero,
-                                                                                    shape_c)
+            x2 = (v - ops.puma_prg_uniform(c0, shape_c, stream=0)
+                  - ops.puma_prg_uniform(c1, shape_c, stream=0))
         keys_at = {0: (runtime.transfer(c0, runtime.CLIENT, 0),
                        runtime.transfer(c1, runtime.CLIENT, 0)),
                    1: runtime.transfer(c1, runtime.CLIENT, 1),
@@ -92,8 +91,7 @@ def share(x: tf.Tensor, fxp: FixedPoint | None = None, frac_bits: int | None = N
 
         def expand(party: int, key: tf.Tensor) -> tf.Tensor:
             with tf.device(runtime.device(party)):
-                return ops.puma_prg_uniform(key, runtime.const_on(party, 0),
-                                            runtime.shape_on(party, x.shape))
+                return ops.puma_prg_uniform(key, runtime.shape_on(party, x.shape), stream=0)
 
         pairs = [(expand(0, keys_at[0][0]), expand(0, keys_at[0][1])),
                  (expand(1, keys_at[1]), x2_at[1]),

@@ -176,25 +176,25 @@ def _trunc_pr(u_a: tf.Tensor, u_b: tf.Tensor, u_dealer: tf.Tensor | None, shape:
     ops = _ops.load()
     keys = runtime.prss()
     a, b, d = roles
-    s = {p: runtime.const_on(p, stream) for p in (a, b, d)}
     with tf.device(runtime.device(d)):
-        corr, d_own, d_next = ops.puma_trunc_pr_deal(keys.own[d], keys.next[d], s[d],
-                                                     runtime.shape_on(d, shape), bits=bits)
+        corr, d_own, d_next = ops.puma_trunc_pr_deal(keys.own[d], keys.next[d],
+                                                     runtime.shape_on(d, shape), stream=stream,
+                                                     bits=bits)
     with tf.device(runtime.device(a)):
-        m_a = ops.puma_trunc_pr_mask(u_a, keys.own[a], s[a], add_offset=True)
+        m_a = ops.puma_trunc_pr_mask(u_a, keys.own[a], stream=stream, add_offset=True)
     with tf.device(runtime.device(b)):
-        m_b = ops.puma_trunc_pr_mask(u_b, keys.next[b], s[b], add_offset=False)
+        m_b = ops.puma_trunc_pr_mask(u_b, keys.next[b], stream=stream, add_offset=False)
     extras_a = [] if u_dealer is None else [runtime.transfer(u_dealer, d, a)]
     extras_b = [] if u_dealer is None else [runtime.transfer(u_dealer, d, b)]
     m_b_at_a = runtime.transfer(m_b, b, a)
     m_a_at_b = runtime.transfer(m_a, a, b)
     corr_at_b = runtime.transfer(corr, d, b)
     with tf.device(runtime.device(a)):
-        msg_a, t_j = ops.puma_trunc_pr_finish_a(m_a, m_b_at_a, extras_a, keys.own[a], s[a],
-                                                bits=bits)
+        msg_a, t_j = ops.puma_trunc_pr_finish_a(m_a, m_b_at_a, extras_a, keys.own[a],
+                                                stream=stream, bits=bits)
     with tf.device(runtime.device(b)):
         msg_b, t_j2 = ops.puma_trunc_pr_finish_b(m_b, m_a_at_b, extras_b, corr_at_b,
-                                                 keys.next[b], s[b], bits=bits)
+                                                 keys.next[b], stream=stream, bits=bits)
     msg_b_at_a = runtime.transfer(msg_b, b, a)
     msg_a_at_b = runtime.transfer(msg_a, a, b)
     with tf.device(runtime.device(a)):
@@ -296,7 +296,7 @@ def mul_sum(products: list[tuple[Shared, Shared]], fxp: FixedPoint | None = None
                 for (x, y), stream in zip(products, streams):
                     xs, ys = [widen(t) for t in x.pairs[i]], [widen(t) for t in y.pairs[i]]
                     terms.append(ops.puma_mul_share(xs[0], xs[1], ys[0], ys[1], keys.own[i],
-                                                    keys.next[i], runtime.const_on(i, stream)))
+                                                    keys.next[i], stream=stream))
                 if addend is not None:
                     terms.append(widen(addend.pairs[i][0]))
                 z.append(tf.add_n(terms) if len(terms) > 1 else terms[0])
@@ -328,7 +328,7 @@ def matmul(x: Shared, y: Shared, transpose_a: bool = False, transpose_b: bool = 
             with tf.device(runtime.device(i)):
                 z.append(ops.puma_mat_mul_share(
                     x.pairs[i][0], x.pairs[i][1], y.pairs[i][0], y.pairs[i][1], keys.own[i],
-                    keys.next[i], runtime.const_on(i, stream), transpose_a=transpose_a,
+                    keys.next[i], stream=stream, transpose_a=transpose_a,
                     transpose_b=transpose_b))
         return _product(z, x.frac_bits + y.frac_bits, max(x.depth, y.depth), fxp)
 

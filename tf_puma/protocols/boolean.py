@@ -87,7 +87,7 @@ def and_(x: BoolShared, y: BoolShared) -> BoolShared:
             with tf.device(runtime.device(i)):
                 z.append(ops.puma_and_share(x.pairs[i][0], x.pairs[i][1], y.pairs[i][0],
                                             y.pairs[i][1], keys.own[i], keys.next[i],
-                                            runtime.const_on(i, stream)))
+                                            stream=stream))
         pairs = [(z[i], runtime.transfer(z[(i + 1) % NUM_PARTIES], (i + 1) % NUM_PARTIES, i))
                  for i in range(NUM_PARTIES)]
         return BoolShared(pairs, max(x.depth, y.depth) + 1)
@@ -133,7 +133,7 @@ def _and_at(work: Sequence[tuple[BoolShared, BoolShared, Sequence[int], int]]
                 z.append(ops.puma_and_packed_share(
                     [w[0].pairs[i][0] for w in work], [w[0].pairs[i][1] for w in work],
                     [w[1].pairs[i][0] for w in work], [w[1].pairs[i][1] for w in work],
-                    keys.own[i], keys.next[i], runtime.const_on(i, stream),
+                    keys.own[i], keys.next[i], stream=stream,
                     positions=positions, y_positions=y_positions, counts=counts))
         depth = max(max(w[0].depth, w[1].depth) for w in work) + 1
         unpacked = []
@@ -205,7 +205,7 @@ def msb(x: Shared) -> BoolShared:
         for i in range(NUM_PARTIES):
             with tf.device(runtime.device(i)):
                 st, z = ops.puma_msb_start(x.pairs[i][0], x.pairs[i][1], keys.own[i],
-                                           keys.next[i], runtime.const_on(i, stream), party=i)
+                                           keys.next[i], stream=stream, party=i)
             state.append(st)
             sent.append(z)
 
@@ -220,7 +220,7 @@ def msb(x: Shared) -> BoolShared:
                 with tf.device(runtime.device(i)):
                     state[i], sent[i] = ops.puma_msb_step(
                         state[i], sent[i], got[i], keys.own[i], keys.next[i],
-                        runtime.const_on(i, stream), round=round_)
+                        stream=stream, round=round_)
         got = received()
         pairs = []
         for i in range(NUM_PARTIES):
@@ -268,14 +268,14 @@ def b2a(bit: BoolShared) -> Shared:
         stream = runtime.new_stream("b2a")
         with tf.device(runtime.device(0)):
             c1, y0_own, y0_next = ops.puma_b2a_party0(*bit.pairs[0], keys.own[0], keys.next[0],
-                                                      runtime.const_on(0, stream))
+                                                      stream=stream)
         with tf.device(runtime.device(2)):
             m2, d2, y2_next = ops.puma_b2a_party2(bit.pairs[2][0], keys.next[2],
-                                                   runtime.const_on(2, stream))
+                                                   stream=stream)
         c1_at_p1 = runtime.transfer(c1, 0, 1)
         with tf.device(runtime.device(1)):
             m1, y1_own, d1 = ops.puma_b2a_party1(bit.pairs[1][1], c1_at_p1, keys.own[1],
-                                                  runtime.const_on(1, stream))
+                                                  stream=stream)
         m2_at_p1, m1_at_p2 = runtime.transfer(m2, 2, 1), runtime.transfer(m1, 1, 2)
         with tf.device(runtime.device(1)):
             y1_next = ops.puma_b2a_finish(d1, m1, m2_at_p1)
