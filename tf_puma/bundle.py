@@ -64,7 +64,9 @@ def write_bundles(weights: Mapping[str, np.ndarray], out_dir: str, bundle_id: st
         for name, value in weights.items():
             enc = fxp.encode_np(np.asarray(value, dtype=np.float64))
             x0, x1 = _uniform_ring(enc.shape), _uniform_ring(enc.shape)
-            x2 = (enc.view(np.uint64) - x0.view(np.uint64) - x1.view(np.uint64)).view(np.int64)
+            with np.errstate(over="ignore"):  # ring arithmetic wraps by design (0-d weights
+                x2 = (enc.view(np.uint64) - x0.view(np.uint64)  # are numpy scalars, which warn)
+                      - x1.view(np.uint64)).view(np.int64)
             shares = [x0, x1, x2]
             for i in range(NUM_PARTIES):
                 own, nxt = shares[i], shares[(i + 1) % NUM_PARTIES]
