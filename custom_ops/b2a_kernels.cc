@@ -14,14 +14,11 @@ using tensorflow::TensorShape;
 
 namespace {
 
-// Allocates outputs 0..count-1 with input 0's shape; false (error set) on failure.
+// Outputs 0..count-1 with input 0's shape, as ring words; false (error set) on failure.
 bool AllocateLikeInput0(OpKernelContext* ctx, int count, uint64_t** outs) {
   for (int k = 0; k < count; ++k) {
-    Tensor* t = nullptr;
-    if (!ctx->allocate_output(k, ctx->input(0).shape(), &t).ok()) {
-      ctx->CtxFailure(tensorflow::errors::ResourceExhausted("cannot allocate B2A output"));
-      return false;
-    }
+    Tensor* t = AllocateLike(ctx, k, ctx->input(0).shape());
+    if (t == nullptr) return false;
     outs[k] = RingData(t);
   }
   return true;

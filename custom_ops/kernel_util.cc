@@ -116,4 +116,25 @@ tensorflow::Status FillZeroShare(const PrgKey& own, const PrgKey& next, uint64_t
   return tensorflow::OkStatus();
 }
 
+tensorflow::Status FillXorZeroShare(const PrgKey& own, const PrgKey& next, uint64_t stream,
+                                    uint64_t* out, uint64_t* scratch, int64_t n,
+                                    const ParallelRunner& runner) {
+  TF_RETURN_IF_ERROR(PrgFill(own, stream, draws::kZeroShare, out, n, runner));
+  TF_RETURN_IF_ERROR(PrgFill(next, stream, draws::kZeroShare, scratch, n, runner));
+  ParallelElementwise(runner, n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) out[i] ^= scratch[i];
+  });
+  return tensorflow::OkStatus();
+}
+
+Tensor* AllocateLike(OpKernelContext* ctx, int output, const TensorShape& shape) {
+  Tensor* t = nullptr;
+  auto status = ctx->allocate_output(output, shape, &t);
+  if (!status.ok()) {
+    ctx->CtxFailure(status);
+    return nullptr;
+  }
+  return t;
+}
+
 }  // namespace tf_puma

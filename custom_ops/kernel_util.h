@@ -58,6 +58,16 @@ tensorflow::Status PrgFill(const PrgKey& key, uint64_t stream, uint32_t sub, uin
 tensorflow::Status FillZeroShare(const PrgKey& own, const PrgKey& next, uint64_t stream, uint64_t* out,
                    uint64_t* scratch, int64_t n, const ParallelRunner& runner);
 
+// out[0..n) = F(own, stream, 0) ^ F(next, stream, 0): party i's PRSS share of zero under XOR
+// (the three XOR to 0). scratch holds n words. Same limit as PrgFill.
+tensorflow::Status FillXorZeroShare(const PrgKey& own, const PrgKey& next, uint64_t stream,
+                                    uint64_t* out, uint64_t* scratch, int64_t n,
+                                    const ParallelRunner& runner);
+
+// Allocates output `output` with `shape`; nullptr (the error set on ctx) on failure.
+tensorflow::Tensor* AllocateLike(tensorflow::OpKernelContext* ctx, int output,
+                                 const tensorflow::TensorShape& shape);
+
 // Elementwise loop over [0, n) split over the runner; fn(begin, end).
 void ParallelElementwise(const ParallelRunner& runner, int64_t n, int64_t cost_per_element,
                          const std::function<void(int64_t, int64_t)>& fn);

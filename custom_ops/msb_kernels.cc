@@ -5,7 +5,6 @@
 #include "custom_ops/bit_pack.h"
 #include "custom_ops/kernel_util.h"
 #include "custom_ops/msb_plan.h"
-#include "custom_ops/prg_draws.h"
 #include "tensorflow/core/framework/op_kernel.h"
 
 namespace tf_puma {
@@ -159,15 +158,11 @@ class MsbStartOp : public StreamOpKernel {
     };
     const AndOperands operands{either(0, 0), either(0, 1), either(1, 0), either(1, 1)};
     uint64_t* z = RingData(z_t);
-    Tensor theirs_t;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, TensorShape({total}), &theirs_t));
-    uint64_t* theirs = RingData(&theirs_t);
+    Tensor scratch_t;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, TensorShape({total}), &scratch_t));
     auto runner = TfRunner(ctx);
-    OP_REQUIRES_OK(ctx, PrgFill(own, stream, draws::kZeroShare, z, total, runner));
-    OP_REQUIRES_OK(ctx, PrgFill(next, stream, draws::kZeroShare, theirs, total, runner));
-    ParallelElementwise(runner, total, 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) z[i] ^= theirs[i];
-    });
+    OP_REQUIRES_OK(ctx, FillXorZeroShare(own, next, stream, z, RingData(&scratch_t), total,
+                                         runner));
     OP_REQUIRES_OK(ctx, XorPackedAnd(ctx, msb::RoundSegments(0), {operands}, n, portable_, z,
                                      total));
   }
@@ -192,10 +187,13 @@ class MsbStepOp : public StreamOpKernel {
     PrgKey own, next;
     const uint64_t stream = stream_;
     if (!ReadKey(ctx, 3, &own) || !ReadKey(ctx, 4, &next)) return;
-    Tensor* state_t = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(0).shape(), &state_t));
-    std::memcpy(RingData(state_t), RingData(ctx->input(0)),
-                msb::kStateRows * n * sizeof(uint64_t));
+    Tensor* state_t = nullptr;  // the previous round's state, updated in place when unshared
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, ctx->input(0).shape(),
+                                                               &state_t));
+    if (RingData(state_t) != RingData(ctx->input(0))) {
+      std::memcpy(RingData(state_t), RingData(ctx->input(0)),
+                  msb::kStateRows * n * sizeof(uint64_t));
+    }
     const State st = Rows(RingData(state_t), n);
     Absorb(ctx, round_ - 1, n, portable_, st);
     auto runner = TfRunner(ctx);
@@ -215,14 +213,10 @@ class MsbStepOp : public StreamOpKernel {
     Tensor* z_t = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({total}), &z_t));
     uint64_t* z = RingData(z_t);
-    Tensor theirs_t;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, TensorShape({total}), &theirs_t));
-    uint64_t* theirs = RingData(&theirs_t);
-    OP_REQUIRES_OK(ctx, PrgFill(own, stream, draws::kZeroShare, z, total, runner));
-    OP_REQUIRES_OK(ctx, PrgFill(next, stream, draws::kZeroShare, theirs, total, runner));
-    ParallelElementwise(runner, total, 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) z[i] ^= theirs[i];
-    });
+    Tensor scratch_t;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, TensorShape({total}), &scratch_t));
+    OP_REQUIRES_OK(ctx, FillXorZeroShare(own, next, stream, z, RingData(&scratch_t), total,
+                                         runner));
     // round 1: S & Y (S in P, carries M in G; Y = M << 1 is the shift of the segment);
     // later rounds: P & G (G segment), P & P (P segment).
     std::vector<AndOperands> operands = {{st.p(0), st.p(1), st.g(0), st.g(1)}};

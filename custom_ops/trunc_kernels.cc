@@ -33,17 +33,6 @@ int64_t ReadBits(OpKernelConstruction* ctx) {
   return bits;
 }
 
-// Allocates output `output`; nullptr (with the error set on ctx) on failure.
-Tensor* AllocateLike(OpKernelContext* ctx, int output, const TensorShape& shape) {
-  Tensor* t = nullptr;
-  auto status = ctx->allocate_output(output, shape, &t);
-  if (!status.ok()) {
-    ctx->CtxFailure(status);
-    return nullptr;
-  }
-  return t;
-}
-
 // c = masked_own + masked_other + sum(extras), all of one shape; returns false on error.
 bool OpenMasked(OpKernelContext* ctx, const ParallelRunner& runner, Tensor* c) {
   const Tensor& own = ctx->input(0);

@@ -387,7 +387,8 @@ def test_draw_table_lists_every_draw_of_every_kernel():
         subs = []
         for sub in re.findall(r"PrgFill\(\w+, stream, ([\w:]+),", body):
             subs.append(constants[sub.split("::")[-1]] if "::" in sub else -1)
-        subs += [constants["kZeroShare"]] * 2 * body.count("FillZeroShare(")
+        subs += [constants["kZeroShare"]] * 2 * (body.count("FillZeroShare(")
+                                                 + body.count("FillXorZeroShare("))
         if subs:
             drawn[registered[cls]] = sorted(subs)
     table = audit.draw_table()

@@ -87,7 +87,7 @@ def holder_of(device: str) -> str:
 
 
 # -- graph walking -------------------------------------------------------------------------------
-Origin = Union[str, int, None]  # a key origin, a constant stream value, or unknown
+Origin = Optional[str]  # a key origin (the PumaNewKey op's path), or None when unknown
 
 
 class _Scope:
@@ -119,7 +119,7 @@ class _Auditor:
         self._walked_calls = 0
 
     # Where a key comes from: a PumaNewKey (key origin string) or None.
-    def origin(self, scope: _Scope, ref: str, want: str, depth: int = 0) -> Origin:
+    def key_origin(self, scope: _Scope, ref: str, depth: int = 0) -> Origin:
         if depth > 200:
             return None
         name, index = _split_ref(ref)
@@ -127,15 +127,15 @@ class _Auditor:
             caller, caller_ref = scope.args[name]
             if caller is None:
                 return None
-            return self.origin(caller, caller_ref, want, depth + 1)
+            return self.key_origin(caller, caller_ref, depth + 1)
         node = scope.nodes.get(name)
         if node is None:
             return None
         if node.op in _FORWARDING_OPS:
-            return self.origin(scope, _data_inputs(node)[0], want, depth + 1)
+            return self.key_origin(scope, _data_inputs(node)[0], depth + 1)
         if node.op == "IdentityN":
-            return self.origin(scope, _data_inputs(node)[index], want, depth + 1)
-        if want == "key" and node.op == "PumaNewKey":
+            return self.key_origin(scope, _data_inputs(node)[index], depth + 1)
+        if node.op == "PumaNewKey":
             return f"{scope.path}{name}"
         return None
 
@@ -163,7 +163,7 @@ class _Auditor:
         inputs = _data_inputs(node)
         stream = _attr_int(node, "stream")
         for entry in self.table[node.op]:
-            key = self.origin(scope, inputs[_input_index(node, entry.key_input)], "key")
+            key = self.key_origin(scope, inputs[_input_index(node, entry.key_input)])
             if key is None:
                 key = f"?{where}:{entry.key_input}"
                 self.problems.append(f"{where} ({node.op}): key input {entry.key_input!r} "
