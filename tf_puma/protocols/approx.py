@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_puma import costs, runtime
-from tf_puma.protocols import arithmetic, compare, tensor
+from tf_puma.protocols import arithmetic, compare
 from tf_puma.sharing import Shared
 
 # Most fractional bits for polynomial coefficients (see `polynomial`).
@@ -292,9 +292,7 @@ def _octave_bits(x: Shared, lo: float, hi: float) -> tuple[list[int], Shared | N
     if j_max == j_min:
         return js, None
     thresholds = np.asarray([2.0 ** j for j in js[1:]], dtype=np.float64)
-    bits = compare.less(tensor.repeat(x, len(thresholds)),
-                        thresholds.reshape([-1] + [1] * x.shape.rank))
-    return js, bits
+    return js, compare.less_than_stacked(x, thresholds)
 
 
 def _octave_mix(x: Shared, bits: Shared | None, values: Sequence[float],

@@ -48,12 +48,16 @@ def greater(x: Shared, y: Union[Shared, Public]) -> Shared:
     return is_negative(arithmetic.add_public(arithmetic.neg(x), y))
 
 
-def less_than_each(x: Shared, thresholds: np.ndarray) -> list[Shared]:
-    """[x < t] for every public threshold t, as integer shares, in one batched comparison."""
+def less_than_stacked(x: Shared, thresholds: np.ndarray) -> Shared:
+    """[x < t_k] for public thresholds t_k, stacked on a new leading axis k, as integer shares:
+    one batched comparison."""
     thresholds = np.asarray(thresholds, dtype=np.float64)
-    lt = less(tensor.repeat(x, len(thresholds)),
-              thresholds.reshape([-1] + [1] * x.shape.rank))
-    return tensor.split_leading(lt)
+    return less(tensor.repeat(x, len(thresholds)), thresholds.reshape([-1] + [1] * x.shape.rank))
+
+
+def less_than_each(x: Shared, thresholds: np.ndarray) -> list[Shared]:
+    """less_than_stacked, one share per threshold."""
+    return tensor.split_leading(less_than_stacked(x, thresholds))
 
 
 def equal(x: Shared, y: Union[Shared, Public]) -> Shared:
