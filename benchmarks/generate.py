@@ -9,6 +9,11 @@ recomputation) runs in a child process; the client (three local parties) in this
     python benchmarks/generate.py --model gpt2-base --prompt-tokens 32 --new-tokens 16
     python benchmarks/generate.py --model smollm2 --layers 4 --prompt-tokens 8 --new-tokens 8
     python benchmarks/generate.py --model gpt2-base --prompt-tokens 32 --new-tokens 16 --reference
+    python benchmarks/generate.py --model smollm2 --prompt-tokens 8 --new-tokens 32 --prompts 20
+
+--prompts N generates from N prompts (smollm2: the first `--prompt-tokens` tokens of N different
+movie-review sentences; gpt2-base: random ids) and counts those whose tokens all equal plaintext
+greedy decoding; times are medians over the prompts (prefill) and over every next token.
 
 --reference (gpt2-base only) also runs the reference implementation (SPU 0.9.5 with PUMA's
 settings, `make spu-venv`) on the same shape right after: GPT-2 base, the prompt in, the next
@@ -43,17 +48,30 @@ def _model(name: str, layers: int | None):
     return model
 
 
-def _prompt(name: str, tokens: int) -> list[int]:
-    from tf_puma.apps import text_data  # noqa: PLC0415
-    text = " ".join(s for _, s in text_data.movie_reviews()[:50])
-    if name == "smollm2":
-        from tf_puma.apps import hf  # noqa: PLC0415
-        return hf.smollm2_tokenizer()(text)["input_ids"][:tokens]
+def _prompts(name: str, tokens: int, count: int) -> list[list[int]]:
+    """`count` prompts of `tokens` ids: smollm2's from the movie-review text (one prompt: the
+    start of the text; several: the starts of different sentences that long), gpt2's random."""
     import numpy as np  # noqa: PLC0415
-    return [int(t) for t in np.random.default_rng(0).integers(1000, 20000, tokens)]
+    if name != "smollm2":
+        rng = np.random.default_rng(0)
+        return [[int(t) for t in rng.integers(1000, 20000, tokens)] for _ in range(count)]
+    from tf_puma.apps import hf, text_data  # noqa: PLC0415
+    tok = hf.smollm2_tokenizer()
+    reviews = [sentence for _, sentence in text_data.movie_reviews()]
+    if count == 1:
+        return [tok(" ".join(reviews[:50]))["input_ids"][:tokens]]
+    prompts = []
+    for sentence in reviews:
+        ids = tok(sentence)["input_ids"]
+        if len(ids) >= tokens and ids[:tokens] not in prompts:
+            prompts.append(ids[:tokens])
+        if len(prompts) == count:
+            return prompts
+    raise SystemExit(f"fewer than {count} review sentences have {tokens} tokens")
 
 
-def prepare(work: str, name: str, layers: int, prompt_tokens: int, new_tokens: int) -> None:
+def prepare(work: str, name: str, layers: int, prompt_tokens: int, new_tokens: int,
+            prompts: int) -> None:
     import numpy as np  # noqa: PLC0415
 
     from tf_puma.apps import hf  # noqa: PLC0415
@@ -65,58 +83,75 @@ def prepare(work: str, name: str, layers: int, prompt_tokens: int, new_tokens: i
     convert.convert_generation(plain, os.path.join(work, "secure"), prompt_tokens,
                                log=lambda line: None)
     convert_s = time.perf_counter() - start
-    prompt = _prompt(name, prompt_tokens)
-    ids = list(prompt)
-    for _ in range(new_tokens):
-        logits = model(input_ids=np.asarray([ids], np.int32), training=False).logits
-        ids.append(int(np.argmax(logits[0, -1])))
+    chosen = _prompts(name, prompt_tokens, prompts)
+    references = []
+    for prompt in chosen:  # plaintext greedy decoding by full recomputation (no cache)
+        ids = list(prompt)
+        for _ in range(new_tokens):
+            logits = model(input_ids=np.asarray([ids], np.int32), training=False).logits
+            ids.append(int(np.argmax(logits[0, -1])))
+        references.append(ids[len(prompt):])
     with open(os.path.join(work, "prepared.json"), "w", encoding="utf-8") as fh:
-        json.dump({"convert_s": convert_s, "prompt": prompt,
-                   "reference": ids[len(prompt):]}, fh)
+        json.dump({"convert_s": convert_s, "prompts": chosen, "references": references}, fh)
 
 
 def measure(work: str, args) -> dict:
     import tf_puma  # noqa: PLC0415
     from tf_puma import secure_model  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
     prepared = prepare_in_child(__file__, [work, args.model, str(args.layers or 0),
-                                           str(args.prompt_tokens), str(args.new_tokens)], work)
+                                           str(args.prompt_tokens), str(args.new_tokens),
+                                           str(args.prompts)], work)
     secure = os.path.join(work, "secure")
     manifest = secure_model.read_manifest(secure)
     prefill = manifest.generation["signatures"]["prefill"]
     # the first generation registers both signatures on the parties
-    with secure_session(secure, lambda gen: gen.generate(prepared["prompt"], 2),
+    first_prompt = prepared["prompts"][0]
+    with secure_session(secure, lambda gen: gen.generate(first_prompt, 2),
                         load=tf_puma.load_generator) as (local, gen, load_s, first_s):
-        stamps = []
-        start = time.perf_counter()
-        tokens = gen.generate(prepared["prompt"], args.new_tokens,
-                              on_token=lambda t: stamps.append(time.perf_counter()))
+        generated, prefill_s, token_s = [], [], []
+        for i, prompt in enumerate(prepared["prompts"]):
+            stamps = []
+            start = time.perf_counter()
+            generated.append(gen.generate(prompt, args.new_tokens,
+                                          on_token=lambda t: stamps.append(time.perf_counter())))
+            prefill_s.append(stamps[0] - start)
+            token_s += list(np.diff(stamps))
+            same = generated[-1] == prepared["references"][i]
+            print(f"prompt {i + 1}/{len(prepared['prompts'])}: prefill {prefill_s[-1]:.2f} s, "
+                  f"{np.median(np.diff(stamps)) if len(stamps) > 1 else 0:.2f} s per token, "
+                  f"{'equal to' if same else 'DIFFERS from'} plaintext", flush=True)
         peak = [status_mib(local.server_pid(i), "VmHWM") for i in range(3)]
-    per_token = ((stamps[-1] - stamps[0]) / (len(stamps) - 1)) if len(stamps) > 1 else None
+    equal = [g == r for g, r in zip(generated, prepared["references"])]
+    agree = sum(a == b for g, r in zip(generated, prepared["references"]) for a, b in zip(g, r))
 
     def gib(sent: dict) -> float:
         return sum(v for k, v in sent.items() if k != "client") / 2 ** 30
 
     return {"model": args.model, "layers": args.layers, "prompt_tokens": args.prompt_tokens,
-            "new_tokens": args.new_tokens, "tokens_equal_plaintext": tokens ==
-            prepared["reference"][:len(tokens)], "prefill_s": stamps[0] - start,
-            "per_token_s": per_token, "prefill_rounds": prefill["critical_path_rounds"],
+            "new_tokens": args.new_tokens, "prompts": len(equal),
+            "prompts_equal_plaintext": sum(equal), "tokens_agreeing": agree,
+            "tokens_equal_plaintext": all(equal), "prefill_s": float(np.median(prefill_s)),
+            "per_token_s": float(np.median(token_s)) if token_s else None, "prefill_rounds": prefill["critical_path_rounds"],
             "decode_rounds": manifest.total.rounds,
             "prefill_gib": gib(prefill["bytes_by_sender"]),
             "decode_gib": gib(manifest.total.bytes_by_sender), "peak_party_mib": peak,
             "convert_s": prepared["convert_s"], "load_s": load_s,
-            "first_generation_s": first_s, "tokens": tokens,
-            "reference": prepared["reference"]}
+            "first_generation_s": first_s, "tokens": generated,
+            "reference": prepared["references"]}
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) == 7 and argv[1] == "--prepare":
-        prepare(argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]))
+    if len(argv) == 8 and argv[1] == "--prepare":
+        prepare(argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6]), int(argv[7]))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["gpt2-base", "smollm2"], default="gpt2-base")
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--prompts", type=int, default=1,
+                        help="generate from this many prompts and count exact matches")
     parser.add_argument("--reference", action="store_true",
                         help="also run SPU on the same shape (gpt2-base)")
     args = parser.parse_args(argv[1:])
@@ -141,12 +176,13 @@ def main(argv: list[str]) -> None:
                  "s per token", "prefill rounds", "decode rounds", "prefill GiB", "decode GiB",
                  "peak MiB/party", "convert s", "load s"],
                 [[row["model"], row["layers"] or "all", row["prompt_tokens"], row["new_tokens"],
-                  row["tokens_equal_plaintext"], row["prefill_s"], row["per_token_s"],
+                  f"{row['prompts_equal_plaintext']}/{row['prompts']} prompts, "
+                  f"{row['tokens_agreeing']}/{row['prompts'] * row['new_tokens']} tokens", row["prefill_s"], row["per_token_s"],
                   row["prefill_rounds"], row["decode_rounds"], row["prefill_gib"],
                   row["decode_gib"], max(row["peak_party_mib"]), row["convert_s"],
                   row["load_s"]]])
     write_json(f"generate-{row['model']}-{row['layers'] or 'all'}-{row['prompt_tokens']}-"
-               f"{row['new_tokens']}", row)
+               f"{row['new_tokens']}-x{row['prompts']}", row)
 
 
 if __name__ == "__main__":

@@ -244,11 +244,12 @@ def check(program, samples: Sequence[Mapping[str, Any]], fxp: FixedPoint) -> lis
     """Runs the plaintext graph on each sample and returns every site with what it saw."""
     graph = program.graph
     todo = plan(program, fxp)
+    weights = graph.weight_feeds()  # the graph's weight Const nodes hold no values
     with tf.compat.v1.Session(graph=graph.graph) as session:
         fetches = [graph.tensor(ref) for ref in todo.fetches]
         for index, sample in enumerate(samples):
             try:
-                outputs = session.run(fetches, _feeds(graph, sample, index))
+                outputs = session.run(fetches, {**_feeds(graph, sample, index), **weights})
             except tf.errors.OpError as err:  # e.g. a token id past the vocabulary
                 raise CalibrationError(f"calibration sample {index}: the plaintext model fails "
                                        f"on it: {_op_error_text(err)}") from None

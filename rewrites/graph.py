@@ -14,6 +14,11 @@ captured variables, whatever their size or dtype, and everything computed from t
 run-time data; conservatively also every other float constant with more than one element, except
 a rotary embedding's inverse frequencies (theta^(-2i/d), i < d/2: architecture, one number from
 the model's config), so that rotary angles stay CONST.
+
+Weight values live beside the graph, not in it: a frozen model's GraphDef holds every weight
+once more (the C++ graph it is imported into, and every copy made to fold, yet again), so the
+weight Const nodes keep their dtype and shape only and `weight_values` holds the arrays, read
+once. Folding runs only the sub-graph its outputs need, with just those weights put back.
 """
 
 from __future__ import annotations
@@ -25,8 +30,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import graph_pb2, node_def_pb2
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+from tensorflow.core.framework import graph_pb2, node_def_pb2, tensor_pb2
+# Private pieces of convert_variables_to_constants_v2 (TensorFlow is pinned to 2.21): the public
+# function also rebuilds a ConcreteFunction around the frozen GraphDef, which held the weights
+# 6-7 times at once (SmolLM2's generation signature: 12 GB) and kept a copy alive after it.
+from tensorflow.python.framework.convert_to_constants import (
+    _FunctionConverterDataInEager, _replace_variables_by_constants)
 
 
 class Kind(enum.IntEnum):
@@ -67,7 +76,10 @@ class FrozenGraph:
 
     def __init__(self, graph_def: graph_pb2.GraphDef, inputs: Mapping[str, TensorInfo],
                  outputs: Mapping[str, str], weight_nodes: set[str],
-                 public_inputs: Sequence[str] = (), state: Mapping[str, str] | None = None):
+                 public_inputs: Sequence[str] = (), state: Mapping[str, str] | None = None,
+                 known_values: Mapping[str, np.ndarray] | None = None):
+        """`graph_def` is taken over (its weight values are moved out); `known_values` are
+        values of Const nodes already at hand (the frozen variables), read instead of parsed."""
         self.inputs = dict(inputs)          # signature name -> placeholder tensor info
         self.outputs = dict(outputs)        # signature name -> tensor name
         unknown = set(public_inputs) - set(self.inputs)
@@ -92,12 +104,15 @@ class FrozenGraph:
                     f"signature input {key!r} is {info.dtype.name}: secure models take numbers "
                     "only (tokenize text on the client and export a signature over token ids, "
                     "as transformers' models take input_ids)")
+        self.weight_nodes = set(weight_nodes)
+        # weight Const name -> its value; its node keeps a stub (dtype and shape, no content)
+        self.weight_values: dict[str, np.ndarray] = self._take_weight_values(
+            graph_def, known_values or {})
         self.graph_def = _with_static_placeholders(graph_def, self.inputs)
         self.graph = tf.Graph()
         with self.graph.as_default():
             tf.graph_util.import_graph_def(self.graph_def, name="")
         self.nodes: dict[str, node_def_pb2.NodeDef] = {n.name: n for n in self.graph_def.node}
-        self.weight_nodes = weight_nodes
         self.order = _topological_order(self.graph_def)
         self.kinds: dict[str, Kind] = {}
         self._classify()
@@ -140,31 +155,68 @@ class FrozenGraph:
                     kind = Kind.SECRET  # a weight meets run-time data: computed securely
             self.kinds[name] = kind
 
+    def _take_weight_values(self, graph_def: graph_pb2.GraphDef,
+                            known: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Moves each weight Const's value out of `graph_def` (in place) into the result."""
+        values = {}
+        for node in graph_def.node:
+            if node.op != "Const":
+                continue
+            proto = node.attr["value"].tensor
+            dtype = tf.dtypes.as_dtype(proto.dtype)
+            many = int(np.prod([d.size for d in proto.tensor_shape.dim])) > 1
+            if node.name in self.weight_nodes or (dtype.is_floating and many):
+                value = known[node.name] if node.name in known else tf.make_ndarray(proto)
+                if node.name not in self.weight_nodes and is_rotary_inverse_frequencies(value):
+                    continue  # architecture, not a weight: stays in the graph (CONST)
+                self.weight_nodes.add(node.name)
+                values[node.name] = value
+                node.attr["value"].tensor.CopyFrom(tensor_pb2.TensorProto(
+                    dtype=proto.dtype, tensor_shape=proto.tensor_shape))
+        return values
+
     def _is_weight_const(self, node: node_def_pb2.NodeDef) -> bool:
-        if node.name in self.weight_nodes:
-            return True
-        value = node.attr["value"].tensor
-        dtype = tf.dtypes.as_dtype(value.dtype)
-        if not (dtype.is_floating and int(np.prod([d.size for d in value.tensor_shape.dim])) > 1):
-            return False
-        return not is_rotary_inverse_frequencies(tf.make_ndarray(value))
+        return node.name in self.weight_nodes
 
     def kind(self, ref: str) -> Kind:
         return self.kinds[node_of(ref)]
 
     # -- folding ---------------------------------------------------------------------------
     def fold(self, refs: Sequence[str]) -> dict[str, np.ndarray]:
-        """Values of CONST/WEIGHT tensors, computed in plaintext TensorFlow (one session run)."""
+        """Values of CONST/WEIGHT tensors: a Const's (through Identity) as stored, the others
+        computed in plaintext TensorFlow (one session run over the sub-graph they need)."""
         refs = [tensor_name(r) for r in refs]
         for ref in refs:
             if self.kind(ref) not in (Kind.CONST, Kind.WEIGHT):
                 raise ValueError(f"{ref} depends on run-time inputs and cannot be folded")
-        if not refs:
-            return {}
-        folded_def = graph_pb2.GraphDef()
-        folded_def.CopyFrom(self.graph_def)
-        for node in folded_def.node:  # shapes are static: Shape-like ops become constants
-            if node.op in SHAPE_OPS and node.op != "ShapeN":
+        values, computed = {}, []
+        for ref in refs:
+            source = self._stored_const(ref)
+            if source is None:
+                computed.append(ref)
+            else:
+                values[ref] = self.weight_values[source] if source in self.weight_values \
+                    else tf.make_ndarray(self.nodes[source].attr["value"].tensor)
+        if computed:
+            values.update(self._run_folded(computed))
+        return values
+
+    def _stored_const(self, ref: str) -> str | None:
+        """The Const node whose output `ref` is, through Identity ops, else None."""
+        name, port = node_of(ref), tensor_name(ref).split(":")[1]
+        while self.nodes[name].op == "Identity" and port == "0":
+            ref = self.data_inputs(name)[0]
+            name, port = node_of(ref), tensor_name(ref).split(":")[1]
+        return name if self.nodes[name].op == "Const" and port == "0" else None
+
+    def _run_folded(self, refs: Sequence[str]) -> dict[str, np.ndarray]:
+        sub_def = tf.compat.v1.graph_util.extract_sub_graph(
+            self.graph_def, sorted({node_of(r) for r in refs}))
+        for node in sub_def.node:
+            if node.name in self.weight_values:  # the value, back in this small copy only
+                node.attr["value"].tensor.CopyFrom(
+                    tf.make_tensor_proto(self.weight_values[node.name]))
+            elif node.op in SHAPE_OPS and node.op != "ShapeN":  # shapes are static: constants
                 value = self._shape_op_value(node)
                 node.op = "Const"
                 node.ClearField("input")
@@ -173,17 +225,24 @@ class FrozenGraph:
                 node.attr["dtype"].type = dtype
                 node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(
                     np.asarray(value, dtype=tf.dtypes.as_dtype(dtype).as_numpy_dtype)))
+        sub_def = tf.compat.v1.graph_util.extract_sub_graph(
+            sub_def, sorted({node_of(r) for r in refs}))  # without what only shapes needed
         graph = tf.Graph()
         with graph.as_default():
-            tf.graph_util.import_graph_def(folded_def, name="")
+            tf.graph_util.import_graph_def(sub_def, name="")
         # CONST values never depend on run-time inputs, but a ShapeN (not turned into a
         # constant above: several outputs) still reads its placeholder: feed zeros
+        present = {n.name for n in sub_def.node}
         feeds = {graph.get_tensor_by_name(info.name): np.zeros(info.shape,
                                                                info.dtype.as_numpy_dtype)
-                 for info in self.inputs.values()}
+                 for info in self.inputs.values() if node_of(info.name) in present}
         with tf.compat.v1.Session(graph=graph) as session:
             values = session.run(refs, feed_dict=feeds)
         return dict(zip(refs, values))
+
+    def weight_feeds(self) -> dict[tf.Tensor, np.ndarray]:
+        """Feeds that give `graph`'s weight Const nodes their values (for running it)."""
+        return {self.tensor(name + ":0"): value for name, value in self.weight_values.items()}
 
     def _shape_op_value(self, node: node_def_pb2.NodeDef):
         shape = self.static_shape(self.data_inputs(node.name)[0])
@@ -266,7 +325,11 @@ def load_signature(saved_model_dir: str, signature: str = "serving_default",
     fn = loaded.signatures[signature]
     weight_nodes = {internal.op.name for external, internal in fn.graph.captures
                     if external.dtype == tf.resource}
-    frozen = convert_variables_to_constants_v2(fn)
+    frozen = _FunctionConverterDataInEager(func=fn, lower_control_flow=True,
+                                           aggressive_inlining=False)
+    graph_def, _ = _replace_variables_by_constants(converter_data=frozen)
+    known_values = {name: data.numpy for name, data in frozen.tensor_data.items()}
+    del frozen, loaded
     input_shapes = dict(input_shapes or {})
     inputs: dict[str, TensorInfo] = {}
     for name, spec in sorted(fn.structured_input_signature[1].items()):
@@ -289,6 +352,6 @@ def load_signature(saved_model_dir: str, signature: str = "serving_default",
     if not isinstance(fn.structured_outputs, dict):
         raise ConversionError(f"signature {signature!r} must return a dict of named outputs")
     keys = sorted(fn.structured_outputs)  # flattening order of a dict
-    outputs = {key: t.name for key, t in zip(keys, frozen.outputs)}
-    return FrozenGraph(frozen.graph.as_graph_def(), inputs, outputs, weight_nodes,
-                       public_inputs, state)
+    outputs = {key: t.name for key, t in zip(keys, fn.outputs)}
+    return FrozenGraph(graph_def, inputs, outputs, weight_nodes, public_inputs, state,
+                       known_values)

@@ -54,6 +54,27 @@ def test_kinds_fold_weights_and_keep_client_work_on_the_client(tmp_path):
     assert [v.shape for v in prog.weights.values()] == [(6, 4)]
 
 
+def test_weights_stay_beside_the_frozen_graph_and_fold_exactly(tmp_path):
+    """The frozen GraphDef keeps each weight's dtype and shape only (its values are held once,
+    in weight_values); folding a weight-only computation (a transpose, a product of two
+    weights, a weight read through Identity) gives TensorFlow's own result."""
+    w, v = _weights((64, 32), (32,), seed=3)
+
+    def fn(x):
+        folded = tf.transpose(w[:32]) * 2.0 + tf.reshape(v, [32, 1])  # weight-only: folds
+        return {"y": x @ tf.identity(w), "z": x[:, :32] @ folded}
+
+    path = _save(tmp_path, "m", fn, [tf.TensorSpec([2, 64], tf.float32, name="x")], [w, v])
+    g = graph.load_signature(path)
+    assert g.graph_def.ByteSize() < 20_000  # with the values inside: 8 KiB more
+    assert sorted(a.shape for a in g.weight_values.values()) == [(32,), (64, 32)]
+    values = list(program.SecureProgram(g).weights.values())
+    want_w, want_v = w.numpy(), v.numpy()
+    assert len(values) == 2
+    assert any(np.array_equal(a, want_w) for a in values)
+    assert any(np.array_equal(a, want_w[:32].T * np.float32(2) + want_v[:, None]) for a in values)
+
+
 def test_weights_of_any_size_and_dtype_go_to_the_bundles(tmp_path):
     """A scalar float variable and an int variable are weights too (not public constants): the
     secure SavedModel holds none of their values in any encoding the code uses."""

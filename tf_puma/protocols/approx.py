@@ -120,7 +120,7 @@ def exp(x: Shared, method: str = "taylor3", n: int = 8) -> Shared:
                 y = arithmetic.mul(y, y)
         else:
             raise ValueError(f"exp method must be 'taylor3' or 'puma', got {method!r}")
-        keep = arithmetic.add_public(arithmetic.neg(below), 1)
+        keep = arithmetic.public_minus(1, below)
         return arithmetic.mul(keep, y)
 
 
@@ -145,7 +145,7 @@ def _piecewise(x: Shared, bounds: Sequence[float], pieces: Sequence) -> Shared:
         if i == 0:
             ind = bits[0]
         elif i == len(bounds):
-            ind = arithmetic.add_public(arithmetic.neg(bits[-1]), 1)
+            ind = arithmetic.public_minus(1, bits[-1])
         else:
             ind = arithmetic.sub(bits[i], bits[i - 1])
         if isinstance(piece, Shared):
@@ -376,7 +376,7 @@ def reciprocal(x: Shared, lo: float = RECIPROCAL_RANGE[0], hi: float = RECIPROCA
         m, y = _newton_start(x, scale, -8 / 17, 24 / 17)
         for _ in range(iterations):
             my = arithmetic.mul(m, y, frac_out=NEWTON_FRAC_BITS)
-            y = arithmetic.mul(y, arithmetic.add_public(arithmetic.neg(my), 2.0),
+            y = arithmetic.mul(y, arithmetic.public_minus(2.0, my),
                                frac_out=NEWTON_FRAC_BITS)
         return arithmetic.mul(y, scale, frac_out=frac_out or fxp.frac_bits)
 
@@ -402,7 +402,7 @@ def rsqrt(x: Shared, lo: float = RSQRT_RANGE[0], hi: float = RSQRT_RANGE[1],
         for _ in range(iterations):
             t = arithmetic.mul(m, arithmetic.mul(y, y, frac_out=NEWTON_FRAC_BITS),
                                frac_out=NEWTON_FRAC_BITS)
-            three_minus = arithmetic.add_public(arithmetic.neg(t), 3.0)
+            three_minus = arithmetic.public_minus(3.0, t)
             # y (3 - t) / 2: the halving rides on the product's truncation
             y = arithmetic.mul(y, three_minus, shift=1, frac_out=NEWTON_FRAC_BITS)
         mix = _octave_mix(x, bits, [2.0 ** (-j / 2) for j in js], frac_bits=_mix_frac_bits(js))

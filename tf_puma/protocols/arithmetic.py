@@ -66,10 +66,28 @@ def neg(x: Shared) -> Shared:
 
 
 def sub(x: Shared, y: Union[Shared, Public]) -> Shared:
-    """x - y. Local."""
+    """x - y. Local: z_i = x_i - y_i (one op per share, no negation)."""
     if not isinstance(y, Shared):
         return add_public(x, -np.asarray(y, dtype=np.float64))
-    return add(x, neg(y))
+    x, y = _aligned(x, y)
+    pairs = []
+    for i in range(NUM_PARTIES):
+        with tf.device(runtime.device(i)):
+            pairs.append((x.pairs[i][0] - y.pairs[i][0], x.pairs[i][1] - y.pairs[i][1]))
+    return Shared(pairs, x.frac_bits, max(x.depth, y.depth))
+
+
+def public_minus(c: Public, x: Shared) -> Shared:
+    """c - x for a public constant c (e.g. 1 - b for a shared bit b). Local: share x_0 becomes
+    c - x_0 where it is held (P0 first, P2 second), the other shares are negated."""
+    enc = _encode_public(c, x.frac_bits)
+    pairs = []
+    for i, (first, second) in enumerate(x.pairs):
+        with tf.device(runtime.device(i)):
+            first = runtime.const_on(0, enc) - first if i == 0 else tf.negative(first)
+            second = runtime.const_on(2, enc) - second if i == 2 else tf.negative(second)
+            pairs.append((first, second))
+    return Shared(pairs, x.frac_bits, x.depth)
 
 
 def _encode_public(c: Public, frac_bits: int) -> np.ndarray:
@@ -337,7 +355,8 @@ def _install_operators() -> None:
     """Shared's operators, so protocols read like the maths (x * y, x @ w, 1 - x)."""
     Shared.__add__ = Shared.__radd__ = lambda self, other: add(self, other)
     Shared.__sub__ = lambda self, other: sub(self, other)
-    Shared.__rsub__ = lambda self, other: add(neg(self), other)
+    Shared.__rsub__ = lambda self, other: (add(neg(self), other) if isinstance(other, Shared)
+                                           else public_minus(other, self))
     Shared.__neg__ = lambda self: neg(self)
     Shared.__mul__ = Shared.__rmul__ = lambda self, other: mul(self, other)
     Shared.__matmul__ = lambda self, other: matmul(self, other)

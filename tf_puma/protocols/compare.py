@@ -45,7 +45,7 @@ def greater(x: Shared, y: Union[Shared, Public]) -> Shared:
     """[x > y] as an integer share (0 or 1)."""
     if isinstance(y, Shared):
         return is_negative(arithmetic.sub(y, x))
-    return is_negative(arithmetic.add_public(arithmetic.neg(x), y))
+    return is_negative(arithmetic.public_minus(y, x))
 
 
 def less_than_stacked(x: Shared, thresholds: np.ndarray) -> Shared:
@@ -65,7 +65,7 @@ def equal(x: Shared, y: Union[Shared, Public]) -> Shared:
     d = arithmetic.sub(x, y)
     lt, gt = tensor.split_leading(is_negative(
         tensor.concat([tensor.repeat(d, 1), tensor.repeat(arithmetic.neg(d), 1)], 0)))
-    return arithmetic.add_public(arithmetic.neg(arithmetic.add(lt, gt)), 1)
+    return arithmetic.public_minus(1, arithmetic.add(lt, gt))
 
 
 def select(bit: Shared, if_true: Union[Shared, Public], if_false: Union[Shared, Public]) -> Shared:
@@ -78,7 +78,7 @@ def select(bit: Shared, if_true: Union[Shared, Public], if_false: Union[Shared, 
     if isinstance(if_true, Shared):
         diff = arithmetic.sub(if_true, if_false)
     else:
-        diff = arithmetic.add_public(arithmetic.neg(if_false), if_true)
+        diff = arithmetic.public_minus(if_true, if_false)
     with costs.protocol("select", rounds=1):
         chosen = arithmetic.mul(bit, diff)
     return arithmetic.add(chosen, if_false)
@@ -86,7 +86,7 @@ def select(bit: Shared, if_true: Union[Shared, Public], if_false: Union[Shared, 
 
 def relu(x: Shared) -> Shared:
     """max(x, 0) = x (1 - [x < 0])."""
-    keep = arithmetic.add_public(arithmetic.neg(is_negative(x)), 1)
+    keep = arithmetic.public_minus(1, is_negative(x))
     return arithmetic.mul(keep, x)
 
 

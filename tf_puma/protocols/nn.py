@@ -145,7 +145,7 @@ def sigmoid(x: Shared) -> Shared:
         abs_x = arithmetic.sub(x, arithmetic.mul(neg, arithmetic.mul_public(x, 2)))
         s = approx.reciprocal(arithmetic.add_public(approx.exp(arithmetic.neg(abs_x)), 1.0),
                               lo=1.0, hi=2.0)
-        return compare.select(neg, arithmetic.add_public(arithmetic.neg(s), 1.0), s)
+        return compare.select(neg, arithmetic.public_minus(1.0, s), s)
 
 
 def silu(x: Shared) -> Shared:
