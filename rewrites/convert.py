@@ -33,6 +33,7 @@ import tensorflow as tf
 from tf_puma.rewrites.graph import ConversionError, FrozenGraph, load_signature
 from tf_puma.rewrites.program import SecureProgram
 from tf_puma.rewrites import calibrate as calibration
+from tf_puma.rewrites.constants import merge_duplicate_constants
 from tf_puma import _ops, bundle, costs, runtime, warmup
 from tf_puma import manifest as manifest_lib
 from tf_puma.manifest import Cost, Manifest, TensorEntry
@@ -351,6 +352,13 @@ def _write_secure_model(in_dir, out_dir, tmp, graphs: Mapping[str, FrozenGraph],
                                     time.perf_counter() - start)
     t = time.perf_counter()
     tf.saved_model.save(module, tmp, signatures=concretes)
+    saved_ops = merge_duplicate_constants(tmp)
+    for name, concrete in concretes.items():  # the ops a client loads: fewer Const nodes
+        manifests[name] = dataclasses.replace(
+            manifests[name], secure_graph_ops=saved_ops.get(concrete.name.decode()
+                                                            if isinstance(concrete.name, bytes)
+                                                            else concrete.name,
+                                                            manifests[name].secure_graph_ops))
     save_s = time.perf_counter() - t
     t = time.perf_counter()
     bundle.write_bundles(weights, os.path.join(tmp, "shares"), bundle_id,
@@ -358,7 +366,9 @@ def _write_secure_model(in_dir, out_dir, tmp, graphs: Mapping[str, FrozenGraph],
     with open(os.path.join(tmp, "shares", OWNER_RECORD), "w", encoding="utf-8") as fh:
         json.dump({"source": os.path.abspath(in_dir), "model_sha256": source_hash,
                    "bundle_id": bundle_id, "signature": main}, fh, indent=2)
-    log(f"saved the secure SavedModel ({save_s:.1f} s) and {NUM_PARTIES} share bundles "
+    log(f"saved the secure SavedModel ({save_s:.1f} s; "
+        f"{manifests[main].secure_graph_ops:,} ops after merging equal constants) and "
+        f"{NUM_PARTIES} share bundles "
         f"({time.perf_counter() - t:.1f} s)")
     manifest = manifests[main]
     if generation is not None:

@@ -385,3 +385,52 @@ def test_an_output_that_depends_on_the_weights_only_is_refused(tmp_path):
     with pytest.raises(ConversionError, match="output 'leak' depends on the weights only"):
         convert.convert(plain, str(tmp_path / "secure"), **QUIET)
     assert not os.path.exists(tmp_path / "secure")
+
+
+def test_equal_constants_are_merged_and_the_model_answers_the_same(tmp_path):
+    """Tracing makes a Const per Python shape list; the saved model keeps one per function,
+    device, dtype and value, and answers exactly as before. Constants on different devices or
+    with different values stay apart."""
+    from tensorflow.core.framework import function_pb2  # noqa: PLC0415
+    from tensorflow.core.protobuf import saved_model_pb2  # noqa: PLC0415
+
+    from tf_puma.rewrites import constants  # noqa: PLC0415
+
+    @tf.function(input_signature=[tf.TensorSpec([6], tf.int64)])
+    def fn(x):
+        a = tf.reshape(x, [2, 3]) * 3
+        b = tf.reshape(x + 1, [2, 3]) * 3
+        return {"y": tf.reshape(a * b, [3, 2]) + tf.reshape(a, [3, 2])}
+
+    module = tf.Module()
+    path = str(tmp_path / "m")
+    tf.saved_model.save(module, path, signatures={"serving_default": fn})
+    x = tf.constant([1, -2, 3, 2 ** 40, 5, -(2 ** 33)], tf.int64)
+    before = tf.saved_model.load(path).signatures["serving_default"](x=x)["y"].numpy()
+    counts = constants.merge_duplicate_constants(path)
+    main = next(name for name in counts if name.startswith("__inference_fn_"))
+    model = saved_model_pb2.SavedModel()
+    model.ParseFromString(open(os.path.join(path, "saved_model.pb"), "rb").read())
+    nodes = next(f.node_def for f in model.meta_graphs[0].graph_def.library.function
+                 if f.signature.name == main)
+    consts = [n for n in nodes if n.op == "Const"]
+    # traced: [2, 3] and 3 twice each, [3, 2] twice, 1 once (7); kept: one of each (4)
+    assert sorted(tf.make_ndarray(n.attr["value"].tensor).tolist().__repr__() for n in consts) \
+        == ["1", "3", "[2, 3]", "[3, 2]"] and counts[main] == len(nodes)
+    after = tf.saved_model.load(path).signatures["serving_default"](x=x)["y"].numpy()
+    assert np.array_equal(before, after)
+
+    fdef = function_pb2.FunctionDef()
+    for name, device, value in (("c0", "/device:CPU:0", 7), ("c1", "/device:CPU:1", 7),
+                                ("c2", "/device:CPU:0", 8), ("c3", "/device:CPU:0", 7)):
+        node = fdef.node_def.add(name=name, op="Const", device=device)
+        node.attr["dtype"].type = tf.int64.as_datatype_enum
+        node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value, tf.int64))
+    fdef.node_def.add(name="sum", op="AddN", input=["c0:output:0", "c1:output:0",
+                                                     "c2:output:0", "c3:output:0", "^c3"])
+    fdef.ret["out"] = "c3:output:0"
+    assert constants.merge_in_function(fdef) == 1
+    assert [n.name for n in fdef.node_def] == ["c0", "c1", "c2", "sum"]
+    assert list(fdef.node_def[-1].input) == ["c0:output:0", "c1:output:0", "c2:output:0",
+                                              "c0:output:0", "^c0"]
+    assert fdef.ret["out"] == "c0:output:0"
