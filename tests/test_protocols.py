@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import tf_puma
 from tf_puma import costs
+from tf_puma.protocols import arithmetic
 from tests.conftest import check, run_secure
 
 ULP = 2.0 ** -18
@@ -37,6 +38,18 @@ def test_add_sub_neg_public(cluster, rng):
     c = rng.normal(size=(4,))
     out = run_secure(lambda a, b: tf_puma.sub(tf_puma.add(-a, b), c) + 2.5, x, y)
     check(out, -x + y - c + 2.5, 2 * ULP)
+
+
+def test_public_minus_and_reversed_sub_are_exact(cluster):
+    """c - x (public c: the constant goes into share x_0 on both holders, the other shares are
+    negated) and y - x: exact on exactly representable values up to the largest magnitude
+    sharing accepts (2^26 with 18 fractional bits), differences beyond it included."""
+    x = np.array([[-3.5, -ULP, 0.0], [ULP, 2.0 ** 26 - ULP, -(2.0 ** 26)]])
+    y = np.array([[1.25, 7.0, -2.0 ** 26], [0.0, 2.0 ** 26, 2.0 ** 26]])
+    c = np.array([0.5, -4.0, 3.0])
+    check(run_secure(lambda a: 1.5 - a, x), 1.5 - x, 0)
+    check(run_secure(lambda a: arithmetic.public_minus(c, a), x), c - x, 0)
+    check(run_secure(lambda a, b: b - a, x, y), y - x, 0)
 
 
 def test_mul_public_integer_is_exact_and_local(cluster, rng):

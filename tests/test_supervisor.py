@@ -10,9 +10,12 @@ import sys
 import textwrap
 
 # A stand-in server: "sessions" burn CPU (and may keep memory), idle spells sleep. Its script
-# for the n-th start is PLAN[n]; "ready" prints the ready line.
+# for the n-th start is PLAN[n]; "ready" prints the ready line. Like a real party server
+# (cluster.exit_with_parent) it asks for SIGTERM when its supervisor dies: the tests end the
+# supervisor by a timeout's SIGKILL, and the stand-ins outlived the suite by up to 90 s.
 FAKE_SERVER = textwrap.dedent("""
-    import os, sys, time
+    import ctypes, os, signal, sys, time
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # as a real server: ends with its supervisor
     counter = os.path.join(sys.argv[1], "starts")
     n = int(open(counter).read()) if os.path.exists(counter) else 0
     open(counter, "w").write(str(n + 1))

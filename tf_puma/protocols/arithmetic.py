@@ -355,7 +355,7 @@ def _install_operators() -> None:
     """Shared's operators, so protocols read like the maths (x * y, x @ w, 1 - x)."""
     Shared.__add__ = Shared.__radd__ = lambda self, other: add(self, other)
     Shared.__sub__ = lambda self, other: sub(self, other)
-    Shared.__rsub__ = lambda self, other: (add(neg(self), other) if isinstance(other, Shared)
+    Shared.__rsub__ = lambda self, other: (sub(other, self) if isinstance(other, Shared)
                                            else public_minus(other, self))
     Shared.__neg__ = lambda self: neg(self)
     Shared.__mul__ = Shared.__rmul__ = lambda self, other: mul(self, other)
