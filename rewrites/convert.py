@@ -354,11 +354,8 @@ def _write_secure_model(in_dir, out_dir, tmp, graphs: Mapping[str, FrozenGraph],
     tf.saved_model.save(module, tmp, signatures=concretes)
     saved_ops = merge_duplicate_constants(tmp)
     for name, concrete in concretes.items():  # the ops a client loads: fewer Const nodes
-        manifests[name] = dataclasses.replace(
-            manifests[name], secure_graph_ops=saved_ops.get(concrete.name.decode()
-                                                            if isinstance(concrete.name, bytes)
-                                                            else concrete.name,
-                                                            manifests[name].secure_graph_ops))
+        ops = saved_ops[concrete.name.decode()]  # ConcreteFunction.name is bytes
+        manifests[name] = dataclasses.replace(manifests[name], secure_graph_ops=ops)
     save_s = time.perf_counter() - t
     t = time.perf_counter()
     bundle.write_bundles(weights, os.path.join(tmp, "shares"), bundle_id,
