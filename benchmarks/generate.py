@@ -132,7 +132,8 @@ def measure(work: str, args) -> dict:
             "new_tokens": args.new_tokens, "prompts": len(equal),
             "prompts_equal_plaintext": sum(equal), "tokens_agreeing": agree,
             "tokens_equal_plaintext": all(equal), "prefill_s": float(np.median(prefill_s)),
-            "per_token_s": float(np.median(token_s)) if token_s else None, "prefill_rounds": prefill["critical_path_rounds"],
+            "per_token_s": float(np.median(token_s)) if token_s else None,
+            "prefill_rounds": prefill["critical_path_rounds"],
             "decode_rounds": manifest.total.rounds,
             "prefill_gib": gib(prefill["bytes_by_sender"]),
             "decode_gib": gib(manifest.total.bytes_by_sender), "peak_party_mib": peak,
@@ -177,7 +178,8 @@ def main(argv: list[str]) -> None:
                  "peak MiB/party", "convert s", "load s"],
                 [[row["model"], row["layers"] or "all", row["prompt_tokens"], row["new_tokens"],
                   f"{row['prompts_equal_plaintext']}/{row['prompts']} prompts, "
-                  f"{row['tokens_agreeing']}/{row['prompts'] * row['new_tokens']} tokens", row["prefill_s"], row["per_token_s"],
+                  f"{row['tokens_agreeing']}/{row['prompts'] * row['new_tokens']} tokens",
+                  row["prefill_s"], row["per_token_s"],
                   row["prefill_rounds"], row["decode_rounds"], row["prefill_gib"],
                   row["decode_gib"], max(row["peak_party_mib"]), row["convert_s"],
                   row["load_s"]]])
