@@ -105,26 +105,35 @@ tensorflow::Status PrgFill(const PrgKey& key, uint64_t stream, uint32_t sub, uin
   return tensorflow::OkStatus();
 }
 
-tensorflow::Status FillZeroShare(const PrgKey& own, const PrgKey& next, uint64_t stream,
-                                 uint64_t* out, uint64_t* scratch, int64_t n,
-                                 const ParallelRunner& runner) {
+namespace {
+
+// out = F(own, stream, 0) `combine` F(next, stream, 0), elementwise (scratch: n words).
+template <typename Combine>
+tensorflow::Status FillPrssPair(const PrgKey& own, const PrgKey& next, uint64_t stream,
+                                uint64_t* out, uint64_t* scratch, int64_t n,
+                                const ParallelRunner& runner, Combine combine) {
   TF_RETURN_IF_ERROR(PrgFill(own, stream, draws::kZeroShare, out, n, runner));
   TF_RETURN_IF_ERROR(PrgFill(next, stream, draws::kZeroShare, scratch, n, runner));
   ParallelElementwise(runner, n, 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) out[i] -= scratch[i];
+    for (int64_t i = b; i < e; ++i) out[i] = combine(out[i], scratch[i]);
   });
   return tensorflow::OkStatus();
+}
+
+}  // namespace
+
+tensorflow::Status FillZeroShare(const PrgKey& own, const PrgKey& next, uint64_t stream,
+                                 uint64_t* out, uint64_t* scratch, int64_t n,
+                                 const ParallelRunner& runner) {
+  return FillPrssPair(own, next, stream, out, scratch, n, runner,
+                      [](uint64_t a, uint64_t b) { return a - b; });
 }
 
 tensorflow::Status FillXorZeroShare(const PrgKey& own, const PrgKey& next, uint64_t stream,
                                     uint64_t* out, uint64_t* scratch, int64_t n,
                                     const ParallelRunner& runner) {
-  TF_RETURN_IF_ERROR(PrgFill(own, stream, draws::kZeroShare, out, n, runner));
-  TF_RETURN_IF_ERROR(PrgFill(next, stream, draws::kZeroShare, scratch, n, runner));
-  ParallelElementwise(runner, n, 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) out[i] ^= scratch[i];
-  });
-  return tensorflow::OkStatus();
+  return FillPrssPair(own, next, stream, out, scratch, n, runner,
+                      [](uint64_t a, uint64_t b) { return a ^ b; });
 }
 
 Tensor* AllocateLike(OpKernelContext* ctx, int output, const TensorShape& shape) {
