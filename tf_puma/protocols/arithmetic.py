@@ -21,6 +21,7 @@ TruncPr's result is floor(x / 2^m) + e with e in {0, 1}, so within one unit in t
 from __future__ import annotations
 
 import math
+import operator
 from typing import Union
 
 import numpy as np
@@ -48,16 +49,21 @@ def _aligned(x: Shared, y: Shared) -> tuple[Shared, Shared]:
     return x, y.map_local(lambda s: s * shift, frac_bits=x.frac_bits)
 
 
-def add(x: Shared, y: Union[Shared, Public]) -> Shared:
-    """x + y. Local: z_i = x_i + y_i (public y is added to share 0 only)."""
-    if not isinstance(y, Shared):
-        return add_public(x, y)
+def _sharewise(x: Shared, y: Shared, fn) -> Shared:
+    """z_i = fn(x_i, y_i) for every share, at the larger fractional bits. Local."""
     x, y = _aligned(x, y)
     pairs = []
     for i in range(NUM_PARTIES):
         with tf.device(runtime.device(i)):
-            pairs.append((x.pairs[i][0] + y.pairs[i][0], x.pairs[i][1] + y.pairs[i][1]))
+            pairs.append((fn(x.pairs[i][0], y.pairs[i][0]), fn(x.pairs[i][1], y.pairs[i][1])))
     return Shared(pairs, x.frac_bits, max(x.depth, y.depth))
+
+
+def add(x: Shared, y: Union[Shared, Public]) -> Shared:
+    """x + y. Local: z_i = x_i + y_i (public y is added to share 0 only)."""
+    if not isinstance(y, Shared):
+        return add_public(x, y)
+    return _sharewise(x, y, operator.add)
 
 
 def neg(x: Shared) -> Shared:
@@ -69,25 +75,13 @@ def sub(x: Shared, y: Union[Shared, Public]) -> Shared:
     """x - y. Local: z_i = x_i - y_i (one op per share, no negation)."""
     if not isinstance(y, Shared):
         return add_public(x, -np.asarray(y, dtype=np.float64))
-    x, y = _aligned(x, y)
-    pairs = []
-    for i in range(NUM_PARTIES):
-        with tf.device(runtime.device(i)):
-            pairs.append((x.pairs[i][0] - y.pairs[i][0], x.pairs[i][1] - y.pairs[i][1]))
-    return Shared(pairs, x.frac_bits, max(x.depth, y.depth))
+    return _sharewise(x, y, operator.sub)
 
 
 def public_minus(c: Public, x: Shared) -> Shared:
-    """c - x for a public constant c (e.g. 1 - b for a shared bit b). Local: share x_0 becomes
-    c - x_0 where it is held (P0 first, P2 second), the other shares are negated."""
-    enc = _encode_public(c, x.frac_bits)
-    pairs = []
-    for i, (first, second) in enumerate(x.pairs):
-        with tf.device(runtime.device(i)):
-            first = runtime.const_on(0, enc) - first if i == 0 else tf.negative(first)
-            second = runtime.const_on(2, enc) - second if i == 2 else tf.negative(second)
-            pairs.append((first, second))
-    return Shared(pairs, x.frac_bits, x.depth)
+    """c - x for a public constant c (e.g. 1 - b for a shared bit b). Local: -x, then c added
+    to share x_0 (add_public)."""
+    return add_public(neg(x), c)
 
 
 def _encode_public(c: Public, frac_bits: int) -> np.ndarray:
