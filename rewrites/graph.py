@@ -201,13 +201,17 @@ class FrozenGraph:
             values.update(self._run_folded(computed))
         return values
 
+    def through_identity(self, ref: str) -> str:
+        """The tensor an Identity chain ending in `ref` forwards (`ref` itself if none)."""
+        ref = tensor_name(ref)
+        while self.nodes[node_of(ref)].op == "Identity":
+            ref = tensor_name(self.data_inputs(node_of(ref))[0])
+        return ref
+
     def _stored_const(self, ref: str) -> str | None:
         """The Const node whose output `ref` is, through Identity ops, else None."""
-        name, port = node_of(ref), tensor_name(ref).split(":")[1]
-        while self.nodes[name].op == "Identity" and port == "0":
-            ref = self.data_inputs(name)[0]
-            name, port = node_of(ref), tensor_name(ref).split(":")[1]
-        return name if self.nodes[name].op == "Const" and port == "0" else None
+        ref = self.through_identity(ref)
+        return node_of(ref) if self.nodes[node_of(ref)].op == "Const" else None
 
     def _run_folded(self, refs: Sequence[str]) -> dict[str, np.ndarray]:
         sub_def = tf.compat.v1.graph_util.extract_sub_graph(

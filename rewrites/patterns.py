@@ -19,7 +19,6 @@ import tensorflow as tf
 from tf_puma.rewrites.graph import FrozenGraph, Kind, node_of, tensor_name
 
 COMMUTATIVE = ("Mul", "Add", "AddV2")
-TRANSPARENT = ("Identity",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,16 +56,11 @@ Pattern = Union[Var, Const, Op, Same, AnyOf]
 Bindings = dict
 
 
-def _through_identity(graph: FrozenGraph, ref: str) -> str:
-    ref = tensor_name(ref)
-    while graph.nodes[node_of(ref)].op in TRANSPARENT:
-        ref = tensor_name(graph.data_inputs(node_of(ref))[0])
-    return ref
 
 
 def const_value(graph: FrozenGraph, ref: str) -> Optional[np.ndarray]:
     """The value of a CONST tensor (a Const node, or folded if small), else None."""
-    ref = _through_identity(graph, ref)
+    ref = graph.through_identity(ref)
     node = graph.nodes[node_of(ref)]
     if graph.kind(ref) != Kind.CONST:
         return None
@@ -82,7 +76,7 @@ def match(graph: FrozenGraph, pattern: Pattern, ref: str,
           bindings: Optional[Bindings] = None) -> Optional[Bindings]:
     """Bindings (name -> tensor ref, plus "$nodes": the matched op nodes) if `ref` matches."""
     b: Bindings = {"$nodes": []} if bindings is None else bindings
-    ref = _through_identity(graph, ref)
+    ref = graph.through_identity(ref)
     if isinstance(pattern, Var):
         if pattern.name in b:
             return b if b[pattern.name] == ref else None
