@@ -13,10 +13,12 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
 import tf_puma
 from tf_puma import audit
 from tf_puma.apps import hf
+from tf_puma.cluster import CLIENT_JOB
 from tf_puma.rewrites import convert
 from tf_puma.rewrites.graph import ConversionError
 
@@ -97,6 +99,52 @@ def test_concurrent_generations_do_not_mix(llama, generator):
 
 def test_every_prg_output_is_drawn_once_per_step(llama):
     assert audit.audit_saved_model(llama[2]) == []
+
+
+# Run first by design, and used at once: fresh keys, weight shares, the expansion of the input
+# shares (the client's ops, and the parties' PumaPrgUniform of the client's keys).
+INPUT_SHARING = ("PumaNewKey", "PumaLoadShare", "PumaPrgUniform")
+
+
+def _on_client(node) -> bool:
+    return f"/job:{CLIENT_JOB}/" in node.device
+
+
+def _steps_ready_at_call_start(model_dir: str) -> dict[str, list[str]]:
+    """Per function of a SavedModel: its Puma protocol steps that need none of the function's
+    arguments (only keys, weight shares, constants), which TensorFlow runs as soon as a call
+    starts and whose outputs stay in memory until used. (tf.function orders the key draws,
+    stateful ops, after the input checks; they still come at the start.)"""
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(model_dir, "saved_model.pb"), "rb") as fh:
+        saved.ParseFromString(fh.read())
+    ready = {}
+    for function in saved.meta_graphs[0].graph_def.library.function:
+        nodes = {n.name: n for n in function.node_def}
+        args = {a.name for a in function.signature.input_arg}
+        memo: dict[str, bool] = {}
+
+        def needs_no_argument(ref: str) -> bool:
+            name = ref.lstrip("^").split(":")[0]
+            if name not in memo:
+                memo[name] = False  # (no cycles in a function body; guards the recursion)
+                memo[name] = name not in args and name in nodes and (
+                    nodes[name].op == "PumaNewKey"  # ordered after the input checks: at start
+                    or all(needs_no_argument(i) for i in nodes[name].input))
+            return memo[name]
+
+        ready[function.signature.name] = sorted(
+            n.name for n in function.node_def if n.op.startswith("Puma")
+            and n.op not in INPUT_SHARING and not _on_client(n) and needs_no_argument(n.name))
+    return ready
+
+
+def test_no_protocol_step_runs_before_its_input_exists(llama):
+    """TruncPr's dealer needs only keys; left alone, every truncation of a prefill was dealt at
+    the call's start and held (3n each) until used: SmolLM2's 4 layers at 128 tokens peaked
+    at 3.5 GB per party, 2.7 GB with each deal waiting for the dealer's share of its input."""
+    ready = _steps_ready_at_call_start(llama[2])
+    assert not any(ready.values()), {name: ops[:5] for name, ops in ready.items() if ops}
 
 
 def test_limits_and_wrong_models_are_named(llama, generator, tmp_path):

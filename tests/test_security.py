@@ -144,8 +144,8 @@ def old_fused_product(x: Shared, y: Shared, matrix: bool = False) -> Shared:
             z.append(local(*x.pairs[i], *y.pairs[i], keys.own[i], keys.next[i],
                            stream=stream))
     a, b, d = roles = (stream % 3, (stream + 1) % 3, (stream + 2) % 3)
-    return arithmetic._trunc_pr(z[a], z[b], z[d], z[a].shape, y.frac_bits, stream,  # noqa: SLF001
-                                x.frac_bits, max(x.depth, y.depth), roles)
+    return arithmetic._trunc_pr(z[a], z[b], z[d], z[d], z[a].shape, y.frac_bits,  # noqa: SLF001
+                                stream, x.frac_bits, max(x.depth, y.depth), roles)
 
 
 def _weight() -> Shared:

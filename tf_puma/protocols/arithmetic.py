@@ -161,7 +161,8 @@ def _trunc_replicated(x: Shared, bits: int, out_frac: int) -> Shared:
     with tf.device(runtime.device(a)):
         u_a = x.pairs[a][0] + x.pairs[a][1]
     u_b = x.pairs[b][1]
-    return _trunc_pr(u_a, u_b, None, x.shape, bits, stream, out_frac, x.depth, (a, b, d))
+    return _trunc_pr(u_a, u_b, None, x.pairs[d][0], x.shape, bits, stream, out_frac, x.depth,
+                     (a, b, d))
 
 
 def _roles() -> tuple[int, int, int]:
@@ -171,9 +172,9 @@ def _roles() -> tuple[int, int, int]:
     return j, (j + 1) % NUM_PARTIES, (j + 2) % NUM_PARTIES
 
 
-def _trunc_pr(u_a: tf.Tensor, u_b: tf.Tensor, u_dealer: tf.Tensor | None, shape: tf.TensorShape,
-              bits: int, stream: int, out_frac: int, depth: int,
-              roles: tuple[int, int, int]) -> Shared:
+def _trunc_pr(u_a: tf.Tensor, u_b: tf.Tensor, u_dealer: tf.Tensor | None,
+              dealer_has_input: tf.Tensor, shape: tf.TensorShape, bits: int, stream: int,
+              out_frac: int, depth: int, roles: tuple[int, int, int]) -> Shared:
     """TruncPr of x = u_A + u_B (+ u_D, sent by the dealer to A and B in the first round),
     roles (A, B, D) = (j, j+1, j+2).
 
@@ -184,11 +185,14 @@ def _trunc_pr(u_a: tf.Tensor, u_b: tf.Tensor, u_dealer: tf.Tensor | None, shape:
     `stream` is this truncation's own (runtime.new_stream("trunc_pr")): its masks must never
     meet the PRG outputs of the product that produced u (a shared stream would let A strip
     F(k_{j+1}, s, 0) off m_B and read B's cross terms).
+    The deal needs only keys, so TensorFlow would run every truncation's deal of the graph at
+    the call's start and hold all of them (3n per truncation) until used; it waits instead for
+    `dealer_has_input`, D's own tensor of x (a share or u_D), so it runs when x exists.
     """
     ops = _ops.load()
     keys = runtime.prss()
     a, b, d = roles
-    with tf.device(runtime.device(d)):
+    with tf.device(runtime.device(d)), tf.control_dependencies([dealer_has_input]):
         corr, d_own, d_next = ops.puma_trunc_pr_deal(keys.own[d], keys.next[d],
                                                      runtime.shape_on(d, shape), stream=stream,
                                                      bits=bits)
@@ -244,7 +248,8 @@ def _product(z: list[tf.Tensor], frac_bits: int, depth: int, fxp: FixedPoint, sh
         return _reshare(z, frac_bits, depth)
     stream = runtime.new_stream("trunc_pr")
     a, b, d = _roles()
-    return _trunc_pr(z[a], z[b], z[d], z[a].shape, bits, stream, out_frac, depth, (a, b, d))
+    return _trunc_pr(z[a], z[b], z[d], z[d], z[a].shape, bits, stream, out_frac, depth,
+                     (a, b, d))
 
 
 def _product_cost(x: Shared, y: Shared, fxp: FixedPoint, shift: int = 0,
