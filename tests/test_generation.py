@@ -202,6 +202,50 @@ def test_gpt2_generation_matches_plaintext(tmp_path, cluster, deploy):
     assert gen.generate(prompt, 6) == want
 
 
+def _tiny(kind: str):
+    transformers = hf.use_transformers()
+    tf.keras.utils.set_random_seed(7)
+    if kind == "gpt2":
+        model = transformers.TFGPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=97, n_positions=32, n_embd=32, n_layer=1, n_head=2))
+    else:
+        model = transformers.TFMistralForCausalLM(transformers.MistralConfig(
+            vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+            sliding_window=None))
+    model(model.dummy_inputs)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "mistral"])
+def test_exported_step_applies_the_head_at_last_index_only(kind, tmp_path):
+    """Plaintext generate_step: the logits at last_index of a prompt equal the whole model's
+    (1e-5: float32 sums in another order), and no tensor of the step holds a row of logits per
+    prompt position (the head runs after the gather)."""
+    model = _tiny(kind)
+    window, prompt = 6, [3, 11, 40, 7, 96]
+    step = tf.saved_model.load(hf.export_generation(model, str(tmp_path / "plain"), window,
+                                                   reveal_logits=True))
+    fn = step.signatures[hf.GENERATE_SIGNATURE]
+    feeds = {"input_ids": tf.constant([prompt], tf.int32),
+             "position_ids": tf.constant([list(range(len(prompt)))], tf.int32),
+             "attention_mask": tf.constant([[0] * window + [1] * len(prompt)], tf.int32)}
+    for name, spec in fn.structured_input_signature[1].items():
+        if name.startswith("past_"):
+            feeds[name] = tf.zeros(spec.shape, tf.float32)
+    for last in (len(prompt) - 1, 2):
+        got = fn(**feeds, last_index=tf.constant([last], tf.int32))["logits"].numpy()[0]
+        want = model(input_ids=np.asarray([prompt[:last + 1]], np.int32),
+                     training=False).logits.numpy()[0, -1]
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    traced = tf.function(lambda ids: hf._logits_at(model, tf.constant([2]), input_ids=ids,
+                                                   training=False)[1])
+    graph = traced.get_concrete_function(tf.TensorSpec([1, len(prompt)], tf.int32)).graph
+    per_position = [op.name for op in graph.get_operations() for t in op.outputs
+                    if t.shape.rank == 3 and t.shape[-1] == 97 and t.shape[1] != 1]
+    assert not per_position, per_position
+
+
 @pytest.mark.slow  # a party killed mid-generation, in a fresh client process
 def test_a_party_restart_mid_generation_is_named_and_the_next_generation_works(llama):
     secure = llama[2]

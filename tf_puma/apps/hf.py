@@ -323,6 +323,31 @@ def export_llama(out_dir: str, batch: int, seq_len: int, seed: int = 0, **config
 GENERATE_SIGNATURE = "generate_step"
 
 
+def _head(model):
+    """The LM head as a function of the base model's hidden states, for the classes whose head
+    is known (GPT-2: the tied token table; LLaMA/Mistral: lm_head), else None."""
+    transformers = use_transformers()
+    if isinstance(model, transformers.TFGPT2LMHeadModel):
+        return lambda h: tf.matmul(h, model.transformer.wte.weights, transpose_b=True)
+    if isinstance(model, transformers.TFMistralForCausalLM):
+        return lambda h: tf.cast(model.lm_head(h), tf.float32)
+    return None
+
+
+def _logits_at(model, last_index: tf.Tensor, **call) -> tuple:
+    """(the model's outputs with past_key_values, the logits [1, vocab] at `last_index`).
+
+    The head runs on the hidden state at `last_index` only (the model computes it for every
+    position: a prompt of S tokens costs S x hidden x vocab products, 98% of them thrown away,
+    and S x vocab secret logits held at once); models whose head is not known run whole."""
+    head = _head(model)
+    if head is None:
+        out = model(**call)
+        return out, tf.gather(out.logits, last_index, axis=1)[:, 0]
+    out = getattr(model, model.base_model_prefix)(**call)
+    return out, head(tf.gather(out.last_hidden_state, last_index, axis=1))[:, 0]
+
+
 def export_generation(model, out_dir: str, window: int, reveal_logits: bool = False) -> str:
     """A causal LM's decoding step as a SavedModel signature `generate_step` that tf-puma
     converts with `--generate` (and plaintext TF runs as is):
@@ -359,10 +384,11 @@ def export_generation(model, out_dir: str, window: int, reveal_logits: bool = Fa
         past = [[inputs[f"past_{i}_{j}"] for j in range(len(shapes))]
                 for i, shapes in enumerate(layout)]
         past = [p[0] if stacked else tuple(p) for p in past]
-        out = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
-                    attention_mask=inputs["attention_mask"], past_key_values=past,
-                    use_cache=True, training=False)
-        logits = tf.gather(out.logits, inputs["last_index"], axis=1)[:, 0]     # [1, vocab]
+        out, logits = _logits_at(model, inputs["last_index"],
+                                 input_ids=inputs["input_ids"],
+                                 position_ids=inputs["position_ids"],
+                                 attention_mask=inputs["attention_mask"],
+                                 past_key_values=past, use_cache=True, training=False)
         new = tf.shape(inputs["input_ids"])[1]
         result = {"next_token": tf.argmax(logits, axis=-1)}
         if reveal_logits:
