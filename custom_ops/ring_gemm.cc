@@ -128,7 +128,113 @@ MicroKernel ChooseKernel(GemmPath path) {
   }
 }
 
+// ---- thin products: few rows of A, B streamed once ------------------------------------------
+constexpr int64_t kThinCols = 512;  // columns of C per block (M x kThinCols stays in L1/L2)
+
+// The rows of op(A) as a dense [M][K] array (A is small: M <= kThinRows).
+std::vector<uint64_t> DenseRows(int64_t M, int64_t K, const uint64_t* A, int64_t lda,
+                                bool trans) {
+  std::vector<uint64_t> rows(M * K, 0);
+  if (A == nullptr) return rows;
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t k = 0; k < K; ++k) rows[m * K + k] = trans ? A[k * lda + m] : A[m * lda + k];
+  }
+  return rows;
+}
+
+// B stored [K][N] (not transposed): for each k, row k of B1 (and B2) updates the M rows of a
+// block of C columns [n0, n1). The inner loop runs over contiguous columns (vectorised).
+template <bool kHasB2>
+inline void ThinRowsBody(int64_t M, int64_t K, const uint64_t* a1, const uint64_t* a2,
+                         const uint64_t* B1, const uint64_t* B2, int64_t ldb, int64_t n0,
+                         int64_t n1, uint64_t* acc) {
+  const int64_t w = n1 - n0;
+  for (int64_t k = 0; k < K; ++k) {
+    const uint64_t* __restrict b1 = B1 + k * ldb + n0;
+    const uint64_t* __restrict b2 = kHasB2 ? B2 + k * ldb + n0 : nullptr;
+    for (int64_t m = 0; m < M; ++m) {
+      const uint64_t s1 = a1[m * K + k], s2 = a2[m * K + k];
+      uint64_t* __restrict c = acc + m * w;
+      if (kHasB2) {
+        for (int64_t j = 0; j < w; ++j) c[j] += s1 * (b1[j] + b2[j]) + s2 * b1[j];
+      } else {
+        for (int64_t j = 0; j < w; ++j) c[j] += (s1 + s2) * b1[j];
+      }
+    }
+  }
+}
+
+// B stored [N][K] (transposed): each column n of C is M dot products over row n of B.
+template <bool kHasB2>
+inline void ThinDotsBody(int64_t M, int64_t K, const uint64_t* a1, const uint64_t* a2,
+                         const uint64_t* B1, const uint64_t* B2, int64_t ldb, int64_t n0,
+                         int64_t n1, uint64_t* acc) {
+  const int64_t w = n1 - n0;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint64_t* __restrict b1 = B1 + n * ldb;
+    const uint64_t* __restrict b2 = kHasB2 ? B2 + n * ldb : nullptr;
+    for (int64_t m = 0; m < M; ++m) {
+      const uint64_t* __restrict r1 = a1 + m * K;
+      const uint64_t* __restrict r2 = a2 + m * K;
+      uint64_t sum = 0;
+      if (kHasB2) {
+        for (int64_t k = 0; k < K; ++k) sum += r1[k] * (b1[k] + b2[k]) + r2[k] * b1[k];
+      } else {
+        for (int64_t k = 0; k < K; ++k) sum += (r1[k] + r2[k]) * b1[k];
+      }
+      acc[m * w + (n - n0)] += sum;
+    }
+  }
+}
+
+using ThinBody = void (*)(int64_t, int64_t, const uint64_t*, const uint64_t*, const uint64_t*,
+                          const uint64_t*, int64_t, int64_t, int64_t, uint64_t*);
+
+void ThinPortable(bool trans_b, bool has_b2, int64_t M, int64_t K, const uint64_t* a1,
+                  const uint64_t* a2, const uint64_t* B1, const uint64_t* B2, int64_t ldb,
+                  int64_t n0, int64_t n1, uint64_t* acc) {
+  const ThinBody body = trans_b ? (has_b2 ? ThinDotsBody<true> : ThinDotsBody<false>)
+                                : (has_b2 ? ThinRowsBody<true> : ThinRowsBody<false>);
+  body(M, K, a1, a2, B1, B2, ldb, n0, n1, acc);
+}
+
+// The same C++ compiled for AVX-512 (vpmullq): the compiler vectorises the inner loops.
+__attribute__((target("avx512f,avx512dq"))) void ThinAvx512(
+    bool trans_b, bool has_b2, int64_t M, int64_t K, const uint64_t* a1, const uint64_t* a2,
+    const uint64_t* B1, const uint64_t* B2, int64_t ldb, int64_t n0, int64_t n1, uint64_t* acc) {
+  if (trans_b) {
+    if (has_b2) ThinDotsBody<true>(M, K, a1, a2, B1, B2, ldb, n0, n1, acc);
+    else ThinDotsBody<false>(M, K, a1, a2, B1, B2, ldb, n0, n1, acc);
+  } else {
+    if (has_b2) ThinRowsBody<true>(M, K, a1, a2, B1, B2, ldb, n0, n1, acc);
+    else ThinRowsBody<false>(M, K, a1, a2, B1, B2, ldb, n0, n1, acc);
+  }
+}
+
 }  // namespace
+
+void RingGemmThinAccumulate(int64_t M, int64_t N, int64_t K, const uint64_t* A1,
+                            const uint64_t* A2, int64_t lda, bool trans_a, const uint64_t* B1,
+                            const uint64_t* B2, int64_t ldb, bool trans_b, uint64_t* C,
+                            int64_t ldc, const ParallelRunner& runner, GemmPath path) {
+  if (M <= 0 || N <= 0 || K <= 0) return;
+  const std::vector<uint64_t> a1 = DenseRows(M, K, A1, lda, trans_a);
+  const std::vector<uint64_t> a2 = DenseRows(M, K, A2, lda, trans_a);
+  const bool avx512 = path != GemmPath::kPortable && CpuHasAvx512();
+  const int64_t blocks = CeilDiv(N, kThinCols);
+  runner(blocks, M * K * kThinCols * (B2 ? 3 : 1), [&](int64_t begin, int64_t end) {
+    std::vector<uint64_t> acc(M * kThinCols);
+    for (int64_t q = begin; q < end; ++q) {
+      const int64_t n0 = q * kThinCols, n1 = std::min(N, n0 + kThinCols), w = n1 - n0;
+      std::fill(acc.begin(), acc.begin() + M * w, 0);
+      (avx512 ? ThinAvx512 : ThinPortable)(trans_b, B2 != nullptr, M, K, a1.data(), a2.data(),
+                                           B1, B2, ldb, n0, n1, acc.data());
+      for (int64_t m = 0; m < M; ++m) {
+        for (int64_t j = 0; j < w; ++j) C[m * ldc + n0 + j] += acc[m * w + j];
+      }
+    }
+  });
+}
 
 ParallelRunner SerialRunner() {
   return [](int64_t total, int64_t, const std::function<void(int64_t, int64_t)>& work) {

@@ -1,4 +1,5 @@
 // Kernels: ring matmul and the parties' local multiplication steps (interfaces in ring_ops.cc).
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -75,29 +76,51 @@ struct GemmTerm {
   const uint64_t* b;
 };
 
-// Accumulates all terms into out (already initialised), batch by batch. Small batched problems
-// run one batch item per thread; large ones split each GEMM over the pool.
-void RunBatchedGemm(const MatMulPlan& p, bool trans_a, bool trans_b,
-                    const std::vector<GemmTerm>& terms, uint64_t* out,
-                    const ParallelRunner& runner, GemmPath path = GemmPath::kAuto) {
-  const int64_t lda = trans_a ? p.m : p.k;
-  const int64_t ldb = trans_b ? p.k : p.n;
-  auto one_batch = [&](int64_t i, const ParallelRunner& inner) {
-    for (const GemmTerm& t : terms) {
-      RingGemmAccumulate(p.m, p.n, p.k, t.a + i * p.a_stride, lda, trans_a,
-                         t.b + i * p.b_stride, ldb, trans_b, out + i * p.m * p.n, p.n, inner,
-                         path);
-    }
-  };
+// Runs one_batch(i, runner) for every batch item: small batched problems one item per thread
+// (each serial), large ones item by item with each product split over the pool.
+void ForEachBatch(const MatMulPlan& p, int64_t terms, const ParallelRunner& runner,
+                  const std::function<void(int64_t, const ParallelRunner&)>& one_batch) {
   const int64_t work = p.m * p.n * p.k;
   if (p.batch > 1 && work < (int64_t{1} << 21)) {
     const ParallelRunner serial = SerialRunner();
-    runner(p.batch, work * static_cast<int64_t>(terms.size()), [&](int64_t b, int64_t e) {
+    runner(p.batch, work * terms, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) one_batch(i, serial);
     });
   } else {
     for (int64_t i = 0; i < p.batch; ++i) one_batch(i, runner);
   }
+}
+
+// Accumulates all terms into out (already initialised), batch by batch.
+void RunBatchedGemm(const MatMulPlan& p, bool trans_a, bool trans_b,
+                    const std::vector<GemmTerm>& terms, uint64_t* out,
+                    const ParallelRunner& runner, GemmPath path = GemmPath::kAuto) {
+  const int64_t lda = trans_a ? p.m : p.k;
+  const int64_t ldb = trans_b ? p.k : p.n;
+  ForEachBatch(p, terms.size(), runner, [&](int64_t i, const ParallelRunner& inner) {
+    for (const GemmTerm& t : terms) {
+      RingGemmAccumulate(p.m, p.n, p.k, t.a + i * p.a_stride, lda, trans_a,
+                         t.b + i * p.b_stride, ldb, trans_b, out + i * p.m * p.n, p.n, inner,
+                         path);
+    }
+  });
+}
+
+// out += op(a1) @ (op(b1) + op(b2)) + op(a2) @ op(b1) per batch item, for plans with at most
+// kThinRows rows (RingGemmThinAccumulate: the weights read once, unpacked). a2, b2 may be null.
+void RunBatchedThin(const MatMulPlan& p, bool trans_a, bool trans_b, const uint64_t* a1,
+                    const uint64_t* a2, const uint64_t* b1, const uint64_t* b2, uint64_t* out,
+                    const ParallelRunner& runner, GemmPath path = GemmPath::kAuto) {
+  const int64_t lda = trans_a ? p.m : p.k;
+  const int64_t ldb = trans_b ? p.k : p.n;
+  auto at = [](const uint64_t* base, int64_t offset) {
+    return base == nullptr ? nullptr : base + offset;
+  };
+  ForEachBatch(p, b2 ? 3 : 1, runner, [&](int64_t i, const ParallelRunner& inner) {
+    RingGemmThinAccumulate(p.m, p.n, p.k, a1 + i * p.a_stride, at(a2, i * p.a_stride), lda,
+                           trans_a, b1 + i * p.b_stride, at(b2, i * p.b_stride), ldb, trans_b,
+                           out + i * p.m * p.n, p.n, inner, path);
+  });
 }
 
 class RingMatMulOp : public OpKernel {
@@ -120,6 +143,11 @@ class RingMatMulOp : public OpKernel {
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, plan.out_shape, &out));
     out->flat<int64_t>().setZero();
+    if (plan.m <= kThinRows) {
+      RunBatchedThin(plan, trans_a_, trans_b_, RingData(a), nullptr, RingData(b), nullptr,
+                     RingData(out), TfRunner(ctx), path_);
+      return;
+    }
     RunBatchedGemm(plan, trans_a_, trans_b_, {{RingData(a), RingData(b)}}, RingData(out),
                    TfRunner(ctx), path_);
   }
@@ -161,12 +189,20 @@ class MatMulShareOp : public StreamOpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, plan.out_shape, &out));
     const int64_t n_out = out->NumElements();
     const int64_t n_y = y_own.NumElements();
+    // z = alpha + x_own @ (y_own + y_next) + x_next @ y_own
+    const bool thin = plan.m <= kThinRows;  // y read in place, no sum stored
     Tensor scratch;
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64,
-                                           TensorShape({std::max(n_out, n_y)}), &scratch));
+                                           TensorShape({thin ? n_out : std::max(n_out, n_y)}),
+                                           &scratch));
     auto runner = TfRunner(ctx);
     OP_REQUIRES_OK(ctx, FillZeroShare(own, next, stream, RingData(out), RingData(&scratch), n_out,
                                       runner));
+    if (thin) {
+      RunBatchedThin(plan, trans_a_, trans_b_, RingData(x_own), RingData(x_next), RingData(y_own),
+                     RingData(y_next), RingData(out), runner);
+      return;
+    }
     // y_sum = y_own + y_next, then z += x_own @ y_sum + x_next @ y_own.
     uint64_t* y_sum = RingData(&scratch);
     const uint64_t* yo = RingData(y_own);

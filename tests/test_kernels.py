@@ -128,7 +128,10 @@ def test_ring_matmul_matches_numpy(m, k, n, ta, tb):
 
 
 @pytest.mark.parametrize("m,k,n,ta,tb", [(33, 65, 17, False, False), (8, 16, 16, True, True),
-                                         (128, 300, 70, False, True)])
+                                         (128, 300, 70, False, True),
+                                         # thin products (m <= 8): several 512-column blocks
+                                         (1, 700, 1100, False, False), (8, 65, 530, True, True),
+                                         (3, 33, 1030, False, True), (9, 40, 600, True, False)])
 def test_portable_and_avx512_kernels_are_bit_identical(m, k, n, ta, tb):
     a, b = random_ring([k, m] if ta else [m, k]), random_ring([n, k] if tb else [k, n])
     outs = [ops.puma_ring_mat_mul(a, b, transpose_a=ta, transpose_b=tb, kernel=kern).numpy()
@@ -184,6 +187,20 @@ def test_mul_and_matmul_share_sum_to_products():
     z = [ops.puma_mat_mul_share(xb[i], xb[(i + 1) % 3], bs[i], bs[(i + 1) % 3], keys[i],
                                 keys[(i + 1) % 3], stream=s).numpy() for i in range(3)]
     np.testing.assert_array_equal(ring_sum(z), ring_matmul_ref(xfull, b))
+
+
+@pytest.mark.parametrize("m", [1, 8, 9])  # thin (rows <= 8: weights read in place) and packed
+@pytest.mark.parametrize("tb", [False, True])
+def test_matmul_share_of_a_few_rows_with_a_weight(m, tb):
+    """A decoding step's product: m rows (batched) by one broadcast weight of 1,100 columns
+    (three 512-column blocks, the last partial), the weight stored transposed or not."""
+    keys = [tf.constant(random_ring([2])) for _ in range(3)]
+    w = random_ring([1100, 70]) if tb else random_ring([70, 1100])
+    xb, ws = replicated(random_ring([2, m, 70])), replicated(w)
+    z = [ops.puma_mat_mul_share(xb[i], xb[(i + 1) % 3], ws[i], ws[(i + 1) % 3], keys[i],
+                                keys[(i + 1) % 3], stream=5, transpose_b=tb).numpy()
+         for i in range(3)]
+    np.testing.assert_array_equal(ring_sum(z), ring_matmul_ref(ring_sum(xb), w.T if tb else w))
 
 
 # --- TruncPr local steps, the three roles simulated in one process --------------------------
