@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from tf_puma import certs, tunnels
 from tf_puma.apps import netns
-from tf_puma.cluster import EXIT_WITH_PARENT_ENV, Cluster
+from tf_puma.cluster import EXIT_WITH_PARENT_ENV, Cluster, free_port
 from tests.conftest import error_lines
 
 PORTS = {"client": 2220, "party0": 2221, "party1": 2222, "party2": 2223}
@@ -258,7 +258,6 @@ def test_tf_puma_serve_reaches_its_parties_over_tls(deployment):
     tunnels gives the model's answer (the server's own API port is plain, as --local serves)."""
     import urllib.request  # noqa: PLC0415
 
-    from tf_puma.cluster import free_port  # noqa: PLC0415
 
     rest = free_port()
     proc = subprocess.Popen(
@@ -443,3 +442,33 @@ def test_the_loopback_plan_and_stunnel_services():
     with pytest.raises(ValueError, match="loopback_base"):
         Cluster.from_spec({"client": ["c:10"], "puma": ["a:11", "b:12", "d:13"],
                            "loopback_base": 70000})
+
+
+def test_a_tunnel_carries_bytes_between_ipv6_addresses(tmp_path):
+    """Spec addresses in IPv6 ("[::1]:port", as TensorFlow writes them; stunnel refuses the
+    brackets and takes "::1:port"): party0's tunnel to the client reaches the client's public
+    port on ::1 over mutual TLS, and the client's tunnel hands the bytes to its loopback port.
+    (Two tunnels on one machine: each gets a loopback plan of its own.)"""
+    if not os.path.exists("/proc/net/if_inet6"):
+        pytest.skip("no IPv6 on this machine")
+    spec = {"client": [f"[::1]:{free_port()}"], "puma": [f"[::1]:{free_port()}" for _ in "abc"]}
+    at_client = Cluster.from_spec({**spec, "loopback_base": free_port()})
+    at_party0 = Cluster.from_spec({**spec, "loopback_base": free_port()})
+    config = tunnels.stunnel_config(at_party0, "party0", certs.TlsFiles("ca", "c", "k"), "::1",
+                                    "log")
+    assert "[::1]" not in config and f"connect = ::1:{spec['client'][0].rsplit(':', 1)[1]}" \
+        in config
+    certs.make_deployment(str(tmp_path))
+    with tunnels.Tunnels(at_client, "client", str(tmp_path / "client"), public_bind="::1"), \
+            socket.socket() as echo:  # the client task's TensorFlow server, for stunnel
+        echo.bind(("127.0.0.1", at_client.loopback_base))
+        echo.listen()
+        with tunnels.Tunnels(at_party0, "party0", str(tmp_path / "party0"), public_bind="::1"):
+            with socket.create_connection(("127.0.0.1", at_party0.loopback_base),
+                                          timeout=10) as sender:
+                sender.sendall(b"shares")
+                echo.settimeout(10)
+                received, _ = echo.accept()
+                with received:
+                    received.settimeout(10)
+                    assert received.recv(6) == b"shares"

@@ -175,17 +175,23 @@ def free_port() -> int:
 EXIT_WITH_PARENT_ENV = "TF_PUMA_EXIT_WITH_PARENT"
 
 
-def exit_with_parent() -> None:
-    """In a local party started by LocalCluster (its pid in TF_PUMA_EXIT_WITH_PARENT): ask Linux
-    for SIGTERM when that process dies, even when it is killed outright (OOM killer, SIGKILL), so
-    no party server outlives its client; exit at once if it is already gone."""
-    expected = os.environ.get(EXIT_WITH_PARENT_ENV)
-    if not expected:
-        return
+def sigterm_when_parent_dies() -> bool:
+    """Asks Linux (prctl PR_SET_PDEATHSIG) for SIGTERM when this process's parent dies, even when
+    it is killed outright (OOM killer, SIGKILL). False where prctl is not available. Also used
+    between fork and exec, for helper processes (stunnel)."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
     except (OSError, AttributeError):
+        return False
+    return True
+
+
+def exit_with_parent() -> None:
+    """In a local party started by LocalCluster (its pid in TF_PUMA_EXIT_WITH_PARENT): SIGTERM
+    when that process dies, so no party server outlives its client; exit at once if it is
+    already gone."""
+    expected = os.environ.get(EXIT_WITH_PARENT_ENV)
+    if not expected or not sigterm_when_parent_dies():
         return
     if os.getppid() != int(expected):
         sys.exit(f"tf-puma party: the process that started this party ({expected}) is gone")

@@ -18,16 +18,14 @@ certificate. Cost: TLS 1.3 record encryption on every byte, and one more loopbac
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 
 from tf_puma import certs
-from tf_puma.cluster import NUM_PARTIES, Cluster
+from tf_puma.cluster import NUM_PARTIES, Cluster, sigterm_when_parent_dies
 
 STUNNEL_NAMES = ("stunnel4", "stunnel")
 START_TIMEOUT_S = 10.0
@@ -73,6 +71,13 @@ def _host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _stunnel_address(address: str) -> str:
+    """A spec address ("host:port", "[v6]:port") as stunnel reads it: host and port split at
+    the last colon, IPv6 without brackets (stunnel refuses "[::1]:5000", takes "::1:5000")."""
+    host, port = _host_port(address)
+    return f"{host}:{port}"
+
+
 def stunnel_config(cluster: Cluster, task: str, files: certs.TlsFiles, public_bind: str,
                    log_path: str) -> str:
     """The stunnel configuration of `task`: one server service on its public port, one client
@@ -83,7 +88,7 @@ def stunnel_config(cluster: Cluster, task: str, files: certs.TlsFiles, public_bi
               "socket = l:TCP_NODELAY=1", "socket = r:TCP_NODELAY=1"]
     _, port = _host_port(public_address(cluster, task))
     lines = ["foreground = yes", "pid =", "syslog = no", f"output = {log_path}", "debug = notice",
-             "", "[public]", f"accept = {public_bind}:{port}",
+             "", "[public]", f"accept = {_stunnel_address(f'{public_bind}:{port}')}",
              f"connect = {loopback_address(cluster, task)}", *common]
     lines += [f"checkHost = {certs.peer_name(t)}" for t in certs.TASK_NAMES if t != task]
     for other in certs.TASK_NAMES:
@@ -91,7 +96,7 @@ def stunnel_config(cluster: Cluster, task: str, files: certs.TlsFiles, public_bi
             continue
         lines += ["", f"[to-{other}]", "client = yes",
                   f"accept = {loopback_address(cluster, other)}",
-                  f"connect = {public_address(cluster, other)}", *common,
+                  f"connect = {_stunnel_address(public_address(cluster, other))}", *common,
                   f"checkHost = {certs.peer_name(other)}"]
     return "\n".join(lines) + "\n"
 
@@ -112,13 +117,6 @@ def listening_ports() -> set[int]:
         except OSError:
             continue
     return ports
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 class Tunnels:
@@ -170,7 +168,7 @@ class Tunnels:
         env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD",)}
         self.process = subprocess.Popen([binary, config], stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                        env=env, preexec_fn=_die_with_parent)
+                                        env=env, preexec_fn=sigterm_when_parent_dies)
         deadline = time.monotonic() + START_TIMEOUT_S
         waiting = self.listening_addresses()
         while waiting:
