@@ -589,10 +589,13 @@ def test_serving_the_real_minilm_through_tf_servings_clients(tmp_path, capsys):
         _stop(proc)
 
 
-def test_a_taken_api_port_is_a_one_line_error(served):
-    """gRPC's own bind failure was a traceback; the parties it started are stopped."""
+def test_a_taken_api_port_is_a_one_line_error(served, tmp_path):
+    """gRPC's own bind failure was a traceback; what serve started is stopped and removed (the
+    local share root, in serve's TMPDIR, was left behind)."""
     import socket  # noqa: PLC0415
 
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
@@ -600,7 +603,9 @@ def test_a_taken_api_port_is_a_one_line_error(served):
         done = subprocess.run(
             [sys.executable, "-m", "tf_puma.apps.cli", "serve", "--model_name", "tiny",
              "--model_base_path", str(served["base"]), "--port", str(port), "--rest_api_port",
-             "0", "--local"], capture_output=True, text=True, timeout=240)
+             "0", "--local"], capture_output=True, text=True, timeout=240,
+            env={**os.environ, "TMPDIR": str(scratch)})
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"cannot listen on 127.0.0.1:{port} for gRPC: the port is in use" in done.stderr
     assert "Traceback" not in done.stderr
+    assert [p.name for p in scratch.iterdir() if "serve-shares" in p.name] == []

@@ -14,6 +14,7 @@ model into a Session whose target is it, as TF Serving does with `session_target
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -96,99 +97,93 @@ def serve(models: list[tuple[str, str]], port: int, rest_api_port: int,
     from tf_puma.cluster import CLIENT_JOB, check_parties, wait_reachable  # noqa: PLC0415
 
     newest = {name: max(version_dirs(base).items()) for name, base in models}
-    shares = LocalShares() if local else None
-    cluster_runner = None
-    if shares is not None:
-        for name, (version, path) in newest.items():
-            shares.add(name, version, path)
-        cluster_runner = tf_puma.LocalCluster(shares_dir=shares.root)
-    cluster = cluster_runner.start() if cluster_runner else tf_puma.Cluster.from_spec(cluster_spec)
-    tunnel = None
-    if tls_dir is not None:
-        from tf_puma import tunnels  # noqa: PLC0415
-
-        tunnel = tunnels.Tunnels(cluster, "client", tls_dir, public_bind=tunnel_bind or host)
-        tunnel.start()
-        cluster = tunnels.loopback_cluster(cluster)
-    for address in cluster.parties:
-        wait_reachable(address, 30.0)
-    check_parties(cluster, timeout=10.0)
-    _ops.load()
-    client_server = tf.distribute.Server(tf.train.ClusterSpec(cluster.as_dict()),
-                                         job_name=CLIENT_JOB, task_index=0, protocol="grpc",
-                                         start=True)
-    registry = ModelRegistry(client_server.target, cluster, batching)
-    for name, (version, path) in newest.items():
-        registry.load(name, version, path)
-    grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
-                              options=[("grpc.max_receive_message_length", 64 * 2 ** 20)])
-    grpc_api.add_services(grpc_server, registry)
-    try:
-        if ssl_config is None:
-            grpc_server.add_insecure_port(f"{host}:{port}")
+    # Everything started is stopped, in reverse order, however serve ends (signal, a port in
+    # use, a party that does not answer, a model that fails to load).
+    with contextlib.ExitStack() as started:
+        shares = LocalShares() if local else None
+        if shares is not None:
+            started.callback(shares.remove)
+            for name, (version, path) in newest.items():
+                shares.add(name, version, path)
+            cluster_runner = tf_puma.LocalCluster(shares_dir=shares.root)
+            cluster = cluster_runner.start()
+            started.callback(cluster_runner.stop)
         else:
-            from tf_puma.apps.serving import tls  # noqa: PLC0415
+            cluster = tf_puma.Cluster.from_spec(cluster_spec)
+        if tls_dir is not None:
+            from tf_puma import tunnels  # noqa: PLC0415
 
-            grpc_server.add_secure_port(f"{host}:{port}", tls.server_credentials(ssl_config))
-    except RuntimeError:  # grpc's "Failed to bind to address"
-        if cluster_runner is not None:
-            cluster_runner.stop()
-        raise OSError(f"cannot listen on {host}:{port} for gRPC: the port is in use (another "
-                      "server, or pass another --port)") from None
-    grpc_server.start()
-    http_server = None
-    if rest_api_port:
+            tunnel = tunnels.Tunnels(cluster, "client", tls_dir, public_bind=tunnel_bind or host)
+            tunnel.start()
+            started.callback(tunnel.stop)
+            cluster = tunnels.loopback_cluster(cluster)
+        for address in cluster.parties:
+            wait_reachable(address, 30.0)
+        check_parties(cluster, timeout=10.0)
+        _ops.load()
+        client_server = tf.distribute.Server(tf.train.ClusterSpec(cluster.as_dict()),
+                                             job_name=CLIENT_JOB, task_index=0,
+                                             protocol="grpc", start=True)
+        registry = ModelRegistry(client_server.target, cluster, batching)
+        started.callback(registry.close)
+        for name, (version, path) in newest.items():
+            registry.load(name, version, path)
+        grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
+                                  options=[("grpc.max_receive_message_length", 64 * 2 ** 20)])
+        grpc_api.add_services(grpc_server, registry)
         try:
-            http_server = rest_api.make_server(host, rest_api_port, registry)
-        except OSError as err:
-            grpc_server.stop(None)
-            if cluster_runner is not None:
-                cluster_runner.stop()
-            raise OSError(f"cannot listen on {host}:{rest_api_port} for REST: the port is in use "
-                          f"(another server, or pass another --rest_api_port): {err}") from None
-        threading.Thread(target=http_server.serve_forever, name="tf-puma-rest",
-                         daemon=True).start()
-    stop = threading.Event()
+            if ssl_config is None:
+                grpc_server.add_insecure_port(f"{host}:{port}")
+            else:
+                from tf_puma.apps.serving import tls  # noqa: PLC0415
 
-    def on_signal(signum: int, frame: object) -> None:
-        del frame
-        stop.set()
+                grpc_server.add_secure_port(f"{host}:{port}", tls.server_credentials(ssl_config))
+        except RuntimeError:  # grpc's "Failed to bind to address"
+            raise OSError(f"cannot listen on {host}:{port} for gRPC: the port is in use "
+                          "(another server, or pass another --port)") from None
+        grpc_server.start()
+        started.callback(lambda: grpc_server.stop(grace=5).wait())
+        if rest_api_port:
+            try:
+                http_server = rest_api.make_server(host, rest_api_port, registry)
+            except OSError as err:
+                raise OSError(f"cannot listen on {host}:{rest_api_port} for REST: the port is in "
+                              "use (another server, or pass another --rest_api_port): "
+                              f"{err}") from None
+            threading.Thread(target=http_server.serve_forever, name="tf-puma-rest",
+                             daemon=True).start()
+            started.callback(http_server.shutdown)
+        stop = threading.Event()
 
-    def poll() -> None:
-        while not stop.wait(poll_seconds):
-            for name, base in models:
-                try:
-                    version, path = max(version_dirs(base).items())
-                except (OSError, ValueError):
-                    continue  # a base path being rewritten: next time
-                if version > registry.find(name).version:
-                    if shares is not None:
-                        shares.add(name, version, path)
+        def on_signal(signum: int, frame: object) -> None:
+            del frame
+            stop.set()
+
+        def poll() -> None:
+            while not stop.wait(poll_seconds):
+                for name, base in models:
                     try:
-                        registry.load(name, version, path)
-                        print(f"tf-puma serve: model {name!r} version {version} loaded, warmed "
-                              "and serving", flush=True)
-                    except Exception as err:  # noqa: BLE001 - keep serving the old version
-                        print(f"tf-puma serve: model {name!r} version {version} failed to load "
-                              f"({err}); still serving the earlier version", file=sys.stderr,
-                              flush=True)
+                        version, path = max(version_dirs(base).items())
+                    except (OSError, ValueError):
+                        continue  # a base path being rewritten: next time
+                    if version > registry.find(name).version:
+                        if shares is not None:
+                            shares.add(name, version, path)
+                        try:
+                            registry.load(name, version, path)
+                            print(f"tf-puma serve: model {name!r} version {version} loaded, "
+                                  "warmed and serving", flush=True)
+                        except Exception as err:  # noqa: BLE001 - keep serving the old version
+                            print(f"tf-puma serve: model {name!r} version {version} failed to "
+                                  f"load ({err}); still serving the earlier version",
+                                  file=sys.stderr, flush=True)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    if poll_seconds > 0:
-        threading.Thread(target=poll, name="tf-puma-version-poll", daemon=True).start()
-    served = ", ".join(f"{name!r} version {version}" for name, (version, _) in newest.items())
-    print(f"{READY_PREFIX}: {served}; gRPC{' (TLS)' if ssl_config else ''} at {host}:{port}"
-          + (f", REST at {host}:{rest_api_port}" if rest_api_port else ""), flush=True)
-    stop.wait()
-    grpc_server.stop(grace=5).wait()
-    if http_server is not None:
-        http_server.shutdown()
-    registry.close()
-    if cluster_runner is not None:
-        cluster_runner.stop()
-    if tunnel is not None:
-        tunnel.stop()
-    if shares is not None:
-        shares.remove()
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        if poll_seconds > 0:
+            threading.Thread(target=poll, name="tf-puma-version-poll", daemon=True).start()
+        served = ", ".join(f"{name!r} version {version}" for name, (version, _) in newest.items())
+        print(f"{READY_PREFIX}: {served}; gRPC{' (TLS)' if ssl_config else ''} at {host}:{port}"
+              + (f", REST at {host}:{rest_api_port}" if rest_api_port else ""), flush=True)
+        stop.wait()
     sys.stdout.flush()
