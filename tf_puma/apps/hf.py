@@ -338,8 +338,8 @@ def _logits_at(model, last_index: tf.Tensor, **call) -> tuple:
     """(the model's outputs with past_key_values, the logits [1, vocab] at `last_index`).
 
     The head runs on the hidden state at `last_index` only (the model computes it for every
-    position: a prompt of S tokens costs S x hidden x vocab products, 98% of them thrown away,
-    and S x vocab secret logits held at once); models whose head is not known run whole."""
+    position: a prompt of S tokens cost S x hidden x vocab secure products and S x vocab secret
+    logits held at once, for one row used); models whose head is not known run whole."""
     head = _head(model)
     if head is None:
         out = model(**call)
