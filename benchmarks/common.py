@@ -35,6 +35,18 @@ def status_mib(pid: int, field: str) -> float:
     return float("nan")
 
 
+def shares_mib(secure_dir: str) -> list[float]:
+    """Each party's share bundle (shares/partyI/shares.bin of a converted model) in MiB: the
+    weight shares that party holds for the model's lifetime."""
+    return [os.path.getsize(os.path.join(secure_dir, "shares", f"party{i}", "shares.bin"))
+            / 2 ** 20 for i in range(3)]
+
+
+def party_memory_target_mib(shares: float) -> float:
+    """Issue 14's bound on a party's peak RSS: 1.5x its shares plus 1 GiB."""
+    return 1.5 * shares + 1024
+
+
 def prepare_in_child(script: str, args: Sequence[str], work: str) -> dict:
     """Runs `script --prepare ARGS` (export, convert and plaintext reference, as the model owner
     would, in a process of its own) and returns the work/prepared.json it wrote."""

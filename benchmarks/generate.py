@@ -35,8 +35,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (prepare_in_child, print_table, reference_columns,  # noqa: E402
-                    secure_session, spu_reference, status_mib, write_json)
+from common import (party_memory_target_mib, prepare_in_child, print_table,  # noqa: E402
+                    reference_columns, secure_session, shares_mib, spu_reference, status_mib,
+                    write_json)
 
 
 def _model(name: str, layers: int | None):
@@ -152,6 +153,8 @@ def measure(work: str, args) -> dict:
             "decode_rounds": manifest.total.rounds,
             "prefill_gib": gib(prefill["bytes_by_sender"]),
             "decode_gib": gib(manifest.total.bytes_by_sender), "peak_party_mib": peak,
+            "shares_party_mib": shares_mib(secure),
+            "peak_client_mib": status_mib(os.getpid(), "VmHWM"),
             "convert_s": prepared["convert_s"], "load_s": load_s,
             "first_generation_s": first_s, "tokens": generated,
             "reference": prepared["references"]}
@@ -193,13 +196,16 @@ def main(argv: list[str]) -> None:
                       f"{row['reference_err']:.1e}"]])
     print_table(["model", "layers", "prompt", "new", "tokens = plaintext", "at once",
                  "tokens/s", "prefill s", "s per token", "prefill rounds", "decode rounds", "prefill GiB", "decode GiB",
-                 "peak MiB/party", "convert s", "load s"],
+                 "peak MiB/party", "shares MiB/party", "1.5 shares + 1 GiB",
+                 "peak MiB client", "convert s", "load s"],
                 [[row["model"], row["layers"] or "all", row["prompt_tokens"], row["new_tokens"],
                   f"{row['prompts_equal_plaintext']}/{row['prompts']} prompts, "
                   f"{row['tokens_agreeing']}/{row['prompts'] * row['new_tokens']} tokens",
                   row["concurrent"], row["tokens_per_s"], row["prefill_s"], row["per_token_s"],
                   row["prefill_rounds"], row["decode_rounds"], row["prefill_gib"],
-                  row["decode_gib"], max(row["peak_party_mib"]), row["convert_s"],
+                  row["decode_gib"], max(row["peak_party_mib"]), max(row["shares_party_mib"]),
+                  party_memory_target_mib(max(row["shares_party_mib"])),
+                  row["peak_client_mib"], row["convert_s"],
                   row["load_s"]]])
     write_json(f"generate-{row['model']}-{row['layers'] or 'all'}-{row['prompt_tokens']}-"
                f"{row['new_tokens']}-x{row['prompts']}"

@@ -28,7 +28,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (prepare_in_child, print_table, reference_columns,  # noqa: E402
-                    secure_session, spu_reference, status_mib, write_json)
+                    party_memory_target_mib, secure_session, shares_mib, spu_reference,
+                    status_mib, write_json)
 
 CONFIGS = {"minilm-32": ("minilm", 32), "minilm-128": ("minilm", 128),
            "bert-base-128": ("bert-base", 128)}
@@ -127,7 +128,8 @@ def _measure(name: str, work: str) -> dict:
             "first_call_s": first_s, "wall_s": min(walls), "plaintext_s": prepared["plaintext_s"],
             "rounds": manifest.total.rounds, "party_gib": parties_gib,
             "total_gib": sum(parties_gib), "client_mib": sent.get("client", 0) / 2 ** 20,
-            "peak_party_mib": peak, "peak_client_mib": client_peak, "max_abs_err": err}
+            "peak_party_mib": peak, "shares_party_mib": shares_mib(secure_dir),
+            "peak_client_mib": client_peak, "max_abs_err": err}
 
 
 def with_reference(row: dict) -> dict:
@@ -163,11 +165,13 @@ def main(argv: list[str]) -> None:
 def report(rows: list[dict]) -> None:
     """The table on stdout and benchmarks/results/models.json."""
     print_table(["model", "tokens", "wall s", "ref s", "rounds", "ref sends", "GiB (3 parties)",
-                 "ref GiB", "client MiB", "peak MiB/party", "peak MiB client", "plain ms", "err",
-                 "ref err", "convert s", "load s", "1st call s", "ops"],
+                 "ref GiB", "client MiB", "peak MiB/party", "shares MiB/party",
+                 "1.5 shares + 1 GiB", "peak MiB client", "plain ms", "err", "ref err",
+                 "convert s", "load s", "1st call s", "ops"],
                 [[r["model"], r["tokens"], r["wall_s"], r.get("reference_s", "-"), r["rounds"],
                   r.get("reference_sends", "-"), r["total_gib"], r.get("reference_gib", "-"),
-                  r["client_mib"], max(r["peak_party_mib"]), r["peak_client_mib"],
+                  r["client_mib"], max(r["peak_party_mib"]), max(r["shares_party_mib"]),
+                  party_memory_target_mib(max(r["shares_party_mib"])), r["peak_client_mib"],
                   r["plaintext_s"] * 1e3, f"{r['max_abs_err']:.1e}",
                   f"{r['reference_err']:.1e}" if "reference_err" in r else "-",
                   r["convert_s"], r["load_s"], r["first_call_s"], r["secure_graph_ops"]]

@@ -2,6 +2,11 @@
 
 Prints G multiply-adds per second (M*N*K / time) on this machine's CPU thread pool and writes
 benchmarks/results/ring_gemm.json. Target: >= 3x TF's int64 matmul.
+
+Second table: a party's share of a product at decoding shapes (one row by a weight,
+PumaMatMulShare: z = x_own @ (y_own + y_next) + x_next @ y_own + a zero share), which reads the
+weights' two shares in place (m <= 8 rows), against the same sum with TensorFlow's int64 matmul;
+GB/s counts the two weight shares read once.
 """
 
 from __future__ import annotations
@@ -19,6 +24,32 @@ from benchmarks.common import best_time, print_table, write_json  # noqa: E402
 from tf_puma import _ops  # noqa: E402
 
 SHAPES = [(128, 768, 768), (128, 768, 3072), (128, 3072, 768)]
+# (rows, k, n, weight stored transposed): SmolLM2's MLP, its head and one-hot embedding, GPT-2's
+# tied head (the token table, transposed), 8 prompt rows
+THIN_SHAPES = [(1, 576, 1536, False), (1, 576, 49152, False), (1, 49152, 576, False),
+               (1, 768, 50257, True), (8, 576, 1536, False)]
+
+
+def thin_products(ops, rng) -> list[dict]:
+    keys = [tf.constant(rng.integers(-(2 ** 62), 2 ** 62, size=2, dtype=np.int64))
+            for _ in range(2)]
+    results = []
+    for m, k, n, tb in THIN_SHAPES:
+        x = [tf.constant(rng.integers(-(2 ** 62), 2 ** 62, size=(m, k), dtype=np.int64))
+             for _ in range(2)]
+        y = [tf.constant(rng.integers(-(2 ** 62), 2 ** 62, size=(n, k) if tb else (k, n),
+                                      dtype=np.int64)) for _ in range(2)]
+        share = tf.function(lambda: ops.puma_mat_mul_share(x[0], x[1], y[0], y[1], keys[0],
+                                                           keys[1], stream=1, transpose_b=tb))
+        tf_int = tf.function(lambda: tf.linalg.matmul(x[0], y[0] + y[1], transpose_b=tb)
+                             + tf.linalg.matmul(x[1], y[0], transpose_b=tb))
+        t_share = best_time(lambda: share().numpy())
+        t_int = best_time(lambda: tf_int().numpy())
+        results.append({"shape": f"[{m},{k}]x[{k},{n}]" + ("^T" if tb else ""),
+                        "share_ms": t_share * 1e3, "tf_int64_ms": t_int * 1e3,
+                        "weights_gb_s": 2 * k * n * 8 / t_share / 1e9,
+                        "speedup_vs_tf_int64": t_int / t_share})
+    return results
 
 
 def main() -> None:
@@ -46,7 +77,13 @@ def main() -> None:
     print(f"threads: {os.cpu_count()}")
     print_table(["shape", "ring ms", "ring GMAC/s", "TF int64 GMAC/s", "TF f32 GMAC/s",
                  "ring / TF int64"], rows)
-    write_json("ring_gemm", {"unit": "G multiply-adds per second", "results": results})
+    thin = thin_products(ops, rng)
+    print_table(["share product (decoding)", "ms", "TF int64 ms", "weights GB/s",
+                 "TF int64 / ours"],
+                [[r["shape"], r["share_ms"], r["tf_int64_ms"], r["weights_gb_s"],
+                  r["speedup_vs_tf_int64"]] for r in thin])
+    write_json("ring_gemm", {"unit": "G multiply-adds per second", "results": results,
+                             "decoding_share_products": thin})
 
 
 if __name__ == "__main__":
