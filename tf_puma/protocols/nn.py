@@ -6,6 +6,8 @@ reciprocal per row), 4.3 (LayerNorm through rsqrt) and 4.4 (Embedding as a one-h
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tensorflow as tf
 
@@ -74,9 +76,10 @@ def layer_norm(x: Shared, gamma: Shared | None = None, beta: Shared | None = Non
 
 
 # RMSNorm over a wide range (LLaMA-family residual streams carry outliers of 2e4 and more,
-# SmolLM2's mean squares run from 6e-3 to 9e5): the sum of squares with SUM_FRAC_BITS, from the
-# squares of x / 2^WIDE_SHIFT once it reaches 2^WIDE_THRESHOLD (a square of x itself leaves the
-# ring above |x| = 2^13), and rsqrt of the sum over mean squares [2^-10, WIDE_HI].
+# SmolLM2's mean squares run from 6e-3 to 9e5): the sum of squares with SUM_FRAC_BITS (fewer
+# for rows wider than 2^11: sum_frac_bits), from the squares of x / 2^WIDE_SHIFT once it
+# reaches 2^WIDE_THRESHOLD (a square of x itself leaves the ring above |x| = 2^13), and rsqrt
+# of the sum over mean squares [2^-10, WIDE_HI].
 SUM_FRAC_BITS = 26
 WIDE_SHIFT = 6
 WIDE_THRESHOLD = 24
@@ -85,17 +88,31 @@ RMS_NORM_MEAN_SQUARE = (2.0 ** -10, WIDE_HI)  # mean(x^2) + eps
 NORMED_FRAC_BITS = 26  # x / sqrt(sum x^2) is <= 1: 8 more digits than the format's
 
 
+def sum_frac_bits(n: int) -> int:
+    """Fractional bits of the sum of n squares: SUM_FRAC_BITS, fewer for rows so wide that
+    the sum's top octave (n WIDE_HI < 2^(j+1)) would leave the ring in rsqrt's normalisation
+    (x 2^-j needs frac + j + 2 <= 61 bits): 26 up to n = 2^11 (SmolLM2's 576), 23 at LLaMA-7B's
+    4096. The sum is at least n 2^-10, so it keeps 12 + log2(n) significant bits or more."""
+    top_octave = math.floor(math.log2(n * WIDE_HI))
+    bits = min(SUM_FRAC_BITS, 59 - top_octave)
+    if bits < arithmetic.fixed_point().frac_bits:
+        raise ValueError(f"RMSNorm over rows of {n} values: their sum of squares (up to "
+                         f"{n * WIDE_HI:.3g}) would keep fewer fractional bits than the format")
+    return bits
+
+
 def _sum_squares_wide(x: Shared) -> Shared:
-    """sum(x^2) over the last axis with SUM_FRAC_BITS: the direct squares while the sum is
+    """sum(x^2) over the last axis with sum_frac_bits(n): the direct squares while the sum is
     below 2^24, else the squares of x / 2^6 times 2^12 (both computed, one comparison of the
     scaled sum, one selection). Cost: 2 (trunc) + 2 (squares) + 10 (less) + 1 (select) = 15
     rounds."""
-    direct = tensor.reduce_sum(arithmetic.mul(x, x, frac_out=SUM_FRAC_BITS), -1, keepdims=True)
+    frac = sum_frac_bits(x.shape[-1])
+    direct = tensor.reduce_sum(arithmetic.mul(x, x, frac_out=frac), -1, keepdims=True)
     x_small = arithmetic.trunc(x, WIDE_SHIFT)
     scaled = tensor.reduce_sum(arithmetic.mul(x_small, x_small), -1, keepdims=True)
     fits = compare.less(scaled, 2.0 ** (WIDE_THRESHOLD - 2 * WIDE_SHIFT))
-    lift = 4 ** WIDE_SHIFT * 2 ** (SUM_FRAC_BITS - scaled.frac_bits)
-    rescaled = scaled.map_local(lambda t: t * lift, frac_bits=SUM_FRAC_BITS)
+    lift = 4 ** WIDE_SHIFT * 2 ** (frac - scaled.frac_bits)
+    rescaled = scaled.map_local(lambda t: t * lift, frac_bits=frac)
     return compare.select(fits, direct, rescaled)
 
 
