@@ -1,7 +1,9 @@
 // Ring GEMM over Z_2^64: packed panels, register-blocked micro-kernels, run-time dispatch.
 //
-// Both operands are packed once per call into micro-panels (A: [M/MR][K][MR], B: [N/NR][K][NR],
-// zero-padded), then the MR x NR tiles of C are computed in parallel, each over the full K. The
+// op(A) is packed once per call into micro-panels ([M/MR][K][MR], zero-padded); op(B) (+ op(B2))
+// kNc columns at a time ([kNc/NR][K][NR]), so the scratch is K x kNc, not a copy of a weight
+// matrix. For each column block the MR x NR tiles of C are computed in parallel, each over the
+// full K. The
 // AVX-512 micro-kernel keeps an 8 x 16 tile of C in 16 zmm registers and multiplies with
 // vpmullq (AVX512DQ); the portable kernel does the same arithmetic in scalar code. Both give the
 // exact product mod 2^64, so results are bit-identical.
@@ -19,6 +21,7 @@ namespace {
 
 constexpr int64_t kMr = 8;   // rows of a micro-tile
 constexpr int64_t kNr = 16;  // columns of a micro-tile (two zmm registers of 8 lanes)
+constexpr int64_t kNc = 512;  // columns of op(B) packed at a time (a multiple of kNr)
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -37,20 +40,24 @@ void PackA(int64_t M, int64_t K, const uint64_t* A, int64_t lda, bool trans, uin
   }
 }
 
-// Packs op(B) (K x N) into panels of kNr columns: panel q, step k holds B[k][q*kNr + c].
-void PackB(int64_t N, int64_t K, const uint64_t* B, int64_t ldb, bool trans, uint64_t* out,
-           int64_t q_begin, int64_t q_end) {
+// Packs op(B) + op(B2) (K x N; B2 may be null) into panels of kNr columns: panel q, step k
+// holds B[k][q*kNr + c] (+ B2[k][q*kNr + c]), written at out + (q - q_base) * K * kNr.
+void PackB(int64_t N, int64_t K, const uint64_t* B, const uint64_t* B2, int64_t ldb, bool trans,
+           uint64_t* out, int64_t q_base, int64_t q_begin, int64_t q_end) {
+  auto at = [&](const uint64_t* m, int64_t k, int64_t j) {
+    return trans ? m[j * ldb + k] : m[k * ldb + j];
+  };
   for (int64_t q = q_begin; q < q_end; ++q) {
-    uint64_t* dst = out + q * K * kNr;
+    uint64_t* dst = out + (q - q_base) * K * kNr;
     const int64_t cols = std::min(kNr, N - q * kNr);
     for (int64_t k = 0; k < K; ++k) {
-      if (!trans && cols == kNr) {
+      if (!trans && cols == kNr && B2 == nullptr) {
         std::memcpy(dst + k * kNr, B + k * ldb + q * kNr, kNr * sizeof(uint64_t));
         continue;
       }
       for (int64_t c = 0; c < kNr; ++c) {
         const int64_t j = q * kNr + c;
-        dst[k * kNr + c] = c < cols ? (trans ? B[j * ldb + k] : B[k * ldb + j]) : 0;
+        dst[k * kNr + c] = c >= cols ? 0 : B2 ? at(B, k, j) + at(B2, k, j) : at(B, k, j);
       }
     }
   }
@@ -243,33 +250,38 @@ ParallelRunner SerialRunner() {
 }
 
 void RingGemmAccumulate(int64_t M, int64_t N, int64_t K, const uint64_t* A, int64_t lda,
-                        bool trans_a, const uint64_t* B, int64_t ldb, bool trans_b, uint64_t* C,
-                        int64_t ldc, const ParallelRunner& runner, GemmPath path) {
+                        bool trans_a, const uint64_t* B, const uint64_t* B2, int64_t ldb,
+                        bool trans_b, uint64_t* C, int64_t ldc, const ParallelRunner& runner,
+                        GemmPath path) {
   if (M <= 0 || N <= 0 || K <= 0) return;
   const MicroKernel kernel = ChooseKernel(path);
   const int64_t a_panels = CeilDiv(M, kMr), b_panels = CeilDiv(N, kNr);
+  const int64_t block_panels = std::min(b_panels, kNc / kNr);
   std::unique_ptr<uint64_t[]> packed_a(new uint64_t[a_panels * K * kMr]);
-  std::unique_ptr<uint64_t[]> packed_b(new uint64_t[b_panels * K * kNr]);
+  std::unique_ptr<uint64_t[]> packed_b(new uint64_t[block_panels * K * kNr]);
   runner(a_panels, K * kMr * 2, [&](int64_t b, int64_t e) {
     PackA(M, K, A, lda, trans_a, packed_a.get(), b, e);
   });
-  runner(b_panels, K * kNr * 2, [&](int64_t b, int64_t e) {
-    PackB(N, K, B, ldb, trans_b, packed_b.get(), b, e);
-  });
-  // Tiles ordered B-panel-major so consecutive tiles of one worker reuse a B panel from cache.
-  const int64_t tiles = a_panels * b_panels;
-  runner(tiles, K * kMr * kNr, [&](int64_t begin, int64_t end) {
-    alignas(64) uint64_t tile[kMr * kNr];
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t q = t / a_panels, p = t % a_panels;
-      kernel(K, packed_a.get() + p * K * kMr, packed_b.get() + q * K * kNr, tile);
-      const int64_t rows = std::min(kMr, M - p * kMr), cols = std::min(kNr, N - q * kNr);
-      for (int64_t r = 0; r < rows; ++r) {
-        uint64_t* c_row = C + (p * kMr + r) * ldc + q * kNr;
-        for (int64_t c = 0; c < cols; ++c) c_row[c] += tile[r * kNr + c];
+  for (int64_t q0 = 0; q0 < b_panels; q0 += block_panels) {
+    const int64_t q1 = std::min(b_panels, q0 + block_panels);
+    runner(q1 - q0, K * kNr * (B2 ? 3 : 2), [&](int64_t b, int64_t e) {
+      PackB(N, K, B, B2, ldb, trans_b, packed_b.get(), q0, q0 + b, q0 + e);
+    });
+    // Tiles ordered B-panel-major so consecutive tiles of one worker reuse a B panel from cache.
+    const int64_t tiles = a_panels * (q1 - q0);
+    runner(tiles, K * kMr * kNr, [&](int64_t begin, int64_t end) {
+      alignas(64) uint64_t tile[kMr * kNr];
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t q = q0 + t / a_panels, p = t % a_panels;
+        kernel(K, packed_a.get() + p * K * kMr, packed_b.get() + (q - q0) * K * kNr, tile);
+        const int64_t rows = std::min(kMr, M - p * kMr), cols = std::min(kNr, N - q * kNr);
+        for (int64_t r = 0; r < rows; ++r) {
+          uint64_t* c_row = C + (p * kMr + r) * ldc + q * kNr;
+          for (int64_t c = 0; c < cols; ++c) c_row[c] += tile[r * kNr + c];
+        }
       }
-    }
-  });
+    });
+  }
 }
 
 }  // namespace tf_puma

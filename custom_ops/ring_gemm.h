@@ -25,10 +25,12 @@ ParallelRunner SerialRunner();
 // it falls back to portable).
 enum class GemmPath { kAuto, kPortable, kAvx512 };
 
-// C += op(A) @ op(B) over Z_2^64.
+// C += op(A) @ (op(B) + op(B2)) over Z_2^64; B2 may be null (then C += op(A) @ op(B)). op(B)
+// is packed (with B2 added) a block of columns at a time: the scratch is K x 512 values and
+// A's panels, never a copy of B, and no B + B2 is stored.
 void RingGemmAccumulate(int64_t M, int64_t N, int64_t K, const uint64_t* A, int64_t lda,
-                        bool trans_a, const uint64_t* B, int64_t ldb, bool trans_b, uint64_t* C,
-                        int64_t ldc, const ParallelRunner& runner,
+                        bool trans_a, const uint64_t* B, const uint64_t* B2, int64_t ldb,
+                        bool trans_b, uint64_t* C, int64_t ldc, const ParallelRunner& runner,
                         GemmPath path = GemmPath::kAuto);
 
 // Rows of op(A) up to which products run unpacked (RingGemmThinAccumulate): a decoding step
@@ -38,8 +40,8 @@ constexpr int64_t kThinRows = 8;
 
 // C += op(A1) @ (op(B1) + op(B2)) + op(A2) @ op(B1) over Z_2^64 for M <= kThinRows: B1 and B2
 // are read once, in place (no packing, no sum of B1 + B2 stored). A2 and B2 may be null (that
-// operand is then zero). Bit-identical for every path. This is a party's share of x @ y from replicated shares: A1 = x_own, A2 = x_next,
-// B1 = y_own, B2 = y_next.
+// operand is then zero). Bit-identical for every path. This is a party's share of x @ y from
+// replicated shares: A1 = x_own, A2 = x_next, B1 = y_own, B2 = y_next.
 void RingGemmThinAccumulate(int64_t M, int64_t N, int64_t K, const uint64_t* A1,
                             const uint64_t* A2, int64_t lda, bool trans_a, const uint64_t* B1,
                             const uint64_t* B2, int64_t ldb, bool trans_b, uint64_t* C,

@@ -70,10 +70,11 @@ Status PlanMatMul(const TensorShape& a, const TensorShape& b, bool trans_a, bool
   return tensorflow::OkStatus();
 }
 
-// One term C_b += op(A_b) @ op(B_b) for every batch item b.
+// One term C_b += op(A_b) @ (op(B_b) + op(B2_b)) for every batch item b (b2 may be null).
 struct GemmTerm {
   const uint64_t* a;
   const uint64_t* b;
+  const uint64_t* b2;
 };
 
 // Runs one_batch(i, runner) for every batch item: small batched problems one item per thread
@@ -100,8 +101,8 @@ void RunBatchedGemm(const MatMulPlan& p, bool trans_a, bool trans_b,
   ForEachBatch(p, terms.size(), runner, [&](int64_t i, const ParallelRunner& inner) {
     for (const GemmTerm& t : terms) {
       RingGemmAccumulate(p.m, p.n, p.k, t.a + i * p.a_stride, lda, trans_a,
-                         t.b + i * p.b_stride, ldb, trans_b, out + i * p.m * p.n, p.n, inner,
-                         path);
+                         t.b + i * p.b_stride, t.b2 ? t.b2 + i * p.b_stride : nullptr, ldb,
+                         trans_b, out + i * p.m * p.n, p.n, inner, path);
     }
   });
 }
@@ -148,8 +149,8 @@ class RingMatMulOp : public OpKernel {
                      RingData(out), TfRunner(ctx), path_);
       return;
     }
-    RunBatchedGemm(plan, trans_a_, trans_b_, {{RingData(a), RingData(b)}}, RingData(out),
-                   TfRunner(ctx), path_);
+    RunBatchedGemm(plan, trans_a_, trans_b_, {{RingData(a), RingData(b), nullptr}},
+                   RingData(out), TfRunner(ctx), path_);
   }
 
  private:
@@ -188,30 +189,23 @@ class MatMulShareOp : public StreamOpKernel {
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, plan.out_shape, &out));
     const int64_t n_out = out->NumElements();
-    const int64_t n_y = y_own.NumElements();
-    // z = alpha + x_own @ (y_own + y_next) + x_next @ y_own
-    const bool thin = plan.m <= kThinRows;  // y read in place, no sum stored
+    // z = alpha + x_own @ (y_own + y_next) + x_next @ y_own; y_own + y_next is never stored
+    // (added while packing, or read in place by the thin product).
     Tensor scratch;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64,
-                                           TensorShape({thin ? n_out : std::max(n_out, n_y)}),
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, TensorShape({n_out}),
                                            &scratch));
     auto runner = TfRunner(ctx);
     OP_REQUIRES_OK(ctx, FillZeroShare(own, next, stream, RingData(out), RingData(&scratch), n_out,
                                       runner));
-    if (thin) {
+    if (plan.m <= kThinRows) {
       RunBatchedThin(plan, trans_a_, trans_b_, RingData(x_own), RingData(x_next), RingData(y_own),
                      RingData(y_next), RingData(out), runner);
       return;
     }
-    // y_sum = y_own + y_next, then z += x_own @ y_sum + x_next @ y_own.
-    uint64_t* y_sum = RingData(&scratch);
-    const uint64_t* yo = RingData(y_own);
-    const uint64_t* yn = RingData(y_next);
-    ParallelElementwise(runner, n_y, 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) y_sum[i] = yo[i] + yn[i];
-    });
     RunBatchedGemm(plan, trans_a_, trans_b_,
-                   {{RingData(x_own), y_sum}, {RingData(x_next), yo}}, RingData(out), runner);
+                   {{RingData(x_own), RingData(y_own), RingData(y_next)},
+                    {RingData(x_next), RingData(y_own), nullptr}},
+                   RingData(out), runner);
   }
 
  private:

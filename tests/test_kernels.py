@@ -131,7 +131,9 @@ def test_ring_matmul_matches_numpy(m, k, n, ta, tb):
                                          (128, 300, 70, False, True),
                                          # thin products (m <= 8): several 512-column blocks
                                          (1, 700, 1100, False, False), (8, 65, 530, True, True),
-                                         (3, 33, 1030, False, True), (9, 40, 600, True, False)])
+                                         (3, 33, 1030, False, True), (9, 40, 600, True, False),
+                                         # packed, B packed 512 columns at a time: 3 blocks
+                                         (20, 40, 1100, False, True), (9, 70, 1030, True, False)])
 def test_portable_and_avx512_kernels_are_bit_identical(m, k, n, ta, tb):
     a, b = random_ring([k, m] if ta else [m, k]), random_ring([n, k] if tb else [k, n])
     outs = [ops.puma_ring_mat_mul(a, b, transpose_a=ta, transpose_b=tb, kernel=kern).numpy()
@@ -193,7 +195,8 @@ def test_mul_and_matmul_share_sum_to_products():
 @pytest.mark.parametrize("tb", [False, True])
 def test_matmul_share_of_a_few_rows_with_a_weight(m, tb):
     """A decoding step's product: m rows (batched) by one broadcast weight of 1,100 columns
-    (three 512-column blocks, the last partial), the weight stored transposed or not."""
+    (three 512-column blocks, the last partial; packed: y_own + y_next summed while packing
+    each block), the weight stored transposed or not."""
     keys = [tf.constant(random_ring([2])) for _ in range(3)]
     w = random_ring([1100, 70]) if tb else random_ring([70, 1100])
     xb, ws = replicated(random_ring([2, m, 70])), replicated(w)
