@@ -44,6 +44,28 @@ def test_each_party_holds_two_consistent_shares(bundle_dir):
             assert np.mean(two.view(np.int64) == FixedPoint().encode_np(value)) < 0.01
 
 
+
+def test_weights_larger_than_a_chunk_are_shared_chunk_by_chunk(tmp_path, monkeypatch):
+    """write_bundles encodes and shares CHUNK_VALUES values at a time (a LLaMA-7B weight is
+    45M values): the layout is the one-piece layout, the shares add up to the weight, and every
+    chunk has fresh randomness (the same stream reused would repeat share values)."""
+    monkeypatch.setattr(bundle, "CHUNK_VALUES", 8)
+    rng = np.random.default_rng(3)
+    weights = {"w": rng.normal(size=(5, 7)), "b": rng.normal(size=8),
+               "s": np.float32(0.25), "e": np.zeros((0, 3))}
+    bundle.write_bundles(weights, str(tmp_path), "b-chunks")
+    parties = [read_party(str(tmp_path / f"party{i}")) for i in range(3)]
+    for name, value in weights.items():
+        shares = [parties[i][name][0] for i in range(3)]
+        assert shares[0].shape == np.shape(value)
+        for i in range(3):
+            np.testing.assert_array_equal(parties[i][name][1], shares[(i + 1) % 3])
+        total = sum(s.view(np.uint64) for s in shares).view(np.int64)
+        np.testing.assert_array_equal(total, FixedPoint().encode_np(value))
+    own = parties[0]["w"][0].reshape(-1)
+    assert len({tuple(own[k:k + 8]) for k in range(0, 32, 8)}) == 4
+    assert os.path.getsize(tmp_path / "party0" / "shares.bin") == 2 * 8 * (35 + 8 + 1)
+
 def test_secure_matmul_with_party_loaded_weights(cluster):
     x = np.random.default_rng(0).normal(size=(4, 16))
 

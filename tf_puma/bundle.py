@@ -22,6 +22,8 @@ from tf_puma.cluster import NUM_PARTIES
 from tf_puma.fixedpoint import FixedPoint
 from tf_puma.sharing import Shared
 
+# Ring elements encoded and secret-shared at a time by write_bundles (32 MiB per array).
+CHUNK_VALUES = 1 << 22
 
 
 def _uniform_ring(shape: tuple[int, ...]) -> np.ndarray:
@@ -62,19 +64,28 @@ def write_bundles(weights: Mapping[str, np.ndarray], out_dir: str, bundle_id: st
     offsets = [0] * NUM_PARTIES
     try:
         for name, value in weights.items():
-            enc = fxp.encode_np(np.asarray(value, dtype=np.float64))
-            x0, x1 = _uniform_ring(enc.shape), _uniform_ring(enc.shape)
-            with np.errstate(over="ignore"):  # ring arithmetic wraps by design (0-d weights
-                x2 = (enc.view(np.uint64) - x0.view(np.uint64)  # are numpy scalars, which warn)
-                      - x1.view(np.uint64)).view(np.int64)
-            shares = [x0, x1, x2]
+            flat = np.asarray(value).reshape(-1)  # a view of a contiguous weight
+            nbytes = 8 * flat.size
             for i in range(NUM_PARTIES):
-                own, nxt = shares[i], shares[(i + 1) % NUM_PARTIES]
-                index[i].append(" ".join([name, str(offsets[i]), str(offsets[i] + own.nbytes),
-                                          *map(str, enc.shape)]))
-                tmp[i].write(memoryview(np.ascontiguousarray(own, dtype="<i8")))  # no copy
-                tmp[i].write(memoryview(np.ascontiguousarray(nxt, dtype="<i8")))
-                offsets[i] += 2 * own.nbytes
+                index[i].append(" ".join([name, str(offsets[i]), str(offsets[i] + nbytes),
+                                          *map(str, np.shape(value))]))
+            # Encoded and shared CHUNK_VALUES at a time: a weight of any size costs a few
+            # chunk-sized arrays, not five copies of itself. Party i's own share goes to
+            # [offset, offset + nbytes), its next share to the nbytes after that.
+            for start in range(0, flat.size, CHUNK_VALUES):
+                enc = fxp.encode_np(np.asarray(flat[start:start + CHUNK_VALUES], np.float64))
+                x0, x1 = _uniform_ring(enc.shape), _uniform_ring(enc.shape)
+                with np.errstate(over="ignore"):  # ring arithmetic wraps by design
+                    x2 = (enc.view(np.uint64) - x0.view(np.uint64)
+                          - x1.view(np.uint64)).view(np.int64)
+                shares = [x0, x1, x2]
+                for i in range(NUM_PARTIES):
+                    tmp[i].seek(offsets[i] + 8 * start)
+                    tmp[i].write(memoryview(np.ascontiguousarray(shares[i], dtype="<i8")))
+                    tmp[i].seek(offsets[i] + nbytes + 8 * start)
+                    tmp[i].write(memoryview(np.ascontiguousarray(
+                        shares[(i + 1) % NUM_PARTIES], dtype="<i8")))
+            offsets = [offset + 2 * nbytes for offset in offsets]
     finally:
         for fh in tmp:
             fh.close()
