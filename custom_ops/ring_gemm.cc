@@ -136,6 +136,9 @@ MicroKernel ChooseKernel(GemmPath path) {
 }
 
 // ---- thin products: few rows of A, B streamed once ------------------------------------------
+// Thin bodies are inlined into a portable and an AVX-512 caller, each compiling them for its
+// own target.
+#define TF_PUMA_ALWAYS_INLINE __attribute__((always_inline)) inline
 constexpr int64_t kThinCols = 512;  // columns of C per block (M x kThinCols stays in L1/L2)
 
 // The rows of op(A) as a dense [M][K] array (A is small: M <= kThinRows).
@@ -152,9 +155,10 @@ std::vector<uint64_t> DenseRows(int64_t M, int64_t K, const uint64_t* A, int64_t
 // B stored [K][N] (not transposed): for each k, row k of B1 (and B2) updates the M rows of a
 // block of C columns [n0, n1). The inner loop runs over contiguous columns (vectorised).
 template <bool kHasB2>
-inline void ThinRowsBody(int64_t M, int64_t K, const uint64_t* a1, const uint64_t* a2,
-                         const uint64_t* B1, const uint64_t* B2, int64_t ldb, int64_t n0,
-                         int64_t n1, uint64_t* acc) {
+TF_PUMA_ALWAYS_INLINE void ThinRowsBody(int64_t M, int64_t K, const uint64_t* a1,
+                                        const uint64_t* a2, const uint64_t* B1,
+                                        const uint64_t* B2, int64_t ldb, int64_t n0, int64_t n1,
+                                        uint64_t* acc) {
   const int64_t w = n1 - n0;
   for (int64_t k = 0; k < K; ++k) {
     const uint64_t* __restrict b1 = B1 + k * ldb + n0;
@@ -173,9 +177,10 @@ inline void ThinRowsBody(int64_t M, int64_t K, const uint64_t* a1, const uint64_
 
 // B stored [N][K] (transposed): each column n of C is M dot products over row n of B.
 template <bool kHasB2>
-inline void ThinDotsBody(int64_t M, int64_t K, const uint64_t* a1, const uint64_t* a2,
-                         const uint64_t* B1, const uint64_t* B2, int64_t ldb, int64_t n0,
-                         int64_t n1, uint64_t* acc) {
+TF_PUMA_ALWAYS_INLINE void ThinDotsBody(int64_t M, int64_t K, const uint64_t* a1,
+                                        const uint64_t* a2, const uint64_t* B1,
+                                        const uint64_t* B2, int64_t ldb, int64_t n0, int64_t n1,
+                                        uint64_t* acc) {
   const int64_t w = n1 - n0;
   for (int64_t n = n0; n < n1; ++n) {
     const uint64_t* __restrict b1 = B1 + n * ldb;
@@ -194,21 +199,12 @@ inline void ThinDotsBody(int64_t M, int64_t K, const uint64_t* a1, const uint64_
   }
 }
 
-using ThinBody = void (*)(int64_t, int64_t, const uint64_t*, const uint64_t*, const uint64_t*,
-                          const uint64_t*, int64_t, int64_t, int64_t, uint64_t*);
-
-void ThinPortable(bool trans_b, bool has_b2, int64_t M, int64_t K, const uint64_t* a1,
-                  const uint64_t* a2, const uint64_t* B1, const uint64_t* B2, int64_t ldb,
-                  int64_t n0, int64_t n1, uint64_t* acc) {
-  const ThinBody body = trans_b ? (has_b2 ? ThinDotsBody<true> : ThinDotsBody<false>)
-                                : (has_b2 ? ThinRowsBody<true> : ThinRowsBody<false>);
-  body(M, K, a1, a2, B1, B2, ldb, n0, n1, acc);
-}
-
-// The same C++ compiled for AVX-512 (vpmullq): the compiler vectorises the inner loops.
-__attribute__((target("avx512f,avx512dq"))) void ThinAvx512(
-    bool trans_b, bool has_b2, int64_t M, int64_t K, const uint64_t* a1, const uint64_t* a2,
-    const uint64_t* B1, const uint64_t* B2, int64_t ldb, int64_t n0, int64_t n1, uint64_t* acc) {
+// The body for B's layout and whether B2 is given. Always inlined (as are the bodies), so each
+// caller below compiles the same C++ for its own target.
+TF_PUMA_ALWAYS_INLINE void ThinBlock(bool trans_b, bool has_b2, int64_t M, int64_t K,
+                                     const uint64_t* a1, const uint64_t* a2, const uint64_t* B1,
+                                     const uint64_t* B2, int64_t ldb, int64_t n0, int64_t n1,
+                                     uint64_t* acc) {
   if (trans_b) {
     if (has_b2) ThinDotsBody<true>(M, K, a1, a2, B1, B2, ldb, n0, n1, acc);
     else ThinDotsBody<false>(M, K, a1, a2, B1, B2, ldb, n0, n1, acc);
@@ -216,6 +212,19 @@ __attribute__((target("avx512f,avx512dq"))) void ThinAvx512(
     if (has_b2) ThinRowsBody<true>(M, K, a1, a2, B1, B2, ldb, n0, n1, acc);
     else ThinRowsBody<false>(M, K, a1, a2, B1, B2, ldb, n0, n1, acc);
   }
+}
+
+void ThinPortable(bool trans_b, bool has_b2, int64_t M, int64_t K, const uint64_t* a1,
+                  const uint64_t* a2, const uint64_t* B1, const uint64_t* B2, int64_t ldb,
+                  int64_t n0, int64_t n1, uint64_t* acc) {
+  ThinBlock(trans_b, has_b2, M, K, a1, a2, B1, B2, ldb, n0, n1, acc);
+}
+
+// The same C++ compiled for AVX-512 (vpmullq): the compiler vectorises the inner loops.
+__attribute__((target("avx512f,avx512dq"))) void ThinAvx512(
+    bool trans_b, bool has_b2, int64_t M, int64_t K, const uint64_t* a1, const uint64_t* a2,
+    const uint64_t* B1, const uint64_t* B2, int64_t ldb, int64_t n0, int64_t n1, uint64_t* acc) {
+  ThinBlock(trans_b, has_b2, M, K, a1, a2, B1, B2, ldb, n0, n1, acc);
 }
 
 }  // namespace
