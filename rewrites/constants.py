@@ -4,8 +4,8 @@ Tracing makes a Const node for every Python shape, axis or index list a TensorFl
 (tf.reshape(t, [4, 32]) on each party and share: 6 nodes for one value), so a traced MiniLM
 layer held ~3.5 times as many Const nodes as distinct (device, value) pairs. Every node costs the
 client's load (the function is imported node by node) and the first call (partitioning and
-registration on the parties). This pass keeps one Const per function, device, dtype and value
-and points every consumer at it; nothing else in the graph changes (no value is added, none is
+registration on the parties). This pass keeps one Const per function, device, dtype, value and
+receivers (runtime.SENT_TO_ATTR) and points every consumer at it; nothing else in the graph changes (no value is added, none is
 computed, no op moves to another device).
 """
 
@@ -15,6 +15,8 @@ import os
 
 from tensorflow.core.framework import function_pb2
 from tensorflow.core.protobuf import saved_model_pb2
+
+from tf_puma.runtime import SENT_TO_ATTR
 
 SAVED_MODEL_FILE = "saved_model.pb"
 
@@ -48,7 +50,8 @@ def merge_in_function(function: function_pb2.FunctionDef) -> int:
         if node.op != "Const" or node.input:
             continue
         key = (node.device, node.attr["dtype"].type,
-               node.attr["value"].tensor.SerializeToString(deterministic=True))
+               node.attr["value"].tensor.SerializeToString(deterministic=True),
+               tuple(node.attr[SENT_TO_ATTR].list.s) if SENT_TO_ATTR in node.attr else ())
         if key in first:
             renamed[node.name] = first[key]
         else:

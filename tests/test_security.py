@@ -102,12 +102,13 @@ def test_graph_has_no_cross_device_edge_outside_transfer(cluster):
     wide = layers.get_concrete_function(tf.TensorSpec([2, 8], tf.float32))
     assert audit.audit_graph(wide.graph) == []
     # Client -> party messages: keys and the masked share x_2 only; party -> client: reveal.
-    names = [op.name for op in concrete.graph.get_operations()
-             if op.name.split("/")[-1].startswith(runtime.TRANSFER_PREFIX)]
-    from_client = [n for n in names if "_client_to_" in n]
-    assert len(from_client) == 2 * 6  # per input: c0, c1 to P0, c1 to P1, c0 to P2, x2 to P1, P2
-    to_client = [n for n in names if n.endswith("_to_client") or "_to_client_" in n]
-    assert len(to_client) == 2
+    # (Each sending op lists its receivers; transfer() adds no op of its own.)
+    sends = [(audit.holder_of(op.device), dst) for op in concrete.graph.get_operations()
+             for dst in audit.sent_to(op.node_def)]
+    from_client = [dst for src, dst in sends if src == "client"]
+    assert sorted(from_client) == sorted(["0", "0", "1", "1", "2", "2"] * 2)  # per input: c0, c1
+    # to P0, c1 to P1, c0 to P2, x2 to P1 and P2
+    assert len([src for src, dst in sends if dst == "client"]) == 2
 
 
 def test_audit_catches_an_implicit_transfer(cluster):
@@ -119,6 +120,16 @@ def test_audit_catches_an_implicit_transfer(cluster):
         return bad
 
     concrete = leaky.get_concrete_function(tf.TensorSpec([2], tf.float32))
+    assert any("crosses devices" in p for p in audit.audit_graph(concrete.graph))
+
+    @tf.function
+    def sent_elsewhere(a):
+        sa = tf_puma.share(a)
+        at_2 = runtime.transfer(sa.pairs[0][0], 0, 2)
+        with tf.device(runtime.device(1)):
+            return at_2 + 1  # sent to party 2, read on party 1
+
+    concrete = sent_elsewhere.get_concrete_function(tf.TensorSpec([2], tf.float32))
     assert any("crosses devices" in p for p in audit.audit_graph(concrete.graph))
 
 

@@ -354,8 +354,10 @@ def test_bytes_on_a_public_link_hold_none_of_the_shares(deployment, tmp_path):
             @tf.function
             def run(x):
                 s = tf_puma.share(x)
+                with tf.device(runtime.device(1)):  # x_2, as party 1 receives it
+                    at_1 = tf.identity(s.pairs[1][1])
                 with tf.device(runtime.CLIENT_DEVICE):
-                    x2 = tf.identity(s.pairs[1][1])  # x_2, as party 1 holds it
+                    x2 = tf.identity(at_1)
                 return tf_puma.reveal(s, dtype=tf.float64), x2
 
             y, x2 = run(tf.constant(x))

@@ -2,7 +2,8 @@
 
 Two invariants every secure graph must keep (DESIGN.md, privacy invariants):
 1. **Placement.** Every Puma op is placed on a device, and every edge between two devices is a
-   `runtime.transfer` (so it is counted and recorded in views).
+   `runtime.transfer` (so it is counted and recorded in views): the producing op carries the
+   receiving endpoint in its SENT_TO_ATTR list.
 2. **PRG outputs used once.** No party draws the same F(key, stream, sub) twice in one execution,
    and no stream is shared by two protocol steps (two families of custom_ops/prg_draws.h): the
    fused product once handed its TruncPr its own zero-share stream, so party A could strip
@@ -32,7 +33,7 @@ from tensorflow.python.framework import op_def_registry
 
 from tf_puma import _ops
 from tf_puma.cluster import CLIENT_JOB, PARTY_JOB
-from tf_puma.runtime import TRANSFER_PREFIX
+from tf_puma.runtime import SENT_TO_ATTR
 
 _FORWARDING_OPS = ("Identity", "Snapshot", "StopGradient")
 _CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
@@ -149,12 +150,13 @@ class _Auditor:
             self._enter_functions(scope, node)
 
     def _check_edges(self, scope: _Scope, node: node_def_pb2.NodeDef) -> None:
-        if not node.device or node.name.split("/")[-1].startswith(TRANSFER_PREFIX):
+        if not node.device:
             return
         here = tf.DeviceSpec.from_string(node.device)
         for ref in _data_inputs(node):
             src = scope.nodes.get(_split_ref(ref)[0])
-            if src is not None and src.device and tf.DeviceSpec.from_string(src.device) != here:
+            if (src is not None and src.device and tf.DeviceSpec.from_string(src.device) != here
+                    and holder_of(node.device) not in sent_to(src)):
                 self.problems.append(f"{scope.path}{src.name} ({src.device}) -> {node.name} "
                                      f"({node.device}) crosses devices outside transfer()")
 
@@ -227,6 +229,13 @@ class _Auditor:
                     f"{families[k][0]} ({families[k][1]}) and {d.family} ({d.node}); give each "
                     "kernel call its own runtime.new_stream()")
             families.setdefault(k, (d.family, d.node))
+
+
+def sent_to(node: node_def_pb2.NodeDef) -> list[str]:
+    """The endpoints `runtime.transfer` sent this node's outputs to ("0".."2", "client")."""
+    if SENT_TO_ATTR not in node.attr:
+        return []
+    return [s.decode() for s in node.attr[SENT_TO_ATTR].list.s]
 
 
 def _data_inputs(node: node_def_pb2.NodeDef) -> list[str]:

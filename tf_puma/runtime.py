@@ -2,9 +2,10 @@
 
 Protocols build TensorFlow graphs (inside `tf.function`); each party's ops are placed on its own
 device and TensorFlow's partitioner turns every cross-device edge into a Send/Recv over gRPC. All
-such edges go through `transfer`, which names the op, counts its bytes and rounds, and lets tests
-record each party's view. `tf_puma.audit` checks a traced graph has no other cross-device edge
-and draws no PRG output twice.
+such edges go through `transfer`, which marks the sending op, counts the bytes and rounds, and
+lets tests record each party's view; it adds no op (TensorFlow sends a tensor once per receiving
+device however many ops there read it). `tf_puma.audit` checks a traced graph has no other
+cross-device edge and draws no PRG output twice.
 
 PRSS (pseudo-random secret sharing): on every execution of a secure graph each party i draws a
 fresh 128-bit key k_i from its OS (PumaNewKey) and sends it to party i-1 only, so party i holds
@@ -24,6 +25,8 @@ from typing import Iterator, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import attr_value_pb2
+from tensorflow.python.framework.ops import EagerTensor
 
 from tf_puma import _ops, costs
 from tf_puma.cluster import CLIENT_DEVICE, NUM_PARTIES, party_device
@@ -31,7 +34,8 @@ from tf_puma.cluster import CLIENT_DEVICE, NUM_PARTIES, party_device
 Endpoint = Union[int, str]  # a party index or "client"
 STREAM_FAMILIES = ("zero_share", "xor_zero_share", "trunc_pr", "b2a", "prg")  # prg_draws.h families
 CLIENT = costs.CLIENT
-TRANSFER_PREFIX = "puma_transfer"
+# On an op whose outputs `transfer` sends: the endpoints that receive them ("0".."2", "client").
+SENT_TO_ATTR = "_puma_sent_to"
 
 
 def device(endpoint: Endpoint) -> str:
@@ -73,16 +77,34 @@ def record_views() -> Iterator[_ViewRecorder]:
 
 
 def transfer(tensor: tf.Tensor, src: Endpoint, dst: Endpoint) -> tf.Tensor:
-    """Moves `tensor` from src's device to dst's: one message, counted in the cost ledger."""
+    """`tensor` (on src's device) for use by ops on dst's: one message, counted in the cost
+    ledger and marked on the producing op (SENT_TO_ATTR) for the placement audit. Returns the
+    tensor itself: dst's ops read it and TensorFlow's partitioner makes the Send/Recv pair (an
+    Identity on dst per transfer was 27% of a secure graph's ops)."""
     if src == dst:
         return tensor
-    with tf.device(device(dst)):
-        out = tf.identity(tensor, name=f"{TRANSFER_PREFIX}_{src}_to_{dst}")
+    _mark_sent(tensor, dst)
     costs.record_transfer(src, static_num_elements(tensor.shape) * tensor.dtype.size)
     if dst != CLIENT:
         for rec in _recorders():
-            rec.received[int(dst)].append(out)
-    return out
+            rec.received[int(dst)].append(tensor)
+    return tensor
+
+
+def _mark_sent(tensor: tf.Tensor, dst: Endpoint) -> None:
+    """Adds dst to the SENT_TO_ATTR list of the op producing `tensor` (when it is an op of the
+    graph being built; a function's captured inputs are its arguments, which the audit treats
+    as such)."""
+    op = getattr(tensor, "op", None) if not isinstance(tensor, EagerTensor) else None
+    if op is None or op.graph is not tf.compat.v1.get_default_graph():
+        return
+    try:
+        sent = list(op.get_attr(SENT_TO_ATTR))
+    except ValueError:
+        sent = []
+    if str(dst).encode() not in sent:
+        op._set_attr(SENT_TO_ATTR, attr_value_pb2.AttrValue(  # noqa: SLF001 - TF's attr setter
+            list=attr_value_pb2.AttrValue.ListValue(s=sent + [str(dst).encode()])))
 
 
 class Prss:
