@@ -111,6 +111,30 @@ def test_graph_has_no_cross_device_edge_outside_transfer(cluster):
     assert len([src for src, dst in sends if dst == "client"]) == 2
 
 
+def test_a_transfer_adds_no_op_and_marks_the_sender(cluster):
+    """transfer() returns the tensor itself and lists the receivers on its op (TensorFlow sends
+    it once per receiving device): no Identity per message in the graph."""
+    @tf.function
+    def run(a):
+        with tf.device(runtime.device(0)):
+            x = a * 2
+        before = len(tf.compat.v1.get_default_graph().get_operations())
+        at_1, at_2 = runtime.transfer(x, 0, 1), runtime.transfer(x, 0, 2)
+        assert at_1 is x and at_2 is x
+        assert len(tf.compat.v1.get_default_graph().get_operations()) == before
+        assert audit.sent_to(x.op.node_def) == ["1", "2"]
+        with tf.device(runtime.device(1)):
+            y = at_1 + 1
+        with tf.device(runtime.device(2)):
+            z = at_2 + 1
+        return runtime.transfer(y, 1, "client"), runtime.transfer(z, 2, "client")
+
+    concrete = run.get_concrete_function(tf.TensorSpec([3], tf.float32))
+    assert audit.audit_graph(concrete.graph) == []
+    y, z = run(tf.constant([1.0, 2.0, 3.0]))
+    np.testing.assert_array_equal(y.numpy(), [3.0, 5.0, 7.0])
+    np.testing.assert_array_equal(z.numpy(), y.numpy())
+
 def test_audit_catches_an_implicit_transfer(cluster):
     @tf.function
     def leaky(a):
