@@ -104,7 +104,7 @@ def test_graph_has_no_cross_device_edge_outside_transfer(cluster):
     # Client -> party messages: keys and the masked share x_2 only; party -> client: reveal.
     # (Each sending op lists its receivers; transfer() adds no op of its own.)
     sends = [(audit.holder_of(op.device), dst) for op in concrete.graph.get_operations()
-             for dst in audit.sent_to(op.node_def)]
+             for _, dst in audit.sent_to(op.node_def)]
     from_client = [dst for src, dst in sends if src == "client"]
     assert sorted(from_client) == sorted(["0", "0", "1", "1", "2", "2"] * 2)  # per input: c0, c1
     # to P0, c1 to P1, c0 to P2, x2 to P1 and P2
@@ -122,7 +122,7 @@ def test_a_transfer_adds_no_op_and_marks_the_sender(cluster):
         at_1, at_2 = runtime.transfer(x, 0, 1), runtime.transfer(x, 0, 2)
         assert at_1 is x and at_2 is x
         assert len(tf.compat.v1.get_default_graph().get_operations()) == before
-        assert audit.sent_to(x.op.node_def) == ["1", "2"]
+        assert audit.sent_to(x.op.node_def) == [(0, "1"), (0, "2")]
         with tf.device(runtime.device(1)):
             y = at_1 + 1
         with tf.device(runtime.device(2)):
@@ -155,6 +155,18 @@ def test_audit_catches_an_implicit_transfer(cluster):
 
     concrete = sent_elsewhere.get_concrete_function(tf.TensorSpec([2], tf.float32))
     assert any("crosses devices" in p for p in audit.audit_graph(concrete.graph))
+
+    @tf.function
+    def other_output(a):
+        with tf.device(runtime.device(0)):
+            parts = tf.split(a, 2)  # one op, two outputs
+        sent = runtime.transfer(parts[0], 0, 1)
+        with tf.device(runtime.device(1)):
+            return sent + parts[1]  # output 1 was never sent to party 1
+
+    concrete = other_output.get_concrete_function(tf.TensorSpec([4], tf.float32))
+    problems = audit.audit_graph(concrete.graph)
+    assert len(problems) == 1 and "crosses devices" in problems[0], problems
 
 
 # -- PRG outputs used once: the static audit and each party's view unmasked with its own keys --

@@ -2,8 +2,8 @@
 
 Two invariants every secure graph must keep (DESIGN.md, privacy invariants):
 1. **Placement.** Every Puma op is placed on a device, and every edge between two devices is a
-   `runtime.transfer` (so it is counted and recorded in views): the producing op carries the
-   receiving endpoint in its SENT_TO_ATTR list.
+   `runtime.transfer` (so it is counted and recorded in views): the producing op lists the
+   output and its receiving endpoint in its SENT_TO_ATTR attribute.
 2. **PRG outputs used once.** No party draws the same F(key, stream, sub) twice in one execution,
    and no stream is shared by two protocol steps (two families of custom_ops/prg_draws.h): the
    fused product once handed its TruncPr its own zero-share stream, so party A could strip
@@ -156,7 +156,7 @@ class _Auditor:
         for ref in _data_inputs(node):
             src = scope.nodes.get(_split_ref(ref)[0])
             if (src is not None and src.device and tf.DeviceSpec.from_string(src.device) != here
-                    and holder_of(node.device) not in sent_to(src)):
+                    and (_output_slot(src, ref), holder_of(node.device)) not in sent_to(src)):
                 self.problems.append(f"{scope.path}{src.name} ({src.device}) -> {node.name} "
                                      f"({node.device}) crosses devices outside transfer()")
 
@@ -231,11 +231,32 @@ class _Auditor:
             families.setdefault(k, (d.family, d.node))
 
 
-def sent_to(node: node_def_pb2.NodeDef) -> list[str]:
-    """The endpoints `runtime.transfer` sent this node's outputs to ("0".."2", "client")."""
+def sent_to(node: node_def_pb2.NodeDef) -> list[tuple[int, str]]:
+    """(output, endpoint) for each output of this node `runtime.transfer` sent and each
+    receiver ("0".."2", "client")."""
     if SENT_TO_ATTR not in node.attr:
         return []
-    return [s.decode() for s in node.attr[SENT_TO_ATTR].list.s]
+    entries = [s.decode().split(">") for s in node.attr[SENT_TO_ATTR].list.s]
+    return [(int(slot), dst) for slot, dst in entries]
+
+
+def _output_slot(node: node_def_pb2.NodeDef, ref: str) -> int:
+    """The flat output index a reference to `node` reads: "node:2" in a GraphDef, "node:arg:i"
+    in a function body (i within output argument `arg`, counted with the op's definition)."""
+    parts = ref.lstrip("^").split(":")
+    if len(parts) < 3:
+        return int(parts[1]) if len(parts) == 2 else 0
+    slot = 0
+    for arg in op_def_registry.get(node.op).output_arg:
+        if arg.name == parts[1]:
+            return slot + int(parts[2])
+        if arg.number_attr:
+            slot += int(node.attr[arg.number_attr].i)
+        elif arg.type_list_attr:
+            slot += len(node.attr[arg.type_list_attr].list.type)
+        else:
+            slot += 1
+    raise ValueError(f"{node.op} {node.name} has no output {parts[1]!r}")
 
 
 def _data_inputs(node: node_def_pb2.NodeDef) -> list[str]:

@@ -34,7 +34,8 @@ from tf_puma.cluster import CLIENT_DEVICE, NUM_PARTIES, party_device
 Endpoint = Union[int, str]  # a party index or "client"
 STREAM_FAMILIES = ("zero_share", "xor_zero_share", "trunc_pr", "b2a", "prg")  # prg_draws.h families
 CLIENT = costs.CLIENT
-# On an op whose outputs `transfer` sends: the endpoints that receive them ("0".."2", "client").
+# On an op whose outputs `transfer` sends: "SLOT>ENDPOINT" for each output (its flat index) and
+# receiver ("0".."2", "client"), e.g. "1>2": output 1 goes to party 2.
 SENT_TO_ATTR = "_puma_sent_to"
 
 
@@ -92,9 +93,9 @@ def transfer(tensor: tf.Tensor, src: Endpoint, dst: Endpoint) -> tf.Tensor:
 
 
 def _mark_sent(tensor: tf.Tensor, dst: Endpoint) -> None:
-    """Adds dst to the SENT_TO_ATTR list of the op producing `tensor` (when it is an op of the
-    graph being built; a function's captured inputs are its arguments, which the audit treats
-    as such)."""
+    """Adds "SLOT>dst" to the SENT_TO_ATTR list of the op producing `tensor` (when it is an op
+    of the graph being built; a function's captured inputs are its arguments, which the audit
+    treats as such)."""
     op = getattr(tensor, "op", None) if not isinstance(tensor, EagerTensor) else None
     if op is None or op.graph is not tf.compat.v1.get_default_graph():
         return
@@ -102,9 +103,10 @@ def _mark_sent(tensor: tf.Tensor, dst: Endpoint) -> None:
         sent = list(op.get_attr(SENT_TO_ATTR))
     except ValueError:
         sent = []
-    if str(dst).encode() not in sent:
+    entry = f"{tensor.value_index}>{dst}".encode()
+    if entry not in sent:
         op._set_attr(SENT_TO_ATTR, attr_value_pb2.AttrValue(  # noqa: SLF001 - TF's attr setter
-            list=attr_value_pb2.AttrValue.ListValue(s=sent + [str(dst).encode()])))
+            list=attr_value_pb2.AttrValue.ListValue(s=sent + [entry])))
 
 
 class Prss:
