@@ -30,6 +30,17 @@ def test_range_is_checked_in_numpy_and_tf():
         fxp.encode_np(np.array([2.0 ** 27]))
     with pytest.raises(ValueError, match="NaN"):
         fxp.encode_np(np.array([np.nan]))
+    # the check reads max and min: the negative end, infinities and a NaN among valid values
+    with pytest.raises(ValueError, match=r"value 1\.342e\+08 is outside"):
+        fxp.encode_np(np.array([1.0, -(2.0 ** 27)]))
+    for bad in ([-np.inf, 0.0], [np.inf], [0.5, np.nan, 2.0]):
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            fxp.encode_np(np.array(bad))
+    assert fxp.encode_np(np.array([2.0 ** 26, -(2.0 ** 26)])).tolist() == [2 ** 44, -(2 ** 44)]
+    assert fxp.encode_np(np.float32(0.25)) == 2 ** 16 and fxp.encode_np(np.zeros((0, 3))).shape \
+        == (0, 3)
+    # ties round half to even, as np.round
+    assert fxp.encode_np(np.array([0.5, 1.5, 2.5, -0.5]) * fxp.ulp).tolist() == [0, 2, 2, 0]
     with pytest.raises(tf.errors.InvalidArgumentError, match="outside the fixed-point range"):
         fxp.encode(tf.constant([1.0, -(2.0 ** 27)]))
     ok = fxp.encode(tf.constant([1.5, -2.25], tf.float64)).numpy()
