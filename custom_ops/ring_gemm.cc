@@ -3,10 +3,9 @@
 // op(A) is packed once per call into micro-panels ([M/MR][K][MR], zero-padded); op(B) (+ op(B2))
 // kNc columns at a time ([kNc/NR][K][NR]), so the scratch is K x kNc, not a copy of a weight
 // matrix. For each column block the MR x NR tiles of C are computed in parallel, each over the
-// full K. The
-// AVX-512 micro-kernel keeps an 8 x 16 tile of C in 16 zmm registers and multiplies with
-// vpmullq (AVX512DQ); the portable kernel does the same arithmetic in scalar code. Both give the
-// exact product mod 2^64, so results are bit-identical.
+// full K. The AVX-512 micro-kernel keeps an 8 x 16 tile of C in 16 zmm registers and multiplies
+// with vpmullq (AVX512DQ); the portable kernel does the same arithmetic in scalar code. Both give
+// the exact product mod 2^64, so results are bit-identical.
 #include "custom_ops/ring_gemm.h"
 
 #include <immintrin.h>
