@@ -5,8 +5,8 @@ Tracing makes a Const node for every Python shape, axis or index list a TensorFl
 layer held ~3.5 times as many Const nodes as distinct (device, value) pairs. Every node costs the
 client's load (the function is imported node by node) and the first call (partitioning and
 registration on the parties). This pass keeps one Const per function, device, dtype, value and
-receivers (runtime.SENT_TO_ATTR) and points every consumer at it; nothing else in the graph changes (no value is added, none is
-computed, no op moves to another device).
+receivers (runtime.SENT_TO_ATTR) and points every consumer at it; nothing else in the graph
+changes (no value is added, none is computed, no op moves to another device).
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ def layer_norm(x: Shared, gamma: Shared | None = None, beta: Shared | None = Non
 
 # RMSNorm over a wide range (LLaMA-family residual streams carry outliers of 2e4 and more,
 # SmolLM2's mean squares run from 6e-3 to 9e5): the sum of squares with SUM_FRAC_BITS (fewer
-# for rows wider than 2^11: sum_frac_bits), from the squares of x / 2^WIDE_SHIFT once it
+# for rows of 1024 or more: sum_frac_bits), from the squares of x / 2^WIDE_SHIFT once it
 # reaches 2^WIDE_THRESHOLD (a square of x itself leaves the ring above |x| = 2^13), and rsqrt
 # of the sum over mean squares [2^-10, WIDE_HI].
 SUM_FRAC_BITS = 26
@@ -91,8 +91,8 @@ NORMED_FRAC_BITS = 26  # x / sqrt(sum x^2) is <= 1: 8 more digits than the forma
 def sum_frac_bits(n: int) -> int:
     """Fractional bits of the sum of n squares: SUM_FRAC_BITS, fewer for rows so wide that
     the sum's top octave (n WIDE_HI < 2^(j+1)) would leave the ring in rsqrt's normalisation
-    (x 2^-j needs frac + j + 2 <= 61 bits): 26 up to n = 2^11 (SmolLM2's 576), 23 at LLaMA-7B's
-    4096. The sum is at least n 2^-10, so it keeps 12 + log2(n) significant bits or more."""
+    (x 2^-j needs frac + j + 2 <= 61 bits): 26 below n = 1024 (SmolLM2's 576), 23 at
+    LLaMA-7B's 4096. The sum is at least n 2^-10, so it keeps 25 significant bits or more."""
     top_octave = math.floor(math.log2(n * WIDE_HI))
     bits = min(SUM_FRAC_BITS, 59 - top_octave)
     if bits < arithmetic.fixed_point().frac_bits:
