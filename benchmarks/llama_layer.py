@@ -135,7 +135,8 @@ def run_one(tokens: int, hidden: int, intermediate: int, heads: int) -> dict:
             peak = [status_mib(local.server_pid(i), "VmHWM") for i in range(3)]
         sent = manifest.total.bytes_by_sender
         return {"tokens": tokens, "hidden": hidden, "intermediate": intermediate, "heads": heads,
-                **prepared, "secure_graph_ops": manifest.secure_graph_ops, "load_s": load_s,
+                **prepared, "convert_steps_s": manifest.convert_steps,
+                "secure_graph_ops": manifest.secure_graph_ops, "load_s": load_s,
                 "first_call_s": first_s, "wall_s": min(walls), "rounds": manifest.total.rounds,
                 "party_gib": [sent.get(str(i), 0) / 2 ** 30 for i in range(3)],
                 "client_mib": sent.get("client", 0) / 2 ** 20, "peak_party_mib": peak,
@@ -151,13 +152,14 @@ def report(rows: list[dict]) -> None:
     """The table on stdout and benchmarks/results/llama_layer.json."""
     print_table(["tokens", "wall s", f"x{LAYERS_7B} layers s", "rounds", "GiB/party",
                  "peak MiB/party", "shares MiB/party", "1.5 shares + 1 GiB", "client peak MiB",
-                 "plain ms", "err", "convert s", "convert peak MiB", "load s", "1st call s",
-                 "ops"],
+                 "plain ms", "err", "convert s", "trace s", "bundles s", "convert peak MiB",
+                 "load s", "1st call s", "ops"],
                 [[r["tokens"], r["wall_s"], r["wall_s"] * LAYERS_7B, r["rounds"],
                   " / ".join(f"{g:.2f}" for g in r["party_gib"]), max(r["peak_party_mib"]),
                   max(r["shares_party_mib"]),
                   party_memory_target_mib(max(r["shares_party_mib"])), r["peak_client_mib"],
                   r["plaintext_s"] * 1e3, f"{r['max_abs_err']:.1e}", r["convert_s"],
+                  r["convert_steps_s"]["trace"], r["convert_steps_s"]["bundles"],
                   r["convert_peak_mib"], r["load_s"], r["first_call_s"], r["secure_graph_ops"]]
                  for r in rows])
     eight = [r for r in rows if r["tokens"] == 8]

@@ -2,7 +2,8 @@
 BERT-base-shaped model (random weights) at 128 tokens, batch 1.
 
 For each: export the plaintext SavedModel, `tf-puma convert`, start three local parties with
-their bundles, load, call (first and steady), and report wall time, rounds, bytes per party,
+their bundles, load, call (first and steady), and report the convert with its trace, save and
+bundle-writing steps (the manifest's convert_steps), wall time, rounds, bytes per party,
 peak memory per party and of the client (VmHWM) and plaintext TF time. Export, conversion and
 the plaintext reference run in one process (as `tf-puma convert` would), the secure client in
 another that only connects, loads and calls.
@@ -124,6 +125,7 @@ def _measure(name: str, work: str) -> dict:
     sent = manifest.total.bytes_by_sender
     parties_gib = [sent.get(str(i), 0) / 2 ** 30 for i in range(3)]
     return {"model": name, "tokens": seq_len, "convert_s": prepared["convert_s"],
+            "convert_steps_s": manifest.convert_steps,
             "secure_graph_ops": manifest.secure_graph_ops, "load_s": load_s,
             "first_call_s": first_s, "wall_s": min(walls), "plaintext_s": prepared["plaintext_s"],
             "rounds": manifest.total.rounds, "party_gib": parties_gib,
@@ -167,14 +169,16 @@ def report(rows: list[dict]) -> None:
     print_table(["model", "tokens", "wall s", "ref s", "rounds", "ref sends", "GiB (3 parties)",
                  "ref GiB", "client MiB", "peak MiB/party", "shares MiB/party",
                  "1.5 shares + 1 GiB", "peak MiB client", "plain ms", "err", "ref err",
-                 "convert s", "load s", "1st call s", "ops"],
+                 "convert s", "trace s", "save s", "bundles s", "load s", "1st call s", "ops"],
                 [[r["model"], r["tokens"], r["wall_s"], r.get("reference_s", "-"), r["rounds"],
                   r.get("reference_sends", "-"), r["total_gib"], r.get("reference_gib", "-"),
                   r["client_mib"], max(r["peak_party_mib"]), max(r["shares_party_mib"]),
                   party_memory_target_mib(max(r["shares_party_mib"])), r["peak_client_mib"],
                   r["plaintext_s"] * 1e3, f"{r['max_abs_err']:.1e}",
                   f"{r['reference_err']:.1e}" if "reference_err" in r else "-",
-                  r["convert_s"], r["load_s"], r["first_call_s"], r["secure_graph_ops"]]
+                  r["convert_s"], r["convert_steps_s"]["trace"], r["convert_steps_s"]["save"],
+                  r["convert_steps_s"]["bundles"], r["load_s"], r["first_call_s"],
+                  r["secure_graph_ops"]]
                  for r in rows])
     write_json("models", {"rows": rows, "steady_calls": STEADY_CALLS})
 

@@ -309,6 +309,7 @@ def _write_secure_model(in_dir, out_dir, tmp, graphs: Mapping[str, FrozenGraph],
     `generation` adds its section) and the swap into OUT; with `samples`, the calibration check
     of `main` comes before anything is traced."""
     t = time.perf_counter()
+    steps = {"load_and_freeze": t - start}  # seconds per conversion step (the manifest's)
     source_hash = model_hash(in_dir)
     bundle_id = bundle.new_bundle_id()  # random: names the conversion, not the weights
     programs = {name: SecureProgram(graph, bundle_id) for name, graph in graphs.items()}
@@ -323,6 +324,7 @@ def _write_secure_model(in_dir, out_dir, tmp, graphs: Mapping[str, FrozenGraph],
         calibration.enforce(programs[main], samples, arithmetic.fixed_point(), log)
     else:
         log(calibration.assumptions(programs[main], arithmetic.fixed_point()))
+    steps["classify"] = time.perf_counter() - t
     for name, program in programs.items():
         counts = program.counts()
         log(f"{'[' + name + '] ' if len(programs) > 1 else ''}classified {len(program.order)} "
@@ -348,6 +350,7 @@ def _write_secure_model(in_dir, out_dir, tmp, graphs: Mapping[str, FrozenGraph],
         num_ops = len(concretes[name].graph.get_operations())
         log(f"traced the secure graph{' ' + name if len(programs) > 1 else ''}: {num_ops:,} ops "
             f"({time.perf_counter() - t:.1f} s)")
+        steps["trace"] = steps.get("trace", 0.0) + time.perf_counter() - t
         manifests[name] = _manifest(name, program, total, ledgers, num_ops,
                                     time.perf_counter() - start)
     t = time.perf_counter()
@@ -356,10 +359,11 @@ def _write_secure_model(in_dir, out_dir, tmp, graphs: Mapping[str, FrozenGraph],
     for name, concrete in concretes.items():  # the ops a client loads: fewer Const nodes
         ops = saved_ops[concrete.name.decode()]  # ConcreteFunction.name is bytes
         manifests[name] = dataclasses.replace(manifests[name], secure_graph_ops=ops)
-    save_s = time.perf_counter() - t
+    save_s = steps["save"] = time.perf_counter() - t
     t = time.perf_counter()
     bundle.write_bundles(weights, os.path.join(tmp, "shares"), bundle_id,
                          arithmetic.fixed_point())
+    steps["bundles"] = time.perf_counter() - t
     with open(os.path.join(tmp, "shares", OWNER_RECORD), "w", encoding="utf-8") as fh:
         json.dump({"source": os.path.abspath(in_dir), "model_sha256": source_hash,
                    "bundle_id": bundle_id, "signature": main}, fh, indent=2)
@@ -367,13 +371,14 @@ def _write_secure_model(in_dir, out_dir, tmp, graphs: Mapping[str, FrozenGraph],
         f"{manifests[main].secure_graph_ops:,} ops after merging equal constants) and "
         f"{NUM_PARTIES} share bundles "
         f"({time.perf_counter() - t:.1f} s)")
-    manifest = manifests[main]
+    manifest = dataclasses.replace(
+        manifests[main], convert_seconds=round(time.perf_counter() - start, 2),
+        convert_steps={k: round(v, 2) for k, v in steps.items()})
     if generation is not None:
         others = {name: m.to_json() for name, m in manifests.items() if name != main}
         manifest = dataclasses.replace(
             manifest, generation={**generation, "signatures": others},
-            weight_tensors=len(weights), weight_values=int(sum(w.size for w in weights.values())),
-            convert_seconds=round(time.perf_counter() - start, 2))
+            weight_tensors=len(weights), weight_values=int(sum(w.size for w in weights.values())))
     manifest_lib.write(tmp, manifest)
     if generation is None:
         warmup.write(tmp, manifest)

@@ -70,6 +70,9 @@ class Manifest:
     layers: dict[str, Cost]  # rounds: sum over the layer's protocol calls
     protocols: dict[str, dict]  # per protocol: calls, rounds, bytes (costs.Ledger.as_json)
     ring_bits: int = 64
+    # seconds per conversion step: load_and_freeze, classify, trace, save, bundles (their sum
+    # and the manifest's own writing make convert_seconds)
+    convert_steps: dict[str, float] = dataclasses.field(default_factory=dict)
     # a generation model (`tf-puma convert --generate`): this manifest describes its `decode`
     # signature; `generation` holds the window, the prompt bucket, the state (KV cache) pairs
     # and shapes, and the `prefill` signature's manifest
@@ -85,6 +88,7 @@ class Manifest:
             "weights": {"tensors": self.weight_tensors, "values": self.weight_values},
             "secure_graph_ops": self.secure_graph_ops,
             "convert_seconds": self.convert_seconds,
+            "convert_steps": dict(self.convert_steps),
             "critical_path_rounds": self.total.rounds,
             "bytes_by_sender": dict(self.total.bytes_by_sender),
             "layers": {k: v.to_json() for k, v in self.layers.items()},
@@ -115,6 +119,8 @@ class Manifest:
                            {str(k): int(v) for k, v in data["bytes_by_sender"].items()}),
                 layers={k: Cost.from_json(v) for k, v in data["layers"].items()},
                 protocols=dict(data["protocols"]), ring_bits=int(data["ring_bits"]),
+                convert_steps={str(k): float(v)
+                               for k, v in data.get("convert_steps", {}).items()},
                 generation=(dict(data["generation"]) if data.get("generation") is not None
                             else None))
         except (KeyError, TypeError, ValueError) as err:
