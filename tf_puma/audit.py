@@ -246,17 +246,23 @@ def _output_slot(node: node_def_pb2.NodeDef, ref: str) -> int:
     parts = ref.lstrip("^").split(":")
     if len(parts) < 3:
         return int(parts[1]) if len(parts) == 2 else 0
-    slot = 0
-    for arg in op_def_registry.get(node.op).output_arg:
-        if arg.name == parts[1]:
-            return slot + int(parts[2])
+    return _arg_start(node, op_def_registry.get(node.op).output_arg, parts[1]) + int(parts[2])
+
+
+def _arg_start(node: node_def_pb2.NodeDef, args, name: str) -> int:
+    """Flat position of argument `name`'s first tensor among `args` (an op definition's input
+    or output arguments), each counting 1, its number_attr or its type list's length."""
+    index = 0
+    for arg in args:
+        if arg.name == name:
+            return index
         if arg.number_attr:
-            slot += int(node.attr[arg.number_attr].i)
+            index += int(node.attr[arg.number_attr].i)
         elif arg.type_list_attr:
-            slot += len(node.attr[arg.type_list_attr].list.type)
+            index += len(node.attr[arg.type_list_attr].list.type)
         else:
-            slot += 1
-    raise ValueError(f"{node.op} {node.name} has no output {parts[1]!r}")
+            index += 1
+    raise KeyError(f"{node.op} {node.name} has no argument {name!r}")
 
 
 def _data_inputs(node: node_def_pb2.NodeDef) -> list[str]:
@@ -274,17 +280,7 @@ def _attr_int(node: node_def_pb2.NodeDef, name: str) -> int:
 
 def _input_index(node: node_def_pb2.NodeDef, arg_name: str) -> int:
     """Position of input argument `arg_name` among the node's flattened data inputs."""
-    index = 0
-    for arg in op_def_registry.get(node.op).input_arg:
-        if arg.name == arg_name:
-            return index
-        if arg.number_attr:
-            index += int(node.attr[arg.number_attr].i)
-        elif arg.type_list_attr:
-            index += len(node.attr[arg.type_list_attr].list.type)
-        else:
-            index += 1
-    raise KeyError(f"{node.op} has no input {arg_name}")
+    return _arg_start(node, op_def_registry.get(node.op).input_arg, arg_name)
 
 
 def _graph_def(graph: Union[tf.Graph, graph_pb2.GraphDef]) -> graph_pb2.GraphDef:
