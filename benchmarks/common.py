@@ -60,6 +60,19 @@ def prepare_in_child(script: str, args: Sequence[str], work: str) -> dict:
         return json.load(fh)
 
 
+def row_in_child(script: str, args: Sequence[str], what: str) -> dict:
+    """Runs `script --one ARGS` (one measured configuration in a process of its own, so its
+    peaks are its own) and returns the JSON row it printed last; `what` names it on failure."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    done = subprocess.run([sys.executable, os.path.abspath(script), "--one", *args],
+                          capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if done.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @contextlib.contextmanager
 def secure_session(secure_dir: str, first_call: Callable[[object], object],
                    load: Callable[[str], object] | None = None):

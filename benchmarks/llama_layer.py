@@ -34,7 +34,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (party_memory_target_mib, prepare_in_child, print_table,  # noqa: E402
-                    secure_session, shares_mib, status_mib, write_json)
+                    row_in_child, secure_session, shares_mib, status_mib, write_json)
 
 LAYERS_7B = 32
 PAPER_7B_S = 200.0  # PUMA, LLaMA-7B, 8 tokens in, 1 out, 3 x 32 vCPUs (their table 5)
@@ -186,14 +186,9 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv[1:])
     rows = []
     for tokens in args.tokens:
-        # Each token count in a process of its own: its peaks are its own.
-        done = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", str(tokens),
-                               str(args.hidden), str(args.intermediate), str(args.heads)],
-                              capture_output=True, text=True,
-                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-        if done.returncode != 0:
-            raise SystemExit(f"{tokens} tokens failed:\n{done.stderr[-3000:]}")
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        rows.append(row_in_child(__file__, [str(tokens), str(args.hidden),
+                                            str(args.intermediate), str(args.heads)],
+                                 f"{tokens} tokens"))
         print(f"{tokens} tokens: done", flush=True)
     report(rows)
 

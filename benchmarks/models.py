@@ -22,15 +22,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (prepare_in_child, print_table, reference_columns,  # noqa: E402
-                    party_memory_target_mib, secure_session, shares_mib, spu_reference,
-                    status_mib, write_json)
+                    party_memory_target_mib, row_in_child, secure_session, shares_mib,
+                    spu_reference, status_mib, write_json)
 
 CONFIGS = {"minilm-32": ("minilm", 32), "minilm-128": ("minilm", 128),
            "bert-base-128": ("bert-base", 128)}
@@ -154,12 +153,7 @@ def main(argv: list[str]) -> None:
     for name in names:
         if name not in CONFIGS:
             raise SystemExit(f"unknown model {name!r}; choose from {sorted(CONFIGS)}")
-        done = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", name],
-                              capture_output=True, text=True,
-                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-        if done.returncode != 0:
-            raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
-        row = json.loads(done.stdout.strip().splitlines()[-1])
+        row = row_in_child(__file__, [name], name)
         rows.append(with_reference(row) if reference else row)
     report(rows)
 
