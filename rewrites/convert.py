@@ -359,7 +359,7 @@ def _write_secure_model(in_dir, out_dir, tmp, graphs: Mapping[str, FrozenGraph],
     for name, concrete in concretes.items():  # the ops a client loads: fewer Const nodes
         ops = saved_ops[concrete.name.decode()]  # ConcreteFunction.name is bytes
         manifests[name] = dataclasses.replace(manifests[name], secure_graph_ops=ops)
-    save_s = steps["save"] = time.perf_counter() - t
+    steps["save"] = time.perf_counter() - t
     t = time.perf_counter()
     bundle.write_bundles(weights, os.path.join(tmp, "shares"), bundle_id,
                          arithmetic.fixed_point())
@@ -367,10 +367,9 @@ def _write_secure_model(in_dir, out_dir, tmp, graphs: Mapping[str, FrozenGraph],
     with open(os.path.join(tmp, "shares", OWNER_RECORD), "w", encoding="utf-8") as fh:
         json.dump({"source": os.path.abspath(in_dir), "model_sha256": source_hash,
                    "bundle_id": bundle_id, "signature": main}, fh, indent=2)
-    log(f"saved the secure SavedModel ({save_s:.1f} s; "
+    log(f"saved the secure SavedModel ({steps['save']:.1f} s; "
         f"{manifests[main].secure_graph_ops:,} ops after merging equal constants) and "
-        f"{NUM_PARTIES} share bundles "
-        f"({time.perf_counter() - t:.1f} s)")
+        f"{NUM_PARTIES} share bundles ({steps['bundles']:.1f} s)")
     manifest = dataclasses.replace(
         manifests[main], convert_seconds=round(time.perf_counter() - start, 2),
         convert_steps={k: round(v, 2) for k, v in steps.items()})
