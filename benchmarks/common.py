@@ -36,10 +36,12 @@ def status_mib(pid: int, field: str) -> float:
 
 
 def shares_mib(secure_dir: str) -> list[float]:
-    """Each party's share bundle (shares/partyI/shares.bin of a converted model) in MiB: the
-    weight shares that party holds for the model's lifetime."""
-    return [os.path.getsize(os.path.join(secure_dir, "shares", f"party{i}", "shares.bin"))
-            / 2 ** 20 for i in range(3)]
+    """The weight shares each party holds for the model's lifetime, in MiB: both shares of every
+    weight in its bundle (shares/partyI of a converted model), seeds expanded."""
+    from tf_puma import bundle  # TensorFlow is imported only by the scripts that need it
+
+    return [bundle.resident_bytes(os.path.join(secure_dir, "shares", f"party{i}")) / 2 ** 20
+            for i in range(3)]
 
 
 def party_memory_target_mib(shares: float) -> float:

@@ -1,4 +1,6 @@
 // Kernel: party-local weight shares with a process-wide cache (interface in bundle_ops.cc).
+#include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -45,11 +47,13 @@ Status ReadTensorAt(const std::string& path, int64_t offset, const TensorShape& 
   return tensorflow::OkStatus();
 }
 
-// A bundle's header: the first lines of its index.txt, "#bundle ID", "#party I", "#frac_bits F".
+// A bundle's header: the first lines of its index.txt, "#bundle ID", "#party I", "#frac_bits F"
+// and, when some share is a PRG seed, "#prg_chunk N" (ring elements per sub of a seed).
 struct BundleHeader {
   std::string id;
   int64_t party = -1;
   int64_t frac_bits = -1;
+  int64_t prg_chunk = -1;
 };
 
 // The header of the bundle in `dir`, or false if the directory holds no bundle or one without
@@ -70,6 +74,7 @@ bool ReadHeader(const std::string& dir, BundleHeader* header) {
     if (!(fields >> key >> value)) continue;
     if (key == "party") header->party = value;
     if (key == "frac_bits") header->frac_bits = value;
+    if (key == "prg_chunk") header->prg_chunk = value;
   }
   return true;
 }
@@ -115,8 +120,67 @@ Status ResolveBundle(const std::string& root, const std::string& id, std::string
                           "start with its \"#bundle ID\" line");
 }
 
-Status LoadFromBundle(const std::string& dir, const std::string& name,
-                      const TensorShape& expected, CachedShares* shares) {
+// The 32 hex digits of a seed "prg:HEX" as a key (the bytes of the owner's int64[2] key).
+bool ParseSeed(const std::string& hex, PrgKey* key) {
+  if (hex.size() != 32) return false;
+  for (int i = 0; i < 16; ++i) {
+    int byte = 0;
+    for (int j = 0; j < 2; ++j) {
+      const char ch = hex[2 * i + j];
+      int digit;
+      if (ch >= '0' && ch <= '9') {
+        digit = ch - '0';
+      } else if (ch >= 'a' && ch <= 'f') {
+        digit = ch - 'a' + 10;
+      } else {
+        return false;
+      }
+      byte = 16 * byte + digit;
+    }
+    key->bytes[i] = static_cast<uint8_t>(byte);
+  }
+  return true;
+}
+
+// One share of a weight, as its index line gives it: a byte offset into shares.bin, or
+// "prg:HEX", a seed whose chunk c (prg_chunk ring elements) is F(seed, 0, c).
+Status ReadShare(const std::string& dir, const BundleHeader& header, const std::string& spec,
+                 const TensorShape& shape, const ParallelRunner& runner, Tensor* out) {
+  if (spec.rfind("prg:", 0) != 0) {
+    char* end = nullptr;
+    const int64_t offset = std::strtoll(spec.c_str(), &end, 10);
+    if (spec.empty() || *end != '\0' || offset < 0) {
+      return errors::DataLoss(dir, "/index.txt has a malformed share \"", spec,
+                              "\": convert the model again");
+    }
+    return ReadTensorAt(dir + "/shares.bin", offset, shape, out);
+  }
+  PrgKey seed;
+  if (!ParseSeed(spec.substr(4), &seed)) {
+    return errors::DataLoss(dir, "/index.txt has a malformed seed \"", spec,
+                            "\": convert the model again");
+  }
+  if (header.prg_chunk <= 0 || header.prg_chunk > kMaxDrawWords) {
+    return errors::DataLoss(dir, "/index.txt holds seeds but no valid \"#prg_chunk N\" line: "
+                            "convert the model again");
+  }
+  const int64_t n = shape.num_elements();
+  if ((n + header.prg_chunk - 1) / header.prg_chunk > (int64_t{1} << 32)) {
+    return errors::DataLoss(dir, "/index.txt: a seed of ", n, " values in chunks of ",
+                            header.prg_chunk, " needs more than 2^32 subs");
+  }
+  *out = Tensor(tensorflow::DT_INT64, shape);
+  uint64_t* data = reinterpret_cast<uint64_t*>(out->flat<int64_t>().data());
+  for (int64_t start = 0, chunk = 0; start < n; start += header.prg_chunk, ++chunk) {
+    TF_RETURN_IF_ERROR(PrgFill(seed, 0, static_cast<uint32_t>(chunk), data + start,
+                               std::min(header.prg_chunk, n - start), runner));
+  }
+  return tensorflow::OkStatus();
+}
+
+Status LoadFromBundle(const std::string& dir, const BundleHeader& header, const std::string& name,
+                      const TensorShape& expected, const ParallelRunner& runner,
+                      CachedShares* shares) {
   std::ifstream index(dir + "/index.txt");
   if (!index) {
     return errors::NotFound("no share bundle at ", dir, "/index.txt: start the party with "
@@ -125,10 +189,9 @@ Status LoadFromBundle(const std::string& dir, const std::string& name,
   std::string line;
   while (std::getline(index, line)) {
     std::istringstream fields(line);
-    std::string entry;
-    int64_t own_offset, next_offset;
+    std::string entry, own_spec, next_spec;
     if (line.empty() || line[0] == '#') continue;
-    if (!(fields >> entry >> own_offset >> next_offset) || entry != name) continue;
+    if (!(fields >> entry >> own_spec >> next_spec) || entry != name) continue;
     TensorShape shape;
     int64_t dim;
     while (fields >> dim) shape.AddDim(dim);
@@ -137,8 +200,8 @@ Status LoadFromBundle(const std::string& dir, const std::string& name,
                                      " in the bundle but the graph expects ",
                                      expected.DebugString(), ": bundle and model differ");
     }
-    TF_RETURN_IF_ERROR(ReadTensorAt(dir + "/shares.bin", own_offset, shape, &shares->own));
-    return ReadTensorAt(dir + "/shares.bin", next_offset, shape, &shares->next);
+    TF_RETURN_IF_ERROR(ReadShare(dir, header, own_spec, shape, runner, &shares->own));
+    return ReadShare(dir, header, next_spec, shape, runner, &shares->next);
   }
   return errors::NotFound("weight ", name, " is not in the share bundle ", dir,
                           ": bundle and model differ");
@@ -190,7 +253,8 @@ class LoadShareOp : public OpKernel {
                         header.frac_bits, " fractional bits, the secure model expects ",
                         frac_bits_, ": bundle and model come from different conversions"));
         CachedShares loaded;
-        OP_REQUIRES_OK(ctx, LoadFromBundle(bundle_dir, name_, shape_, &loaded));
+        OP_REQUIRES_OK(ctx, LoadFromBundle(bundle_dir, header, name_, shape_, TfRunner(ctx),
+                                           &loaded));
         it = cache->emplace(key, loaded).first;
       }
       shares = it->second;

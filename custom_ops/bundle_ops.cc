@@ -29,9 +29,11 @@ from the party process's share root (set once at start by PumaSetShareRoot, i.e.
 --shares DIR --task I`): the bundle directory is DIR itself or a subdirectory of DIR whose
 index.txt starts "#bundle <id>" (a directory without that line is never used; `bundle` must be
 non-empty). The header's "#party I" must be this process's party (and `party`, when given);
-"#frac_bits F" must equal `frac_bits`, when given. index.txt lines "name offset_own offset_next
-dims..." locate int64 little-endian data in shares.bin. Read once per process and kept
-resident; later calls return the cached tensors without copying.
+"#frac_bits F" must equal `frac_bits`, when given. index.txt lines "name OWN NEXT dims..." give
+each share as a byte offset of int64 little-endian data in shares.bin or as "prg:HEX", a 128-bit
+seed whose chunk c of "#prg_chunk N" values is F(seed, 0, c) (AES-128-CTR, as PumaPrgUniform).
+Read or expanded once per process and kept resident; later calls return the cached tensors
+without copying.
 )doc");
 
 REGISTER_OP("PumaSetShareRoot")

@@ -325,51 +325,58 @@ def _write_secure_model(in_dir, out_dir, tmp, graphs: Mapping[str, FrozenGraph],
     else:
         log(calibration.assumptions(programs[main], arithmetic.fixed_point()))
     steps["classify"] = time.perf_counter() - t
-    for name, program in programs.items():
-        counts = program.counts()
-        log(f"{'[' + name + '] ' if len(programs) > 1 else ''}classified {len(program.order)} "
-            f"run-time nodes: {counts.get('SECRET', 0)} secure, "
-            f"{counts.get('CLIENT', 0) + counts.get('PUBLIC', 0)} on the client; "
-            f"{counts['idioms']} idioms ({program.idiom_summary() or 'none'}); "
-            f"{counts['weights']} weight tensors, "
-            f"{sum(w.size for w in program.weights.values()):,} values "
-            f"({time.perf_counter() - t:.1f} s)")
-    concretes, manifests = {}, {}
-    module = tf.Module()
-    for name, program in programs.items():
-        ledgers: dict[str, costs.Ledger] = {}
+    # The bundles are written while the graph is traced and saved (into tmp, like the rest).
+    writer = bundle.BackgroundWriter(weights, os.path.join(tmp, "shares"), bundle_id,
+                                     arithmetic.fixed_point())
+    try:
+        for name, program in programs.items():
+            counts = program.counts()
+            log(f"{'[' + name + '] ' if len(programs) > 1 else ''}classified {len(program.order)} "
+                f"run-time nodes: {counts.get('SECRET', 0)} secure, "
+                f"{counts.get('CLIENT', 0) + counts.get('PUBLIC', 0)} on the client; "
+                f"{counts['idioms']} idioms ({program.idiom_summary() or 'none'}); "
+                f"{counts['weights']} weight tensors, "
+                f"{sum(w.size for w in program.weights.values()):,} values "
+                f"({time.perf_counter() - t:.1f} s)")
+        concretes, manifests = {}, {}
+        module = tf.Module()
+        for name, program in programs.items():
+            ledgers: dict[str, costs.Ledger] = {}
+            t = time.perf_counter()
+
+            def on_layer(group: str, done: int, total: int, t=t) -> None:
+                log(f"  {progress_bar(done - 1, total)} layers traced; now {group} "
+                    f"({time.perf_counter() - t:.0f} s so far)")
+
+            fn = _signature_function(program, name, on_layer, ledgers)
+            with costs.Ledger() as total:
+                concretes[name] = fn.get_concrete_function()
+            num_ops = len(concretes[name].graph.get_operations())
+            which = f" {name}" if len(programs) > 1 else ""
+            log(f"traced the secure graph{which}: {num_ops:,} ops "
+                f"({time.perf_counter() - t:.1f} s)")
+            steps["trace"] = steps.get("trace", 0.0) + time.perf_counter() - t
+            manifests[name] = _manifest(name, program, total, ledgers, num_ops,
+                                        time.perf_counter() - start)
         t = time.perf_counter()
-
-        def on_layer(group: str, done: int, total: int, t=t) -> None:
-            log(f"  {progress_bar(done - 1, total)} layers traced; now {group} "
-                f"({time.perf_counter() - t:.0f} s so far)")
-
-        fn = _signature_function(program, name, on_layer, ledgers)
-        with costs.Ledger() as total:
-            concretes[name] = fn.get_concrete_function()
-        num_ops = len(concretes[name].graph.get_operations())
-        log(f"traced the secure graph{' ' + name if len(programs) > 1 else ''}: {num_ops:,} ops "
-            f"({time.perf_counter() - t:.1f} s)")
-        steps["trace"] = steps.get("trace", 0.0) + time.perf_counter() - t
-        manifests[name] = _manifest(name, program, total, ledgers, num_ops,
-                                    time.perf_counter() - start)
-    t = time.perf_counter()
-    tf.saved_model.save(module, tmp, signatures=concretes)
-    saved_ops = merge_duplicate_constants(tmp)
-    for name, concrete in concretes.items():  # the ops a client loads: fewer Const nodes
-        ops = saved_ops[concrete.name.decode()]  # ConcreteFunction.name is bytes
-        manifests[name] = dataclasses.replace(manifests[name], secure_graph_ops=ops)
-    steps["save"] = time.perf_counter() - t
-    t = time.perf_counter()
-    bundle.write_bundles(weights, os.path.join(tmp, "shares"), bundle_id,
-                         arithmetic.fixed_point())
-    steps["bundles"] = time.perf_counter() - t
+        tf.saved_model.save(module, tmp, signatures=concretes)
+        saved_ops = merge_duplicate_constants(tmp)
+        for name, concrete in concretes.items():  # the ops a client loads: fewer Const nodes
+            ops = saved_ops[concrete.name.decode()]  # ConcreteFunction.name is bytes
+            manifests[name] = dataclasses.replace(manifests[name], secure_graph_ops=ops)
+        steps["save"] = time.perf_counter() - t
+        t = time.perf_counter()
+        steps["bundles"] = writer.result()  # the writer's own time, alongside trace and save
+        steps["bundles_wait"] = time.perf_counter() - t
+    finally:
+        writer.cancel()  # a no-op once the bundles are written; on failure, stops and waits
     with open(os.path.join(tmp, "shares", OWNER_RECORD), "w", encoding="utf-8") as fh:
         json.dump({"source": os.path.abspath(in_dir), "model_sha256": source_hash,
                    "bundle_id": bundle_id, "signature": main}, fh, indent=2)
     log(f"saved the secure SavedModel ({steps['save']:.1f} s; "
         f"{manifests[main].secure_graph_ops:,} ops after merging equal constants) and "
-        f"{NUM_PARTIES} share bundles ({steps['bundles']:.1f} s)")
+        f"{NUM_PARTIES} share bundles ({steps['bundles']:.1f} s alongside; waited "
+        f"{steps['bundles_wait']:.1f} s)")
     manifest = dataclasses.replace(
         manifests[main], convert_seconds=round(time.perf_counter() - start, 2),
         convert_steps={k: round(v, 2) for k, v in steps.items()})

@@ -19,14 +19,24 @@ ULP = 2.0 ** -18
 
 
 def read_party(directory: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every weight's two shares in a party's bundle, seeds expanded (a reader written apart
+    from the kernel's, for the kernel's test below)."""
     data = open(os.path.join(directory, "shares.bin"), "rb").read()
+    header = bundle.read_header(directory)
     out = {}
     for line in open(os.path.join(directory, "index.txt"), encoding="utf-8").read().split("\n"):
         if not line or line.startswith("#"):
             continue
         name, own, nxt, *dims = line.split()
-        n = int(np.prod([int(d) for d in dims]))
-        get = lambda off: np.frombuffer(data, "<i8", n, int(off)).reshape([int(d) for d in dims])
+        shape = [int(d) for d in dims]
+        n = int(np.prod(shape))
+
+        def get(spec: str) -> np.ndarray:
+            if spec.startswith("prg:"):
+                seed = np.frombuffer(bytes.fromhex(spec[4:]), "<i8")
+                return bundle.expand_seed(seed, 0, n, int(header["prg_chunk"])).reshape(shape)
+            return np.frombuffer(data, "<i8", n, int(spec)).reshape(shape)
+
         out[name] = (get(own), get(nxt))
     return out
 
@@ -62,9 +72,84 @@ def test_weights_larger_than_a_chunk_are_shared_chunk_by_chunk(tmp_path, monkeyp
             np.testing.assert_array_equal(parties[i][name][1], shares[(i + 1) % 3])
         total = sum(s.view(np.uint64) for s in shares).view(np.int64)
         np.testing.assert_array_equal(total, FixedPoint().encode_np(value))
-    own = parties[0]["w"][0].reshape(-1)
-    assert len({tuple(own[k:k + 8]) for k in range(0, 32, 8)}) == 4
-    assert os.path.getsize(tmp_path / "party0" / "shares.bin") == 2 * 8 * (35 + 8 + 1)
+    for share in range(3):  # every chunk of every share fresh
+        values = parties[share]["w"][0].reshape(-1)
+        assert len({tuple(values[k:k + 8]) for k in range(0, 32, 8)}) == 4
+    # w_0 and w_1 are seeds (a fresh one per weight and share); only w_2 is written, once for
+    # party 1 and once for party 2
+    seeds = [line.split()[1:3] for line in open(tmp_path / "party0" / "index.txt")
+             if not line.startswith("#")]
+    assert all(spec.startswith("prg:") for pair in seeds for spec in pair)
+    assert len({spec for pair in seeds for spec in pair}) == 2 * len(weights)
+    assert os.path.getsize(tmp_path / "party0" / "shares.bin") == 0
+    for i in (1, 2):
+        assert os.path.getsize(tmp_path / f"party{i}" / "shares.bin") == 8 * (35 + 8 + 1)
+
+
+_LOAD_SHARES = """
+import sys
+import numpy as np
+from tf_puma import _ops
+root, party, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ops = _ops.load()
+ops.puma_set_share_root(root=root, party=party)
+arrays = {}
+for spec in sys.argv[4:]:
+    name, dims = spec.split(":")
+    shape = [int(d) for d in dims.split(",") if d]
+    own, nxt = ops.puma_load_share(weight=name, shape=shape, bundle="b-kernel", party=party)
+    arrays[name + "/own"], arrays[name + "/next"] = own.numpy(), nxt.numpy()
+np.savez(out, **arrays)
+"""
+
+
+def test_the_party_kernel_reads_seeded_and_written_shares(tmp_path, monkeypatch):
+    """PumaLoadShare expands a seed chunk by chunk (odd tails included) exactly as the owner
+    drew it, and reads written shares at their offsets; a bundle with seeds but no chunk size
+    in its header is refused."""
+    monkeypatch.setattr(bundle, "CHUNK_VALUES", 6)
+    rng = np.random.default_rng(4)
+    weights = {"w": rng.normal(size=(5, 7)), "b": rng.normal(size=3), "s": np.float64(-1.5),
+               "e": np.zeros((0, 2))}
+    dirs = bundle.write_bundles(weights, str(tmp_path), "b-kernel")
+    specs = [f"{name}:{','.join(map(str, np.shape(v)))}" for name, v in weights.items()]
+    for party in range(3):
+        out = tmp_path / f"loaded{party}.npz"
+        subprocess.run([sys.executable, "-c", _LOAD_SHARES, dirs[party], str(party), str(out),
+                        *specs], check=True, timeout=120)
+        loaded, expected = np.load(out), read_party(dirs[party])
+        for name in weights:
+            np.testing.assert_array_equal(loaded[name + "/own"], expected[name][0])
+            np.testing.assert_array_equal(loaded[name + "/next"], expected[name][1])
+    index = os.path.join(dirs[0], "index.txt")
+    lines = open(index, encoding="utf-8").read().split("\n")
+    open(index, "w", encoding="utf-8").write(
+        "\n".join(line for line in lines if not line.startswith("#prg_chunk")))
+    failed = subprocess.run([sys.executable, "-c", _LOAD_SHARES, dirs[0], "0",
+                             str(tmp_path / "x.npz"), "w:5,7"], capture_output=True, text=True,
+                            timeout=120)
+    assert failed.returncode and "#prg_chunk N" in failed.stderr
+
+
+def test_a_background_writer_writes_the_bundles_or_stops_when_cancelled(tmp_path,
+                                                                       monkeypatch):
+    """BackgroundWriter: result() gives the same bundles as write_bundles; cancel() ends the
+    writing at the next chunk, no bundle is complete and result() says it was cancelled."""
+    weights = {"w": np.arange(6.0).reshape(2, 3)}
+    done = bundle.BackgroundWriter(weights, str(tmp_path / "a"), "b-a", FixedPoint())
+    assert done.result() > 0
+    done.cancel()  # a no-op once written
+    shares = [read_party(str(tmp_path / "a" / f"party{i}"))["w"][0] for i in range(3)]
+    total = sum(s.view(np.uint64) for s in shares).view(np.int64)
+    np.testing.assert_array_equal(total, FixedPoint().encode_np(weights["w"]))
+    monkeypatch.setattr(bundle, "CHUNK_VALUES", 8)  # ~60k chunks: seconds of writing
+    writer = bundle.BackgroundWriter({"big": np.zeros(500_000)}, str(tmp_path / "b"), "b-b",
+                                     FixedPoint())
+    writer.cancel()
+    with pytest.raises(bundle.BundleCancelled):
+        writer.result()
+    assert not os.path.exists(tmp_path / "b" / "party1" / "index.txt")
+
 
 def test_secure_matmul_with_party_loaded_weights(cluster):
     x = np.random.default_rng(0).normal(size=(4, 16))

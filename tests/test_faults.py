@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -88,6 +89,21 @@ def test_convert_to_a_read_only_place_fails_before_tracing(small_model, tmp_path
     with pytest.raises(ConversionError, match="cannot write the output"):
         convert.convert(small_model, target, **QUIET)
     assert time.monotonic() - start < 5
+
+
+def test_a_failed_trace_stops_the_bundle_writer_and_leaves_nothing(small_model, tmp_path,
+                                                                  monkeypatch):
+    """The bundles are written on a thread while the graph is traced: a trace that fails stops
+    and joins that thread before the work directory is removed."""
+    def failing_trace(*args, **kwargs):
+        raise RuntimeError("trace failed on purpose")
+
+    monkeypatch.setattr(convert, "_signature_function", failing_trace)
+    monkeypatch.setattr(bundle, "CHUNK_VALUES", 1)  # a writer still busy when the trace fails
+    with pytest.raises(RuntimeError, match="on purpose"):
+        convert.convert(small_model, str(tmp_path / "secure"), **QUIET)
+    assert not [t for t in threading.enumerate() if t.name == "tf-puma-bundles"]
+    assert os.listdir(tmp_path) == []
 
 
 def test_sigterm_during_convert_leaves_nothing_and_stale_work_is_swept(small_model, tmp_path):

@@ -70,8 +70,9 @@ class Manifest:
     layers: dict[str, Cost]  # rounds: sum over the layer's protocol calls
     protocols: dict[str, dict]  # per protocol: calls, rounds, bytes (costs.Ledger.as_json)
     ring_bits: int = 64
-    # seconds per conversion step: load_and_freeze, classify, trace, save, bundles (their sum
-    # and the manifest's own writing make convert_seconds)
+    # seconds per conversion step: load_and_freeze, classify, trace, save, bundles_wait (their
+    # sum and the manifest's own writing make convert_seconds), and bundles: the bundle
+    # writer's own time, which runs alongside trace and save
     convert_steps: dict[str, float] = dataclasses.field(default_factory=dict)
     # a generation model (`tf-puma convert --generate`): this manifest describes its `decode`
     # signature; `generation` holds the window, the prompt bucket, the state (KV cache) pairs
