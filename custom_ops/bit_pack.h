@@ -3,8 +3,6 @@
 #ifndef TF_PUMA_CUSTOM_OPS_BIT_PACK_H_
 #define TF_PUMA_CUSTOM_OPS_BIT_PACK_H_
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cstdint>
 
@@ -13,13 +11,8 @@
 namespace tf_puma {
 namespace bits {
 
-// Bits of w under mask, moved to the low end in order (BMI2 pext when available), and back.
-__attribute__((target("bmi2"))) inline uint64_t ExtractBmi2(uint64_t w, uint64_t mask) {
-  return _pext_u64(w, mask);
-}
-__attribute__((target("bmi2"))) inline uint64_t DepositBmi2(uint64_t v, uint64_t mask) {
-  return _pdep_u64(v, mask);
-}
+// Bits of w under mask, moved to the low end in order (what pext does), and back (pdep): the
+// portable fallback of Bmi2Instructions below.
 inline uint64_t ExtractPortable(uint64_t w, uint64_t mask) {
   uint64_t out = 0;
   for (int k = 0; mask; mask &= mask - 1, ++k) out |= ((w >> __builtin_ctzll(mask)) & 1) << k;
@@ -35,31 +28,76 @@ inline bool HasBmi2() {
   return has;
 }
 
+// pext and pdep through inline assembly: they need no bmi2 target on the calling function, so
+// the packing loops inline them (an intrinsic would be a function call per value). Used only
+// where HasBmi2(); the loops are the portable fallback.
+struct Bmi2Instructions {
+  static inline uint64_t Extract(uint64_t w, uint64_t mask) {
+    uint64_t out;
+    asm("pextq %2, %1, %0" : "=r"(out) : "r"(w), "r"(mask));
+    return out;
+  }
+  static inline uint64_t Deposit(uint64_t v, uint64_t mask) {
+    uint64_t out;
+    asm("pdepq %2, %1, %0" : "=r"(out) : "r"(v), "r"(mask));
+    return out;
+  }
+};
+struct PortableLoops {
+  static inline uint64_t Extract(uint64_t w, uint64_t mask) { return ExtractPortable(w, mask); }
+  static inline uint64_t Deposit(uint64_t v, uint64_t mask) { return DepositPortable(v, mask); }
+};
+
 // Words that n values of `width` packed bits take.
 inline int64_t PackedWords(int64_t n, int width) { return (n * width + 63) / 64; }
+
+template <typename Method, typename ValueFn>
+inline void XorPackValuesWith(int64_t n, uint64_t mask, int width, uint64_t* dst,
+                              const ParallelRunner& runner, const ValueFn& value) {
+  runner((n + 63) / 64, 64 * 12, [&](int64_t b_begin, int64_t b_end) {
+    for (int64_t b = b_begin; b < b_end; ++b) {  // 64 values fill exactly `width` words
+      uint64_t* out = dst + b * width;
+      uint64_t acc = 0;
+      int fill = 0;
+      const int64_t end = std::min(n, (b + 1) * 64);
+      for (int64_t e = b * 64; e < end; ++e) {
+        const uint64_t v = Method::Extract(value(e), mask);
+        acc |= v << fill;
+        fill += width;
+        if (fill >= 64) {
+          *out++ ^= acc;
+          fill -= 64;
+          acc = fill ? v >> (width - fill) : 0;
+        }
+      }
+      if (fill) *out ^= acc;
+    }
+  });
+}
+
+// dst[0..PackedWords(n, width)) ^= the bits `mask` (width bits) of value(0..n), packed densely
+// as PackBits packs them: one pass, the words built in a register.
+template <typename ValueFn>
+inline void XorPackValues(int64_t n, uint64_t mask, int width, bool portable, uint64_t* dst,
+                          const ParallelRunner& runner, const ValueFn& value) {
+  if (width == 0) return;
+  if (HasBmi2() && !portable) {
+    XorPackValuesWith<Bmi2Instructions>(n, mask, width, dst, runner, value);
+  } else {
+    XorPackValuesWith<PortableLoops>(n, mask, width, dst, runner, value);
+  }
+}
 
 // Packs bits `mask` (width bits) of src[0..n) densely into dst (zeroed, PackedWords(n) words).
 // Threads take blocks of 64 values, which fill whole words, so no word is shared.
 inline void PackBits(const uint64_t* src, int64_t n, uint64_t mask, int width, bool portable,
                      uint64_t* dst, const ParallelRunner& runner) {
-  if (width == 0) return;
-  auto extract = HasBmi2() && !portable ? ExtractBmi2 : ExtractPortable;
-  runner((n + 63) / 64, 64 * 8, [&](int64_t b_begin, int64_t b_end) {
-    for (int64_t e = b_begin * 64; e < std::min(n, b_end * 64); ++e) {
-      const uint64_t v = extract(src[e], mask);
-      const int64_t bit = e * width;
-      const int shift = static_cast<int>(bit & 63);
-      dst[bit >> 6] |= v << shift;
-      if (shift && shift + width > 64) dst[(bit >> 6) + 1] |= v >> (64 - shift);
-    }
-  });
+  XorPackValues(n, mask, width, portable, dst, runner, [src](int64_t e) { return src[e]; });
 }
 
-// The inverse: value e's packed bits back at `mask`'s positions, other bits 0; with
-// xor_into, XORed into dst[e] instead of stored.
-inline void UnpackBits(const uint64_t* src, int64_t n, uint64_t mask, int width, bool portable,
-                       bool xor_into, uint64_t* dst, const ParallelRunner& runner) {
-  auto deposit = HasBmi2() && !portable ? DepositBmi2 : DepositPortable;
+template <typename Method>
+inline void UnpackBitsWith(const uint64_t* src, int64_t n, uint64_t mask, int width,
+                           bool xor_into, uint64_t* dst, const ParallelRunner& runner) {
   const uint64_t low = width == 64 ? ~uint64_t{0} : (uint64_t{1} << width) - 1;
   runner(n, 8, [&](int64_t begin, int64_t end) {
     for (int64_t e = begin; e < end; ++e) {
@@ -69,11 +107,22 @@ inline void UnpackBits(const uint64_t* src, int64_t n, uint64_t mask, int width,
         const int shift = static_cast<int>(bit & 63);
         v = src[bit >> 6] >> shift;
         if (shift && shift + width > 64) v |= src[(bit >> 6) + 1] << (64 - shift);
-        v = deposit(v & low, mask);
+        v = Method::Deposit(v & low, mask);
       }
       dst[e] = xor_into ? dst[e] ^ v : v;
     }
   });
+}
+
+// The inverse: value e's packed bits back at `mask`'s positions, other bits 0; with
+// xor_into, XORed into dst[e] instead of stored.
+inline void UnpackBits(const uint64_t* src, int64_t n, uint64_t mask, int width, bool portable,
+                       bool xor_into, uint64_t* dst, const ParallelRunner& runner) {
+  if (HasBmi2() && !portable) {
+    UnpackBitsWith<Bmi2Instructions>(src, n, mask, width, xor_into, dst, runner);
+  } else {
+    UnpackBitsWith<PortableLoops>(src, n, mask, width, xor_into, dst, runner);
+  }
 }
 
 }  // namespace bits

@@ -25,35 +25,26 @@ struct AndOperands {
   const uint64_t *x_own, *x_next, *y_own, *y_next;
 };
 
-// z[0..total) ^= packed((x_i & y_i) ^ (x_i & y_{i+1}) ^ (x_{i+1} & y_i)) over the segments.
-Status XorPackedAnd(OpKernelContext* ctx, const std::vector<msb::Segment>& segs,
-                    const std::vector<AndOperands>& operands, int64_t n, bool portable,
-                    uint64_t* z, int64_t total) {
-  Tensor scratch_t;
-  TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_INT64,
-                                        TensorShape({4 * std::max<int64_t>(total, 1)}),
-                                        &scratch_t));
-  uint64_t* packed[4];
-  for (int k = 0; k < 4; ++k) packed[k] = RingData(&scratch_t) + k * total;
-  std::memset(packed[0], 0, 4 * total * sizeof(uint64_t));
+// z[0..total) ^= packed((x_i & y_i) ^ (x_i & y_{i+1}) ^ (x_{i+1} & y_i)) over the segments,
+// y taken `shift` bits lower. The AND is done on whole words (y shifted up to x's positions),
+// then one extract per value and segment: packing x's and y's bits apart and ANDing the packed
+// words gives the same bits with four packing passes.
+void XorPackedAnd(OpKernelContext* ctx, const std::vector<msb::Segment>& segs,
+                  const std::vector<AndOperands>& operands, int64_t n, bool portable,
+                  uint64_t* z) {
   auto runner = TfRunner(ctx);
-  int64_t at = 0;
   for (size_t k = 0; k < segs.size(); ++k) {
-    const uint64_t* srcs[4] = {operands[k].x_own, operands[k].x_next, operands[k].y_own,
-                               operands[k].y_next};
-    for (int operand = 0; operand < 4; ++operand) {
-      if (srcs[operand] == nullptr) continue;
-      const uint64_t mask = operand < 2 ? segs[k].x_mask : segs[k].y_mask();
-      bits::PackBits(srcs[operand], n, mask, segs[k].width(), portable, packed[operand] + at,
-                     runner);
-    }
-    at += bits::PackedWords(n, segs[k].width());
+    const AndOperands& o = operands[k];
+    const int shift = segs[k].shift;
+    auto word = [](const uint64_t* side, int64_t e) { return side ? side[e] : uint64_t{0}; };
+    bits::XorPackValues(n, segs[k].x_mask, segs[k].width(), portable, z, runner,
+                        [&](int64_t e) {
+                          const uint64_t yo = word(o.y_own, e) << shift;
+                          const uint64_t yn = word(o.y_next, e) << shift;
+                          return (word(o.x_own, e) & (yo ^ yn)) ^ (word(o.x_next, e) & yo);
+                        });
+    z += bits::PackedWords(n, segs[k].width());
   }
-  const uint64_t *xo = packed[0], *xn = packed[1], *yo = packed[2], *yn = packed[3];
-  ParallelElementwise(runner, total, 4, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) z[i] ^= (xo[i] & (yo[i] ^ yn[i])) ^ (xn[i] & yo[i]);
-  });
-  return ::tensorflow::OkStatus();
 }
 
 // The state's six rows: P, G, E as (own, next) pairs of n words each.
@@ -163,8 +154,7 @@ class MsbStartOp : public StreamOpKernel {
     auto runner = TfRunner(ctx);
     OP_REQUIRES_OK(ctx, FillXorZeroShare(own, next, stream, z, RingData(&scratch_t), total,
                                          runner));
-    OP_REQUIRES_OK(ctx, XorPackedAnd(ctx, msb::RoundSegments(0), {operands}, n, portable_, z,
-                                     total));
+    XorPackedAnd(ctx, msb::RoundSegments(0), {operands}, n, portable_, z);
   }
 
  private:
@@ -221,7 +211,7 @@ class MsbStepOp : public StreamOpKernel {
     // later rounds: P & G (G segment), P & P (P segment).
     std::vector<AndOperands> operands = {{st.p(0), st.p(1), st.g(0), st.g(1)}};
     if (segs.size() > 1) operands.push_back({st.p(0), st.p(1), st.p(0), st.p(1)});
-    OP_REQUIRES_OK(ctx, XorPackedAnd(ctx, segs, operands, n, portable_, z, total));
+    XorPackedAnd(ctx, segs, operands, n, portable_, z);
     if (round_ == 1) {  // from now on P = G's propagate bits, E keeps the original P
       for (int side = 0; side < 2; ++side) {
         std::memcpy(st.p(side), st.e(side), n * sizeof(uint64_t));
