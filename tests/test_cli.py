@@ -101,3 +101,15 @@ def test_app_settings_apply_where_unset_and_parties_drop_a_clients(monkeypatch):
     monkeypatch.setenv("TF_PUMA_SET_BY_APP", "")
     prepare_process(client=False)
     assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+
+
+def test_local_parties_divide_the_hosts_cores(cluster):
+    """LocalCluster's three parties share this host: each runs kernels on a third of its cores
+    (--intra-op-threads, which the server reads before it makes its thread pools)."""
+    import os  # noqa: PLC0415
+
+    threads = max(1, len(os.sched_getaffinity(0)) // 3)
+    for i in range(3):
+        with open(f"/proc/{cluster.server_pid(i)}/cmdline", encoding="utf-8") as fh:
+            argv = fh.read().split("\0")
+        assert argv[argv.index("--intra-op-threads") + 1] == str(threads)

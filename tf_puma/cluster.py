@@ -216,6 +216,9 @@ class LocalCluster:
     `shares_dir` is a bundle root written by `bundle.write_bundles`: party i gets party{i}/.
     Each party is `tf-puma party` (a watching process and its server child, one process group);
     `party_args` are added to its command line, `party_stderr` receives its log (default: none).
+    The three parties share this host's cores: each runs its kernels on a third of them
+    (--intra-op-threads; MiniLM/128 on 2 cores: 5.9 s a call instead of 6.7 with every party
+    on both), unless `party_args` says otherwise.
     `recycle_growth` is the parties' --recycle-growth, 0 (off) by default: local parties serve
     one client process and end with it, and a client that drives the cluster with its own
     tf.functions (not tf_puma.load or tf-puma serve, which reconnect) would lose its context
@@ -231,7 +234,9 @@ class LocalCluster:
         # party command itself; `extra_env` adds to them.
         self._env = {**os.environ, **(extra_env or {})}
         self._shares_dir = shares_dir
-        self._party_args = ["--recycle-growth", str(recycle_growth), *party_args]
+        threads = [] if any(a.startswith("--intra-op-threads") for a in party_args) else [
+            "--intra-op-threads", str(max(1, len(os.sched_getaffinity(0)) // NUM_PARTIES))]
+        self._party_args = ["--recycle-growth", str(recycle_growth), *threads, *party_args]
         self._party_stderr = party_stderr
         self.processes: list[subprocess.Popen] = []
 

@@ -7,6 +7,7 @@ Commands:
           plaintext SavedModel -> secure SavedModel + OUT_DIR/shares/party{0,1,2}
           (--generate: a causal LM's generate_step signature -> a generation model)
   party   --cluster SPEC --task I [--shares DIR] [--recycle-growth 0.1] [--tls-dir DIR]
+          [--intra-op-threads N]
           start one party's TensorFlow server with its own share bundle (a watching
           process restarts it after a crash and recycles it when grown, between sessions)
   certs   --cluster SPEC OUT_DIR [--days N]
@@ -49,6 +50,9 @@ flags.DEFINE_multi_string("input-shape", [], "convert: NAME=D0xD1... fixes an in
                           "dimensions (repeatable)")
 flags.DEFINE_string("bind", None, "party, run, serve: the address this process's TensorFlow server "
                     "listens on (default: its host in the cluster spec; 0.0.0.0 = every interface)")
+flags.DEFINE_integer("intra-op-threads", 0, "party: threads one kernel may use (0: every core); "
+                     "parties sharing one host run faster with its cores divided between them",
+                     lower_bound=0)
 flags.DEFINE_float("recycle-growth", 0.10, "party: replace the server, between client sessions, "
                    "once it has grown this fraction past its size after the first session "
                    "(TensorFlow keeps every finished client's graphs); 0 turns it off",
@@ -224,7 +228,8 @@ def _party(argv: list[str]) -> None:
     from tf_puma.bundle import BundleError  # noqa: PLC0415
 
     try:
-        serve(tf_cluster, FLAGS.task, FLAGS.shares, bind_host=host)
+        serve(tf_cluster, FLAGS.task, FLAGS.shares, bind_host=host,
+              intra_op_threads=FLAGS["intra-op-threads"].value)
     except (BundleError, listen.ListenError, PortInUse) as err:
         _fail("party", err)
 
@@ -437,7 +442,8 @@ COMMAND_FLAGS = {"convert": ("signature", "public-input", "input-shape", "versio
                  "generate": ("model", "prompt", "prompt-ids", "tokenizer", "max-new-tokens",
                               "cluster", "local", "temperature", "seed", "deadline", "bind",
                               "tls-dir"),
-                 "party": ("cluster", "task", "shares", "bind", "recycle-growth", "tls-dir"),
+                 "party": ("cluster", "task", "shares", "bind", "recycle-growth", "tls-dir",
+                           "intra-op-threads"),
                  "run": ("model", "input", "cluster", "local", "signature", "repeat", "deadline",
                          "bind", "tls-dir"),
                  "serve": ("model_name", "model_base_path", "model_config_file", "port",

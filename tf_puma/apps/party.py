@@ -54,11 +54,13 @@ sessions it still grows (benchmarks/faults.py measures both). Linux/glibc only; 
 
 
 def serve(cluster: Cluster, task: int, shares: str | None = None,
-          bind_host: str | None = None) -> None:
+          bind_host: str | None = None, intra_op_threads: int = 0) -> None:
     """Starts party `task`'s server and blocks. `shares` is the party's share root: one bundle
     directory (OUT/shares/partyI) or a directory of them (one per model), read on first use.
     `bind_host`: the host the server must listen on (tf_puma/listen.py has set it up; checked
-    here once the server runs); None leaves TensorFlow's every-interface bind."""
+    here once the server runs); None leaves TensorFlow's every-interface bind.
+    `intra_op_threads`: threads one kernel may use (0: TensorFlow's default, every core); parties
+    sharing a host run faster with their cores divided between them."""
     if not 0 <= task < NUM_PARTIES:
         raise ValueError(f"--task must be 0, 1 or 2, got {task}")
     from tf_puma.cluster import port_in_use  # noqa: PLC0415
@@ -79,6 +81,10 @@ def serve(cluster: Cluster, task: int, shares: str | None = None,
 
     from tf_puma import _ops  # noqa: PLC0415
 
+    if intra_op_threads:
+        # Read by TensorFlow when the server makes its devices' thread pools (the server's
+        # ConfigProto.intra_op_parallelism_threads does not reach the pools its kernels use).
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(intra_op_threads)
     ops = _ops.load()
     if shares is not None:  # the kernels' share root, explicitly (no environment variable)
         ops.puma_set_share_root(root=os.path.abspath(shares), party=task)
