@@ -52,26 +52,53 @@ struct PortableLoops {
 // Words that n values of `width` packed bits take.
 inline int64_t PackedWords(int64_t n, int width) { return (n * width + 63) / 64; }
 
+// Appends `width`-bit values to words XORed into out[0], out[1], ... (the packed layout).
+struct XorBitWriter {
+  uint64_t* out;
+  int width;
+  uint64_t acc = 0;
+  int fill = 0;
+  inline void Put(uint64_t v) {
+    acc |= v << fill;
+    fill += width;
+    if (fill >= 64) {
+      *out++ ^= acc;
+      fill -= 64;
+      acc = fill ? v >> (width - fill) : 0;
+    }
+  }
+  inline void Flush() {
+    if (fill) *out ^= acc;
+  }
+};
+
+// Value e's `width` bits (at the low end) of a packed array of `words` words.
+inline uint64_t PackedValue(const uint64_t* src, int64_t words, int64_t e, int width) {
+  if (width == 0) return 0;
+  const int64_t bit = e * width;
+  uint64_t v;
+  if (width <= 57 && (bit >> 3) + 8 <= 8 * words) {
+    // the value's bits lie within the 8 bytes from its first byte: one unaligned load, no
+    // branch on whether they straddle two words
+    std::memcpy(&v, reinterpret_cast<const unsigned char*>(src) + (bit >> 3), 8);
+    v >>= bit & 7;
+  } else {
+    const int shift = static_cast<int>(bit & 63);
+    v = src[bit >> 6] >> shift;
+    if (shift && shift + width > 64) v |= src[(bit >> 6) + 1] << (64 - shift);
+  }
+  return width == 64 ? v : v & ((uint64_t{1} << width) - 1);
+}
+
 template <typename Method, typename ValueFn>
 inline void XorPackValuesWith(int64_t n, uint64_t mask, int width, uint64_t* dst,
                               const ParallelRunner& runner, const ValueFn& value) {
   runner((n + 63) / 64, 64 * 12, [&](int64_t b_begin, int64_t b_end) {
     for (int64_t b = b_begin; b < b_end; ++b) {  // 64 values fill exactly `width` words
-      uint64_t* out = dst + b * width;
-      uint64_t acc = 0;
-      int fill = 0;
+      XorBitWriter writer{dst + b * width, width};
       const int64_t end = std::min(n, (b + 1) * 64);
-      for (int64_t e = b * 64; e < end; ++e) {
-        const uint64_t v = Method::Extract(value(e), mask);
-        acc |= v << fill;
-        fill += width;
-        if (fill >= 64) {
-          *out++ ^= acc;
-          fill -= 64;
-          acc = fill ? v >> (width - fill) : 0;
-        }
-      }
-      if (fill) *out ^= acc;
+      for (int64_t e = b * 64; e < end; ++e) writer.Put(Method::Extract(value(e), mask));
+      writer.Flush();
     }
   });
 }
@@ -99,26 +126,10 @@ inline void PackBits(const uint64_t* src, int64_t n, uint64_t mask, int width, b
 template <typename Method>
 inline void UnpackBitsWith(const uint64_t* src, int64_t n, uint64_t mask, int width,
                            bool xor_into, uint64_t* dst, const ParallelRunner& runner) {
-  const uint64_t low = width == 64 ? ~uint64_t{0} : (uint64_t{1} << width) - 1;
-  const unsigned char* bytes = reinterpret_cast<const unsigned char*>(src);
-  const int64_t src_bytes = 8 * PackedWords(n, width);
+  const int64_t words = PackedWords(n, width);
   runner(n, 8, [&](int64_t begin, int64_t end) {
     for (int64_t e = begin; e < end; ++e) {
-      uint64_t v = 0;
-      if (width) {
-        const int64_t bit = e * width;
-        if (width <= 57 && (bit >> 3) + 8 <= src_bytes) {
-          // the value's bits lie within the 8 bytes from its first byte: one unaligned load,
-          // no branch on whether they straddle two words
-          std::memcpy(&v, bytes + (bit >> 3), 8);
-          v >>= bit & 7;
-        } else {
-          const int shift = static_cast<int>(bit & 63);
-          v = src[bit >> 6] >> shift;
-          if (shift && shift + width > 64) v |= src[(bit >> 6) + 1] << (64 - shift);
-        }
-        v = Method::Deposit(v & low, mask);
-      }
+      const uint64_t v = Method::Deposit(PackedValue(src, words, e, width), mask);
       dst[e] = xor_into ? dst[e] ^ v : v;
     }
   });

@@ -104,6 +104,83 @@ void Absorb(OpKernelContext* ctx, int round, int64_t n, bool portable, const Sta
   }
 }
 
+// Rounds 2..7 in one pass over the values: the previous round's messages absorbed into the
+// state (G ^= its G segment, P = its P segment when it has one), then this round's ANDs packed
+// into z (P & G, and P & P when it has a P segment). The same words as Absorb followed by
+// XorPackedAnd, with the state read and written once.
+template <typename Method>
+void AbsorbAndPackWith(const uint64_t* const msgs[2], const std::vector<msb::Segment>& prev,
+                       const std::vector<msb::Segment>& cur, int64_t n, const State& st,
+                       uint64_t* z, const ParallelRunner& runner) {
+  const int prev_g = prev[0].width(), prev_p = prev.size() > 1 ? prev[1].width() : 0;
+  const int cur_g = cur[0].width(), cur_p = cur.size() > 1 ? cur[1].width() : 0;
+  const int64_t prev_g_words = bits::PackedWords(n, prev_g);
+  const int64_t prev_p_words = bits::PackedWords(n, prev_p);
+  uint64_t* z_p = z + bits::PackedWords(n, cur_g);
+  runner((n + 63) / 64, 64 * 40, [&](int64_t b_begin, int64_t b_end) {
+    for (int64_t b = b_begin; b < b_end; ++b) {  // 64 values fill whole words of z
+      bits::XorBitWriter and_g{z + b * cur_g, cur_g}, and_p{z_p + b * cur_p, cur_p};
+      const int64_t end = std::min(n, (b + 1) * 64);
+      for (int64_t e = b * 64; e < end; ++e) {
+        uint64_t p[2], g[2];
+        for (int side = 0; side < 2; ++side) {
+          g[side] = st.g(side)[e] ^ Method::Deposit(
+              bits::PackedValue(msgs[side], prev_g_words, e, prev_g), prev[0].x_mask);
+          st.g(side)[e] = g[side];
+          if (prev_p) {
+            p[side] = Method::Deposit(
+                bits::PackedValue(msgs[side] + prev_g_words, prev_p_words, e, prev_p),
+                prev[1].x_mask);
+            st.p(side)[e] = p[side];
+          } else {
+            p[side] = st.p(side)[e];
+          }
+        }
+        const int s = cur[0].shift;
+        and_g.Put(Method::Extract((p[0] & ((g[0] ^ g[1]) << s)) ^ (p[1] & (g[0] << s)),
+                                  cur[0].x_mask));
+        if (cur_p) {
+          const int t = cur[1].shift;
+          and_p.Put(Method::Extract((p[0] & ((p[0] ^ p[1]) << t)) ^ (p[1] & (p[0] << t)),
+                                    cur[1].x_mask));
+        }
+      }
+      and_g.Flush();
+      and_p.Flush();
+    }
+  });
+}
+
+void AbsorbAndPack(OpKernelContext* ctx, int round, int64_t n, bool portable, const State& st,
+                   uint64_t* z) {
+  const uint64_t* const msgs[2] = {RingData(ctx->input(1)), RingData(ctx->input(2))};
+  const auto prev = msb::RoundSegments(round - 1), cur = msb::RoundSegments(round);
+  if (bits::HasBmi2() && !portable) {
+    AbsorbAndPackWith<bits::Bmi2Instructions>(msgs, prev, cur, n, st, z, TfRunner(ctx));
+  } else {
+    AbsorbAndPackWith<bits::PortableLoops>(msgs, prev, cur, n, st, z, TfRunner(ctx));
+  }
+}
+
+// PumaMsbFinish's bits: side's ((P_0 >> 63) ^ (G ^ the last G segment) >> 62) & 1, P_0 in E.
+template <typename Method>
+void SignBits(const State& st, const uint64_t* const msgs[2], const msb::Segment& last,
+              int64_t n, uint64_t* const out[2], const ParallelRunner& runner) {
+  const int width = last.width();
+  const int64_t words = bits::PackedWords(n, width);
+  for (int side = 0; side < 2; ++side) {
+    const uint64_t *g = st.g(side), *p0 = st.e(side), *msg = msgs[side];
+    uint64_t* bit = out[side];
+    ParallelElementwise(runner, n, 4, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const uint64_t g_last = g[i] ^ Method::Deposit(bits::PackedValue(msg, words, i, width),
+                                                       last.x_mask);
+        bit[i] = ((p0[i] >> 63) ^ (g_last >> 62)) & 1;
+      }
+    });
+  }
+}
+
 class MsbStartOp : public StreamOpKernel {
  public:
   explicit MsbStartOp(OpKernelConstruction* ctx) : StreamOpKernel(ctx) {
@@ -185,9 +262,9 @@ class MsbStepOp : public StreamOpKernel {
                   msb::kStateRows * n * sizeof(uint64_t));
     }
     const State st = Rows(RingData(state_t), n);
-    Absorb(ctx, round_ - 1, n, portable_, st);
     auto runner = TfRunner(ctx);
-    if (round_ == 1) {  // G holds (A^C)&(B^C): M = that ^ C, Y = M << 1, P = S ^ Y (into E)
+    if (round_ == 1) {
+      Absorb(ctx, 0, n, portable_, st);  // G holds (A^C)&(B^C): M = that ^ C, Y = M << 1, P = S ^ Y (into E)
       for (int side = 0; side < 2; ++side) {
         uint64_t *p = st.p(side), *g = st.g(side), *e = st.e(side);
         ParallelElementwise(runner, n, 2, [&](int64_t b, int64_t end) {
@@ -207,16 +284,15 @@ class MsbStepOp : public StreamOpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, TensorShape({total}), &scratch_t));
     OP_REQUIRES_OK(ctx, FillXorZeroShare(own, next, stream, z, RingData(&scratch_t), total,
                                          runner));
-    // round 1: S & Y (S in P, carries M in G; Y = M << 1 is the shift of the segment);
-    // later rounds: P & G (G segment), P & P (P segment).
-    std::vector<AndOperands> operands = {{st.p(0), st.p(1), st.g(0), st.g(1)}};
-    if (segs.size() > 1) operands.push_back({st.p(0), st.p(1), st.p(0), st.p(1)});
-    XorPackedAnd(ctx, segs, operands, n, portable_, z);
-    if (round_ == 1) {  // from now on P = G's propagate bits, E keeps the original P
-      for (int side = 0; side < 2; ++side) {
-        std::memcpy(st.p(side), st.e(side), n * sizeof(uint64_t));
-        std::memset(st.g(side), 0, n * sizeof(uint64_t));
-      }
+    if (round_ > 1) {  // P & G (G segment), P & P (P segment), the state updated on the way
+      AbsorbAndPack(ctx, round_, n, portable_, st, z);
+      return;
+    }
+    // round 1: S & Y (S in P, carries M in G; Y = M << 1 is the shift of the segment)
+    XorPackedAnd(ctx, segs, {{st.p(0), st.p(1), st.g(0), st.g(1)}}, n, portable_, z);
+    for (int side = 0; side < 2; ++side) {  // from now on P = G's propagate bits, E keeps
+      std::memcpy(st.p(side), st.e(side), n * sizeof(uint64_t));  // the original P
+      std::memset(st.g(side), 0, n * sizeof(uint64_t));
     }
   }
 
@@ -234,24 +310,24 @@ class MsbFinishOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     int64_t n = 0;
     if (!ReadState(ctx, &n) || !ReadMessages(ctx, 1, msb::kRounds - 1, n)) return;
-    Tensor state_t;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, ctx->input(0).shape(),
-                                           &state_t));
-    std::memcpy(RingData(&state_t), RingData(ctx->input(0)),
-                msb::kStateRows * n * sizeof(uint64_t));
-    const State st = Rows(RingData(&state_t), n);
-    Absorb(ctx, msb::kRounds - 1, n, portable_, st);
+    // The sign bit is P_0[63] ^ G[62] after the last round's G segment: read from the state
+    // and the two messages as they stand, without copying the state.
+    const uint64_t* state = RingData(ctx->input(0));
+    const uint64_t* const msgs[2] = {RingData(ctx->input(1)), RingData(ctx->input(2))};
+    const msb::Segment last = msb::RoundSegments(msb::kRounds - 1)[0];
     TensorShape values = ctx->input(0).shape();
     values.RemoveDim(0);
-    auto runner = TfRunner(ctx);
+    uint64_t* bits_out[2];
     for (int side = 0; side < 2; ++side) {
       Tensor* out = nullptr;
       OP_REQUIRES_OK(ctx, ctx->allocate_output(side, values, &out));
-      uint64_t* bit = RingData(out);
-      const uint64_t *g = st.g(side), *p0 = st.e(side);
-      ParallelElementwise(runner, n, 1, [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) bit[i] = ((p0[i] >> 63) ^ (g[i] >> 62)) & 1;
-      });
+      bits_out[side] = RingData(out);
+    }
+    const State st = Rows(const_cast<uint64_t*>(state), n);  // read only
+    if (bits::HasBmi2() && !portable_) {
+      SignBits<bits::Bmi2Instructions>(st, msgs, last, n, bits_out, TfRunner(ctx));
+    } else {
+      SignBits<bits::PortableLoops>(st, msgs, last, n, bits_out, TfRunner(ctx));
     }
   }
 
