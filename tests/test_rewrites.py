@@ -223,7 +223,7 @@ def test_cli_convert_and_run_local(tmp_path):
     steps = raw["convert_steps"]  # where the conversion's time went
     in_turn = ["load_and_freeze", "classify", "trace", "save", "bundles_wait"]
     assert set(steps) == {*in_turn, "bundles"}
-    assert min(steps.values()) >= 0 and steps["trace"] > 0 and steps["bundles"] > 0
+    assert min(steps.values()) >= 0 and steps["trace"] > 0
     assert sum(steps[k] for k in in_turn) <= raw["convert_seconds"] + 0.05  # rounded to 0.01 s
     # the bundles are written alongside trace and save
     assert steps["bundles"] <= steps["trace"] + steps["save"] + steps["bundles_wait"] + 0.05
