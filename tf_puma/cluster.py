@@ -217,8 +217,8 @@ class LocalCluster:
     Each party is `tf-puma party` (a watching process and its server child, one process group);
     `party_args` are added to its command line, `party_stderr` receives its log (default: none).
     The three parties share this host's cores: each runs its kernels on a third of them
-    (--intra-op-threads; MiniLM/128 on 2 cores: 5.9 s a call instead of 6.7 with every party
-    on both), unless `party_args` says otherwise.
+    (--intra-op-threads; all three on every core oversubscribe it), unless `party_args` says
+    otherwise.
     `recycle_growth` is the parties' --recycle-growth, 0 (off) by default: local parties serve
     one client process and end with it, and a client that drives the cluster with its own
     tf.functions (not tf_puma.load or tf-puma serve, which reconnect) would lose its context
