@@ -77,12 +77,15 @@ def row_in_child(script: str, args: Sequence[str], what: str) -> dict:
 
 @contextlib.contextmanager
 def secure_session(secure_dir: str, first_call: Callable[[object], object],
-                   load: Callable[[str], object] | None = None):
-    """Three local parties holding the model's bundles, this process connected as the client,
-    the model loaded (`load`, default tf_puma.load) and called once (the parties register its
-    graph). Yields (local cluster, model, load seconds, first call seconds)."""
+                   load: Callable[[str], object] | None = None,
+                   party_args: Sequence[str] = ()):
+    """Three local parties holding the model's bundles (`party_args` added to their command
+    line), this process connected as the client, the model loaded (`load`, default
+    tf_puma.load) and called once (the parties register its graph). Yields (local cluster,
+    model, load seconds, first call seconds)."""
     import tf_puma  # noqa: PLC0415
-    local = tf_puma.LocalCluster(shares_dir=os.path.join(secure_dir, "shares"))
+    local = tf_puma.LocalCluster(shares_dir=os.path.join(secure_dir, "shares"),
+                                 party_args=party_args)
     with local as spec:
         tf_puma.connect(spec)
         start = time.perf_counter()

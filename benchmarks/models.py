@@ -11,6 +11,8 @@ another that only connects, loads and calls.
     python benchmarks/models.py                 # all three
     python benchmarks/models.py minilm-32       # one
     python benchmarks/models.py --reference minilm-32   # and SPU on the same shape, same run
+    python benchmarks/models.py --party-threads 2 minilm-128   # parties' --intra-op-threads
+                                                  # (default: LocalCluster's, a third of the cores)
 
 With --reference, the reference implementation (SPU 0.9.5 with PUMA's settings, `make spu-venv`)
 runs the same shape right after ours (random weights of the same architecture: time and traffic
@@ -63,11 +65,11 @@ def _export(kind: str, seq_len: int, out: str) -> str:
     return out
 
 
-def run_one(name: str) -> dict:
+def run_one(name: str, party_threads: int = 0) -> dict:
     """One model in this process: returns its row as a dict (work files are removed)."""
     work = tempfile.mkdtemp(prefix=f"tf-puma-bench-{name}-")
     try:
-        return _measure(name, work)
+        return _measure(name, work, party_threads)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -100,7 +102,7 @@ def _prepare(name: str, work: str) -> None:
         json.dump({"convert_s": convert_s, "plaintext_s": plain_s}, fh)
 
 
-def _measure(name: str, work: str) -> dict:
+def _measure(name: str, work: str, party_threads: int = 0) -> dict:
     """The secure run, in a process that only connects, loads and calls (like a client)."""
     import numpy as np  # noqa: PLC0415
 
@@ -111,7 +113,9 @@ def _measure(name: str, work: str) -> dict:
     inputs = {k: saved[k] for k in ("input_ids", "attention_mask")}
     secure_dir = os.path.join(work, "secure")
     manifest = secure_model.read_manifest(secure_dir)
-    with secure_session(secure_dir, lambda m: m(**inputs)) as (local, model, load_s, first_s):
+    party_args = ["--intra-op-threads", str(party_threads)] if party_threads else []
+    with secure_session(secure_dir, lambda m: m(**inputs), party_args=party_args) as (
+            local, model, load_s, first_s):
         walls = []
         for _ in range(STEADY_CALLS):
             start = time.perf_counter()
@@ -123,7 +127,8 @@ def _measure(name: str, work: str) -> dict:
     err = float(np.abs(out["last_hidden_state"] - saved["last_hidden_state"]).max())
     sent = manifest.total.bytes_by_sender
     parties_gib = [sent.get(str(i), 0) / 2 ** 30 for i in range(3)]
-    return {"model": name, "tokens": seq_len, "convert_s": prepared["convert_s"],
+    return {"model": name, "tokens": seq_len, "party_threads": party_threads or "default",
+            "convert_s": prepared["convert_s"],
             "convert_steps_s": manifest.convert_steps,
             "secure_graph_ops": manifest.secure_graph_ops, "load_s": load_s,
             "first_call_s": first_s, "wall_s": min(walls), "plaintext_s": prepared["plaintext_s"],
@@ -144,27 +149,34 @@ def main(argv: list[str]) -> None:
     if len(argv) == 4 and argv[1] == "--prepare":
         _prepare(argv[2], argv[3])
         return
-    if len(argv) == 3 and argv[1] == "--one":
-        print(json.dumps(run_one(argv[2])))
+    if len(argv) == 4 and argv[1] == "--one":
+        print(json.dumps(run_one(argv[2], int(argv[3]))))
         return
-    reference = "--reference" in argv
-    names = [a for a in argv[1:] if a != "--reference"] or list(CONFIGS)
+    args = argv[1:]
+    reference = "--reference" in args
+    threads = 0
+    if "--party-threads" in args:
+        at = args.index("--party-threads")
+        threads = int(args[at + 1])
+        del args[at:at + 2]
+    names = [a for a in args if a != "--reference"] or list(CONFIGS)
     rows = []
     for name in names:
         if name not in CONFIGS:
             raise SystemExit(f"unknown model {name!r}; choose from {sorted(CONFIGS)}")
-        row = row_in_child(__file__, [name], name)
+        row = row_in_child(__file__, [name, str(threads)], name)
         rows.append(with_reference(row) if reference else row)
     report(rows)
 
 
 def report(rows: list[dict]) -> None:
     """The table on stdout and benchmarks/results/models.json."""
-    print_table(["model", "tokens", "wall s", "ref s", "rounds", "ref sends", "GiB (3 parties)",
-                 "ref GiB", "client MiB", "peak MiB/party", "shares MiB/party",
+    print_table(["model", "tokens", "party threads", "wall s", "ref s", "rounds", "ref sends",
+                 "GiB (3 parties)", "ref GiB", "client MiB", "peak MiB/party", "shares MiB/party",
                  "1.5 shares + 1 GiB", "peak MiB client", "plain ms", "err", "ref err",
                  "convert s", "trace s", "save s", "bundles s", "load s", "1st call s", "ops"],
-                [[r["model"], r["tokens"], r["wall_s"], r.get("reference_s", "-"), r["rounds"],
+                [[r["model"], r["tokens"], r.get("party_threads", "default"), r["wall_s"],
+                  r.get("reference_s", "-"), r["rounds"],
                   r.get("reference_sends", "-"), r["total_gib"], r.get("reference_gib", "-"),
                   r["client_mib"], max(r["peak_party_mib"]), max(r["shares_party_mib"]),
                   party_memory_target_mib(max(r["shares_party_mib"])), r["peak_client_mib"],

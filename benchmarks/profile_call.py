@@ -9,7 +9,8 @@ PRG draws, Send/Recv, TensorFlow's own ops) and by the plaintext op each secure 
 (its top name scope without the "_N": Softmax, BatchMatMulV2, the LayerNorm and GeLU idioms
 named by their root op, ...; the six layers are alike, so this is the per-protocol view).
 An op's time is its wall time on the party's inter-op thread, its intra-op helpers included;
-with three parties and a client on 2 cores that includes time waiting for a core. "executor" is the executor's Process events minus the ops inside them.
+with three parties and a client on 2 cores that includes time waiting for a core. "executor"
+is the executor's Process events minus the ops inside them.
 
     python benchmarks/profile_call.py                  # MiniLM-L6, 128 tokens
     python benchmarks/profile_call.py minilm-32 --seconds 4
