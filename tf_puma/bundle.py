@@ -1,7 +1,7 @@
 """Per-party weight bundles: the model owner splits each weight into replicated shares and writes
 `OUT/party{0,1,2}/`; party i's directory holds only (w_i, w_{i+1}) of every weight.
 
-w_0 and w_1 are pseudorandom, so the owner stores them as seeds: w_j's chunk c (PRG_CHUNK values)
+w_0 and w_1 are pseudorandom, so the owner stores them as seeds: w_j's chunk c (CHUNK_VALUES values)
 is F(s_j, 0, c), AES-128-CTR under a fresh key s_j per weight and share. Only w_2 = w - w_0 - w_1
 is written out, once for party 1 and once for party 2: a third of the bytes of three full pairs.
 Party 0 holds (s_0, s_1), party 1 (s_1, w_2), party 2 (w_2, s_0): what each learns is what the
