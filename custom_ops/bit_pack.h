@@ -90,17 +90,15 @@ inline uint64_t PackedValue(const uint64_t* src, int64_t words, int64_t e, int w
   return width == 64 ? v : v & ((uint64_t{1} << width) - 1);
 }
 
-template <typename Method, typename ValueFn>
-inline void XorPackValuesWith(int64_t n, uint64_t mask, int width, uint64_t* dst,
-                              const ParallelRunner& runner, const ValueFn& value) {
-  runner((n + 63) / 64, 64 * 12, [&](int64_t b_begin, int64_t b_end) {
-    for (int64_t b = b_begin; b < b_end; ++b) {  // 64 values fill exactly `width` words
-      XorBitWriter writer{dst + b * width, width};
-      const int64_t end = std::min(n, (b + 1) * 64);
-      for (int64_t e = b * 64; e < end; ++e) writer.Put(Method::Extract(value(e), mask));
-      writer.Flush();
-    }
-  });
+// fn(Bmi2Instructions{}) where this CPU has BMI2 and `portable` is false, else
+// fn(PortableLoops{}): the one place the packing kernels choose their instructions.
+template <typename Fn>
+inline void WithBitMethod(bool portable, const Fn& fn) {
+  if (HasBmi2() && !portable) {
+    fn(Bmi2Instructions{});
+  } else {
+    fn(PortableLoops{});
+  }
 }
 
 // dst[0..PackedWords(n, width)) ^= the bits `mask` (width bits) of value(0..n), packed densely
@@ -109,11 +107,17 @@ template <typename ValueFn>
 inline void XorPackValues(int64_t n, uint64_t mask, int width, bool portable, uint64_t* dst,
                           const ParallelRunner& runner, const ValueFn& value) {
   if (width == 0) return;
-  if (HasBmi2() && !portable) {
-    XorPackValuesWith<Bmi2Instructions>(n, mask, width, dst, runner, value);
-  } else {
-    XorPackValuesWith<PortableLoops>(n, mask, width, dst, runner, value);
-  }
+  WithBitMethod(portable, [&](auto method) {
+    using Method = decltype(method);
+    runner((n + 63) / 64, 64 * 12, [&](int64_t b_begin, int64_t b_end) {
+      for (int64_t b = b_begin; b < b_end; ++b) {  // 64 values fill exactly `width` words
+        XorBitWriter writer{dst + b * width, width};
+        const int64_t end = std::min(n, (b + 1) * 64);
+        for (int64_t e = b * 64; e < end; ++e) writer.Put(Method::Extract(value(e), mask));
+        writer.Flush();
+      }
+    });
+  });
 }
 
 // Packs bits `mask` (width bits) of src[0..n) densely into dst (zeroed, PackedWords(n) words).
@@ -123,27 +127,18 @@ inline void PackBits(const uint64_t* src, int64_t n, uint64_t mask, int width, b
   XorPackValues(n, mask, width, portable, dst, runner, [src](int64_t e) { return src[e]; });
 }
 
-template <typename Method>
-inline void UnpackBitsWith(const uint64_t* src, int64_t n, uint64_t mask, int width,
-                           bool xor_into, uint64_t* dst, const ParallelRunner& runner) {
-  const int64_t words = PackedWords(n, width);
-  runner(n, 8, [&](int64_t begin, int64_t end) {
-    for (int64_t e = begin; e < end; ++e) {
-      const uint64_t v = Method::Deposit(PackedValue(src, words, e, width), mask);
-      dst[e] = xor_into ? dst[e] ^ v : v;
-    }
-  });
-}
-
-// The inverse: value e's packed bits back at `mask`'s positions, other bits 0; with
-// xor_into, XORed into dst[e] instead of stored.
+// The inverse: value e's packed bits back at `mask`'s positions in dst[e], other bits 0.
 inline void UnpackBits(const uint64_t* src, int64_t n, uint64_t mask, int width, bool portable,
-                       bool xor_into, uint64_t* dst, const ParallelRunner& runner) {
-  if (HasBmi2() && !portable) {
-    UnpackBitsWith<Bmi2Instructions>(src, n, mask, width, xor_into, dst, runner);
-  } else {
-    UnpackBitsWith<PortableLoops>(src, n, mask, width, xor_into, dst, runner);
-  }
+                       uint64_t* dst, const ParallelRunner& runner) {
+  const int64_t words = PackedWords(n, width);
+  WithBitMethod(portable, [&](auto method) {
+    using Method = decltype(method);
+    runner(n, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t e = begin; e < end; ++e) {
+        dst[e] = Method::Deposit(PackedValue(src, words, e, width), mask);
+      }
+    });
+  });
 }
 
 }  // namespace bits

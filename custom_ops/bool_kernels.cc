@@ -176,8 +176,8 @@ class BitUnpackSegmentsOp : public OpKernel {
     for (size_t k = 0; k < seg_.widths.size(); ++k) {
       Tensor* out = nullptr;
       OP_REQUIRES_OK(ctx, ctx->allocate_output(static_cast<int>(k), shape, &out));
-      bits::UnpackBits(src, n, seg_.masks[k], seg_.widths[k], portable_, /*xor_into=*/false,
-                       RingData(out), runner);
+      bits::UnpackBits(src, n, seg_.masks[k], seg_.widths[k], portable_, RingData(out),
+                       runner);
       src += seg_.Words(n, k);
     }
   }

@@ -170,7 +170,7 @@ Status ReadShare(const std::string& dir, const BundleHeader& header, const std::
                             header.prg_chunk, " needs more than 2^32 subs");
   }
   *out = Tensor(tensorflow::DT_INT64, shape);
-  uint64_t* data = reinterpret_cast<uint64_t*>(out->flat<int64_t>().data());
+  uint64_t* data = RingData(out);
   for (int64_t start = 0, chunk = 0; start < n; start += header.prg_chunk, ++chunk) {
     TF_RETURN_IF_ERROR(PrgFill(seed, 0, static_cast<uint32_t>(chunk), data + start,
                                std::min(header.prg_chunk, n - start), runner));

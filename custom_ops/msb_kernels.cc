@@ -25,10 +25,17 @@ struct AndOperands {
   const uint64_t *x_own, *x_next, *y_own, *y_next;
 };
 
-// z[0..total) ^= packed((x_i & y_i) ^ (x_i & y_{i+1}) ^ (x_{i+1} & y_i)) over the segments,
-// y taken `shift` bits lower. The AND is done on whole words (y shifted up to x's positions),
-// then one extract per value and segment: packing x's and y's bits apart and ANDing the packed
-// words gives the same bits with four packing passes.
+// A party's XOR share word of x & (y >> shift) from its shares (x_i, x_{i+1}), (y_i, y_{i+1})
+// (plus the zero share added by the caller): x_i y_i ^ x_i y_{i+1} ^ x_{i+1} y_i, y shifted up
+// to x's bit positions so the AND is taken on whole words.
+inline uint64_t AndShareWord(uint64_t x_own, uint64_t x_next, uint64_t y_own, uint64_t y_next,
+                             int shift) {
+  return (x_own & ((y_own ^ y_next) << shift)) ^ (x_next & (y_own << shift));
+}
+
+// z[0..total) ^= packed AndShareWord over the segments (x's bits at x_mask, y `shift` bits
+// lower): one extract per value and segment, where packing x's and y's bits apart and ANDing
+// the packed words took four packing passes.
 void XorPackedAnd(OpKernelContext* ctx, const std::vector<msb::Segment>& segs,
                   const std::vector<AndOperands>& operands, int64_t n, bool portable,
                   uint64_t* z) {
@@ -39,9 +46,8 @@ void XorPackedAnd(OpKernelContext* ctx, const std::vector<msb::Segment>& segs,
     auto word = [](const uint64_t* side, int64_t e) { return side ? side[e] : uint64_t{0}; };
     bits::XorPackValues(n, segs[k].x_mask, segs[k].width(), portable, z, runner,
                         [&](int64_t e) {
-                          const uint64_t yo = word(o.y_own, e) << shift;
-                          const uint64_t yn = word(o.y_next, e) << shift;
-                          return (word(o.x_own, e) & (yo ^ yn)) ^ (word(o.x_next, e) & yo);
+                          return AndShareWord(word(o.x_own, e), word(o.x_next, e),
+                                              word(o.y_own, e), word(o.y_next, e), shift);
                         });
     z += bits::PackedWords(n, segs[k].width());
   }
@@ -87,27 +93,21 @@ bool ReadMessages(OpKernelContext* ctx, int first, int round, int64_t n) {
   return true;
 }
 
-// Unpacks round `round`'s two messages (own share, received share) into the state:
-// round 0 -> G (the carry-save AND, before it becomes M), otherwise G ^= its G segment and
-// P = its P segment (when the round has one).
-void Absorb(OpKernelContext* ctx, int round, int64_t n, bool portable, const State& st) {
-  const auto segs = msb::RoundSegments(round);
+// Round 0's two messages (own share, received share) unpacked into G: the carry-save AND,
+// before round 1 makes it M. Later rounds absorb their messages in AbsorbAndPack and SignBits.
+void AbsorbRoundZero(OpKernelContext* ctx, int64_t n, bool portable, const State& st) {
+  const msb::Segment seg = msb::RoundSegments(0)[0];  // round 0 has one segment
   auto runner = TfRunner(ctx);
   for (int side = 0; side < 2; ++side) {
-    const uint64_t* src = RingData(ctx->input(1 + side));
-    bits::UnpackBits(src, n, segs[0].x_mask, segs[0].width(), portable,
-                     /*xor_into=*/round > 0, st.g(side), runner);
-    if (segs.size() > 1) {
-      bits::UnpackBits(src + bits::PackedWords(n, segs[0].width()), n, segs[1].x_mask,
-                       segs[1].width(), portable, /*xor_into=*/false, st.p(side), runner);
-    }
+    bits::UnpackBits(RingData(ctx->input(1 + side)), n, seg.x_mask, seg.width(), portable,
+                     st.g(side), runner);
   }
 }
 
 // Rounds 2..7 in one pass over the values: the previous round's messages absorbed into the
 // state (G ^= its G segment, P = its P segment when it has one), then this round's ANDs packed
-// into z (P & G, and P & P when it has a P segment). The same words as Absorb followed by
-// XorPackedAnd, with the state read and written once.
+// into z (P & G, and P & P when it has a P segment). The same words as unpacking the messages
+// and then XorPackedAnd, with the state read and written once.
 template <typename Method>
 void AbsorbAndPackWith(const uint64_t* const msgs[2], const std::vector<msb::Segment>& prev,
                        const std::vector<msb::Segment>& cur, int64_t n, const State& st,
@@ -136,12 +136,10 @@ void AbsorbAndPackWith(const uint64_t* const msgs[2], const std::vector<msb::Seg
             p[side] = st.p(side)[e];
           }
         }
-        const int s = cur[0].shift;
-        and_g.Put(Method::Extract((p[0] & ((g[0] ^ g[1]) << s)) ^ (p[1] & (g[0] << s)),
+        and_g.Put(Method::Extract(AndShareWord(p[0], p[1], g[0], g[1], cur[0].shift),
                                   cur[0].x_mask));
         if (cur_p) {
-          const int t = cur[1].shift;
-          and_p.Put(Method::Extract((p[0] & ((p[0] ^ p[1]) << t)) ^ (p[1] & (p[0] << t)),
+          and_p.Put(Method::Extract(AndShareWord(p[0], p[1], p[0], p[1], cur[1].shift),
                                     cur[1].x_mask));
         }
       }
@@ -155,11 +153,9 @@ void AbsorbAndPack(OpKernelContext* ctx, int round, int64_t n, bool portable, co
                    uint64_t* z) {
   const uint64_t* const msgs[2] = {RingData(ctx->input(1)), RingData(ctx->input(2))};
   const auto prev = msb::RoundSegments(round - 1), cur = msb::RoundSegments(round);
-  if (bits::HasBmi2() && !portable) {
-    AbsorbAndPackWith<bits::Bmi2Instructions>(msgs, prev, cur, n, st, z, TfRunner(ctx));
-  } else {
-    AbsorbAndPackWith<bits::PortableLoops>(msgs, prev, cur, n, st, z, TfRunner(ctx));
-  }
+  bits::WithBitMethod(portable, [&](auto method) {
+    AbsorbAndPackWith<decltype(method)>(msgs, prev, cur, n, st, z, TfRunner(ctx));
+  });
 }
 
 // PumaMsbFinish's bits: side's ((P_0 >> 63) ^ (G ^ the last G segment) >> 62) & 1, P_0 in E.
@@ -263,8 +259,8 @@ class MsbStepOp : public StreamOpKernel {
     }
     const State st = Rows(RingData(state_t), n);
     auto runner = TfRunner(ctx);
-    if (round_ == 1) {
-      Absorb(ctx, 0, n, portable_, st);  // G holds (A^C)&(B^C): M = that ^ C, Y = M << 1, P = S ^ Y (into E)
+    if (round_ == 1) {  // G holds (A^C)&(B^C): M = that ^ C, Y = M << 1, P = S ^ Y (into E)
+      AbsorbRoundZero(ctx, n, portable_, st);
       for (int side = 0; side < 2; ++side) {
         uint64_t *p = st.p(side), *g = st.g(side), *e = st.e(side);
         ParallelElementwise(runner, n, 2, [&](int64_t b, int64_t end) {
@@ -324,11 +320,9 @@ class MsbFinishOp : public OpKernel {
       bits_out[side] = RingData(out);
     }
     const State st = Rows(const_cast<uint64_t*>(state), n);  // read only
-    if (bits::HasBmi2() && !portable_) {
-      SignBits<bits::Bmi2Instructions>(st, msgs, last, n, bits_out, TfRunner(ctx));
-    } else {
-      SignBits<bits::PortableLoops>(st, msgs, last, n, bits_out, TfRunner(ctx));
-    }
+    bits::WithBitMethod(portable_, [&](auto method) {
+      SignBits<decltype(method)>(st, msgs, last, n, bits_out, TfRunner(ctx));
+    });
   }
 
  private:
