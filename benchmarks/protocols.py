@@ -36,10 +36,19 @@ def layer_norm_ref(x):
     return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
 
 
+def _outside_zone(x: np.ndarray, t: float) -> np.ndarray:
+    """x with values in [t, t + 2^-8) moved 2^-8 up (out of a coarse test's either-way zone)."""
+    return np.where((x >= t) & (x < t + 2.0 ** -8), x + 2.0 ** -8, x)
+
+
 CASES = [
     ("mul (fxp)", (128, 768), lambda a: a * a, lambda x: x * x, lambda s: rng.normal(size=s)),
     ("less (msb+b2a)", (128, 768), lambda a: compare.less(a, 0.5), lambda x: (x < 0.5) * 1.0,
      lambda s: rng.normal(size=s)),
+    # the coarse window (compare.coarse) may call a value within 2^-8 above t either way:
+    # the sample leaves that zone out, so the error column checks the rest exactly
+    ("less coarse", (128, 768), lambda a: compare.less(a, 0.5, compare.coarse(18)),
+     lambda x: (x < 0.5) * 1.0, lambda s: _outside_zone(rng.normal(size=s), 0.5)),
     ("relu", (128, 768), compare.relu, lambda x: np.maximum(x, 0), lambda s: rng.normal(size=s)),
     ("exp", (12, 128, 128), approx.exp, np.exp, lambda s: -rng.uniform(0, 14, size=s)),
     *[(f"exp puma n={n}", (12, 128, 128), lambda a, n=n: approx.exp(a, method="puma", n=n),

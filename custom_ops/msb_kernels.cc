@@ -79,8 +79,8 @@ bool ReadState(OpKernelContext* ctx, int64_t* n) {
   return true;
 }
 
-bool ReadMessages(OpKernelContext* ctx, int first, int round, int64_t n) {
-  const int64_t words = msb::RoundWords(round, n);
+bool ReadMessages(OpKernelContext* ctx, int first, int round, int64_t n, int width) {
+  const int64_t words = msb::RoundWords(round, n, width);
   for (int k = first; k < first + 2; ++k) {
     const Tensor& z = ctx->input(k);
     if (z.dims() != 1 || z.dim_size(0) != words) {
@@ -95,8 +95,9 @@ bool ReadMessages(OpKernelContext* ctx, int first, int round, int64_t n) {
 
 // Round 0's two messages (own share, received share) unpacked into G: the carry-save AND,
 // before round 1 makes it M. Later rounds absorb their messages in AbsorbAndPack and SignBits.
-void AbsorbRoundZero(OpKernelContext* ctx, int64_t n, bool portable, const State& st) {
-  const msb::Segment seg = msb::RoundSegments(0)[0];  // round 0 has one segment
+void AbsorbRoundZero(OpKernelContext* ctx, int64_t n, int width, bool portable,
+                     const State& st) {
+  const msb::Segment seg = msb::RoundSegments(0, width)[0];  // round 0 has one segment
   auto runner = TfRunner(ctx);
   for (int side = 0; side < 2; ++side) {
     bits::UnpackBits(RingData(ctx->input(1 + side)), n, seg.x_mask, seg.width(), portable,
@@ -149,32 +150,42 @@ void AbsorbAndPackWith(const uint64_t* const msgs[2], const std::vector<msb::Seg
   });
 }
 
-void AbsorbAndPack(OpKernelContext* ctx, int round, int64_t n, bool portable, const State& st,
-                   uint64_t* z) {
+void AbsorbAndPack(OpKernelContext* ctx, int round, int64_t n, int width, bool portable,
+                   const State& st, uint64_t* z) {
   const uint64_t* const msgs[2] = {RingData(ctx->input(1)), RingData(ctx->input(2))};
-  const auto prev = msb::RoundSegments(round - 1), cur = msb::RoundSegments(round);
+  const auto prev = msb::RoundSegments(round - 1, width);
+  const auto cur = msb::RoundSegments(round, width);
   bits::WithBitMethod(portable, [&](auto method) {
     AbsorbAndPackWith<decltype(method)>(msgs, prev, cur, n, st, z, TfRunner(ctx));
   });
 }
 
-// PumaMsbFinish's bits: side's ((P_0 >> 63) ^ (G ^ the last G segment) >> 62) & 1, P_0 in E.
+// PumaMsbFinish's bits: side's ((P_0 >> top) ^ (G ^ the last G segment) >> (top - 1)) & 1,
+// P_0 in E, top = width - 1.
 template <typename Method>
 void SignBits(const State& st, const uint64_t* const msgs[2], const msb::Segment& last,
-              int64_t n, uint64_t* const out[2], const ParallelRunner& runner) {
-  const int width = last.width();
-  const int64_t words = bits::PackedWords(n, width);
+              int top, int64_t n, uint64_t* const out[2], const ParallelRunner& runner) {
+  const int last_bits = last.width();
+  const int64_t words = bits::PackedWords(n, last_bits);
   for (int side = 0; side < 2; ++side) {
     const uint64_t *g = st.g(side), *p0 = st.e(side), *msg = msgs[side];
     uint64_t* bit = out[side];
     ParallelElementwise(runner, n, 4, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
-        const uint64_t g_last = g[i] ^ Method::Deposit(bits::PackedValue(msg, words, i, width),
-                                                       last.x_mask);
-        bit[i] = ((p0[i] >> 63) ^ (g_last >> 62)) & 1;
+        const uint64_t g_last = g[i] ^ Method::Deposit(
+            bits::PackedValue(msg, words, i, last_bits), last.x_mask);
+        bit[i] = ((p0[i] >> top) ^ (g_last >> (top - 1))) & 1;
       }
     });
   }
+}
+
+// The window's width, checked (the op's shape function checks it first in a graph).
+void ReadWidth(OpKernelConstruction* ctx, int* width) {
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("width", width));
+  OP_REQUIRES(ctx, msb::ValidWidth(*width),
+              errors::InvalidArgument("width must be in [", msb::kMinWidth, ", ",
+                                      msb::kMaxWidth, "], got ", *width));
 }
 
 class MsbStartOp : public StreamOpKernel {
@@ -182,7 +193,11 @@ class MsbStartOp : public StreamOpKernel {
   explicit MsbStartOp(OpKernelConstruction* ctx) : StreamOpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("party", &party_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("portable", &portable_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("low_bit", &low_bit_));
+    ReadWidth(ctx, &width_);
     OP_REQUIRES(ctx, party_ < 3, errors::InvalidArgument("party must be 0, 1 or 2"));
+    OP_REQUIRES(ctx, low_bit_ + width_ <= 64,
+                errors::InvalidArgument("the window [low_bit, low_bit + width) leaves the word"));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -196,17 +211,31 @@ class MsbStartOp : public StreamOpKernel {
     state_shape.AppendShape(shape);
     Tensor* state_t = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, state_shape, &state_t));
-    const int64_t total = msb::RoundWords(0, n);
+    const int64_t total = msb::RoundWords(0, n, width_);
     Tensor* z_t = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({total}), &z_t));
     const uint64_t* x[2] = {RingData(ctx->input(0)), RingData(ctx->input(1))};
-    // Addend j's XOR sharing: party i holds x_i in slot j = i (own) and x_{i+1} in j = i+1.
-    auto addend = [&](int j, int side) -> const uint64_t* {
-      return (party_ + side) % 3 == j ? x[side] : nullptr;
-    };
     const State st = Rows(RingData(state_t), n);
+    // The windows w = x >> low_bit go to P (S = A ^ B ^ C: each side's word is in one addend);
+    // bits at and above the width are never read.
+    auto runner = TfRunner(ctx);
     for (int side = 0; side < 2; ++side) {
-      std::memcpy(st.p(side), x[side], n * sizeof(uint64_t));  // S = A ^ B ^ C
+      if (low_bit_ == 0) {
+        std::memcpy(st.p(side), x[side], n * sizeof(uint64_t));
+      } else {
+        const uint64_t* in = x[side];
+        uint64_t* out = st.p(side);
+        const int low = low_bit_;
+        ParallelElementwise(runner, n, 1, [&](int64_t b, int64_t e) {
+          for (int64_t i = b; i < e; ++i) out[i] = in[i] >> low;
+        });
+      }
+    }
+    // Addend j's XOR sharing: party i holds w_i in slot j = i (own) and w_{i+1} in j = i+1.
+    auto addend = [&](int j, int side) -> const uint64_t* {
+      return (party_ + side) % 3 == j ? st.p(side) : nullptr;
+    };
+    for (int side = 0; side < 2; ++side) {
       std::memset(st.g(side), 0, n * sizeof(uint64_t));
       const uint64_t* c = addend(2, side);
       if (c) {
@@ -224,14 +253,15 @@ class MsbStartOp : public StreamOpKernel {
     uint64_t* z = RingData(z_t);
     Tensor scratch_t;
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, TensorShape({total}), &scratch_t));
-    auto runner = TfRunner(ctx);
     OP_REQUIRES_OK(ctx, FillXorZeroShare(own, next, stream, z, RingData(&scratch_t), total,
                                          runner));
-    XorPackedAnd(ctx, msb::RoundSegments(0), {operands}, n, portable_, z);
+    XorPackedAnd(ctx, msb::RoundSegments(0, width_), {operands}, n, portable_, z);
   }
 
  private:
   int party_ = 0;
+  int low_bit_ = 0;
+  int width_ = 64;
   bool portable_ = false;
 };
 
@@ -240,13 +270,16 @@ class MsbStepOp : public StreamOpKernel {
   explicit MsbStepOp(OpKernelConstruction* ctx) : StreamOpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("round", &round_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("portable", &portable_));
-    OP_REQUIRES(ctx, round_ >= 1 && round_ < msb::kRounds,
-                errors::InvalidArgument("round must be in [1, ", msb::kRounds, ")"));
+    ReadWidth(ctx, &width_);
+    if (!ctx->status().ok()) return;
+    OP_REQUIRES(ctx, round_ >= 1 && round_ < msb::Rounds(width_),
+                errors::InvalidArgument("round must be in [1, ", msb::Rounds(width_),
+                                        ") for width ", width_));
   }
 
   void Compute(OpKernelContext* ctx) override {
     int64_t n = 0;
-    if (!ReadState(ctx, &n) || !ReadMessages(ctx, 1, round_ - 1, n)) return;
+    if (!ReadState(ctx, &n) || !ReadMessages(ctx, 1, round_ - 1, n, width_)) return;
     PrgKey own, next;
     const uint64_t stream = stream_;
     if (!ReadKey(ctx, 3, &own) || !ReadKey(ctx, 4, &next)) return;
@@ -260,7 +293,7 @@ class MsbStepOp : public StreamOpKernel {
     const State st = Rows(RingData(state_t), n);
     auto runner = TfRunner(ctx);
     if (round_ == 1) {  // G holds (A^C)&(B^C): M = that ^ C, Y = M << 1, P = S ^ Y (into E)
-      AbsorbRoundZero(ctx, n, portable_, st);
+      AbsorbRoundZero(ctx, n, width_, portable_, st);
       for (int side = 0; side < 2; ++side) {
         uint64_t *p = st.p(side), *g = st.g(side), *e = st.e(side);
         ParallelElementwise(runner, n, 2, [&](int64_t b, int64_t end) {
@@ -271,8 +304,8 @@ class MsbStepOp : public StreamOpKernel {
         });
       }
     }
-    const auto segs = msb::RoundSegments(round_);
-    const int64_t total = msb::RoundWords(round_, n);
+    const auto segs = msb::RoundSegments(round_, width_);
+    const int64_t total = msb::RoundWords(round_, n, width_);
     Tensor* z_t = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({total}), &z_t));
     uint64_t* z = RingData(z_t);
@@ -281,7 +314,7 @@ class MsbStepOp : public StreamOpKernel {
     OP_REQUIRES_OK(ctx, FillXorZeroShare(own, next, stream, z, RingData(&scratch_t), total,
                                          runner));
     if (round_ > 1) {  // P & G (G segment), P & P (P segment), the state updated on the way
-      AbsorbAndPack(ctx, round_, n, portable_, st, z);
+      AbsorbAndPack(ctx, round_, n, width_, portable_, st, z);
       return;
     }
     // round 1: S & Y (S in P, carries M in G; Y = M << 1 is the shift of the segment)
@@ -294,6 +327,7 @@ class MsbStepOp : public StreamOpKernel {
 
  private:
   int round_ = 1;
+  int width_ = 64;
   bool portable_ = false;
 };
 
@@ -301,16 +335,18 @@ class MsbFinishOp : public OpKernel {
  public:
   explicit MsbFinishOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("portable", &portable_));
+    ReadWidth(ctx, &width_);
   }
 
   void Compute(OpKernelContext* ctx) override {
     int64_t n = 0;
-    if (!ReadState(ctx, &n) || !ReadMessages(ctx, 1, msb::kRounds - 1, n)) return;
-    // The sign bit is P_0[63] ^ G[62] after the last round's G segment: read from the state
-    // and the two messages as they stand, without copying the state.
+    const int last_round = msb::Rounds(width_) - 1;
+    if (!ReadState(ctx, &n) || !ReadMessages(ctx, 1, last_round, n, width_)) return;
+    // The sign bit is P_0[top] ^ G[top - 1] after the last round's G segment: read from the
+    // state and the two messages as they stand, without copying the state.
     const uint64_t* state = RingData(ctx->input(0));
     const uint64_t* const msgs[2] = {RingData(ctx->input(1)), RingData(ctx->input(2))};
-    const msb::Segment last = msb::RoundSegments(msb::kRounds - 1)[0];
+    const msb::Segment last = msb::RoundSegments(last_round, width_)[0];
     TensorShape values = ctx->input(0).shape();
     values.RemoveDim(0);
     uint64_t* bits_out[2];
@@ -321,11 +357,12 @@ class MsbFinishOp : public OpKernel {
     }
     const State st = Rows(const_cast<uint64_t*>(state), n);  // read only
     bits::WithBitMethod(portable_, [&](auto method) {
-      SignBits<decltype(method)>(st, msgs, last, n, bits_out, TfRunner(ctx));
+      SignBits<decltype(method)>(st, msgs, last, width_ - 1, n, bits_out, TfRunner(ctx));
     });
   }
 
  private:
+  int width_ = 64;
   bool portable_ = false;
 };
 

@@ -1,6 +1,7 @@
 // The AND rounds of the fused MSB circuit (PumaMsbStart / PumaMsbStep / PumaMsbFinish): which
-// bits each round ANDs. Shared by the op shape functions and the kernels; the Python reference
-// is tf_puma/protocols/boolean.py (_MSB_PLAN and msb_reference).
+// bits each round ANDs, for a window of `width` bits whose top bit (width - 1) is the sign.
+// Shared by the op shape functions and the kernels; the Python mirror is
+// tf_puma/protocols/boolean.py (msb_plan).
 #ifndef TF_PUMA_CUSTOM_OPS_MSB_PLAN_H_
 #define TF_PUMA_CUSTOM_OPS_MSB_PLAN_H_
 
@@ -11,8 +12,9 @@
 namespace tf_puma {
 namespace msb {
 
-constexpr int kRounds = 8;       // AND rounds: Start (0), Step 1..7; Finish only unpacks
 constexpr int kStateRows = 6;    // state = (P, G, E), each an (own, next) pair of words
+constexpr int kMinWidth = 8;     // the narrowest window a comparison may use
+constexpr int kMaxWidth = 64;
 
 // One AND segment: result bit i (for i in x_mask) is x[i] & y[i - shift].
 struct Segment {
@@ -22,17 +24,19 @@ struct Segment {
   uint64_t y_mask() const { return x_mask >> shift; }
 };
 
-// Kogge-Stone levels s = 1, 2, ..., 32 restricted to the positions the carry into bit 63 needs
-// (backwards from G[62]): G[i] ^= P[i] & G[i-s] for i in g, P[i] &= P[i-s] for i in p.
+// Kogge-Stone levels s = 1, 2, ..., up to the largest power of two below width - 1, restricted
+// to the positions the carry into the top bit (width - 1) needs (backwards from G[width - 2]):
+// G[i] ^= P[i] & G[i-s] for i in g, P[i] &= P[i-s] for i in p. width 64: s = 1..32.
 struct Level {
   int shift;
   uint64_t g, p;
 };
 
-inline std::vector<Level> Levels() {
-  uint64_t need_g = uint64_t{1} << 62, need_p = 0;
+inline std::vector<Level> Levels(int width) {
+  uint64_t need_g = uint64_t{1} << (width - 2), need_p = 0;
   std::vector<Level> plan;
   for (int s = 32; s >= 1; s /= 2) {
+    if (s > width - 2) continue;  // no carry position as far as s below the top bit
     const uint64_t at_least_s = ~((uint64_t{1} << s) - 1);
     const uint64_t and_g = need_g & at_least_s, and_p = need_p & at_least_s;
     plan.push_back({s, and_g, and_p});
@@ -43,22 +47,29 @@ inline std::vector<Level> Levels() {
   return plan;
 }
 
-// Round r's segments: 0 = carry-save carries (A^C) & (B^C) on bits 0..62; 1 = G = S & (M<<1)
-// on bits 1..62; 2..7 = Kogge-Stone level r-2 (its G segment, then its P segment if any).
-inline std::vector<Segment> RoundSegments(int round) {
-  const uint64_t low63 = (uint64_t{1} << 63) - 1;
-  if (round == 0) return {{low63, 0}};
-  if (round == 1) return {{low63 & ~uint64_t{1}, 1}};
-  const Level level = Levels()[round - 2];
+// AND rounds of a width's circuit: Start (0), Step 1..Rounds-1; Finish only unpacks.
+// width 64: 8; 32: 7.
+inline int Rounds(int width) { return 2 + static_cast<int>(Levels(width).size()); }
+
+inline bool ValidWidth(int width) { return width >= kMinWidth && width <= kMaxWidth; }
+
+// Round r's segments: 0 = carry-save carries (A^C) & (B^C) on bits 0..width-2; 1 = G = S &
+// (M<<1) on bits 1..width-2; 2.. = Kogge-Stone level r-2 (its G segment, then its P segment if
+// any).
+inline std::vector<Segment> RoundSegments(int round, int width) {
+  const uint64_t low = (uint64_t{1} << (width - 1)) - 1;
+  if (round == 0) return {{low, 0}};
+  if (round == 1) return {{low & ~uint64_t{1}, 1}};
+  const Level level = Levels(width)[round - 2];
   std::vector<Segment> segs = {{level.g, level.shift}};
   if (level.p) segs.push_back({level.p, level.shift});
   return segs;
 }
 
 // Words of round r's packed message for n values.
-inline int64_t RoundWords(int round, int64_t n) {
+inline int64_t RoundWords(int round, int64_t n, int width) {
   int64_t words = 0;
-  for (const Segment& seg : RoundSegments(round)) words += (n * seg.width() + 63) / 64;
+  for (const Segment& seg : RoundSegments(round, width)) words += (n * seg.width() + 63) / 64;
   return words;
 }
 

@@ -1,10 +1,13 @@
 // Kernels: local steps of the TruncPr protocol (interfaces and roles in trunc_ops.cc).
 //
 // All arithmetic is on uint64 (Z_2^64); ">>" below is a logical shift.
+#include <algorithm>
 #include <vector>
 
+#include "custom_ops/bit_pack.h"
 #include "custom_ops/kernel_util.h"
 #include "custom_ops/prg_draws.h"
+#include "custom_ops/trunc_corr.h"
 #include "tensorflow/core/framework/op_kernel.h"
 
 namespace tf_puma {
@@ -84,26 +87,27 @@ class TruncPrDealOp : public StreamOpKernel {
     OP_REQUIRES(ctx, shape.num_elements() <= kMaxDrawWords,
                 errors::InvalidArgument("a TruncPr of shape ", shape.DebugString(), " exceeds "
                                         "2^33 values per PRG draw: split it"));
-    TensorShape corr_shape({2});
-    corr_shape.AppendShape(shape);
-    Tensor* corr = AllocateLike(ctx, 0, corr_shape);
+    const int64_t n = shape.num_elements();
+    const int bits = static_cast<int>(bits_);
+    Tensor* corr = AllocateLike(ctx, 0, TensorShape({trunc_corr::Words(n, bits)}));
     Tensor* share_own = AllocateLike(ctx, 1, shape);
     Tensor* share_next = AllocateLike(ctx, 2, shape);
     if (!corr || !share_own || !share_next) return;
-    const int64_t n = shape.num_elements();
     auto runner = TfRunner(ctx);
-    Tensor r_a_t, r_b_t;
+    Tensor r_a_t, r_b_t;  // r_b_t holds B's mask, then rb_B before it is packed
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, shape, &r_a_t));
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, shape, &r_b_t));
     uint64_t* r_a = RingData(&r_a_t);
     uint64_t* r_b = RingData(&r_b_t);
-    uint64_t* rb_b = RingData(corr);
-    uint64_t* rc_b = rb_b + n;
+    uint64_t* rc_b = RingData(corr);
+    uint64_t* packed_rb = rc_b + n;
+    Tensor rb_t;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, shape, &rb_t));
+    uint64_t* rb_b = RingData(&rb_t);
     OP_REQUIRES_OK(ctx, PrgFill(next, stream, draws::kTruncMask, r_a, n, runner));  // A's (k_j)
     OP_REQUIRES_OK(ctx, PrgFill(own, stream, draws::kTruncMask, r_b, n, runner));  // B's
     OP_REQUIRES_OK(ctx, PrgFill(next, stream, draws::kTruncMsbShare, rb_b, n, runner));
     OP_REQUIRES_OK(ctx, PrgFill(next, stream, draws::kTruncLowShare, rc_b, n, runner));
-    const int bits = static_cast<int>(bits_);
     ParallelElementwise(runner, n, 4, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         const uint64_t r = r_a[i] + r_b[i];
@@ -111,6 +115,10 @@ class TruncPrDealOp : public StreamOpKernel {
         rc_b[i] = ((r << 1) >> (bits + 1)) - rc_b[i];
       }
     });
+    const int kept = trunc_corr::MsbShareBits(bits);
+    std::fill(packed_rb, RingData(corr) + trunc_corr::Words(n, bits), uint64_t{0});
+    bits::PackBits(rb_b, n, (uint64_t{1} << kept) - 1, kept, /*portable=*/false, packed_rb,
+                   runner);
     OP_REQUIRES_OK(ctx, PrgFill(own, stream, draws::kTruncOutShare, RingData(share_own), n,
                                 runner));
     OP_REQUIRES_OK(ctx, PrgFill(next, stream, draws::kTruncOutShare, RingData(share_next), n,
@@ -208,27 +216,29 @@ class TruncPrFinishBOp : public StreamOpKernel {
     Tensor c_t;
     if (!OpenMasked(ctx, runner, &c_t)) return;
     const TensorShape& shape = c_t.shape();
-    TensorShape corr_shape({2});
-    corr_shape.AppendShape(shape);
-    OP_REQUIRES(ctx, corr.shape() == corr_shape,
-                errors::InvalidArgument("dealer correlation must have shape ",
-                                        corr_shape.DebugString(), ", got ",
+    const int64_t n = shape.num_elements();
+    const int bits = static_cast<int>(bits_);
+    const int64_t words = trunc_corr::Words(n, bits);
+    OP_REQUIRES(ctx, corr.dims() == 1 && corr.dim_size(0) == words,
+                errors::InvalidArgument("dealer correlation for ", n, " values must have ",
+                                        words, " words, got shape ",
                                         corr.shape().DebugString()));
     Tensor* msg = AllocateLike(ctx, 0, shape);
     Tensor* share = AllocateLike(ctx, 1, shape);
     if (!msg || !share) return;
-    const int64_t n = shape.num_elements();
     uint64_t* t = RingData(share);
     OP_REQUIRES_OK(ctx, PrgFill(key, stream, draws::kTruncOutShare, t, n, runner));
     const uint64_t* c = RingData(c_t);
-    const uint64_t* rb = RingData(corr);
-    const uint64_t* rc = rb + n;
+    const uint64_t* rc = RingData(corr);
+    const uint64_t* packed_rb = rc + n;
+    const int kept = trunc_corr::MsbShareBits(bits);
+    const int64_t packed_words = words - n;
     uint64_t* y = RingData(msg);
-    const int bits = static_cast<int>(bits_);
-    ParallelElementwise(runner, n, 5, [&](int64_t b, int64_t e) {
+    ParallelElementwise(runner, n, 6, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         const uint64_t c63 = c[i] >> 63;
-        const uint64_t b_share = rb[i] - 2 * c63 * rb[i];
+        const uint64_t rb = bits::PackedValue(packed_rb, packed_words, i, kept);
+        const uint64_t b_share = rb - 2 * c63 * rb;
         y[i] = (b_share << (63 - bits)) - rc[i] - t[i];
       }
     });

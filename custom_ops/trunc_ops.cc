@@ -6,12 +6,14 @@
 // (A's own, D's next), B and D share k_{j+2} (B's next, D's own).
 // Input x = u_A + u_B + sum(extras) (mod 2^64), |x| < 2^62; output a replicated sharing of
 // floor(x / 2^bits) + e, e in {0, 1} (floor(a) - floor(b) - floor(a - b) for the opened c and r):
-//   D:  PumaTruncPrDeal    -> corr for B (2 ring elements per value), D's output shares
+//   D:  PumaTruncPrDeal    -> corr for B (a ring element and bits + 1 bits per value), D's
+//                             output shares
 //   A:  PumaTruncPrMask    m_A = u_A + 2^62 + r_A          (r_A = F(k_j, s, 0))
 //   B:  PumaTruncPrMask    m_B = u_B + r_B                 (r_B = F(k_{j+2}, s, 0))
 //   A, B exchange m_A, m_B (and receive the extras) -> both know c = x + 2^62 + r
 //   A:  PumaTruncPrFinishA -> msg_A, t_j       B: PumaTruncPrFinishB -> msg_B, t_{j+2}
 //   A, B exchange msg_A, msg_B; t_{j+1} = msg_A + msg_B.
+#include "custom_ops/trunc_corr.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -32,18 +34,27 @@ REGISTER_OP("PumaTruncPrDeal")
     .Output("share_own: int64")
     .Output("share_next: int64")
     .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle out, corr;
+      ShapeHandle out;
       TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(2, &out));
-      TF_RETURN_IF_ERROR(c->Concatenate(c->Vector(2), out, &corr));
-      c->set_output(0, corr);
+      int64_t bits = 0;
+      TF_RETURN_IF_ERROR(c->GetAttr("bits", &bits));
+      int64_t n = -1;
+      if (c->FullyDefined(out)) {
+        n = 1;
+        for (int d = 0; d < c->Rank(out); ++d) n *= c->Value(c->Dim(out, d));
+      }
+      c->set_output(0, c->Vector(n < 0 ? InferenceContext::kUnknownDim
+                                       : trunc_corr::Words(n, static_cast<int>(bits))));
       c->set_output(1, out);
       c->set_output(2, out);
       return ::tensorflow::OkStatus();
     })
     .Doc(R"doc(
-Dealer D's step: r = F(k_next, s, 0) + F(k_own, s, 0); corr = [msb(r) - F(k_next, s, 1),
-((r << 1) >> (bits + 1)) - F(k_next, s, 2)] for B; D's output shares F(k_own, s, 3),
-F(k_next, s, 3).
+Dealer D's step: r = F(k_next, s, 0) + F(k_own, s, 0); B's shares rc_B = ((r << 1) >>
+(bits + 1)) - F(k_next, s, 2) and rb_B = msb(r) - F(k_next, s, 1), of which B only uses the low
+bits + 1 (it multiplies rb_B by 2^(63 - bits)): corr = rc_B (n words) then rb_B's low bits + 1
+bits packed (custom_ops/trunc_corr.h), 1 + (bits + 1) / 64 ring elements per value instead of 2.
+D's output shares F(k_own, s, 3), F(k_next, s, 3).
 )doc");
 
 REGISTER_OP("PumaTruncPrMask")
@@ -96,8 +107,9 @@ REGISTER_OP("PumaTruncPrFinishB")
       return ::tensorflow::OkStatus();
     })
     .Doc(R"doc(
-B's step: c as for A; with [rb_B, rc_B] = corr: y_B = -rc_B + (rb_B - 2 c_63 rb_B) 2^(63-bits);
-share_next = F(k_{j+2}, s, 3); msg = y_B - share_next.
+B's step: c as for A; with rc_B and rb_B (its low bits + 1) from corr:
+y_B = -rc_B + (rb_B - 2 c_63 rb_B) 2^(63-bits); share_next = F(k_{j+2}, s, 3);
+msg = y_B - share_next.
 )doc");
 
 }  // namespace tf_puma

@@ -134,6 +134,9 @@ def np_softmax(x):
 def test_softmax_rows_of_128(cluster, rng):
     x = rng.uniform(-20, 20, size=(4, 128))
     x[1] = rng.normal(size=128)  # flat row: many comparable terms
+    # near-ties within the max tree's coarse resolution (2^-8): its max may land below the
+    # true one, so exp's arguments reach above 0 and the row sum above n
+    x[2] = 3.0 + rng.uniform(0, 2.0 ** -8, size=128)
     check(run_secure(nn.softmax, x), np_softmax(x), 3e-4)  # measured 1.4e-4
 
 
@@ -214,10 +217,12 @@ def test_sigmoid_and_tanh(cluster):
     check(run_secure(nn.tanh, x), np.tanh(x), 1e-3)
 
 
-@pytest.mark.parametrize("name,shape,bits", [("gelu", [128, 64], 1704), ("exp", [128, 64], 1396)])
+@pytest.mark.parametrize("name,shape,bits", [("gelu", [128, 64], 1395), ("exp", [128, 64], 1206)])
 def test_activation_traffic_per_value(cluster, name, shape, bits):
     # The busiest party's bits per value (benchmarks/protocols.py's column): GeLU's split
-    # polynomial and single selection, exp's truncation-free Taylor polynomial. Deterministic.
+    # polynomial and single selection, exp's truncation-free Taylor polynomial, their sign
+    # tests in the coarse window and TruncPr's packed msb share (1704 and 1396 with exact
+    # sign tests and two dealt words per truncated value). Deterministic.
     @tf.function
     def run(a):
         return tf_puma.reveal(getattr(approx, name)(tf_puma.share(a)))

@@ -16,8 +16,11 @@ def _square(s):
     return s.map_local(lambda t: tf.reshape(t, [4, 4]))
 
 
-# protocol -> (inputs from the shared x, y; the protocol call on those inputs)
+# case -> (inputs from the shared x, y; the protocol call on those inputs); a case named
+# "protocol/variant" declares under protocol
 CASES = {
+    "less/coarse": (lambda x, y: (x, y), lambda x, y: compare.less(x, y, compare.coarse(18))),
+    "msb/window": (lambda x, y: (x,), lambda x: boolean.msb(x, 3, 17)),
     "mul": (lambda x, y: (x, y), lambda x, y: x * y),
     "matmul": (lambda x, y: (_square(x), _square(y)), lambda x, y: x @ y),
     "trunc": (lambda x, y: (x,), lambda x: arithmetic.trunc(x, 3)),
@@ -48,4 +51,4 @@ def test_declared_rounds_equal_the_depth_built(name):
         return tf.constant(0)
 
     run.get_concrete_function(tf.TensorSpec([16], tf.float64), tf.TensorSpec([16], tf.float64))
-    assert seen["declared"] == {name: seen["built"]}
+    assert seen["declared"] == {name.split("/")[0]: seen["built"]}

@@ -207,9 +207,11 @@ def test_matmul_share_of_a_few_rows_with_a_weight(m, tb):
 
 
 # --- TruncPr local steps, the three roles simulated in one process --------------------------
-@pytest.mark.parametrize("bits", [1, 18, 36])
+@pytest.mark.parametrize("bits", [1, 18, 36, 60])  # 60: rb_B's 61 bits straddle words
 @pytest.mark.parametrize("with_extra", [False, True])
 def test_trunc_pr_roles(bits, with_extra):
+    """The four TruncPr kernels as A, B and D: floor(x / 2^bits) + {0, 1} over |x| <= 2^61;
+    the dealer's correlation for B is one word and bits + 1 packed bits per value."""
     keys = [tf.constant(random_ring([2])) for _ in range(3)]
     a, b, d = 1, 2, 0  # A = j, B = j + 1, D = j + 2 with j = 1
     s = 11
@@ -222,6 +224,7 @@ def test_trunc_pr_roles(bits, with_extra):
         u_a = ring_sum([u_a, u_d])
     extras = [u_d] if with_extra else []
     corr, d_own, d_next = ops.puma_trunc_pr_deal(keys[d], keys[a], [n], stream=s, bits=bits)
+    assert corr.shape == (n + (n * (bits + 1) + 63) // 64,)
     m_a = ops.puma_trunc_pr_mask(u_a, keys[a], stream=s, add_offset=True)
     m_b = ops.puma_trunc_pr_mask(u_b, keys[d], stream=s, add_offset=False)
     msg_a, t_j = ops.puma_trunc_pr_finish_a(m_a, m_b, extras, keys[a], stream=s, bits=bits)
@@ -234,6 +237,8 @@ def test_trunc_pr_roles(bits, with_extra):
     result = ring_sum([t_j.numpy(), t_j1, t_j2.numpy()])
     err = result - np.floor_divide(x, 2 ** bits)
     assert set(np.unique(err)) <= {0, 1}, np.unique(err)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must have"):
+        ops.puma_trunc_pr_finish_b(m_b, m_a, extras, corr[:-1], keys[d], stream=s, bits=bits)
 
 
 # --- boolean AND local step -----------------------------------------------------------------
@@ -290,30 +295,37 @@ def test_packed_and_rejects_unsorted_positions():
                                   positions=[5, 1], y_positions=[0, 1], counts=[2])
 
 
-def _msb_rounds(x: np.ndarray, portable: bool, keys=None):
+def _msb_rounds(x: np.ndarray, portable: bool, keys=None, low_bit: int = 0, width: int = 64,
+                shares=None):
     """Runs the fused MSB kernels of the three parties on x's arithmetic shares (as three
-    parties would, messages passed by hand): ([bit_own, bit_next] per party, messages)."""
-    a0, a1 = random_ring(x.shape), random_ring(x.shape)
-    with np.errstate(over="ignore"):
-        shares = [a0, a1, x - a0 - a1]  # int64 wraps mod 2^64
+    parties would, messages passed by hand), in the window (low_bit, width):
+    ([bit_own, bit_next] per party, messages, shares)."""
+    from tf_puma.protocols import boolean  # noqa: PLC0415
+
+    if shares is None:
+        a0, a1 = random_ring(x.shape), random_ring(x.shape)
+        with np.errstate(over="ignore"):
+            shares = [a0, a1, x - a0 - a1]  # int64 wraps mod 2^64
     keys = keys or [tf.constant(random_ring([2])) for _ in range(3)]
     state, sent, log = [], [], []
     for i in range(3):
         st, z = ops.puma_msb_start(shares[i], shares[(i + 1) % 3], keys[i], keys[(i + 1) % 3],
-                                   stream=100, party=i, portable=portable)
+                                   stream=100, party=i, portable=portable, low_bit=low_bit,
+                                   width=width)
         state.append(st)
         sent.append(z)
-    for r in range(1, 8):
+    for r in range(1, boolean.msb_rounds(width)):
         got = [sent[(i + 1) % 3] for i in range(3)]
         log.append([z.numpy() for z in sent])
         for i in range(3):
             state[i], sent[i] = ops.puma_msb_step(state[i], sent[i], got[i], keys[i],
                                                   keys[(i + 1) % 3], stream=100 + r, round=r,
-                                                  portable=portable)
+                                                  portable=portable, width=width)
     log.append([z.numpy() for z in sent])
     bits = [[b.numpy() for b in ops.puma_msb_finish(state[i], sent[i], sent[(i + 1) % 3],
-                                                      portable=portable)] for i in range(3)]
-    return bits, log
+                                                      portable=portable, width=width)]
+            for i in range(3)]
+    return bits, log, shares
 
 
 @pytest.mark.parametrize("portable", [False, True])
@@ -321,7 +333,7 @@ def _msb_rounds(x: np.ndarray, portable: bool, keys=None):
 def test_msb_rounds_give_the_sign_bit(portable, shape):
     """PumaMsbStart/Step/Finish on three parties' shares give x < 0 in bit 0 of a replicated
     XOR sharing, at the ring's edges too; each round's message has the plan's size
-    (boolean._MSB_PLAN: 63, 62, then the Kogge-Stone levels' ANDs, 244 bits per value)."""
+    (boolean.msb_plan: 63, 62, then the Kogge-Stone levels' ANDs, 244 bits per value)."""
     from tf_puma.protocols import boolean  # noqa: PLC0415
 
     x = random_ring(shape).reshape(-1)
@@ -329,9 +341,9 @@ def test_msb_rounds_give_the_sign_bit(portable, shape):
                       -(2**31), 2**31], dtype=np.int64)
     x[:len(edges)] = edges
     x = x.reshape(shape)
-    bits, log = _msb_rounds(x, portable)
+    bits, log, _ = _msb_rounds(x, portable)
     n = x.size
-    widths = [[63], [62]] + [[len(g)] + ([len(p)] if p else []) for _, g, p in boolean._MSB_PLAN]
+    widths = [[63], [62]] + [[len(g)] + ([len(p)] if p else []) for _, g, p in boolean.msb_plan()]
     assert sum(sum(w) for w in widths) == 244
     for r, messages in enumerate(log):
         assert all(m.shape == (sum((n * w + 63) // 64 for w in widths[r]),) for m in messages)
@@ -341,6 +353,55 @@ def test_msb_rounds_give_the_sign_bit(portable, shape):
     np.testing.assert_array_equal(msb, (x < 0).astype(np.int64))
 
 
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("low_bit, width", [(9, 33), (0, 33), (20, 44), (3, 18), (0, 17),
+                                            (56, 8)])
+def test_msb_in_a_window_is_the_top_bit_of_the_windows_sum(portable, low_bit, width):
+    """In a window the kernels return bit width - 1 of sum_j (x_j >> low_bit) mod 2^width, for
+    any shares (rounds and message sizes from boolean.msb_plan(width)); for values inside the
+    window's range that is [x < 0], but for 0 <= x < 2^(low_bit + 1) (compare.Window)."""
+    from tf_puma.protocols import boolean  # noqa: PLC0415
+
+    n = 70_001
+    edge = 2 ** (low_bit + width - 1) - 2 ** (low_bit + 2)  # the window's range limit
+    near = 2 ** (low_bit + 1)
+    x = rng.integers(-edge, edge + 1, size=n, dtype=np.int64)
+    special = [0, 1, -1, edge, -edge, near - 1, near, -near, 2 ** low_bit, -(2 ** low_bit)]
+    x[:len(special)] = special
+    bits, log, shares = _msb_rounds(x, portable, low_bit=low_bit, width=width)
+    widths = ([[width - 1], [width - 2]]
+              + [[len(g)] + ([len(p)] if p else []) for _, g, p in boolean.msb_plan(width)])
+    assert len(log) == boolean.msb_rounds(width) == len(widths)
+    for r, messages in enumerate(log):
+        assert all(m.shape == (sum((n * w + 63) // 64 for w in widths[r]),) for m in messages)
+    for i in range(3):
+        np.testing.assert_array_equal(bits[i][1], bits[(i + 1) % 3][0])
+    got = (bits[0][0] ^ bits[1][0] ^ bits[2][0]).astype(bool)
+    mask = np.uint64(2 ** width - 1)
+    windows = sum((s.view(np.uint64) >> np.uint64(low_bit)) & mask for s in shares) & mask
+    np.testing.assert_array_equal(got, (windows >> np.uint64(width - 1)).astype(bool))
+    exact = (x < 0) | (x >= near)
+    np.testing.assert_array_equal(got[exact], x[exact] < 0)
+    if low_bit:  # the low bits' carry flips some small positives, never a negative
+        assert got[(x >= 0) & (x < near)].any()
+    if low_bit + width < 63:  # outside the range a window wraps: 1.5 times it reads negative
+        far = np.full(64, 3 * 2 ** (low_bit + width - 2), np.int64)
+        far_bits, _, _ = _msb_rounds(far, portable, low_bit=low_bit, width=width)
+        assert (far_bits[0][0] ^ far_bits[1][0] ^ far_bits[2][0]).all()
+
+
+def test_msb_refuses_windows_outside_the_word():
+    x = random_ring([4])
+    key = tf.constant(random_ring([2]))
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="leaves the"):
+        ops.puma_msb_start(x, x, key, key, stream=1, party=0, low_bit=40, width=33)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="width must be"):
+        ops.puma_msb_start(x, x, key, key, stream=1, party=0, width=7)
+    st, z = ops.puma_msb_start(x, x, key, key, stream=1, party=0, width=33)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="round must be"):
+        ops.puma_msb_step(st, z, z, key, key, stream=2, round=7, width=33)
+
+
 def test_msb_messages_are_masked_and_refused_at_the_wrong_size():
     """The same secret twice with the same keys and streams gives the same messages; other
     keys give other messages (the zero share masks them). A message of another round's size is
@@ -348,8 +409,8 @@ def test_msb_messages_are_masked_and_refused_at_the_wrong_size():
     x = random_ring([64])
     keys = [tf.constant(random_ring([2])) for _ in range(3)]
     other = [tf.constant(random_ring([2])) for _ in range(3)]
-    _, log_other = _msb_rounds(x, False, other)
-    _, log = _msb_rounds(x, False, keys)
+    _, log_other, _ = _msb_rounds(x, False, other)
+    _, log, _ = _msb_rounds(x, False, keys)
     bits_other = np.unpackbits(log_other[3][0].view(np.uint8))
     bits_log = np.unpackbits(log[3][0].view(np.uint8))
     assert 0.4 < np.mean(bits_other != bits_log) < 0.6  # fresh masks: half the bits differ

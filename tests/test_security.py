@@ -430,6 +430,8 @@ def _view_cases(rng) -> dict:
         "mul(x, x)": (lambda s: s * s, [x], [True]),
         "trunc": (lambda s: tf_puma.trunc(s, 7), [x * 100], [True]),
         "less": (lambda s, t: compare.less(s, t), [x, x[::-1].copy()], [True, True]),
+        "coarse less": (lambda s, t: compare.less(s, t, compare.coarse(18)),
+                        [x, x[::-1].copy()], [True, True]),
         "gelu": (approx.gelu, [np.linspace(-8, 8, 512)], [True]),
         "softmax": (nn.softmax, [rng.normal(size=(8, 64)) * 4], [True]),
         "layer_norm": (nn.layer_norm, [rng.normal(size=(8, 64)) * 3 + 1], [True]),
@@ -445,7 +447,7 @@ def _view_cases(rng) -> dict:
     }
 
 
-@pytest.mark.parametrize("case", ["mul(x, x)", "trunc", "less", "gelu", "softmax",
+@pytest.mark.parametrize("case", ["mul(x, x)", "trunc", "less", "coarse less", "gelu", "softmax",
                                   "layer_norm", "reciprocal", "embedding", "rms_norm", "silu",
                                   "argmax_index"])
 def test_views_after_unmasking_with_own_keys(cluster, case):

@@ -98,13 +98,13 @@ def exp(x: Shared, method: str = "taylor3", n: int = 8) -> Shared:
     x itself read with 4 more fractional bits, y^2/2 = x^2 / 2^9 and y^3/6 = (y^2/2)(x/48) come
     out of their products' TruncPr already at that scale. Error <= 1e-4 absolute on [-14, 0]
     (5.9e-5 approximation, the squarings kept at 22 fractional bits). 4 products + 4 squarings:
-    13 rounds (the clip's comparison runs alongside), 48n ring elements plus the comparison.
+    13 rounds (the clip's comparison runs alongside), ~44n ring elements plus the comparison.
     method="puma": (1 + x/2^n)^(2^n) with n squarings; error about 0.27/2^n + 2^n ulp
     (8.6e-3 at n = 5, 2.1e-3 at n = 7, 1.1e-3 + 1e-3 at n = 8), 2n + 3 rounds.
     """
     fxp = arithmetic.fixed_point()
     with tf.name_scope("exp"):
-        below = compare.less(x, -14.0)
+        below = compare.less(x, -14.0, compare.coarse(x.frac_bits))  # e^x < 2^-18 there
         if method == "taylor3":
             frac = x.frac_bits + 4                      # y = x / 16, exact
             y1 = Shared(x.pairs, frac, x.depth)
@@ -132,10 +132,12 @@ def _piecewise(x: Shared, bounds: Sequence[float], pieces: Sequence) -> Shared:
     """sum over segments [bounds[i-1], bounds[i]) of piece_i, with one batched comparison.
 
     pieces[i] is a Shared value, a public constant, or None for zero. Segment indicators are
-    differences of the bits [x < bound]; the shared pieces are selected by one sum of exact
-    products (1 round, 3n ring elements, however many pieces), public ones locally.
+    differences of the bits [x < bound], tested in compare.coarse's window (9 rounds): a value
+    less than 2^-8 above a bound may take the piece below it, where the pieces meet (|x| < 2^22).
+    The shared pieces are selected by one sum of exact products (1 round, 3n ring elements,
+    however many pieces), public ones locally.
     """
-    bits = compare.less_than_each(x, bounds)
+    bits = compare.less_than_each(x, bounds, compare.coarse(x.frac_bits))
     by_frac: dict[int, list] = {}    # shared pieces, by fractional bits: one mul_sum each
     public_terms = []
     for i, piece in enumerate(pieces):
@@ -191,7 +193,7 @@ def _split_polynomial(v: Shared, coeffs: Sequence[float], extra: Shared | None =
 
     Only v^2..v^max(m, d-m) are computed (3 products for d = 8, against 7 for every power),
     B is truncated once, and A (+ extra) is added to the product v^m B before its truncation,
-    so the polynomial costs those products + one TruncPr + one product: 46n ring elements and
+    so the polynomial costs those products + one TruncPr + one product: ~42n ring elements and
     8 rounds for d = 8 (v already shared). Coefficient bits are chosen from the largest |A|,
     |B| on [0, 1] so every ring value stays below 2^61.
     """
@@ -234,8 +236,8 @@ def _even_activation(x: Shared, bound: float, even: Sequence[float]) -> Shared:
     (x^10 itself would overflow the ring's 2^62 before truncation), kept with POLY_FRAC_BITS
     fractional bits: v costs one multiplication whose truncation also divides by s^2, then
     `_split_polynomial` (8 rounds, x/2 folded into its last truncation), alongside the batched
-    comparison (10), then one selection of both shared pieces (1): 11 rounds, 78n ring
-    elements plus two comparisons for GeLU's degree 8 in v.
+    comparison (9, coarse), then one selection of both shared pieces (1): 11 rounds, ~52n ring
+    elements plus two coarse comparisons for GeLU's degree 8 in v.
     """
     log_s = math.ceil(math.log2(bound))
     v = arithmetic.mul(x, x, shift=2 * log_s, frac_out=POLY_FRAC_BITS)

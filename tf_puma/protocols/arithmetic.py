@@ -9,8 +9,8 @@ Costs (n = number of output values, one ring element = 8 bytes):
 |-------------------|--------|------------------------------------|
 | add/sub/neg/public| 0      | 0                                  |
 | mul, matmul (int) | 1      | 3n (each party sends n)            |
-| trunc             | 2      | 6n (A: 2n, B: 2n, dealer D: 2n)    |
-| mul, matmul (fxp) | 2      | 8n (A: 2n, B: 2n, D: 4n)           |
+| trunc by m bits   | 2      | 5n + (m+1)n/64 (A: 2n, B: 2n, dealer D: n + (m+1)n/64) |
+| mul, matmul (fxp) | 2      | 7n + (m+1)n/64 (A: 2n, B: 2n, D: 3n + (m+1)n/64) |
 | mul_sum (any #)   | as mul | as one mul                         |
 Fixed-point products are truncated in the same two rounds as the multiplication itself: the 3-out-
 of-3 product shares feed TruncPr's masked opening directly, so no separate reshare is needed.
@@ -138,7 +138,7 @@ def _extra_coeff_bits(c: np.ndarray) -> int:
 
 def rescale(x: Shared, frac_bits: int) -> Shared:
     """x with `frac_bits` fractional bits: drops the extra ones with TruncPr (value unchanged
-    up to 1 ulp; 2 rounds, 6n ring elements), or returns x when it has no more than that."""
+    up to 1 ulp; 2 rounds, ~5.3n ring elements), or returns x when it has no more than that."""
     if x.frac_bits <= frac_bits:
         return x
     with tf.name_scope("rescale"):
@@ -146,7 +146,7 @@ def rescale(x: Shared, frac_bits: int) -> Shared:
 
 
 def trunc(x: Shared, bits: int) -> Shared:
-    """x / 2^bits (value divided, same fractional bits) by TruncPr: 2 rounds, 6n ring elements.
+    """x / 2^bits (value divided, same fractional bits) by TruncPr: 2 rounds, 5n + (bits+1)n/64 ring elements.
 
     Exact up to one unit in the last place; x's ring value must stay below 2^62 in magnitude.
     """
@@ -280,7 +280,7 @@ def mul_sum(products: list[tuple[Shared, Shared]], fxp: FixedPoint | None = None
             shift: int = 0, frac_out: int | None = None, addend: Shared | None = None) -> Shared:
     """sum_j x_j * y_j (+ addend) with the cost of one product: the 3-out-of-3 shares of every
     product (each with its own PRSS zero share) are summed locally, then truncated or reshared
-    once (2 rounds, 8n / 1 round, 3n). Every x_j * y_j must have the same fractional bits."""
+    once (2 rounds, ~7.3n / 1 round, 3n). Every x_j * y_j must have the same fractional bits."""
     fxp = fxp or fixed_point()
     ops = _ops.load()
     fracs = {x.frac_bits + y.frac_bits for x, y in products}

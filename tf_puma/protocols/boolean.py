@@ -11,6 +11,7 @@ Costs per value (a word = 64 bits):
 | xor, shifts, addends | 0 | 0                         |
 | and_      | 1      | 64 per word                  |
 | msb       | 8      | 244 (CSA 63, G 62, prefix levels 119: only the bits the carry into bit 63 needs) |
+| msb, 33-bit window | 7 | 120 (CSA 32, G 31, prefix levels 57)                  |
 | a2b       | 8      | 724 (every carry)            |
 | b2a       | 2      | 64                           |
 """
@@ -149,11 +150,20 @@ def _and_at(work: Sequence[tuple[BoolShared, BoolShared, Sequence[int], int]]
                            depth) for k in range(len(work))]
 
 
-def _msb_plan() -> list[tuple[int, list[int], list[int]]]:
-    """For each Kogge-Stone shift s (1..32): the positions i where G[i] ^= P[i] & G[i-s] and
-    P[i] = P[i] & P[i-s] are needed for the carry into bit 63 (backwards from G[62])."""
-    need_g, need_p, plan = {62}, set(), []
+MSB_WIDTHS = range(8, 65)  # windows the kernels take (custom_ops/msb_plan.h kMinWidth..)
+
+
+def msb_plan(width: int = WORD_BITS) -> list[tuple[int, list[int], list[int]]]:
+    """For each Kogge-Stone shift s (1, 2, 4, ... below width - 1): the positions i where
+    G[i] ^= P[i] & G[i-s] and P[i] = P[i] & P[i-s] are needed for the carry into the window's
+    top bit width - 1 (backwards from G[width - 2]). custom_ops/msb_plan.h's Levels."""
+    if width not in MSB_WIDTHS:
+        raise ValueError(f"an MSB window is {MSB_WIDTHS.start} to {MSB_WIDTHS.stop - 1} bits "
+                         f"wide, got {width}")
+    need_g, need_p, plan = {width - 2}, set(), []
     for s in (32, 16, 8, 4, 2, 1):
+        if s > width - 2:
+            continue
         and_g = sorted(i for i in need_g if i >= s)
         and_p = sorted(i for i in need_p if i >= s)
         plan.append((s, and_g, and_p))
@@ -162,8 +172,12 @@ def _msb_plan() -> list[tuple[int, list[int], list[int]]]:
     return plan[::-1]
 
 
-_MSB_PLAN = _msb_plan()
-MSB_ROUNDS = 2 + len(_MSB_PLAN)  # carry-save AND, G, one per Kogge-Stone level
+def msb_rounds(width: int = WORD_BITS) -> int:
+    """AND rounds of a width's MSB: carry-save AND, G, one per Kogge-Stone level (64: 8;
+    18..33: 7)."""
+    return 2 + len(msb_plan(width))
+
+
 _LOW_63 = list(range(63))
 
 
@@ -181,8 +195,10 @@ def _propagate_generate(x: Shared) -> tuple[BoolShared, BoolShared]:
     return s ^ (carries << 1), g
 
 
-def msb(x: Shared) -> BoolShared:
-    """The most significant bit of x (its sign), in bit 0 of a boolean sharing.
+def msb(x: Shared, low_bit: int = 0, width: int = WORD_BITS) -> BoolShared:
+    """The most significant bit of x (its sign), in bit 0 of a boolean sharing; with a window
+    (low_bit, width), bit width - 1 of w_0 + w_1 + w_2 mod 2^width for the shares' windows
+    w_j = x_j >> low_bit (compare.Window says what that computes).
 
     1. Addends A, B, C of x as boolean sharings (local).
     2. Carry-save adder: S = A ^ B ^ C, M = ((A ^ C) & (B ^ C)) ^ C on bits 0..62, Y = M << 1.
@@ -190,22 +206,28 @@ def msb(x: Shared) -> BoolShared:
     4. Kogge-Stone levels s = 1, 2, ..., 32: G[i] ^= P[i] & G[i-s], P[i] &= P[i-s], computed only
        at the positions the carry into bit 63 depends on (119 ANDs over all levels).
     5. msb = P_63 ^ G_62 with the original P.
+    (A window of width W: bits 0..W-2 in steps 2-3, levels s < W - 1, msb = P_(W-1) ^ G_(W-2).)
     Each party runs this as one fused kernel per round (PumaMsbStart, PumaMsbStep for rounds
-    1..7, PumaMsbFinish; the rounds' bits in custom_ops/msb_plan.h, as _MSB_PLAN): the local
+    1..7, PumaMsbFinish; the rounds' bits in custom_ops/msb_plan.h, as msb_plan): the local
     XORs, packing and unpacking of a round are one op, the state (P, G, original P) stays in one
     tensor per party, and each round's message is the packed AND share masked with a fresh XOR
     zero share (its own stream).
-    Cost: 8 rounds (log2 64 + 2); 63 + 62 + 119 = 244 bits per party per value.
+    Cost: 8 rounds (log2 64 + 2); 63 + 62 + 119 = 244 bits per party per value. A 33-bit
+    window: 7 rounds, 32 + 31 + 57 = 120 bits.
     """
     ops = _ops.load()
-    with costs.protocol("msb", rounds=8), tf.name_scope("msb"):
+    if low_bit < 0 or low_bit + width > WORD_BITS:
+        raise ValueError(f"the window [{low_bit}, {low_bit + width}) leaves the 64-bit word")
+    rounds = msb_rounds(width)
+    with costs.protocol("msb", rounds=rounds), tf.name_scope("msb"):
         keys = runtime.prss()
         state, sent = [], []
         stream = runtime.new_stream("xor_zero_share")
         for i in range(NUM_PARTIES):
             with tf.device(runtime.device(i)):
                 st, z = ops.puma_msb_start(x.pairs[i][0], x.pairs[i][1], keys.own[i],
-                                           keys.next[i], stream=stream, party=i)
+                                           keys.next[i], stream=stream, party=i,
+                                           low_bit=low_bit, width=width)
             state.append(st)
             sent.append(z)
 
@@ -213,20 +235,21 @@ def msb(x: Shared) -> BoolShared:
             return [runtime.transfer(sent[(i + 1) % NUM_PARTIES], (i + 1) % NUM_PARTIES, i)
                     for i in range(NUM_PARTIES)]
 
-        for round_ in range(1, MSB_ROUNDS):
+        for round_ in range(1, rounds):
             got = received()
             stream = runtime.new_stream("xor_zero_share")
             for i in range(NUM_PARTIES):
                 with tf.device(runtime.device(i)):
                     state[i], sent[i] = ops.puma_msb_step(
                         state[i], sent[i], got[i], keys.own[i], keys.next[i],
-                        stream=stream, round=round_)
+                        stream=stream, round=round_, width=width)
         got = received()
         pairs = []
         for i in range(NUM_PARTIES):
             with tf.device(runtime.device(i)):
-                pairs.append(tuple(ops.puma_msb_finish(state[i], sent[i], got[i])))
-        return BoolShared(pairs, x.depth + MSB_ROUNDS)
+                pairs.append(tuple(ops.puma_msb_finish(state[i], sent[i], got[i],
+                                                       width=width)))
+        return BoolShared(pairs, x.depth + rounds)
 
 
 def a2b(x: Shared) -> BoolShared:

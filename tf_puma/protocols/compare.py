@@ -3,9 +3,15 @@
 Refer to: PUMA (arXiv 2307.12533) Section 2 (building blocks) and ABY3 Section 5 (msb, bit
 injection). less(x, y) = msb(x - y), exact while |x - y| < 2^63 in ring units.
 
+A comparison may read a window of the ring's bits instead of all 64 (`Window`, `coarse`):
+the activations' segment tests, exp's clip and softmax's max do, where a threshold met within
+2^-8 and values within +-2^22 are all they need; the MSB circuit then adds 33-bit words
+(7 rounds, 120 bits per party instead of 8 and 244). Everything else compares exactly.
+
 | protocol         | rounds | notes                                 |
 |------------------|--------|---------------------------------------|
 | less / greater   | 10     | msb (8) + b2a (2); result is a 0/1 integer share |
+| less, coarse     | 9      | msb on a 33-bit window (7) + b2a (2)  |
 | select           | 1      | y + b (x - y), b an integer share      |
 | relu             | 11     | x (1 - msb(x))                         |
 | maximum          | 11     | select(less(y, x), x, y)               |
@@ -17,6 +23,7 @@ injection). less(x, y) = msb(x - y), exact while |x - y| < 2^63 in ring units.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Union
 
 import numpy as np
@@ -24,40 +31,82 @@ import tensorflow as tf
 
 from tf_puma import costs, runtime
 from tf_puma.protocols import arithmetic, tensor
-from tf_puma.protocols.boolean import b2a, msb
+from tf_puma.protocols.boolean import WORD_BITS, b2a, msb, msb_rounds
 from tf_puma.sharing import Shared
 
 Public = Union[float, int, np.ndarray]
 
 
-def is_negative(x: Shared) -> Shared:
-    """[x < 0] as an integer (frac_bits 0) share. 10 rounds."""
-    with costs.protocol("less", rounds=10):
-        return b2a(msb(x))
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """The ring bits [low_bit, low_bit + width) a sign test reads.
+
+    Each party keeps w_j = x_j >> low_bit of its shares; the MSB circuit adds them mod
+    2^width and returns bit width - 1. The carry c in {0, 1, 2} out of the dropped low bits is
+    lost, so the sum is floor(x / 2^low_bit) - c, and [x < 0] comes out
+    - exactly for x < 0 and for x >= 2^(low_bit + 1),
+    - as 0 or 1 for 0 <= x < 2^(low_bit + 1) (a threshold is met up to that much above it),
+    while |x| <= 2^(low_bit + width - 1) - 2^(low_bit + 2) in ring units (further out the
+    window wraps and the sign is wrong). The whole word (0, 64) is exact for |x| < 2^63.
+    The circuit's cost follows the width (rounds: boolean.msb_rounds); the shift is local.
+    """
+    low_bit: int = 0
+    width: int = WORD_BITS
+
+    def rounds(self) -> int:
+        """Rounds of a comparison in this window: msb + b2a (2)."""
+        return msb_rounds(self.width) + 2
 
 
-def less(x: Shared, y: Union[Shared, Public]) -> Shared:
+EXACT = Window()
+COARSE_RESOLUTION_LOG2 = -8   # a coarse test meets its threshold within 2^-8
+COARSE_MAGNITUDE_LOG2 = 22    # for |x - threshold| < 2^22
+
+
+def coarse(frac_bits: int, resolution_log2: int = COARSE_RESOLUTION_LOG2,
+           magnitude_log2: int = COARSE_MAGNITUDE_LOG2) -> Window:
+    """The window for a sign test of values with `frac_bits` fractional bits that may be off
+    by up to 2^resolution_log2 above zero and must hold for |value| < 2^magnitude_log2:
+    low_bit = frac_bits + resolution_log2 - 1 (2^(low_bit + 1) ring units are 2^resolution),
+    width = magnitude_log2 + frac_bits - low_bit + 2. At 18 fractional bits: (9, 33), a 33-bit
+    circuit of 7 rounds instead of 64 bits in 8."""
+    low = max(0, frac_bits + resolution_log2 - 1)
+    width = magnitude_log2 + frac_bits - low + 2
+    if low + width > WORD_BITS:
+        return EXACT
+    return Window(low, width)
+
+
+def is_negative(x: Shared, window: Window = EXACT) -> Shared:
+    """[x < 0] as an integer (frac_bits 0) share, read in `window` (Window: exact by default).
+    10 rounds (9 in a window of 18 to 33 bits)."""
+    with costs.protocol("less", rounds=window.rounds()):
+        return b2a(msb(x, window.low_bit, window.width))
+
+
+def less(x: Shared, y: Union[Shared, Public], window: Window = EXACT) -> Shared:
     """[x < y] as an integer share (0 or 1)."""
-    return is_negative(arithmetic.sub(x, y))
+    return is_negative(arithmetic.sub(x, y), window)
 
 
-def greater(x: Shared, y: Union[Shared, Public]) -> Shared:
+def greater(x: Shared, y: Union[Shared, Public], window: Window = EXACT) -> Shared:
     """[x > y] as an integer share (0 or 1)."""
     if isinstance(y, Shared):
-        return is_negative(arithmetic.sub(y, x))
-    return is_negative(arithmetic.public_minus(y, x))
+        return is_negative(arithmetic.sub(y, x), window)
+    return is_negative(arithmetic.public_minus(y, x), window)
 
 
-def less_than_stacked(x: Shared, thresholds: np.ndarray) -> Shared:
+def less_than_stacked(x: Shared, thresholds: np.ndarray, window: Window = EXACT) -> Shared:
     """[x < t_k] for public thresholds t_k, stacked on a new leading axis k, as integer shares:
     one batched comparison."""
     thresholds = np.asarray(thresholds, dtype=np.float64)
-    return less(tensor.repeat(x, len(thresholds)), thresholds.reshape([-1] + [1] * x.shape.rank))
+    return less(tensor.repeat(x, len(thresholds)), thresholds.reshape([-1] + [1] * x.shape.rank),
+                window)
 
 
-def less_than_each(x: Shared, thresholds: np.ndarray) -> list[Shared]:
+def less_than_each(x: Shared, thresholds: np.ndarray, window: Window = EXACT) -> list[Shared]:
     """less_than_stacked, one share per threshold."""
-    return tensor.split_leading(less_than_stacked(x, thresholds))
+    return tensor.split_leading(less_than_stacked(x, thresholds, window))
 
 
 def equal(x: Shared, y: Union[Shared, Public]) -> Shared:
@@ -90,13 +139,16 @@ def relu(x: Shared) -> Shared:
     return arithmetic.mul(keep, x)
 
 
-def maximum(x: Shared, y: Shared) -> Shared:
-    """Elementwise max(x, y)."""
-    return select(less(y, x), x, y)
+def maximum(x: Shared, y: Shared, window: Window = EXACT) -> Shared:
+    """Elementwise max(x, y); in a coarse window, at least max(x, y) - 2^(low_bit + 1)."""
+    return select(less(y, x, window), x, y)
 
 
-def reduce_max(x: Shared, axis: int = -1, keepdims: bool = False) -> Shared:
-    """Max along an axis by a pairwise tree: ceil(log2 n) levels of one comparison each."""
+def reduce_max(x: Shared, axis: int = -1, keepdims: bool = False,
+               window: Window = EXACT) -> Shared:
+    """Max along an axis by a pairwise tree: ceil(log2 n) levels of one comparison each. In a
+    coarse window each level may keep a value up to 2^(low_bit + 1) below the larger, so the
+    result is within ceil(log2 n) 2^(low_bit + 1) below the max."""
     axis %= x.shape.rank
     with tf.name_scope("reduce_max"):
         while x.shape[axis] > 1:
@@ -104,7 +156,7 @@ def reduce_max(x: Shared, axis: int = -1, keepdims: bool = False) -> Shared:
             half = n // 2
             lo = tensor.slice_along(x, axis, 0, half)
             hi = tensor.slice_along(x, axis, half, half)
-            best = maximum(lo, hi)
+            best = maximum(lo, hi, window)
             if n % 2:
                 best = tensor.concat([best, tensor.slice_along(x, axis, 2 * half, 1)], axis)
             x = best
