@@ -13,6 +13,7 @@ another that only connects, loads and calls.
     python benchmarks/models.py --reference minilm-32   # and SPU on the same shape, same run
     python benchmarks/models.py --party-threads 2 minilm-128   # parties' --intra-op-threads
                                                   # (default: LocalCluster's, a third of the cores)
+    python benchmarks/models.py --trunc-rounds 3 minilm-128    # convert --trunc-rounds 3
 
 With --reference, the reference implementation (SPU 0.9.5 with PUMA's settings, `make spu-venv`)
 runs the same shape right after ours (random weights of the same architecture: time and traffic
@@ -65,27 +66,29 @@ def _export(kind: str, seq_len: int, out: str) -> str:
     return out
 
 
-def run_one(name: str, party_threads: int = 0) -> dict:
+def run_one(name: str, party_threads: int = 0, trunc_rounds: int = 2) -> dict:
     """One model in this process: returns its row as a dict (work files are removed)."""
     work = tempfile.mkdtemp(prefix=f"tf-puma-bench-{name}-")
     try:
-        return _measure(name, work, party_threads)
+        return _measure(name, work, party_threads, trunc_rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _prepare(name: str, work: str) -> None:
+def _prepare(name: str, work: str, trunc_rounds: int) -> None:
     """Export, convert (as `tf-puma convert` would, in its own process) and run plaintext TF;
     writes work/prepared.json and work/reference.npz."""
     import numpy as np  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
+    from tf_puma import config  # noqa: PLC0415
     from tf_puma.rewrites import convert  # noqa: PLC0415
 
     kind, seq_len = CONFIGS[name]
     plain_dir = _export(kind, seq_len, os.path.join(work, "plain"))
     start = time.perf_counter()
-    convert.convert(plain_dir, os.path.join(work, "secure"), log=lambda line: None)
+    with config.use(config.Config(trunc_rounds=trunc_rounds)):
+        convert.convert(plain_dir, os.path.join(work, "secure"), log=lambda line: None)
     convert_s = time.perf_counter() - start
     rng = np.random.default_rng(0)
     inputs = {"input_ids": rng.integers(1000, 20000, (1, seq_len)).astype(np.int32),
@@ -102,13 +105,13 @@ def _prepare(name: str, work: str) -> None:
         json.dump({"convert_s": convert_s, "plaintext_s": plain_s}, fh)
 
 
-def _measure(name: str, work: str, party_threads: int = 0) -> dict:
+def _measure(name: str, work: str, party_threads: int = 0, trunc_rounds: int = 2) -> dict:
     """The secure run, in a process that only connects, loads and calls (like a client)."""
     import numpy as np  # noqa: PLC0415
 
     from tf_puma import secure_model  # noqa: PLC0415
 
-    prepared = prepare_in_child(__file__, [name, work], work)
+    prepared = prepare_in_child(__file__, [name, work, str(trunc_rounds)], work)
     saved = np.load(os.path.join(work, "reference.npz"))
     inputs = {k: saved[k] for k in ("input_ids", "attention_mask")}
     secure_dir = os.path.join(work, "secure")
@@ -128,6 +131,7 @@ def _measure(name: str, work: str, party_threads: int = 0) -> dict:
     sent = manifest.total.bytes_by_sender
     parties_gib = [sent.get(str(i), 0) / 2 ** 30 for i in range(3)]
     return {"model": name, "tokens": seq_len, "party_threads": party_threads or "default",
+            "trunc_rounds": manifest.trunc_rounds,
             "convert_s": prepared["convert_s"],
             "convert_steps_s": manifest.convert_steps,
             "secure_graph_ops": manifest.secure_graph_ops, "load_s": load_s,
@@ -146,36 +150,42 @@ def with_reference(row: dict) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) == 4 and argv[1] == "--prepare":
-        _prepare(argv[2], argv[3])
+    if len(argv) == 5 and argv[1] == "--prepare":
+        _prepare(argv[2], argv[3], int(argv[4]))
         return
-    if len(argv) == 4 and argv[1] == "--one":
-        print(json.dumps(run_one(argv[2], int(argv[3]))))
+    if len(argv) == 5 and argv[1] == "--one":
+        print(json.dumps(run_one(argv[2], int(argv[3]), int(argv[4]))))
         return
     args = argv[1:]
     reference = "--reference" in args
-    threads = 0
+    threads, trunc_rounds = 0, 2
     if "--party-threads" in args:
         at = args.index("--party-threads")
         threads = int(args[at + 1])
+        del args[at:at + 2]
+    if "--trunc-rounds" in args:
+        at = args.index("--trunc-rounds")
+        trunc_rounds = int(args[at + 1])
         del args[at:at + 2]
     names = [a for a in args if a != "--reference"] or list(CONFIGS)
     rows = []
     for name in names:
         if name not in CONFIGS:
             raise SystemExit(f"unknown model {name!r}; choose from {sorted(CONFIGS)}")
-        row = row_in_child(__file__, [name, str(threads)], name)
+        row = row_in_child(__file__, [name, str(threads), str(trunc_rounds)], name)
         rows.append(with_reference(row) if reference else row)
     report(rows)
 
 
 def report(rows: list[dict]) -> None:
     """The table on stdout and benchmarks/results/models.json."""
-    print_table(["model", "tokens", "party threads", "wall s", "ref s", "rounds", "ref sends",
+    print_table(["model", "tokens", "party threads", "trunc rounds", "wall s", "ref s", "rounds",
+                 "ref sends",
                  "GiB (3 parties)", "ref GiB", "client MiB", "peak MiB/party", "shares MiB/party",
                  "1.5 shares + 1 GiB", "peak MiB client", "plain ms", "err", "ref err",
                  "convert s", "trace s", "save s", "bundles s", "load s", "1st call s", "ops"],
-                [[r["model"], r["tokens"], r.get("party_threads", "default"), r["wall_s"],
+                [[r["model"], r["tokens"], r.get("party_threads", "default"),
+                  r.get("trunc_rounds", 2), r["wall_s"],
                   r.get("reference_s", "-"), r["rounds"],
                   r.get("reference_sends", "-"), r["total_gib"], r.get("reference_gib", "-"),
                   r["client_mib"], max(r["peak_party_mib"]), max(r["shares_party_mib"]),

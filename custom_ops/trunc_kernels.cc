@@ -157,6 +157,8 @@ class TruncPrMaskOp : public StreamOpKernel {
   bool add_offset_;
 };
 
+// A's finish for both variants: PumaTruncPrFinishA (2 outputs) and PumaTruncPrFinishAOpener
+// (a third: c's msb bits packed, for B, which then needs no c).
 class TruncPrFinishAOp : public StreamOpKernel {
  public:
   explicit TruncPrFinishAOp(OpKernelConstruction* ctx)
@@ -195,6 +197,11 @@ class TruncPrFinishAOp : public StreamOpKernel {
         y[i] = y_a - t[i];
       }
     });
+    if (ctx->num_outputs() < 3) return;
+    Tensor* msb = AllocateLike(ctx, 2, TensorShape({bits::PackedWords(n, 1)}));
+    if (!msb) return;
+    std::fill(RingData(msb), RingData(msb) + bits::PackedWords(n, 1), uint64_t{0});
+    bits::PackBits(c, n, uint64_t{1} << 63, 1, /*portable=*/false, RingData(msb), runner);
   }
 
  private:
@@ -248,12 +255,64 @@ class TruncPrFinishBOp : public StreamOpKernel {
   const int64_t bits_;
 };
 
+// B's finish in the 3-round variant: from c's msb bits (sent by A) instead of c.
+class TruncPrFinishBMsbOp : public StreamOpKernel {
+ public:
+  explicit TruncPrFinishBMsbOp(OpKernelConstruction* ctx)
+      : StreamOpKernel(ctx), bits_(ReadBits(ctx)) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const TensorShape& shape = ctx->input(0).shape();  // B's own masked value: the shape
+    const Tensor& c_msb = ctx->input(1);
+    const Tensor& corr = ctx->input(2);
+    PrgKey key;
+    const uint64_t stream = stream_;
+    if (!ReadKey(ctx, 3, &key)) return;
+    const int64_t n = shape.num_elements();
+    const int bits = static_cast<int>(bits_);
+    const int64_t words = trunc_corr::Words(n, bits);
+    OP_REQUIRES(ctx, c_msb.dims() == 1 && c_msb.dim_size(0) == bits::PackedWords(n, 1),
+                errors::InvalidArgument("c's msb bits for ", n, " values must have ",
+                                        bits::PackedWords(n, 1), " words, got shape ",
+                                        c_msb.shape().DebugString()));
+    OP_REQUIRES(ctx, corr.dims() == 1 && corr.dim_size(0) == words,
+                errors::InvalidArgument("dealer correlation for ", n, " values must have ",
+                                        words, " words, got shape ",
+                                        corr.shape().DebugString()));
+    Tensor* msg = AllocateLike(ctx, 0, shape);
+    Tensor* share = AllocateLike(ctx, 1, shape);
+    if (!msg || !share) return;
+    auto runner = TfRunner(ctx);
+    uint64_t* t = RingData(share);
+    OP_REQUIRES_OK(ctx, PrgFill(key, stream, draws::kTruncOutShare, t, n, runner));
+    const uint64_t* msb = RingData(c_msb);
+    const uint64_t* rc = RingData(corr);
+    const uint64_t* packed_rb = rc + n;
+    const int kept = trunc_corr::MsbShareBits(bits);
+    const int64_t packed_words = words - n;
+    uint64_t* y = RingData(msg);
+    ParallelElementwise(runner, n, 6, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const uint64_t c63 = (msb[i >> 6] >> (i & 63)) & 1;
+        const uint64_t rb = bits::PackedValue(packed_rb, packed_words, i, kept);
+        const uint64_t b_share = rb - 2 * c63 * rb;
+        y[i] = (b_share << (63 - bits)) - rc[i] - t[i];
+      }
+    });
+  }
+
+ private:
+  const int64_t bits_;
+};
+
 }  // namespace
 
 REGISTER_KERNEL_BUILDER(Name("PumaTruncPrDeal").Device(DEVICE_CPU).HostMemory("shape"),
                         TruncPrDealOp);
 REGISTER_KERNEL_BUILDER(Name("PumaTruncPrMask").Device(DEVICE_CPU), TruncPrMaskOp);
 REGISTER_KERNEL_BUILDER(Name("PumaTruncPrFinishA").Device(DEVICE_CPU), TruncPrFinishAOp);
+REGISTER_KERNEL_BUILDER(Name("PumaTruncPrFinishAOpener").Device(DEVICE_CPU), TruncPrFinishAOp);
+REGISTER_KERNEL_BUILDER(Name("PumaTruncPrFinishBMsb").Device(DEVICE_CPU), TruncPrFinishBMsbOp);
 REGISTER_KERNEL_BUILDER(Name("PumaTruncPrFinishB").Device(DEVICE_CPU), TruncPrFinishBOp);
 
 }  // namespace tf_puma

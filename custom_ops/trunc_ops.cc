@@ -90,6 +90,54 @@ y_A = ((c << 1) >> (bits + 1)) - rc_A + b_A 2^(63-bits) - 2^(62-bits); share_own
 msg = y_A - share_own.
 )doc");
 
+REGISTER_OP("PumaTruncPrFinishAOpener")
+    .Input("masked_own: int64")
+    .Input("masked_other: int64")
+    .Input("extras: N * int64")
+    .Input("key_own: int64")
+    .Attr("stream: int >= 0")
+    .Attr("N: int >= 0")
+    .Attr("bits: int >= 1")
+    .Output("msg: int64")
+    .Output("share_own: int64")
+    .Output("c_msb: int64")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      c->set_output(1, c->input(0));
+      int64_t n = -1;  // values; c_msb is ceil(n / 64) words
+      if (c->FullyDefined(c->input(0))) {
+        n = 1;
+        for (int d = 0; d < c->Rank(c->input(0)); ++d) n *= c->Value(c->Dim(c->input(0), d));
+      }
+      c->set_output(2, c->Vector(n < 0 ? InferenceContext::kUnknownDim : (n + 63) / 64));
+      return ::tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+PumaTruncPrFinishA for the 3-round variant, where A alone opens c (B sends masked_other, D its
+share as the extra, A sends nothing in the first round): the same msg and share_own, and c's
+msb bits packed one per value (ceil(n / 64) words) for B, whose share needs only them.
+)doc");
+
+REGISTER_OP("PumaTruncPrFinishBMsb")
+    .Input("masked_own: int64")
+    .Input("c_msb: int64")
+    .Input("corr: int64")
+    .Input("key_next: int64")
+    .Attr("stream: int >= 0")
+    .Attr("bits: int >= 1")
+    .Output("msg: int64")
+    .Output("share_next: int64")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      c->set_output(1, c->input(0));
+      return ::tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+B's step in the 3-round variant: as PumaTruncPrFinishB with c_63 read from A's packed msb bits
+(masked_own, B's own masked value, gives only the shape). c_63 = msb(x + 2^62 + r_A + r_B) is
+a uniform bit to B, which does not know r_A.
+)doc");
+
 REGISTER_OP("PumaTruncPrFinishB")
     .Input("masked_own: int64")
     .Input("masked_other: int64")

@@ -437,7 +437,8 @@ def _manifest(signature, program, total, ledgers, num_ops, seconds) -> Manifest:
                 for k, v in sorted(g.inputs.items()) if k not in g.state_inputs},
         outputs={k: TensorEntry(g.tensor(ref).dtype.name, tuple(g.static_shape(ref)))
                  for k, ref in g.outputs.items() if k not in g.state},
-        frac_bits=arithmetic.fixed_point().frac_bits, bundle_id=program.bundle_id,
+        frac_bits=arithmetic.fixed_point().frac_bits, trunc_rounds=arithmetic.trunc_rounds(),
+        bundle_id=program.bundle_id,
         weight_tensors=len(program.weights),
         weight_values=int(sum(w.size for w in program.weights.values())),
         secure_graph_ops=num_ops, convert_seconds=round(seconds, 2),

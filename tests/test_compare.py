@@ -64,39 +64,39 @@ def test_msb_and_b2a_on_edge_values(cluster, rng):
 
 
 def test_coarse_less_is_exact_but_within_its_resolution_above_the_threshold(cluster, rng):
-    """compare.coarse(18) reads ring bits 9..41: [x < t] is exact for x < t and x >= t + 2^-8
-    over |x - t| up to its 2^22 limit; in [t, t + 2^-8) it may be either. 9 rounds, and
-    120 + 64 bits per value and party (against 244 + 64)."""
+    """compare.coarse(18) reads ring bits 9..46: [x < t] is exact for x < t and x >= t + 2^-8
+    over the whole fixed-point range (|x| <= 2^26, so |x - t| up to 2^27 fits); in
+    [t, t + 2^-8) it may be either. 10 rounds, and 143 + 64 bits per value and party (against
+    244 + 64)."""
     window = compare.coarse(18)
-    assert (window.low_bit, window.width, window.rounds()) == (9, 33, 9)
-    t = 4.0
-    limit = 2.0 ** 22 - 2.0 ** -6    # 2^(9 + 33 - 1) - 2^(9 + 2) ring units
-    d = np.concatenate([rng.uniform(-limit, limit, size=3000),
-                        rng.uniform(0, 2.0 ** -8, size=200),        # the zone above t
-                        rng.uniform(-2.0 ** -8, 0, size=200) - ULP,
-                        [0.0, ULP, -ULP, 2.0 ** -8, limit, -limit, 2.0 ** 20, -(2.0 ** 20)]])
-    x = t + d
+    assert (window.low_bit, window.width, window.rounds()) == (9, 38, 10)
+    t = -4.0
+    edge = 2.0 ** 26  # FixedPoint().max_abs: share() takes nothing larger
+    x = np.concatenate([rng.uniform(-edge, edge, size=3000),
+                        t + rng.uniform(0, 2.0 ** -8, size=200),        # the zone above t
+                        t - rng.uniform(0, 2.0 ** -8, size=200) - ULP,
+                        [t, t + ULP, t - ULP, t + 2.0 ** -8, edge, -edge, 2.0 ** 20]])
     with costs.Ledger() as ledger:
         got = run_secure(lambda a: compare.less(a, t, window), x, dtype=tf.int64).astype(bool)
     enc = np.round(x * 2 ** 18) - t * 2 ** 18
     exact = (enc < 0) | (enc >= 2 ** 10)
     np.testing.assert_array_equal(got[exact], enc[exact] < 0)
     assert 0 < got[~exact].mean() < 1  # the zone goes both ways (the dropped bits' carry)
-    assert ledger.ops["less"].rounds == 9
+    assert ledger.ops["less"].rounds == 10
     n = x.size
-    segments = [32, 31] + [k for _, g, p in boolean.msb_plan(33) for k in (len(g), len(p)) if k]
-    assert sum(segments) == 120
+    segments = [37, 36] + [k for _, g, p in boolean.msb_plan(38) for k in (len(g), len(p)) if k]
+    assert sum(segments) == 143
     msb_words = sum((n * k + 63) // 64 for k in segments)
     assert ledger.ops["less"].bytes_sent[0] == 8 * (msb_words + n)
 
 
 def test_coarse_max_is_within_its_levels_resolution_of_the_max(cluster, rng):
     """reduce_max in the coarse window: at most ceil(log2 n) 2^-8 below the max, never above;
-    near-ties (gaps below 2^-8) make it choose."""
+    near-ties (gaps below 2^-8) make it choose; a row spanning the fixed-point range."""
     n = 128
     x = rng.normal(size=(40, n)) * 3
     x[:20] = x[:20, :1] + rng.uniform(0, 2.0 ** -8, size=(20, n))  # near-ties
-    x[-1] = np.linspace(-2.0 ** 21, 2.0 ** 21, n)                  # the range
+    x[-1] = np.linspace(-2.0 ** 26, 2.0 ** 26, n)
     got = run_secure(lambda a: compare.reduce_max(a, axis=-1, window=compare.coarse(18)), x)
     below = x.max(axis=-1) - got
     assert np.all(below >= -ULP) and np.all(below <= 7 * 2.0 ** -8)

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tf_puma
-from tf_puma import costs
+from tf_puma import config, costs
 from tf_puma.protocols import approx, arithmetic, boolean, compare
 
 
@@ -32,12 +32,15 @@ CASES = {
     "b2a": (lambda x, y: (boolean.msb(x),), boolean.b2a),
     "and": (lambda x, y: (boolean.msb(x), boolean.msb(y)), boolean.and_),
     "gelu": (lambda x, y: (x,), approx.gelu),
+    "gelu/puma": (lambda x, y: (x,), lambda x: approx.gelu(x, method="puma")),
     "silu": (lambda x, y: (x,), approx.silu),
+    "silu/puma": (lambda x, y: (x,), lambda x: approx.silu(x, method="puma")),
 }
 
 
+@pytest.mark.parametrize("trunc_rounds", config.TRUNC_ROUNDS)
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_declared_rounds_equal_the_depth_built(name):
+def test_declared_rounds_equal_the_depth_built(name, trunc_rounds):
     prepare, call = CASES[name]
     seen = {}
 
@@ -50,5 +53,7 @@ def test_declared_rounds_equal_the_depth_built(name):
         seen["built"] = out.depth - max(i.depth for i in inputs)
         return tf.constant(0)
 
-    run.get_concrete_function(tf.TensorSpec([16], tf.float64), tf.TensorSpec([16], tf.float64))
+    with config.use(config.Config(trunc_rounds=trunc_rounds)):
+        run.get_concrete_function(tf.TensorSpec([16], tf.float64),
+                                  tf.TensorSpec([16], tf.float64))
     assert seen["declared"] == {name.split("/")[0]: seen["built"]}

@@ -241,6 +241,45 @@ def test_trunc_pr_roles(bits, with_extra):
         ops.puma_trunc_pr_finish_b(m_b, m_a, extras, corr[:-1], keys[d], stream=s, bits=bits)
 
 
+@pytest.mark.parametrize("bits", [1, 18, 60])
+@pytest.mark.parametrize("with_extra", [False, True])
+def test_trunc_pr_roles_three_rounds(bits, with_extra):
+    """The 3-round variant: A opens c alone (PumaTruncPrFinishAOpener) and hands B c's msb
+    bits, ceil(n / 64) words, from which B finishes (PumaTruncPrFinishBMsb); the same result
+    floor(x / 2^bits) + {0, 1}, and the same output shares as the 2-round kernels."""
+    keys = [tf.constant(random_ring([2])) for _ in range(3)]
+    a, b, d = 1, 2, 0
+    s = 12
+    n = 20_001
+    x = rng.integers(-(2 ** 61), 2 ** 61, size=n, dtype=np.int64)
+    x[:6] = [0, 1, -1, 2 ** 61, -(2 ** 61), 2 ** bits]
+    u = replicated(x)
+    u_a, u_b, u_d = u[0], u[1], u[2]
+    if not with_extra:
+        u_a = ring_sum([u_a, u_d])
+    extras = [u_d] if with_extra else []
+    corr, d_own, d_next = ops.puma_trunc_pr_deal(keys[d], keys[a], [n], stream=s, bits=bits)
+    m_a = ops.puma_trunc_pr_mask(u_a, keys[a], stream=s, add_offset=True)
+    m_b = ops.puma_trunc_pr_mask(u_b, keys[d], stream=s, add_offset=False)
+    msg_a, t_j, c_msb = ops.puma_trunc_pr_finish_a_opener(m_a, m_b, extras, keys[a], stream=s,
+                                                          bits=bits)
+    assert c_msb.shape == ((n + 63) // 64,)
+    c = ring_sum([m_a.numpy(), m_b.numpy()] + extras).view(np.uint64)
+    sent_bits = np.unpackbits(c_msb.numpy().view(np.uint8), bitorder="little")[:n]
+    np.testing.assert_array_equal(sent_bits, c >> np.uint64(63))
+    msg_b, t_j2 = ops.puma_trunc_pr_finish_b_msb(m_b, c_msb, corr, keys[d], stream=s, bits=bits)
+    np.testing.assert_array_equal(d_own.numpy(), t_j2.numpy())
+    np.testing.assert_array_equal(d_next.numpy(), t_j.numpy())
+    result = ring_sum([t_j.numpy(), ring_sum([msg_a.numpy(), msg_b.numpy()]), t_j2.numpy()])
+    err = result - np.floor_divide(x, 2 ** bits)
+    assert set(np.unique(err)) <= {0, 1}, np.unique(err)
+    two_round_b, _ = ops.puma_trunc_pr_finish_b(m_b, m_a, extras, corr, keys[d], stream=s,
+                                                bits=bits)
+    np.testing.assert_array_equal(two_round_b.numpy(), msg_b.numpy())  # B's message as before
+    with pytest.raises(tf.errors.InvalidArgumentError, match="msb bits"):
+        ops.puma_trunc_pr_finish_b_msb(m_b, c_msb[:-1], corr, keys[d], stream=s, bits=bits)
+
+
 # --- boolean AND local step -----------------------------------------------------------------
 def xor_replicated(x: np.ndarray) -> list[np.ndarray]:
     s0, s1 = random_ring(x.shape), random_ring(x.shape)
@@ -460,8 +499,10 @@ def test_draw_table_lists_every_draw_of_every_kernel():
                   encoding="utf-8").read()
     constants = {m[0]: int(m[1]) for m in re.findall(r"constexpr uint32_t (k\w+) = (\d+);",
                                                       header)}
-    registered = dict((cls, op) for op, cls in re.findall(
-        r'REGISTER_KERNEL_BUILDER\(Name\("(\w+)"\)[^;]*?,\s*(\w+)\);', source))
+    registered: dict[str, list[str]] = {}  # a kernel class may serve several ops
+    for op, cls in re.findall(r'REGISTER_KERNEL_BUILDER\(Name\("(\w+)"\)[^;]*?,\s*(\w+)\);',
+                              source):
+        registered.setdefault(cls, []).append(op)
     drawn: dict[str, list] = {}
     for cls, body in re.findall(r"class (\w+) : public (?:Stream)?OpKernel \{(.*?)\n\};", source,
                                 re.S):
@@ -471,7 +512,8 @@ def test_draw_table_lists_every_draw_of_every_kernel():
         subs += [constants["kZeroShare"]] * 2 * (body.count("FillZeroShare(")
                                                  + body.count("FillXorZeroShare("))
         if subs:
-            drawn[registered[cls]] = sorted(subs)
+            for op in registered[cls]:
+                drawn[op] = sorted(subs)
     table = audit.draw_table()
     assert set(drawn) == set(table)
     for op, entries in table.items():

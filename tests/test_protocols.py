@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 import tf_puma
-from tf_puma import costs
+from tf_puma import config, costs
 from tf_puma.protocols import arithmetic
 from tests.conftest import check, run_secure
 
@@ -160,6 +160,30 @@ def test_costs_match_declared_table(cluster, rng):
     assert ledger.ops["share_input"].bytes_sent == {"client": 2 * 8 * (m * k + k * n) + 4 * 2 * 16}
     assert ledger.critical_rounds == 1 + 2 + 1
     assert "matmul" in ledger.table()
+
+
+def test_three_round_truncation_sends_less(cluster, rng):
+    """Config.trunc_rounds = 3: a fixed-point matmul within the same ulp bound, in 3 rounds;
+    A sends n + n/64 words (its message and c's msb bits), B 2n, the dealer 2n and 19 bits per
+    value: 5n + 19n/64 + n/64 in all, against 7n + 19n/64."""
+    m, k, n = 16, 32, 24
+    a, b = rng.uniform(-4, 4, size=(m, k)), rng.uniform(-4, 4, size=(k, n))
+
+    @tf.function
+    def run(x, y):
+        with config.use(config.Config(trunc_rounds=3)):
+            return tf_puma.reveal(tf_puma.share(x) @ tf_puma.share(y), tf.float64)
+
+    with costs.Ledger() as ledger:
+        out = run(tf.constant(a), tf.constant(b)).numpy()
+    a_enc, b_enc = np.round(a / ULP) * ULP, np.round(b / ULP) * ULP
+    check(out, a_enc @ b_enc, ULP)  # TruncPr: floor + {0, 1} of the encoded inputs' product
+    row = ledger.ops["matmul"]
+    assert row.rounds == 3 and ledger.critical_rounds == 1 + 3 + 1
+    values = m * n
+    dealt, msb = 8 * ((values * 19 + 63) // 64), 8 * ((values + 63) // 64)
+    assert sorted(row.bytes_sent.values()) == sorted([8 * values + msb, 2 * 8 * values,
+                                                      2 * 8 * values + dealt])
 
 
 def test_protocols_require_graph_mode(cluster):

@@ -248,6 +248,39 @@ def test_cli_convert_and_run_local(tmp_path):
     assert done.returncode == 1 and "input 'x': expected shape [2, 6]" in done.stderr
 
 
+def test_cli_convert_with_three_round_truncations(tmp_path):
+    """`tf-puma convert --trunc-rounds 3`: the manifest says so, the graph has more rounds and
+    sends less than the default's (the same model converted both ways), and it runs as well."""
+    w, = _weights((6, 16), seed=5)
+    plain = _save(tmp_path, "plain", lambda x: {"y": tf.nn.gelu(x @ w) * 0.5},
+                  [tf.TensorSpec([None, 6], tf.float32, name="x")], [w])
+    cli = [sys.executable, "-m", "tf_puma.apps.cli"]
+    raw = {}
+    for rounds in ("2", "3"):
+        secure = str(tmp_path / f"secure{rounds}")
+        done = subprocess.run([*cli, "convert", plain, secure, "--input-shape", "x=4x6",
+                               "--trunc-rounds", rounds], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        raw[rounds] = json.load(open(os.path.join(secure, "tf_puma.json")))
+    assert raw["2"]["trunc_rounds"] == 2 and raw["3"]["trunc_rounds"] == 3
+    assert manifest_lib.read(str(tmp_path / "secure3")).trunc_rounds == 3
+    assert raw["3"]["critical_path_rounds"] > raw["2"]["critical_path_rounds"]
+    parties = [str(i) for i in range(3)]
+    sent = {k: sum(v["bytes_by_sender"][p] for p in parties) for k, v in raw.items()}
+    assert sent["3"] < 0.85 * sent["2"]  # 39,744 -> 32,640 bytes
+    x = np.random.default_rng(1).normal(size=(4, 6)).astype(np.float32)
+    with open(tmp_path / "in.json", "w") as fh:
+        json.dump({"x": x.tolist()}, fh)
+    done = subprocess.run([*cli, "run", "--model", str(tmp_path / "secure3"), "--input",
+                           str(tmp_path / "in.json"), "--local"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    y = np.array(json.loads(done.stdout.strip().splitlines()[-1])["y"])
+    # GeLU's polynomial (1.3e-4, halved) and fixed point; measured 2.2e-5
+    assert np.abs(y - tf.nn.gelu(x @ w.numpy()).numpy() * 0.5).max() <= 8e-5
+
+
 def test_public_inputs_reach_the_parties_in_plaintext(tmp_path, cluster, deploy):
     """--public-input: positions gather shared rows locally (no one-hot), a public bias is added
     by the parties; the secret input still travels only as shares."""

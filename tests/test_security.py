@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import tf_puma
-from tf_puma import _ops, audit, bundle, runtime
+from tf_puma import _ops, audit, bundle, config, runtime
 from tf_puma.fixedpoint import FixedPoint
 from tf_puma.protocols import approx, arithmetic, boolean, compare, nn
 from tf_puma.sharing import Shared
@@ -424,9 +424,20 @@ def check_views(build, arrays: list[np.ndarray], shared: list[bool], calls: int 
     return checked
 
 
+def _three_round(fn):
+    """fn traced with 3-round truncations (Config.trunc_rounds = 3)."""
+    def traced(*args):
+        with config.use(config.Config(trunc_rounds=3)):
+            return fn(*args)
+    return traced
+
+
 def _view_cases(rng) -> dict:
     x = rng.normal(size=512) * 8
     return {
+        "mul(x, x), 3-round": (_three_round(lambda s: s * s), [x], [True]),
+        "trunc, 3-round": (_three_round(lambda s: tf_puma.trunc(s, 7)), [x * 100], [True]),
+        "softmax, 3-round": (_three_round(nn.softmax), [rng.normal(size=(8, 64)) * 4], [True]),
         "mul(x, x)": (lambda s: s * s, [x], [True]),
         "trunc": (lambda s: tf_puma.trunc(s, 7), [x * 100], [True]),
         "less": (lambda s, t: compare.less(s, t), [x, x[::-1].copy()], [True, True]),
@@ -447,7 +458,8 @@ def _view_cases(rng) -> dict:
     }
 
 
-@pytest.mark.parametrize("case", ["mul(x, x)", "trunc", "less", "coarse less", "gelu", "softmax",
+@pytest.mark.parametrize("case", ["mul(x, x)", "trunc", "mul(x, x), 3-round", "trunc, 3-round",
+                                  "softmax, 3-round", "less", "coarse less", "gelu", "softmax",
                                   "layer_norm", "reciprocal", "embedding", "rms_norm", "silu",
                                   "argmax_index"])
 def test_views_after_unmasking_with_own_keys(cluster, case):

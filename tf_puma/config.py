@@ -22,9 +22,20 @@ from typing import Iterator
 from tf_puma.fixedpoint import FixedPoint
 
 
+TRUNC_ROUNDS = (2, 3)
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
+    """fxp: the fixed-point format. trunc_rounds: 2 (default) for TruncPr in the product's two
+    rounds, 7.3 ring elements per truncated value; 3 for the low-traffic variant, 5.3 (A alone
+    opens the masked value and sends B its msb; arithmetic._trunc_pr)."""
     fxp: FixedPoint = FixedPoint()
+    trunc_rounds: int = 2
+
+    def __post_init__(self):
+        if self.trunc_rounds not in TRUNC_ROUNDS:
+            raise ValueError(f"trunc_rounds must be 2 or 3, got {self.trunc_rounds!r}")
 
 
 DEFAULT = Config()

@@ -78,11 +78,15 @@ class Manifest:
     # signature; `generation` holds the window, the prompt bucket, the state (KV cache) pairs
     # and shapes, and the `prefill` signature's manifest
     generation: Optional[dict] = None
+    # rounds of each truncation in the graph (tf_puma.config.Config.trunc_rounds: 2, or 3 for
+    # the low-traffic variant)
+    trunc_rounds: int = 2
 
     def to_json(self) -> dict:
         return {
             "format": FORMAT, "version": VERSION, "ring_bits": self.ring_bits,
-            "frac_bits": self.frac_bits, "bundle_id": self.bundle_id,
+            "frac_bits": self.frac_bits, "trunc_rounds": self.trunc_rounds,
+            "bundle_id": self.bundle_id,
             "signature": self.signature,
             "inputs": {k: v.to_json() for k, v in self.inputs.items()},
             "outputs": {k: v.to_json() for k, v in self.outputs.items()},
@@ -123,7 +127,8 @@ class Manifest:
                 convert_steps={str(k): float(v)
                                for k, v in data.get("convert_steps", {}).items()},
                 generation=(dict(data["generation"]) if data.get("generation") is not None
-                            else None))
+                            else None),
+                trunc_rounds=int(data.get("trunc_rounds", 2)))
         except (KeyError, TypeError, ValueError) as err:
             raise ManifestError(f"{where} is malformed ({type(err).__name__}: {err}); convert "
                                 "the model again") from err

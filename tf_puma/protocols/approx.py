@@ -85,7 +85,7 @@ def polynomial(x_powers: dict[int, Shared], coeffs: Sequence[float], bound: floa
     if coeff_frac + x1.frac_bits <= fxp.frac_bits:
         raise ValueError(f"polynomial too large for the ring on |x| <= {bound}")
     total = _weighted_sum(x_powers, coeffs, coeff_frac)
-    with costs.protocol("polynomial", rounds=2):
+    with costs.protocol("polynomial", rounds=arithmetic.trunc_rounds()):
         out = arithmetic.rescale(total, fxp.frac_bits)
     return arithmetic.add_public(out, coeffs[0]) if coeffs[0] else out
 
@@ -132,8 +132,8 @@ def _piecewise(x: Shared, bounds: Sequence[float], pieces: Sequence) -> Shared:
     """sum over segments [bounds[i-1], bounds[i]) of piece_i, with one batched comparison.
 
     pieces[i] is a Shared value, a public constant, or None for zero. Segment indicators are
-    differences of the bits [x < bound], tested in compare.coarse's window (9 rounds): a value
-    less than 2^-8 above a bound may take the piece below it, where the pieces meet (|x| < 2^22).
+    differences of the bits [x < bound], tested in compare.coarse's window: a value less than
+    2^-8 above a bound may take the piece below it, where the pieces meet.
     The shared pieces are selected by one sum of exact products (1 round, 3n ring elements,
     however many pieces), public ones locally.
     """
@@ -220,7 +220,7 @@ def _split_polynomial(v: Shared, coeffs: Sequence[float], extra: Shared | None =
 
     b_coeff_frac = int(min(MAX_COEFF_BITS, math.floor(60 - p - math.log2(max_b))))
     b_raw = local_sum(b_coeffs, b_coeff_frac)
-    with costs.protocol("polynomial", rounds=2):
+    with costs.protocol("polynomial", rounds=arithmetic.trunc_rounds()):
         b = arithmetic.rescale(b_raw, b_frac)
     a = local_sum(a_coeffs, b_frac)
     if extra is not None:
@@ -236,7 +236,7 @@ def _even_activation(x: Shared, bound: float, even: Sequence[float]) -> Shared:
     (x^10 itself would overflow the ring's 2^62 before truncation), kept with POLY_FRAC_BITS
     fractional bits: v costs one multiplication whose truncation also divides by s^2, then
     `_split_polynomial` (8 rounds, x/2 folded into its last truncation), alongside the batched
-    comparison (9, coarse), then one selection of both shared pieces (1): 11 rounds, ~52n ring
+    comparison (10, coarse), then one selection of both shared pieces (1): 11 rounds, ~52n ring
     elements plus two coarse comparisons for GeLU's degree 8 in v.
     """
     log_s = math.ceil(math.log2(bound))
@@ -247,14 +247,25 @@ def _even_activation(x: Shared, bound: float, even: Sequence[float]) -> Shared:
     return _piecewise(x, [-bound, bound], [None, inner, x])
 
 
+def _activation_rounds(x: Shared, method: str) -> int:
+    """GeLU's and SiLU's rounds: their products in a row (5 for "even": v = x^2/s^2, v^2, v^3
+    and v^4 together, B's rescale, the last product; 4 for "puma"), alongside the coarse
+    segment test (10), then one selection: 11 with 2-round truncations, 16 (even) and 13
+    (puma) with 3-round."""
+    in_a_row = 5 if method == "even" else 4
+    segments = compare.coarse(x.frac_bits).rounds()
+    return max(in_a_row * arithmetic.trunc_rounds(), segments) + 1
+
+
 def gelu(x: Shared, method: str = "even") -> Shared:
     """GeLU x Phi(x) (BERT's erf form; the tanh form differs from it by < 1e-3).
 
     method="even" (default): x/2 + even degree-16 polynomial on [-4, 4]; max abs error 1.3e-4
     in float, 2e-4 in fixed point, on the whole line. method="puma": PUMA's pieces (0 below -4, cubic on
-    [-4, -1.95), degree 6 on [-1.95, 3], x above 3), max abs error 2.0e-2. Cost: 11 rounds.
+    [-4, -1.95), degree 6 on [-1.95, 3], x above 3), max abs error 2.0e-2. Cost: 11 rounds
+    (_activation_rounds).
     """
-    with costs.protocol("gelu", rounds=11), tf.name_scope("gelu"):
+    with costs.protocol("gelu", rounds=_activation_rounds(x, method)), tf.name_scope("gelu"):
         if method == "even":
             return _even_activation(x, GELU_T, GELU_EVEN)
         if method != "puma":
@@ -270,9 +281,9 @@ def silu(x: Shared, method: str = "even") -> Shared:
 
     method="even" (default): x/2 + even degree-10 polynomial on [-7, 7]; max abs error 1.1e-2.
     method="puma": 0 below -8, quadratic on [-8, -4), degree 6 on [-4, 4], x above 4; max abs
-    error 7.2e-2 (at x = 4). Cost: 11 rounds.
+    error 7.2e-2 (at x = 4). Cost: 11 rounds (_activation_rounds).
     """
-    with costs.protocol("silu", rounds=11), tf.name_scope("silu"):
+    with costs.protocol("silu", rounds=_activation_rounds(x, method)), tf.name_scope("silu"):
         if method == "even":
             return _even_activation(x, SILU_T, SILU_EVEN)
         if method != "puma":

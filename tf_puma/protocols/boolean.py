@@ -11,7 +11,7 @@ Costs per value (a word = 64 bits):
 | xor, shifts, addends | 0 | 0                         |
 | and_      | 1      | 64 per word                  |
 | msb       | 8      | 244 (CSA 63, G 62, prefix levels 119: only the bits the carry into bit 63 needs) |
-| msb, 33-bit window | 7 | 120 (CSA 32, G 31, prefix levels 57)                  |
+| msb, 38-bit window | 8 | 143 (CSA 37, G 36, prefix levels 70; 18-33 bits: 7 rounds) |
 | a2b       | 8      | 724 (every carry)            |
 | b2a       | 2      | 64                           |
 """
@@ -212,8 +212,8 @@ def msb(x: Shared, low_bit: int = 0, width: int = WORD_BITS) -> BoolShared:
     XORs, packing and unpacking of a round are one op, the state (P, G, original P) stays in one
     tensor per party, and each round's message is the packed AND share masked with a fresh XOR
     zero share (its own stream).
-    Cost: 8 rounds (log2 64 + 2); 63 + 62 + 119 = 244 bits per party per value. A 33-bit
-    window: 7 rounds, 32 + 31 + 57 = 120 bits.
+    Cost: 8 rounds (log2 64 + 2); 63 + 62 + 119 = 244 bits per party per value. A 38-bit
+    window: 8 rounds, 37 + 36 + 70 = 143 bits (33 bits: 7 rounds, 120).
     """
     ops = _ops.load()
     if low_bit < 0 or low_bit + width > WORD_BITS:

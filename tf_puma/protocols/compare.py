@@ -5,13 +5,14 @@ injection). less(x, y) = msb(x - y), exact while |x - y| < 2^63 in ring units.
 
 A comparison may read a window of the ring's bits instead of all 64 (`Window`, `coarse`):
 the activations' segment tests, exp's clip and softmax's max do, where a threshold met within
-2^-8 and values within +-2^22 are all they need; the MSB circuit then adds 33-bit words
-(7 rounds, 120 bits per party instead of 8 and 244). Everything else compares exactly.
+2^-8 is all they need; the window still holds the difference of any two fixed-point values
+(|x| <= 2^26 at 18 fractional bits), and the MSB circuit adds 38-bit words (143 bits per party
+instead of 244, the same 8 rounds). Everything else compares exactly.
 
 | protocol         | rounds | notes                                 |
 |------------------|--------|---------------------------------------|
 | less / greater   | 10     | msb (8) + b2a (2); result is a 0/1 integer share |
-| less, coarse     | 9      | msb on a 33-bit window (7) + b2a (2)  |
+| less, coarse     | 10     | msb on a 38-bit window (8) + b2a (2); 207 bits, not 308 |
 | select           | 1      | y + b (x - y), b an integer share      |
 | relu             | 11     | x (1 - msb(x))                         |
 | maximum          | 11     | select(less(y, x), x, y)               |
@@ -60,16 +61,19 @@ class Window:
 
 EXACT = Window()
 COARSE_RESOLUTION_LOG2 = -8   # a coarse test meets its threshold within 2^-8
-COARSE_MAGNITUDE_LOG2 = 22    # for |x - threshold| < 2^22
 
 
 def coarse(frac_bits: int, resolution_log2: int = COARSE_RESOLUTION_LOG2,
-           magnitude_log2: int = COARSE_MAGNITUDE_LOG2) -> Window:
+           magnitude_log2: int | None = None) -> Window:
     """The window for a sign test of values with `frac_bits` fractional bits that may be off
     by up to 2^resolution_log2 above zero and must hold for |value| < 2^magnitude_log2:
     low_bit = frac_bits + resolution_log2 - 1 (2^(low_bit + 1) ring units are 2^resolution),
-    width = magnitude_log2 + frac_bits - low_bit + 2. At 18 fractional bits: (9, 33), a 33-bit
-    circuit of 7 rounds instead of 64 bits in 8."""
+    width = magnitude_log2 + frac_bits - low_bit + 2. The magnitude defaults to the difference
+    of two values of the fixed-point range, 2 max_abs = 2^(63 - 2f) for the format's f, so a
+    coarse test adds no range limit of its own. At 18 fractional bits: (9, 38), 143 bits per
+    party in 8 rounds instead of 244."""
+    if magnitude_log2 is None:
+        magnitude_log2 = 63 - 2 * arithmetic.fixed_point().frac_bits
     low = max(0, frac_bits + resolution_log2 - 1)
     width = magnitude_log2 + frac_bits - low + 2
     if low + width > WORD_BITS:
@@ -79,7 +83,7 @@ def coarse(frac_bits: int, resolution_log2: int = COARSE_RESOLUTION_LOG2,
 
 def is_negative(x: Shared, window: Window = EXACT) -> Shared:
     """[x < 0] as an integer (frac_bits 0) share, read in `window` (Window: exact by default).
-    10 rounds (9 in a window of 18 to 33 bits)."""
+    10 rounds (9 in a window of 18 to 33 bits; compare.coarse's is 38)."""
     with costs.protocol("less", rounds=window.rounds()):
         return b2a(msb(x, window.low_bit, window.width))
 

@@ -28,10 +28,10 @@ def softmax(x: Shared, mask: np.ndarray | None = None) -> Shared:
     Masked entries are lowered by 2^12 before the max and their exponentials zeroed after.
     m = max(x); e = exp(x - m) (clipped below -14); s = sum(e); y = e * (1/s), one reciprocal
     per row broadcast over the row (s in [1, n] since the max contributes e^0 = 1).
-    The max tree compares in compare.coarse's window (|x| < 2^22): m may sit up to
+    The max tree compares in compare.coarse's window: m may sit up to
     ceil(log2 n) 2^-8 below the max (softmax does not depend on m; exp's argument then reaches
     0.03 above 0 and s up to 1.03 n, which exp and the reciprocal take).
-    Cost: 10 ceil(log2 n) (max tree) + 13 (exp) + reciprocal on [1, n] + 2 rounds.
+    Cost: 11 ceil(log2 n) (max tree) + 13 (exp) + reciprocal on [1, n] + 2 rounds.
     """
     with tf.name_scope("softmax"):
         n = x.shape[-1]
