@@ -157,8 +157,8 @@ class TruncPrMaskOp : public StreamOpKernel {
   bool add_offset_;
 };
 
-// A's finish for both variants: PumaTruncPrFinishA (2 outputs) and PumaTruncPrFinishAOpener
-// (a third: c's msb bits packed, for B, which then needs no c).
+// A's finish for both variants; with opener = 1 a third output, c's msb bits packed, for B,
+// which then needs no c.
 class TruncPrFinishAOp : public StreamOpKernel {
  public:
   explicit TruncPrFinishAOp(OpKernelConstruction* ctx)
@@ -208,6 +208,34 @@ class TruncPrFinishAOp : public StreamOpKernel {
   const int64_t bits_;
 };
 
+// Checks the dealer's correlation holds n values' words (trunc_corr.h); false after failing.
+bool CorrFits(OpKernelContext* ctx, const Tensor& corr, int64_t n, int bits) {
+  const int64_t words = trunc_corr::Words(n, bits);
+  if (corr.dims() == 1 && corr.dim_size(0) == words) return true;
+  ctx->CtxFailure(errors::InvalidArgument("dealer correlation for ", n, " values must have ",
+                                          words, " words, got shape ",
+                                          corr.shape().DebugString()));
+  return false;
+}
+
+// B's message y[i] = y_B - t[i], y_B = -rc_B + (rb_B - 2 c_63 rb_B) 2^(63-bits), with rc_B and
+// rb_B from the correlation and c_63 = c63(i).
+template <typename MsbFn>
+void MessageOfB(const ParallelRunner& runner, const Tensor& corr, int64_t n, int bits,
+                const uint64_t* t, uint64_t* y, const MsbFn& c63) {
+  const uint64_t* rc = RingData(corr);
+  const uint64_t* packed_rb = rc + n;
+  const int kept = trunc_corr::MsbShareBits(bits);
+  const int64_t packed_words = trunc_corr::Words(n, bits) - n;
+  ParallelElementwise(runner, n, 6, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const uint64_t rb = bits::PackedValue(packed_rb, packed_words, i, kept);
+      const uint64_t b_share = rb - 2 * c63(i) * rb;
+      y[i] = (b_share << (63 - bits)) - rc[i] - t[i];
+    }
+  });
+}
+
 class TruncPrFinishBOp : public StreamOpKernel {
  public:
   explicit TruncPrFinishBOp(OpKernelConstruction* ctx)
@@ -225,30 +253,14 @@ class TruncPrFinishBOp : public StreamOpKernel {
     const TensorShape& shape = c_t.shape();
     const int64_t n = shape.num_elements();
     const int bits = static_cast<int>(bits_);
-    const int64_t words = trunc_corr::Words(n, bits);
-    OP_REQUIRES(ctx, corr.dims() == 1 && corr.dim_size(0) == words,
-                errors::InvalidArgument("dealer correlation for ", n, " values must have ",
-                                        words, " words, got shape ",
-                                        corr.shape().DebugString()));
+    if (!CorrFits(ctx, corr, n, bits)) return;
     Tensor* msg = AllocateLike(ctx, 0, shape);
     Tensor* share = AllocateLike(ctx, 1, shape);
     if (!msg || !share) return;
     uint64_t* t = RingData(share);
     OP_REQUIRES_OK(ctx, PrgFill(key, stream, draws::kTruncOutShare, t, n, runner));
     const uint64_t* c = RingData(c_t);
-    const uint64_t* rc = RingData(corr);
-    const uint64_t* packed_rb = rc + n;
-    const int kept = trunc_corr::MsbShareBits(bits);
-    const int64_t packed_words = words - n;
-    uint64_t* y = RingData(msg);
-    ParallelElementwise(runner, n, 6, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const uint64_t c63 = c[i] >> 63;
-        const uint64_t rb = bits::PackedValue(packed_rb, packed_words, i, kept);
-        const uint64_t b_share = rb - 2 * c63 * rb;
-        y[i] = (b_share << (63 - bits)) - rc[i] - t[i];
-      }
-    });
+    MessageOfB(runner, corr, n, bits, t, RingData(msg), [c](int64_t i) { return c[i] >> 63; });
   }
 
  private:
@@ -270,15 +282,11 @@ class TruncPrFinishBMsbOp : public StreamOpKernel {
     if (!ReadKey(ctx, 3, &key)) return;
     const int64_t n = shape.num_elements();
     const int bits = static_cast<int>(bits_);
-    const int64_t words = trunc_corr::Words(n, bits);
     OP_REQUIRES(ctx, c_msb.dims() == 1 && c_msb.dim_size(0) == bits::PackedWords(n, 1),
                 errors::InvalidArgument("c's msb bits for ", n, " values must have ",
                                         bits::PackedWords(n, 1), " words, got shape ",
                                         c_msb.shape().DebugString()));
-    OP_REQUIRES(ctx, corr.dims() == 1 && corr.dim_size(0) == words,
-                errors::InvalidArgument("dealer correlation for ", n, " values must have ",
-                                        words, " words, got shape ",
-                                        corr.shape().DebugString()));
+    if (!CorrFits(ctx, corr, n, bits)) return;
     Tensor* msg = AllocateLike(ctx, 0, shape);
     Tensor* share = AllocateLike(ctx, 1, shape);
     if (!msg || !share) return;
@@ -286,19 +294,8 @@ class TruncPrFinishBMsbOp : public StreamOpKernel {
     uint64_t* t = RingData(share);
     OP_REQUIRES_OK(ctx, PrgFill(key, stream, draws::kTruncOutShare, t, n, runner));
     const uint64_t* msb = RingData(c_msb);
-    const uint64_t* rc = RingData(corr);
-    const uint64_t* packed_rb = rc + n;
-    const int kept = trunc_corr::MsbShareBits(bits);
-    const int64_t packed_words = words - n;
-    uint64_t* y = RingData(msg);
-    ParallelElementwise(runner, n, 6, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const uint64_t c63 = (msb[i >> 6] >> (i & 63)) & 1;
-        const uint64_t rb = bits::PackedValue(packed_rb, packed_words, i, kept);
-        const uint64_t b_share = rb - 2 * c63 * rb;
-        y[i] = (b_share << (63 - bits)) - rc[i] - t[i];
-      }
-    });
+    MessageOfB(runner, corr, n, bits, t, RingData(msg),
+               [msb](int64_t i) { return (msb[i >> 6] >> (i & 63)) & 1; });
   }
 
  private:
@@ -311,7 +308,6 @@ REGISTER_KERNEL_BUILDER(Name("PumaTruncPrDeal").Device(DEVICE_CPU).HostMemory("s
                         TruncPrDealOp);
 REGISTER_KERNEL_BUILDER(Name("PumaTruncPrMask").Device(DEVICE_CPU), TruncPrMaskOp);
 REGISTER_KERNEL_BUILDER(Name("PumaTruncPrFinishA").Device(DEVICE_CPU), TruncPrFinishAOp);
-REGISTER_KERNEL_BUILDER(Name("PumaTruncPrFinishAOpener").Device(DEVICE_CPU), TruncPrFinishAOp);
 REGISTER_KERNEL_BUILDER(Name("PumaTruncPrFinishBMsb").Device(DEVICE_CPU), TruncPrFinishBMsbOp);
 REGISTER_KERNEL_BUILDER(Name("PumaTruncPrFinishB").Device(DEVICE_CPU), TruncPrFinishBOp);
 

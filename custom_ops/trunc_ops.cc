@@ -24,6 +24,17 @@ using ::tensorflow::Status;
 using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
 
+namespace {
+
+// A finish step's outputs: its message and output share, shaped like input 0.
+Status MessageAndShareLikeInput(InferenceContext* c) {
+  c->set_output(0, c->input(0));
+  c->set_output(1, c->input(0));
+  return ::tensorflow::OkStatus();
+}
+
+}  // namespace
+
 REGISTER_OP("PumaTruncPrDeal")
     .Input("key_own: int64")
     .Input("key_next: int64")
@@ -76,46 +87,35 @@ REGISTER_OP("PumaTruncPrFinishA")
     .Attr("stream: int >= 0")
     .Attr("N: int >= 0")
     .Attr("bits: int >= 1")
+    .Attr("opener: int >= 0 = 0")
     .Output("msg: int64")
     .Output("share_own: int64")
+    .Output("c_msb: opener * int64")
     .SetShapeFn([](InferenceContext* c) {
       c->set_output(0, c->input(0));
       c->set_output(1, c->input(0));
+      int opener = 0;
+      TF_RETURN_IF_ERROR(c->GetAttr("opener", &opener));
+      if (opener > 1) {
+        return ::tensorflow::errors::InvalidArgument("opener is 0 or 1, got ", opener);
+      }
+      if (opener) {
+        int64_t n = -1;  // values; c_msb is ceil(n / 64) words
+        if (c->FullyDefined(c->input(0))) {
+          n = 1;
+          for (int d = 0; d < c->Rank(c->input(0)); ++d) n *= c->Value(c->Dim(c->input(0), d));
+        }
+        c->set_output(2, c->Vector(n < 0 ? InferenceContext::kUnknownDim : (n + 63) / 64));
+      }
       return ::tensorflow::OkStatus();
     })
     .Doc(R"doc(
 A's step: c = masked_own + masked_other + sum(extras); with rb_A = F(k_j, s, 1),
 rc_A = F(k_j, s, 2), b_A = rb_A + c_63 - 2 c_63 rb_A:
 y_A = ((c << 1) >> (bits + 1)) - rc_A + b_A 2^(63-bits) - 2^(62-bits); share_own = F(k_j, s, 3);
-msg = y_A - share_own.
-)doc");
-
-REGISTER_OP("PumaTruncPrFinishAOpener")
-    .Input("masked_own: int64")
-    .Input("masked_other: int64")
-    .Input("extras: N * int64")
-    .Input("key_own: int64")
-    .Attr("stream: int >= 0")
-    .Attr("N: int >= 0")
-    .Attr("bits: int >= 1")
-    .Output("msg: int64")
-    .Output("share_own: int64")
-    .Output("c_msb: int64")
-    .SetShapeFn([](InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      c->set_output(1, c->input(0));
-      int64_t n = -1;  // values; c_msb is ceil(n / 64) words
-      if (c->FullyDefined(c->input(0))) {
-        n = 1;
-        for (int d = 0; d < c->Rank(c->input(0)); ++d) n *= c->Value(c->Dim(c->input(0), d));
-      }
-      c->set_output(2, c->Vector(n < 0 ? InferenceContext::kUnknownDim : (n + 63) / 64));
-      return ::tensorflow::OkStatus();
-    })
-    .Doc(R"doc(
-PumaTruncPrFinishA for the 3-round variant, where A alone opens c (B sends masked_other, D its
-share as the extra, A sends nothing in the first round): the same msg and share_own, and c's
-msb bits packed one per value (ceil(n / 64) words) for B, whose share needs only them.
+msg = y_A - share_own. opener = 1 is the 3-round variant, where A alone opens c (B sends
+masked_other, D its share as the extra, A sends nothing in the first round): c_msb then holds
+c's msb bits packed one per value (ceil(n / 64) words) for B, whose share needs only them.
 )doc");
 
 REGISTER_OP("PumaTruncPrFinishBMsb")
@@ -127,11 +127,7 @@ REGISTER_OP("PumaTruncPrFinishBMsb")
     .Attr("bits: int >= 1")
     .Output("msg: int64")
     .Output("share_next: int64")
-    .SetShapeFn([](InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      c->set_output(1, c->input(0));
-      return ::tensorflow::OkStatus();
-    })
+    .SetShapeFn(MessageAndShareLikeInput)
     .Doc(R"doc(
 B's step in the 3-round variant: as PumaTruncPrFinishB with c_63 read from A's packed msb bits
 (masked_own, B's own masked value, gives only the shape). c_63 = msb(x + 2^62 + r_A + r_B) is
@@ -149,11 +145,7 @@ REGISTER_OP("PumaTruncPrFinishB")
     .Attr("bits: int >= 1")
     .Output("msg: int64")
     .Output("share_next: int64")
-    .SetShapeFn([](InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      c->set_output(1, c->input(0));
-      return ::tensorflow::OkStatus();
-    })
+    .SetShapeFn(MessageAndShareLikeInput)
     .Doc(R"doc(
 B's step: c as for A; with rc_B and rb_B (its low bits + 1) from corr:
 y_B = -rc_B + (rb_B - 2 c_63 rb_B) 2^(63-bits); share_next = F(k_{j+2}, s, 3);

@@ -227,7 +227,7 @@ def test_trunc_pr_roles(bits, with_extra):
     assert corr.shape == (n + (n * (bits + 1) + 63) // 64,)
     m_a = ops.puma_trunc_pr_mask(u_a, keys[a], stream=s, add_offset=True)
     m_b = ops.puma_trunc_pr_mask(u_b, keys[d], stream=s, add_offset=False)
-    msg_a, t_j = ops.puma_trunc_pr_finish_a(m_a, m_b, extras, keys[a], stream=s, bits=bits)
+    msg_a, t_j, _ = ops.puma_trunc_pr_finish_a(m_a, m_b, extras, keys[a], stream=s, bits=bits)
     msg_b, t_j2 = ops.puma_trunc_pr_finish_b(m_b, m_a, extras, corr, keys[d], stream=s,
                                                  bits=bits)
     t_j1 = ring_sum([msg_a.numpy(), msg_b.numpy()])
@@ -244,7 +244,7 @@ def test_trunc_pr_roles(bits, with_extra):
 @pytest.mark.parametrize("bits", [1, 18, 60])
 @pytest.mark.parametrize("with_extra", [False, True])
 def test_trunc_pr_roles_three_rounds(bits, with_extra):
-    """The 3-round variant: A opens c alone (PumaTruncPrFinishAOpener) and hands B c's msb
+    """The 3-round variant: A opens c alone (PumaTruncPrFinishA, opener=1) and hands B c's msb
     bits, ceil(n / 64) words, from which B finishes (PumaTruncPrFinishBMsb); the same result
     floor(x / 2^bits) + {0, 1}, and the same output shares as the 2-round kernels."""
     keys = [tf.constant(random_ring([2])) for _ in range(3)]
@@ -261,8 +261,8 @@ def test_trunc_pr_roles_three_rounds(bits, with_extra):
     corr, d_own, d_next = ops.puma_trunc_pr_deal(keys[d], keys[a], [n], stream=s, bits=bits)
     m_a = ops.puma_trunc_pr_mask(u_a, keys[a], stream=s, add_offset=True)
     m_b = ops.puma_trunc_pr_mask(u_b, keys[d], stream=s, add_offset=False)
-    msg_a, t_j, c_msb = ops.puma_trunc_pr_finish_a_opener(m_a, m_b, extras, keys[a], stream=s,
-                                                          bits=bits)
+    msg_a, t_j, (c_msb,) = ops.puma_trunc_pr_finish_a(m_a, m_b, extras, keys[a], stream=s,
+                                                      bits=bits, opener=1)
     assert c_msb.shape == ((n + 63) // 64,)
     c = ring_sum([m_a.numpy(), m_b.numpy()] + extras).view(np.uint64)
     sent_bits = np.unpackbits(c_msb.numpy().view(np.uint8), bitorder="little")[:n]
@@ -499,10 +499,8 @@ def test_draw_table_lists_every_draw_of_every_kernel():
                   encoding="utf-8").read()
     constants = {m[0]: int(m[1]) for m in re.findall(r"constexpr uint32_t (k\w+) = (\d+);",
                                                       header)}
-    registered: dict[str, list[str]] = {}  # a kernel class may serve several ops
-    for op, cls in re.findall(r'REGISTER_KERNEL_BUILDER\(Name\("(\w+)"\)[^;]*?,\s*(\w+)\);',
-                              source):
-        registered.setdefault(cls, []).append(op)
+    registered = dict((cls, op) for op, cls in re.findall(
+        r'REGISTER_KERNEL_BUILDER\(Name\("(\w+)"\)[^;]*?,\s*(\w+)\);', source))
     drawn: dict[str, list] = {}
     for cls, body in re.findall(r"class (\w+) : public (?:Stream)?OpKernel \{(.*?)\n\};", source,
                                 re.S):
@@ -512,8 +510,7 @@ def test_draw_table_lists_every_draw_of_every_kernel():
         subs += [constants["kZeroShare"]] * 2 * (body.count("FillZeroShare(")
                                                  + body.count("FillXorZeroShare("))
         if subs:
-            for op in registered[cls]:
-                drawn[op] = sorted(subs)
+            drawn[registered[cls]] = sorted(subs)
     table = audit.draw_table()
     assert set(drawn) == set(table)
     for op, entries in table.items():

@@ -219,8 +219,8 @@ def _trunc_pr(u_a: tf.Tensor, u_b: tf.Tensor, u_dealer: tf.Tensor | None,
     if rounds == 3:
         # A alone opens c; B's share needs only c_63, a uniform bit to B (r_A is unknown to it)
         with tf.device(runtime.device(a)):
-            msg_a, t_j, c_msb = ops.puma_trunc_pr_finish_a_opener(
-                m_a, m_b_at_a, extras_a, keys.own[a], stream=stream, bits=bits)
+            msg_a, t_j, (c_msb,) = ops.puma_trunc_pr_finish_a(
+                m_a, m_b_at_a, extras_a, keys.own[a], stream=stream, bits=bits, opener=1)
         c_msb_at_b = runtime.transfer(c_msb, a, b)
         with tf.device(runtime.device(b)):
             msg_b, t_j2 = ops.puma_trunc_pr_finish_b_msb(m_b, c_msb_at_b, corr_at_b,
@@ -229,8 +229,8 @@ def _trunc_pr(u_a: tf.Tensor, u_b: tf.Tensor, u_dealer: tf.Tensor | None,
         extras_b = [] if u_dealer is None else [runtime.transfer(u_dealer, d, b)]
         m_a_at_b = runtime.transfer(m_a, a, b)
         with tf.device(runtime.device(a)):
-            msg_a, t_j = ops.puma_trunc_pr_finish_a(m_a, m_b_at_a, extras_a, keys.own[a],
-                                                    stream=stream, bits=bits)
+            msg_a, t_j, _ = ops.puma_trunc_pr_finish_a(m_a, m_b_at_a, extras_a, keys.own[a],
+                                                       stream=stream, bits=bits)
         with tf.device(runtime.device(b)):
             msg_b, t_j2 = ops.puma_trunc_pr_finish_b(m_b, m_a_at_b, extras_b, corr_at_b,
                                                      keys.next[b], stream=stream, bits=bits)
