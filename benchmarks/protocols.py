@@ -20,7 +20,7 @@ import tensorflow as tf  # noqa: E402
 
 import tf_puma  # noqa: E402
 from benchmarks.common import IO_PROTOCOLS, best_time, print_table, write_json  # noqa: E402
-from tf_puma import costs  # noqa: E402
+from tf_puma import config, costs  # noqa: E402
 from tf_puma.protocols import approx, compare, nn  # noqa: E402
 
 erf = np.vectorize(math.erf)
@@ -34,6 +34,14 @@ def softmax_ref(x):
 
 def layer_norm_ref(x):
     return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+
+
+def _three_round(protocol):
+    """protocol traced with 3-round truncations (tf-puma convert --trunc-rounds 3)."""
+    def traced(a):
+        with config.use(config.Config(trunc_rounds=3)):
+            return protocol(a)
+    return traced
 
 
 def _outside_zone(x: np.ndarray, t: float) -> np.ndarray:
@@ -63,6 +71,12 @@ CASES = [
      lambda s: rng.uniform(-10, 10, size=s)),
     ("layer_norm", (128, 384), nn.layer_norm, layer_norm_ref,
      lambda s: rng.normal(size=s) * 3 + 1),
+    ("mul (fxp), 3-round", (128, 768), _three_round(lambda a: a * a), lambda x: x * x,
+     lambda s: rng.normal(size=s)),
+    ("gelu, 3-round", (128, 1536), _three_round(approx.gelu),
+     lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2))), lambda s: rng.normal(size=s) * 3),
+    ("softmax, 3-round", (12, 128, 128), _three_round(nn.softmax), softmax_ref,
+     lambda s: rng.uniform(-10, 10, size=s)),
 ]
 
 
