@@ -22,6 +22,7 @@ do not depend on the values; its error is against its own exact plaintext).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -156,24 +157,21 @@ def main(argv: list[str]) -> None:
     if len(argv) == 5 and argv[1] == "--one":
         print(json.dumps(run_one(argv[2], int(argv[3]), int(argv[4]))))
         return
-    args = argv[1:]
-    reference = "--reference" in args
-    threads, trunc_rounds = 0, 2
-    if "--party-threads" in args:
-        at = args.index("--party-threads")
-        threads = int(args[at + 1])
-        del args[at:at + 2]
-    if "--trunc-rounds" in args:
-        at = args.index("--trunc-rounds")
-        trunc_rounds = int(args[at + 1])
-        del args[at:at + 2]
-    names = [a for a in args if a != "--reference"] or list(CONFIGS)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*", help=f"of {sorted(CONFIGS)} (default: all)")
+    parser.add_argument("--reference", action="store_true", help="and SPU, same shape and run")
+    parser.add_argument("--party-threads", type=int, default=0,
+                        help="the parties' --intra-op-threads (0: LocalCluster's)")
+    parser.add_argument("--trunc-rounds", type=int, choices=(2, 3), default=2,
+                        help="convert --trunc-rounds")
+    args = parser.parse_args(argv[1:])
     rows = []
-    for name in names:
+    for name in args.models or list(CONFIGS):
         if name not in CONFIGS:
             raise SystemExit(f"unknown model {name!r}; choose from {sorted(CONFIGS)}")
-        row = row_in_child(__file__, [name, str(threads), str(trunc_rounds)], name)
-        rows.append(with_reference(row) if reference else row)
+        row = row_in_child(__file__, [name, str(args.party_threads), str(args.trunc_rounds)],
+                           name)
+        rows.append(with_reference(row) if args.reference else row)
     report(rows)
 
 

@@ -220,16 +220,12 @@ class MsbStartOp : public StreamOpKernel {
     // bits at and above the width are never read.
     auto runner = TfRunner(ctx);
     for (int side = 0; side < 2; ++side) {
-      if (low_bit_ == 0) {
-        std::memcpy(st.p(side), x[side], n * sizeof(uint64_t));
-      } else {
-        const uint64_t* in = x[side];
-        uint64_t* out = st.p(side);
-        const int low = low_bit_;
-        ParallelElementwise(runner, n, 1, [&](int64_t b, int64_t e) {
-          for (int64_t i = b; i < e; ++i) out[i] = in[i] >> low;
-        });
-      }
+      const uint64_t* in = x[side];
+      uint64_t* out = st.p(side);
+      const int low = low_bit_;
+      ParallelElementwise(runner, n, 1, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) out[i] = in[i] >> low;
+      });
     }
     // Addend j's XOR sharing: party i holds w_i in slot j = i (own) and w_{i+1} in j = i+1.
     auto addend = [&](int j, int side) -> const uint64_t* {

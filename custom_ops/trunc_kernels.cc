@@ -94,31 +94,27 @@ class TruncPrDealOp : public StreamOpKernel {
     Tensor* share_next = AllocateLike(ctx, 2, shape);
     if (!corr || !share_own || !share_next) return;
     auto runner = TfRunner(ctx);
-    Tensor r_a_t, r_b_t;  // r_b_t holds B's mask, then rb_B before it is packed
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, shape, &r_a_t));
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, shape, &r_b_t));
-    uint64_t* r_a = RingData(&r_a_t);
-    uint64_t* r_b = RingData(&r_b_t);
+    Tensor r_t, mask_t;  // r = r_A + r_B; mask_t holds r_B, then A's share of msb(r)
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, shape, &r_t));
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, shape, &mask_t));
+    uint64_t* r = RingData(&r_t);
+    uint64_t* mask = RingData(&mask_t);
     uint64_t* rc_b = RingData(corr);
     uint64_t* packed_rb = rc_b + n;
-    Tensor rb_t;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, shape, &rb_t));
-    uint64_t* rb_b = RingData(&rb_t);
-    OP_REQUIRES_OK(ctx, PrgFill(next, stream, draws::kTruncMask, r_a, n, runner));  // A's (k_j)
-    OP_REQUIRES_OK(ctx, PrgFill(own, stream, draws::kTruncMask, r_b, n, runner));  // B's
-    OP_REQUIRES_OK(ctx, PrgFill(next, stream, draws::kTruncMsbShare, rb_b, n, runner));
+    OP_REQUIRES_OK(ctx, PrgFill(next, stream, draws::kTruncMask, r, n, runner));  // A's (k_j)
+    OP_REQUIRES_OK(ctx, PrgFill(own, stream, draws::kTruncMask, mask, n, runner));  // B's
     OP_REQUIRES_OK(ctx, PrgFill(next, stream, draws::kTruncLowShare, rc_b, n, runner));
-    ParallelElementwise(runner, n, 4, [&](int64_t b, int64_t e) {
+    ParallelElementwise(runner, n, 3, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
-        const uint64_t r = r_a[i] + r_b[i];
-        rb_b[i] = (r >> 63) - rb_b[i];
-        rc_b[i] = ((r << 1) >> (bits + 1)) - rc_b[i];
+        r[i] += mask[i];
+        rc_b[i] = ((r[i] << 1) >> (bits + 1)) - rc_b[i];
       }
     });
+    OP_REQUIRES_OK(ctx, PrgFill(next, stream, draws::kTruncMsbShare, mask, n, runner));
     const int kept = trunc_corr::MsbShareBits(bits);
     std::fill(packed_rb, RingData(corr) + trunc_corr::Words(n, bits), uint64_t{0});
-    bits::PackBits(rb_b, n, (uint64_t{1} << kept) - 1, kept, /*portable=*/false, packed_rb,
-                   runner);
+    bits::XorPackValues(n, (uint64_t{1} << kept) - 1, kept, /*portable=*/false, packed_rb, runner,
+                        [&](int64_t i) { return (r[i] >> 63) - mask[i]; });  // rb_B
     OP_REQUIRES_OK(ctx, PrgFill(own, stream, draws::kTruncOutShare, RingData(share_own), n,
                                 runner));
     OP_REQUIRES_OK(ctx, PrgFill(next, stream, draws::kTruncOutShare, RingData(share_next), n,
@@ -294,8 +290,9 @@ class TruncPrFinishBMsbOp : public StreamOpKernel {
     uint64_t* t = RingData(share);
     OP_REQUIRES_OK(ctx, PrgFill(key, stream, draws::kTruncOutShare, t, n, runner));
     const uint64_t* msb = RingData(c_msb);
+    const int64_t msb_words = c_msb.dim_size(0);
     MessageOfB(runner, corr, n, bits, t, RingData(msg),
-               [msb](int64_t i) { return (msb[i >> 6] >> (i & 63)) & 1; });
+               [msb, msb_words](int64_t i) { return bits::PackedValue(msb, msb_words, i, 1); });
   }
 
  private:
