@@ -287,7 +287,7 @@ class BuildContext:
         shared = [self.shared(v) for v in values]
         frac = max(s.frac_bits for s in shared)
         return [s if s.frac_bits == frac else
-                s.map_local(lambda t, k=2 ** (frac - s.frac_bits): t * k, frac_bits=frac)
+                tensor.scale(s, 2 ** (frac - s.frac_bits), frac)
                 for s in shared]
 
     def broadcast(self, x: Shared, shape: tuple[int, ...]) -> Shared:
@@ -296,8 +296,7 @@ class BuildContext:
     def public_on(self, arg: Value, party: int, node: node_def_pb2.NodeDef) -> tf.Tensor:
         """A non-secret operand (shape, axis, public indices) on a party's device."""
         if isinstance(arg, np.ndarray):
-            with tf.device(runtime.device(party)):
-                return tf.constant(arg)
+            return runtime.const_on(party, arg, tf.as_dtype(arg.dtype))
         if isinstance(arg, ClientValue) and arg.public:
             key = (id(arg.tensor), party)
             if key not in self._public:
@@ -315,7 +314,7 @@ class BuildContext:
             cut = arithmetic.trunc(x, x.frac_bits - frac)
             x = Shared(cut.pairs, frac, cut.depth)
         elif x.frac_bits < frac:
-            x = x.map_local(lambda t: t * 2 ** (frac - x.frac_bits), frac_bits=frac)
+            x = tensor.scale(x, 2 ** (frac - x.frac_bits), frac)
         return x
 
     def reveal(self, ref: str, key: str) -> tf.Tensor:

@@ -11,9 +11,11 @@ import types
 
 import tensorflow as tf
 
+from tf_puma import opbuild
+
 _LIBRARY_ENV = "TF_PUMA_OPS_LIBRARY"
 _DEFAULT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_puma_ops.so")
-_module: types.ModuleType | None = None
+_module: types.SimpleNamespace | None = None
 
 
 def library_path() -> str:
@@ -21,8 +23,9 @@ def library_path() -> str:
     return os.environ.get(_LIBRARY_ENV) or _DEFAULT_PATH
 
 
-def load() -> types.ModuleType:
-    """Loads the op library once and returns its generated op wrappers."""
+def load() -> types.SimpleNamespace:
+    """Loads the op library once and returns its op functions: the generated wrappers, with
+    graph-mode calls creating the op straight from its OpDef (`opbuild`)."""
     global _module
     if _module is None:
         path = library_path()
@@ -31,5 +34,5 @@ def load() -> types.ModuleType:
                 f"tf-puma op library not found at {path}: build it with `make build` "
                 f"(or `pip install --no-build-isolation -e .`), or point {_LIBRARY_ENV} at a "
                 "Bazel-built _puma_ops.so")
-        _module = tf.load_op_library(path)
+        _module = opbuild.fast_module(tf.load_op_library(path))
     return _module

@@ -43,7 +43,7 @@ class Shared:
         """Applies a linear, share-wise function on every party (no communication)."""
         pairs = []
         for i, (a, b) in enumerate(self.pairs):
-            with tf.device(runtime.device(i)):
+            with runtime.on(i):
                 pairs.append((fn(a), fn(b)))
         return Shared(pairs, self.frac_bits if frac_bits is None else frac_bits, self.depth)
 

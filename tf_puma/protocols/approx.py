@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tf_puma import costs, runtime
-from tf_puma.protocols import arithmetic, compare
+from tf_puma import costs, opbuild, runtime
+from tf_puma.protocols import arithmetic, compare, tensor
 from tf_puma.sharing import Shared
 
 # Most fractional bits for polynomial coefficients (see `polynomial`).
@@ -65,7 +65,7 @@ def _weighted_sum(x_powers: dict[int, Shared], coeffs: Sequence[float],
         if k == 0 or c == 0:
             continue
         enc = int(round(c * 2.0 ** coeff_frac))
-        term = x_powers[k].map_local(lambda t, e=enc: t * e, frac_bits=frac)
+        term = tensor.scale(x_powers[k], enc, frac)
         total = term if total is None else arithmetic.add(total, term)
     return total
 
@@ -109,7 +109,7 @@ def exp(x: Shared, method: str = "taylor3", n: int = 8) -> Shared:
             frac = x.frac_bits + 4                      # y = x / 16, exact
             y1 = Shared(x.pairs, frac, x.depth)
             half_y2 = arithmetic.mul(x, x, shift=9, frac_out=frac)
-            x_48 = x.map_local(lambda t: t * EXP_THIRD_ENC, frac_bits=x.frac_bits + 20)
+            x_48 = tensor.scale(x, EXP_THIRD_ENC, x.frac_bits + 20)
             sixth_y3 = arithmetic.mul(half_y2, x_48, frac_out=frac)
             y = arithmetic.add_public(arithmetic.add(arithmetic.add(y1, half_y2), sixth_y3), 1.0)
             for k in range(4):
@@ -224,8 +224,7 @@ def _split_polynomial(v: Shared, coeffs: Sequence[float], extra: Shared | None =
         b = arithmetic.rescale(b_raw, b_frac)
     a = local_sum(a_coeffs, b_frac)
     if extra is not None:
-        a = arithmetic.add(a, extra.map_local(lambda t: t * 2 ** (out_frac - extra.frac_bits),
-                                              frac_bits=out_frac))
+        a = arithmetic.add(a, tensor.scale(extra, 2 ** (out_frac - extra.frac_bits), out_frac))
     return arithmetic.mul(pw[m], b, frac_out=fxp.frac_bits, addend=a)
 
 
@@ -321,9 +320,16 @@ def _octave_mix(x: Shared, bits: Shared | None, values: Sequence[float],
     if bits is None:
         return arithmetic.add_public(x.map_local(tf.zeros_like, frac_bits=frac), values[0])
     steps = enc[:-1] - enc[1:]
-    mixed = bits.map_local(lambda t: tf.tensordot(tf.constant(steps), t, axes=1),
-                           frac_bits=frac)
+    mixed = bits.map_local(lambda t: _dot_leading(steps, t), frac_bits=frac)
     return arithmetic.add_public(mixed, values[-1])
+
+
+def _dot_leading(vector: np.ndarray, t: tf.Tensor) -> tf.Tensor:
+    """sum_k vector[k] t[k] as one int64 MatMul (tf.tensordot(vector, t, 1) with its shapes as
+    cached constants; built in `map_local`)."""
+    rows = opbuild.reshape(t, runtime.local_const([t.shape[0], -1], tf.int32))
+    dot = opbuild.matmul_2d(runtime.local_const(vector[np.newaxis, :], t.dtype), rows)
+    return opbuild.reshape(dot, runtime.local_const(t.shape[1:].as_list(), tf.int32))
 
 
 # Fractional bits of the Newton iterations in reciprocal/rsqrt: m in [1, 2) and y <= 1.1, so

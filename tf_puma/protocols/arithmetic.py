@@ -21,13 +21,12 @@ TruncPr's result is floor(x / 2^m) + e with e in {0, 1}, so within one unit in t
 from __future__ import annotations
 
 import math
-import operator
 from typing import Union
 
 import numpy as np
 import tensorflow as tf
 
-from tf_puma import _ops, config, costs, runtime
+from tf_puma import _ops, config, costs, opbuild, runtime
 from tf_puma.cluster import NUM_PARTIES
 from tf_puma.fixedpoint import FixedPoint
 from tf_puma.sharing import Shared
@@ -69,19 +68,19 @@ def add(x: Shared, y: Union[Shared, Public]) -> Shared:
     """x + y. Local: z_i = x_i + y_i (public y is added to share 0 only)."""
     if not isinstance(y, Shared):
         return add_public(x, y)
-    return _sharewise(x, y, operator.add)
+    return _sharewise(x, y, opbuild.add)
 
 
 def neg(x: Shared) -> Shared:
     """-x. Local."""
-    return x.map_local(tf.negative)
+    return x.map_local(opbuild.negative)
 
 
 def sub(x: Shared, y: Union[Shared, Public]) -> Shared:
     """x - y. Local: z_i = x_i - y_i (one op per share, no negation)."""
     if not isinstance(y, Shared):
         return add_public(x, -np.asarray(y, dtype=np.float64))
-    return _sharewise(x, y, operator.sub)
+    return _sharewise(x, y, opbuild.subtract)
 
 
 def public_minus(c: Public, x: Shared) -> Shared:
@@ -106,9 +105,9 @@ def add_public(x: Shared, c: Public) -> Shared:
     enc = _encode_public(c, x.frac_bits)
     pairs = list(x.pairs)
     with tf.device(runtime.device(0)):
-        pairs[0] = (pairs[0][0] + runtime.const_on(0, enc), pairs[0][1])
+        pairs[0] = (opbuild.add(pairs[0][0], runtime.const_on(0, enc)), pairs[0][1])
     with tf.device(runtime.device(2)):
-        pairs[2] = (pairs[2][0], pairs[2][1] + runtime.const_on(2, enc))
+        pairs[2] = (pairs[2][0], opbuild.add(pairs[2][1], runtime.const_on(2, enc)))
     return Shared(pairs, x.frac_bits, x.depth)
 
 
@@ -132,7 +131,8 @@ def mul_public(x: Shared, c: Public, fxp: FixedPoint | None = None,
         for i in range(NUM_PARTIES):
             with tf.device(runtime.device(i)):
                 k = runtime.const_on(i, enc)
-                pairs.append((x.pairs[i][0] * k, x.pairs[i][1] * k))
+                pairs.append((opbuild.multiply(x.pairs[i][0], k),
+                              opbuild.multiply(x.pairs[i][1], k)))
         product = Shared(pairs, x.frac_bits + frac, x.depth)
         return rescale(product, fxp.frac_bits if frac_out is None else frac_out)
 
@@ -237,9 +237,9 @@ def _trunc_pr(u_a: tf.Tensor, u_b: tf.Tensor, u_dealer: tf.Tensor | None,
     msg_b_at_a = runtime.transfer(msg_b, b, a)
     msg_a_at_b = runtime.transfer(msg_a, a, b)
     with tf.device(runtime.device(a)):
-        t_j1_a = msg_a + msg_b_at_a
+        t_j1_a = opbuild.add(msg_a, msg_b_at_a)
     with tf.device(runtime.device(b)):
-        t_j1_b = msg_a_at_b + msg_b
+        t_j1_b = opbuild.add(msg_a_at_b, msg_b)
     pairs: list = [None] * NUM_PARTIES
     pairs[a] = (t_j, t_j1_a)
     pairs[b] = (t_j1_b, t_j2)
@@ -327,11 +327,13 @@ def mul_sum(products: list[tuple[Shared, Shared]], fxp: FixedPoint | None = None
         streams = [runtime.new_stream("zero_share") for _ in products]
 
         def widen(t: tf.Tensor) -> tf.Tensor:
-            return tf.broadcast_to(t, shape) if t.shape != shape else t
+            if t.shape == shape:
+                return t
+            return opbuild.broadcast_to(t, runtime.local_const(shape.as_list(), tf.int32))
 
         z = []
         for i in range(NUM_PARTIES):
-            with tf.device(runtime.device(i)):
+            with runtime.on(i):
                 terms = []
                 for (x, y), stream in zip(products, streams):
                     xs, ys = [widen(t) for t in x.pairs[i]], [widen(t) for t in y.pairs[i]]

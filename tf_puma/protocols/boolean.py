@@ -44,7 +44,7 @@ class BoolShared:
         """A share-wise function that commutes with XOR (shifts, masks, reshapes)."""
         pairs = []
         for i, (a, b) in enumerate(self.pairs):
-            with tf.device(runtime.device(i)):
+            with runtime.on(i):
                 pairs.append((fn(a), fn(b)))
         return BoolShared(pairs, self.depth)
 

@@ -41,7 +41,7 @@ def softmax(x: Shared, mask: np.ndarray | None = None) -> Shared:
         m = compare.reduce_max(x, axis=-1, keepdims=True, window=compare.coarse(x.frac_bits))
         e = approx.exp(arithmetic.sub(x, m))
         if mask is not None:
-            e = e.map_local(lambda t: t * tf.constant(mask01))
+            e = tensor.scale(e, mask01, e.frac_bits)
         s = tensor.reduce_sum(e, axis=-1, keepdims=True)
         inv = approx.reciprocal(s, lo=1.0, hi=float(n), frac_out=INVERSE_FRAC_BITS)
         return arithmetic.mul(e, inv)
@@ -115,7 +115,7 @@ def _sum_squares_wide(x: Shared) -> Shared:
     scaled = tensor.reduce_sum(arithmetic.mul(x_small, x_small), -1, keepdims=True)
     fits = compare.less(scaled, 2.0 ** (WIDE_THRESHOLD - 2 * WIDE_SHIFT))
     lift = 4 ** WIDE_SHIFT * 2 ** (frac - scaled.frac_bits)
-    rescaled = scaled.map_local(lambda t: t * lift, frac_bits=frac)
+    rescaled = tensor.scale(scaled, lift, frac)
     return compare.select(fits, direct, rescaled)
 
 

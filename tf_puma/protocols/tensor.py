@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
-from tf_puma import runtime
+from tf_puma import opbuild, runtime
 from tf_puma.cluster import NUM_PARTIES
 from tf_puma.sharing import Shared
 
@@ -18,7 +19,7 @@ def combine(fn, xs: Sequence[Shared]) -> Shared:
         raise ValueError(f"cannot combine shared tensors with different fractional bits {frac}")
     pairs = []
     for i in range(NUM_PARTIES):
-        with tf.device(runtime.device(i)):
+        with runtime.on(i):
             pairs.append((fn([x.pairs[i][0] for x in xs]), fn([x.pairs[i][1] for x in xs])))
     return Shared(pairs, frac.pop(), max(x.depth for x in xs))
 
@@ -30,8 +31,8 @@ def stack(xs: Sequence[Shared], axis: int = 0) -> Shared:
 def repeat(x: Shared, count: int) -> Shared:
     """count copies of x stacked on a new leading axis (broadcast, never tf.stack([x] * n):
     Grappler's ReplacePackWithTileReshape rewrite breaks that pattern in TF 2.21)."""
-    return x.map_local(lambda t: tf.broadcast_to(tf.expand_dims(t, 0),
-                                                 [count, *t.shape.as_list()]))
+    return x.map_local(lambda t: opbuild.broadcast_to(
+        opbuild.expand_dims(t, _int32(0)), _int32([count, *t.shape.as_list()])))
 
 
 def concat(xs: Sequence[Shared], axis: int) -> Shared:
@@ -45,15 +46,15 @@ def split_leading(x: Shared) -> list[Shared]:
 
 
 def reshape(x: Shared, shape: Sequence[int]) -> Shared:
-    return x.map_local(lambda t: tf.reshape(t, shape))
+    return x.map_local(lambda t: opbuild.reshape(t, _int32(shape)))
 
 
 def transpose(x: Shared, perm: Sequence[int]) -> Shared:
-    return x.map_local(lambda t: tf.transpose(t, perm))
+    return x.map_local(lambda t: opbuild.transpose(t, _int32(perm)))
 
 
 def broadcast_to(x: Shared, shape: Sequence[int]) -> Shared:
-    return x.map_local(lambda t: tf.broadcast_to(t, shape))
+    return x.map_local(lambda t: opbuild.broadcast_to(t, _int32(shape)))
 
 
 def slice_along(x: Shared, axis: int, begin: int, size: int) -> Shared:
@@ -63,7 +64,7 @@ def slice_along(x: Shared, axis: int, begin: int, size: int) -> Shared:
     begins = [0] * rank
     sizes = [-1] * rank
     begins[axis], sizes[axis] = begin, size
-    return x.map_local(lambda t: tf.slice(t, begins, sizes))
+    return x.map_local(lambda t: opbuild.slice(t, _int32(begins), _int32(sizes)))
 
 
 def every_other(x: Shared, axis: int, begin: int, count: int) -> Shared:
@@ -75,7 +76,20 @@ def every_other(x: Shared, axis: int, begin: int, count: int) -> Shared:
 
 def reduce_sum(x: Shared, axis: int, keepdims: bool = False) -> Shared:
     """Sum along an axis: local (shares add)."""
-    return x.map_local(lambda t: tf.reduce_sum(t, axis=axis, keepdims=keepdims))
+    return x.map_local(lambda t: tf.reduce_sum(t, axis=_int32(axis), keepdims=keepdims))
+
+
+def scale(x: Shared, factor, frac_bits: int) -> Shared:
+    """x times a public integer (or integer array broadcasting with x), labelled with
+    `frac_bits` fractional bits: local and exact (int64 wraps as the ring)."""
+    return x.map_local(lambda t: opbuild.multiply(t, runtime.local_const(factor, t.dtype)), frac_bits=frac_bits)
+
+
+def _int32(value) -> tf.Tensor:
+    """A shape, axis or index operand (an int or a sequence of them) of a local op built in
+    `map_local`: one cached constant per party."""
+    value = int(value) if isinstance(value, (int, np.integer)) else [int(v) for v in value]
+    return runtime.local_const(value, tf.int32)
 
 
 runtime.exclude_from_autograph(globals())
