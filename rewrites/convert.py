@@ -29,8 +29,11 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import message
+from tensorflow.core.protobuf import saved_model_pb2
 
-from tf_puma.rewrites.graph import ConversionError, FrozenGraph, load_signature
+from tf_puma.rewrites.graph import (ConversionError, FrozenGraph, LoadedSignature,
+                                   load_signature)
 from tf_puma.rewrites.program import SecureProgram
 from tf_puma.rewrites import calibrate as calibration
 from tf_puma.rewrites.constants import merge_duplicate_constants
@@ -166,18 +169,16 @@ def convert_generation(in_dir: str, out_dir: str, prompt_tokens: int,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _generation_contract(in_dir: str) -> tuple[dict, int]:
-    """(state pairs present_X -> past_X, window) of a generate_step signature; what is missing
-    is named."""
-    loaded = tf.saved_model.load(in_dir)
-    if GENERATE_SIGNATURE not in loaded.signatures:
+def _generation_contract(in_dir: str) -> tuple[LoadedSignature, dict, int]:
+    """The generate_step signature loaded, its state pairs present_X -> past_X and window; what
+    is missing is named."""
+    names = _signature_names(in_dir)
+    if GENERATE_SIGNATURE not in names:
         raise ConversionError(
-            f"{in_dir} has no {GENERATE_SIGNATURE!r} signature (it has "
-            f"{sorted(loaded.signatures)}); export one with "
-            "tf_puma.apps.hf.export_generation(model, DIR, window)")
-    fn = loaded.signatures[GENERATE_SIGNATURE]
-    inputs = fn.structured_input_signature[1]
-    outputs = fn.structured_outputs
+            f"{in_dir} has no {GENERATE_SIGNATURE!r} signature (it has {names}); export one "
+            "with tf_puma.apps.hf.export_generation(model, DIR, window)")
+    loaded = LoadedSignature(in_dir, GENERATE_SIGNATURE)
+    inputs, outputs = loaded.input_specs, loaded.outputs
     missing = [k for k in ("input_ids", *GENERATE_PUBLIC) if k not in inputs]
     missing += [k for k in ("next_token",) if k not in outputs]
     state = {f"present_{k[len('past_'):]}": k for k in inputs if k.startswith("past_")}
@@ -189,18 +190,29 @@ def _generation_contract(in_dir: str) -> tuple[dict, int]:
     if len(windows) != 1:
         raise ConversionError(f"the past_* inputs of {GENERATE_SIGNATURE} disagree on the "
                               f"window size: {sorted(windows)}")
-    return state, windows.pop()
+    return loaded, state, windows.pop()
+
+
+def _signature_names(saved_model_dir: str) -> list[str]:
+    """The SavedModel's signature names, read from saved_model.pb (no load)."""
+    model = saved_model_pb2.SavedModel()
+    try:
+        with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as fh:
+            model.ParseFromString(fh.read())
+    except (OSError, message.DecodeError) as err:
+        raise ConversionError(f"{saved_model_dir}: cannot read saved_model.pb ({err})") from err
+    return sorted({name for graph in model.meta_graphs for name in graph.signature_def
+                   if not name.startswith("__")})  # not TF's __saved_model_init_op
 
 
 def _convert_generation(in_dir, out_dir, tmp, prompt_tokens, log) -> Manifest:
     start = time.perf_counter()
-    state, window = _generation_contract(in_dir)
+    loaded, state, window = _generation_contract(in_dir)  # loaded and frozen once for both
     graphs = {}
     for name, new in (("prefill", prompt_tokens), ("decode", 1)):
         shapes = {"input_ids": [1, new], "position_ids": [1, new],
                   "attention_mask": [1, window + new]}
-        graphs[name] = load_signature(in_dir, GENERATE_SIGNATURE, shapes, GENERATE_PUBLIC,
-                                      state)
+        graphs[name] = loaded.frozen(shapes, GENERATE_PUBLIC, state)
         log(f"loaded and froze {in_dir} [{GENERATE_SIGNATURE}, {new} new token"
             f"{'s' if new > 1 else ''}]: {len(graphs[name].nodes)} nodes "
             f"({time.perf_counter() - start:.1f} s)")
@@ -316,7 +328,8 @@ def _write_secure_model(in_dir, out_dir, tmp, graphs: Mapping[str, FrozenGraph],
     weights: dict[str, np.ndarray] = {}
     for name, program in programs.items():
         for key, value in program.weights.items():
-            if key in weights and not np.array_equal(weights[key], value):
+            if key in weights and weights[key] is not value and not np.array_equal(
+                    weights[key], value):
                 raise ConversionError(f"weight {key!r} differs between the signatures")
             weights[key] = value
     _check_weights(weights, arithmetic.fixed_point())

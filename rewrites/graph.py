@@ -216,10 +216,18 @@ class FrozenGraph:
     def _run_folded(self, refs: Sequence[str]) -> dict[str, np.ndarray]:
         sub_def = tf.compat.v1.graph_util.extract_sub_graph(
             self.graph_def, sorted({node_of(r) for r in refs}))
+        weights = []
         for node in sub_def.node:
-            if node.name in self.weight_values:  # the value, back in this small copy only
-                node.attr["value"].tensor.CopyFrom(
-                    tf.make_tensor_proto(self.weight_values[node.name]))
+            if node.name in self.weight_values:
+                # fed as a placeholder: a value copied into the GraphDef (SmolLM2: 0.65 GB) was
+                # serialized, parsed and constant-folded again (31 of the 52 s of classify)
+                dtype, shape = node.attr["dtype"].type, node.attr["value"].tensor.tensor_shape
+                node.op = "Placeholder"
+                node.ClearField("input")
+                node.attr.clear()
+                node.attr["dtype"].type = dtype
+                node.attr["shape"].shape.CopyFrom(shape)
+                weights.append(node.name)
             elif node.op in SHAPE_OPS and node.op != "ShapeN":  # shapes are static: constants
                 value = self._shape_op_value(node)
                 node.op = "Const"
@@ -240,7 +248,12 @@ class FrozenGraph:
         feeds = {graph.get_tensor_by_name(info.name): np.zeros(info.shape,
                                                                info.dtype.as_numpy_dtype)
                  for info in self.inputs.values() if node_of(info.name) in present}
-        with tf.compat.v1.Session(graph=graph) as session:
+        feeds.update({graph.get_tensor_by_name(name + ":0"): self.weight_values[name]
+                      for name in weights if name in present})
+        # run once: Grappler's rewrites would cost more than they save
+        config = tf.compat.v1.ConfigProto()
+        config.graph_options.rewrite_options.disable_meta_optimizer = True
+        with tf.compat.v1.Session(graph=graph, config=config) as session:
             values = session.run(refs, feed_dict=feeds)
         return dict(zip(refs, values))
 
@@ -317,45 +330,71 @@ def load_signature(saved_model_dir: str, signature: str = "serving_default",
     """Loads and freezes one signature; `input_shapes` fills dimensions the signature leaves
     unknown (e.g. {"input_ids": [1, 32]}); `state` pairs outputs with inputs that stay
     secret-shared between calls ({"present_0": "past_0"})."""
-    if not os.path.isdir(saved_model_dir):
-        raise ConversionError(f"{saved_model_dir}: no such SavedModel directory")
-    try:
-        loaded = tf.saved_model.load(saved_model_dir)
-    except Exception as err:  # noqa: BLE001 - the loader raises many types
-        raise ConversionError(f"{saved_model_dir}: cannot load the SavedModel ({err})") from err
-    if signature not in loaded.signatures:
-        raise ConversionError(f"{saved_model_dir} has no signature {signature!r}; it has "
-                              f"{sorted(loaded.signatures)} (choose one with --signature)")
-    fn = loaded.signatures[signature]
-    weight_nodes = {internal.op.name for external, internal in fn.graph.captures
-                    if external.dtype == tf.resource}
-    frozen = _FunctionConverterDataInEager(func=fn, lower_control_flow=True,
-                                           aggressive_inlining=False)
-    graph_def, _ = _replace_variables_by_constants(converter_data=frozen)
-    known_values = {name: data.numpy for name, data in frozen.tensor_data.items()}
-    del frozen, loaded
-    input_shapes = dict(input_shapes or {})
-    inputs: dict[str, TensorInfo] = {}
-    for name, spec in sorted(fn.structured_input_signature[1].items()):
-        shape = list(spec.shape.as_list())
-        if name in input_shapes:
-            given = list(input_shapes.pop(name))
-            if len(given) != len(shape) or any(s is not None and s != g
-                                               for s, g in zip(shape, given)):
-                raise ConversionError(f"--input-shape {name}={'x'.join(map(str, given))} does "
-                                      f"not fit the signature's shape {spec.shape}")
-            shape = given
-        if any(d is None for d in shape):
-            raise ConversionError(f"input {name} has shape {spec.shape} with unknown "
-                                  f"dimensions; secure graphs need static shapes: pass "
-                                  f"--input-shape {name}=" + "x".join(
-                                      "1" if d is None else str(d) for d in shape))
-        inputs[name] = TensorInfo(tensor_name(spec.name or name), tuple(shape), spec.dtype)
-    if input_shapes:
-        raise ConversionError(f"--input-shape {sorted(input_shapes)}: no such signature input")
-    if not isinstance(fn.structured_outputs, dict):
-        raise ConversionError(f"signature {signature!r} must return a dict of named outputs")
-    keys = sorted(fn.structured_outputs)  # flattening order of a dict
-    outputs = {key: t.name for key, t in zip(keys, fn.outputs)}
-    return FrozenGraph(graph_def, inputs, outputs, weight_nodes, public_inputs, state,
-                       known_values)
+    return LoadedSignature(saved_model_dir, signature).frozen(input_shapes, public_inputs, state)
+
+
+class LoadedSignature:
+    """One signature loaded and frozen once, for FrozenGraphs at several input shapes (a
+    decoder's prefill and decode): the frozen variables' values are held once and shared."""
+
+    def __init__(self, saved_model_dir: str, signature: str = "serving_default") -> None:
+        if not os.path.isdir(saved_model_dir):
+            raise ConversionError(f"{saved_model_dir}: no such SavedModel directory")
+        try:
+            loaded = tf.saved_model.load(saved_model_dir)
+        except Exception as err:  # noqa: BLE001 - the loader raises many types
+            raise ConversionError(f"{saved_model_dir}: cannot load the SavedModel ({err})") \
+                from err
+        if signature not in loaded.signatures:
+            raise ConversionError(f"{saved_model_dir} has no signature {signature!r}; it has "
+                                  f"{sorted(loaded.signatures)} (choose one with --signature)")
+        fn = loaded.signatures[signature]
+        self.weight_nodes = {internal.op.name for external, internal in fn.graph.captures
+                             if external.dtype == tf.resource}
+        frozen = _FunctionConverterDataInEager(func=fn, lower_control_flow=True,
+                                               aggressive_inlining=False)
+        graph_def, _ = _replace_variables_by_constants(converter_data=frozen)
+        self.known_values = {name: data.numpy for name, data in frozen.tensor_data.items()}
+        for node in graph_def.node:  # weights' values are known_values': stubs here (dtype,
+            # shape), as FrozenGraph leaves them; each FrozenGraph copies this small GraphDef
+            if (node.op == "Const" and node.name in self.known_values
+                    and node.name in self.weight_nodes):
+                proto = node.attr["value"].tensor
+                node.attr["value"].tensor.CopyFrom(tensor_pb2.TensorProto(
+                    dtype=proto.dtype, tensor_shape=proto.tensor_shape))
+        self.graph_def = graph_def
+        self.input_specs: dict[str, tf.TensorSpec] = dict(fn.structured_input_signature[1])
+        if not isinstance(fn.structured_outputs, dict):
+            raise ConversionError(f"signature {signature!r} must return a dict of named outputs")
+        keys = sorted(fn.structured_outputs)  # flattening order of a dict
+        self.outputs = {key: t.name for key, t in zip(keys, fn.outputs)}
+        del frozen, loaded
+
+    def frozen(self, input_shapes: Mapping[str, Sequence[int]] | None = None,
+               public_inputs: Sequence[str] = (),
+               state: Mapping[str, str] | None = None) -> FrozenGraph:
+        """The FrozenGraph at `input_shapes` (see load_signature)."""
+        input_shapes = dict(input_shapes or {})
+        inputs: dict[str, TensorInfo] = {}
+        for name, spec in sorted(self.input_specs.items()):
+            shape = list(spec.shape.as_list())
+            if name in input_shapes:
+                given = list(input_shapes.pop(name))
+                if len(given) != len(shape) or any(s is not None and s != g
+                                                   for s, g in zip(shape, given)):
+                    raise ConversionError(f"--input-shape {name}={'x'.join(map(str, given))} "
+                                          f"does not fit the signature's shape {spec.shape}")
+                shape = given
+            if any(d is None for d in shape):
+                raise ConversionError(f"input {name} has shape {spec.shape} with unknown "
+                                      f"dimensions; secure graphs need static shapes: pass "
+                                      f"--input-shape {name}=" + "x".join(
+                                          "1" if d is None else str(d) for d in shape))
+            inputs[name] = TensorInfo(tensor_name(spec.name or name), tuple(shape), spec.dtype)
+        if input_shapes:
+            raise ConversionError(f"--input-shape {sorted(input_shapes)}: no such signature "
+                                  "input")
+        graph_def = graph_pb2.GraphDef()
+        graph_def.CopyFrom(self.graph_def)  # FrozenGraph takes its copy over
+        return FrozenGraph(graph_def, inputs, self.outputs, self.weight_nodes, public_inputs,
+                           state, self.known_values)

@@ -160,6 +160,27 @@ def test_unknown_dimensions_need_input_shape(tmp_path):
         graph.load_signature(path, signature="other")
 
 
+def test_one_load_gives_frozen_graphs_at_several_shapes_sharing_their_weights(tmp_path):
+    """A decoder's prefill and decode come from one load and freeze (convert_generation):
+    the weights are held once, each graph has its own GraphDef, and folding a weight's
+    transpose (a plaintext session fed the weight) is exact in both."""
+    w, = _weights((4, 6))
+    path = _save(tmp_path, "m", lambda x: {"y": x @ tf.transpose(tf.transpose(w))},
+                 [tf.TensorSpec([None, 4], tf.float32, name="x")], [w])
+    loaded = graph.LoadedSignature(path)
+    three, five = loaded.frozen({"x": [3, 4]}), loaded.frozen({"x": [5, 4]})
+    assert (three.inputs["x"].shape, five.inputs["x"].shape) == ((3, 4), (5, 4))
+    [name] = three.weight_values
+    assert five.weight_values[name] is three.weight_values[name]  # one array, not a copy
+    assert three.graph_def is not five.graph_def
+    assert not three.nodes[name].attr["value"].tensor.tensor_content  # a stub in the graph
+    for frozen in (three, five):
+        [product] = [n for n in frozen.graph_def.node if n.op in ("MatMul", "BatchMatMulV2")]
+        ref = graph.tensor_name(product.input[1])
+        assert frozen.kind(ref) == Kind.WEIGHT and frozen._stored_const(ref) is None  # computed
+        np.testing.assert_array_equal(frozen.fold([ref])[ref], w.numpy())
+
+
 def test_unsupported_floor_is_named(tmp_path):
     w, = _weights((4, 4))
     path = _save(tmp_path, "m", lambda x: {"y": tf.floor(x @ w)},
