@@ -63,6 +63,8 @@ class _Signature:
             if type_attr and dtype is not None and type_attr not in attrs:
                 attrs[type_attr] = _attr("type", dtype)
         for key, value in given.items():
+            if value is None:
+                continue  # the op's default, as the wrapper takes None
             kind = self.attr_types.get(key)
             if kind not in _SCALAR_KINDS:
                 return None
@@ -132,9 +134,9 @@ def _all_tensors(value) -> bool:
 
 def create(op_type: str, *inputs, name: str | None = None, **attrs):
     """Creates `op_type` in the current graph from tensors (a list for a list input, all
-    positional) and scalar attrs; returns what its generated wrapper would (a tensor, a list for a list
-    output, a named tuple for several outputs, the op for none). None when an input or attr
-    is not one this path handles (the caller then uses the wrapper)."""
+    positional) and scalar attrs; returns what its generated wrapper would (a tensor, a list
+    for a list output, a named tuple for several outputs, the op for none). None when an input
+    or attr is not one this path handles (the caller then uses the wrapper)."""
     if tf.executing_eagerly() or not all(_all_tensors(v) for v in inputs):
         return None
     signature = _signature(op_type)

@@ -127,7 +127,7 @@ class _GraphState:
         self.prss: Prss | None = None
         self.next_stream = 1
         self.turns: dict[str, int] = {}  # round-robin counters (e.g. TruncPr's roles)
-        self.scalars: dict = {}  # (device, value key, dtype) -> constant tensor
+        self.scalars: dict = {}  # (endpoint, value key, dtype) -> constant tensor
 
 
 _graph_states: "weakref.WeakKeyDictionary[tf.Graph, _GraphState]" = weakref.WeakKeyDictionary()
@@ -199,7 +199,16 @@ def const_on(endpoint: Endpoint, value, dtype: tf.DType = tf.int64) -> tf.Tensor
     and device (graphs stay small and quick to trace: MiniLM-128's trace asked for 4,382
     constants, 268 of them distinct).
     """
-    return _cached_constant(device(endpoint), value, dtype)
+    key = _constant_key(value)
+    if key is not None and not tf.executing_eagerly():
+        cache = _state().scalars
+        key = (endpoint, key, dtype)
+        if key not in cache:
+            with tf.device(device(endpoint)), _no_deps():
+                cache[key] = tf.constant(value, dtype=dtype)
+        return cache[key]
+    with tf.device(device(endpoint)):
+        return tf.constant(value, dtype=dtype)
 
 
 @contextlib.contextmanager
@@ -230,19 +239,6 @@ def local_const(value, dtype: tf.DType) -> tf.Tensor:
     if not stack:
         return tf.constant(value, dtype=dtype)
     return const_on(stack[-1], value, dtype)
-
-
-def _cached_constant(device_name: str, value, dtype: tf.DType) -> tf.Tensor:
-    key = _constant_key(value)
-    if key is not None and not tf.executing_eagerly():
-        cache = _state().scalars
-        key = (device_name, key, dtype)
-        if key not in cache:
-            with tf.device(device_name), _no_deps():
-                cache[key] = tf.constant(value, dtype=dtype)
-        return cache[key]
-    with tf.device(device_name):
-        return tf.constant(value, dtype=dtype)
 
 
 SHARED_SEQUENCE_MAX = 16  # longer lists are rare and not worth a cache entry

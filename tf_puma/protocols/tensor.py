@@ -82,7 +82,8 @@ def reduce_sum(x: Shared, axis: int, keepdims: bool = False) -> Shared:
 def scale(x: Shared, factor, frac_bits: int) -> Shared:
     """x times a public integer (or integer array broadcasting with x), labelled with
     `frac_bits` fractional bits: local and exact (int64 wraps as the ring)."""
-    return x.map_local(lambda t: opbuild.multiply(t, runtime.local_const(factor, t.dtype)), frac_bits=frac_bits)
+    return x.map_local(lambda t: opbuild.multiply(t, runtime.local_const(factor, t.dtype)),
+                       frac_bits=frac_bits)
 
 
 def _int32(value) -> tf.Tensor:
