@@ -171,8 +171,7 @@ class FrozenGraph:
                     continue  # architecture, not a weight: stays in the graph (CONST)
                 self.weight_nodes.add(node.name)
                 values[node.name] = value
-                node.attr["value"].tensor.CopyFrom(tensor_pb2.TensorProto(
-                    dtype=proto.dtype, tensor_shape=proto.tensor_shape))
+                _keep_only_dtype_and_shape(node)
         return values
 
     def _is_weight_const(self, node: node_def_pb2.NodeDef) -> bool:
@@ -270,6 +269,12 @@ class FrozenGraph:
         return len(shape)
 
 
+def _keep_only_dtype_and_shape(node: node_def_pb2.NodeDef) -> None:
+    """A weight Const's stub: its value's dtype and shape without its content."""
+    proto = node.attr["value"].tensor
+    proto.CopyFrom(tensor_pb2.TensorProto(dtype=proto.dtype, tensor_shape=proto.tensor_shape))
+
+
 def is_rotary_inverse_frequencies(value: np.ndarray) -> bool:
     """True for the vector theta^(-2i/d), i = 0..d/2-1, theta > 1 (rotary position embedding's
     inverse frequencies, as transformers' rotary layers hold them), to float32 precision. At
@@ -359,9 +364,7 @@ class LoadedSignature:
             # shape), as FrozenGraph leaves them; each FrozenGraph copies this small GraphDef
             if (node.op == "Const" and node.name in self.known_values
                     and node.name in self.weight_nodes):
-                proto = node.attr["value"].tensor
-                node.attr["value"].tensor.CopyFrom(tensor_pb2.TensorProto(
-                    dtype=proto.dtype, tensor_shape=proto.tensor_shape))
+                _keep_only_dtype_and_shape(node)
         self.graph_def = graph_def
         self.input_specs: dict[str, tf.TensorSpec] = dict(fn.structured_input_signature[1])
         if not isinstance(fn.structured_outputs, dict):

@@ -29,6 +29,7 @@ import tensorflow as tf
 from tf_puma import _ops, config, costs, opbuild, runtime
 from tf_puma.cluster import NUM_PARTIES
 from tf_puma.fixedpoint import FixedPoint
+from tf_puma.protocols import tensor
 from tf_puma.sharing import Shared
 
 Public = Union[float, int, np.ndarray]
@@ -51,7 +52,7 @@ def _aligned(x: Shared, y: Shared) -> tuple[Shared, Shared]:
         y, x = _aligned(y, x)
         return x, y
     shift = 2 ** (x.frac_bits - y.frac_bits)
-    return x, y.map_local(lambda s: s * shift, frac_bits=x.frac_bits)
+    return x, tensor.scale(y, shift, x.frac_bits)
 
 
 def _sharewise(x: Shared, y: Shared, fn) -> Shared:
@@ -127,13 +128,7 @@ def mul_public(x: Shared, c: Public, fxp: FixedPoint | None = None,
     frac = 0 if integral else fxp.frac_bits + _extra_coeff_bits(c)
     enc = _encode_public(c, frac)
     with costs.protocol("mul_public", rounds=0 if integral else trunc_rounds()):
-        pairs = []
-        for i in range(NUM_PARTIES):
-            with tf.device(runtime.device(i)):
-                k = runtime.const_on(i, enc)
-                pairs.append((opbuild.multiply(x.pairs[i][0], k),
-                              opbuild.multiply(x.pairs[i][1], k)))
-        product = Shared(pairs, x.frac_bits + frac, x.depth)
+        product = tensor.scale(x, enc, x.frac_bits + frac)
         return rescale(product, fxp.frac_bits if frac_out is None else frac_out)
 
 
