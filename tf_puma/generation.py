@@ -44,10 +44,13 @@ class SecureGenerator(SecureModel):
         self.prompt_tokens = int(generation["prompt_tokens"])
         self.state = {past: (entry["output"], tuple(entry["shape"]))
                       for past, entry in generation["state"].items()}
-        self.prefill = self.loaded.signatures["prefill"]
+        self.prefill = self.library.signatures["prefill"]
         self.has_logits = "logits" in self.manifest.outputs
         self.last_logits: np.ndarray | None = None  # the last step's logits, if revealed
         self._empty_cache = self._empty_cache_function()
+
+    def _extra_signatures(self) -> list[str]:
+        return ["prefill"]
 
     def close(self) -> None:
         """Releases both signatures' functions on the parties; later calls raise ModelClosed."""
@@ -141,8 +144,7 @@ class SecureGenerator(SecureModel):
     def _step(self, signature, feeds: dict, cache: dict, done: int) -> dict:
         """One secure call: the client's feeds plus the cache's shares (handles on the
         parties) in; next token (and logits) revealed, the next cache's shares left there."""
-        shares = {name: cache[name] for name in signature.structured_input_signature[1]
-                  if name not in feeds}
+        shares = {name: cache[name] for name in signature.input_names if name not in feeds}
         args = {**{k: tf.constant(v) for k, v in feeds.items()}, **shares}
         try:
             return self._call_with_deadline(args, signature)

@@ -4,8 +4,9 @@
     model = tf_puma.load("OUT_DIR")          # for tf_puma.connection.current(), or connection=
     outputs = model(input_ids=ids, attention_mask=mask)   # plaintext, on the client
 
-`tf.saved_model.load(OUT_DIR)` works too once the op library is loaded (`tf_puma.load` does that
-and checks inputs against the manifest so mistakes are named before anything runs).
+`tf.saved_model.load(OUT_DIR)` works too once the op library is loaded; `tf_puma.load` loads the
+op library, checks inputs against the manifest so mistakes are named before anything runs, and
+registers only the signature's functions (tf_puma.function_library: no Python graph per op).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tf_puma import connection as connection_lib
 from tf_puma import manifest as manifest_lib
 from tf_puma.cluster import PartyUnavailable, await_parties
 from tf_puma.connection import Connection
+from tf_puma.function_library import FunctionLibrary, SignatureFunction
 from tf_puma.manifest import Manifest, ManifestError  # noqa: F401 - ManifestError re-exported
 
 
@@ -113,14 +115,18 @@ class SecureModel:
         self.dir = model_dir
         self.manifest = read_manifest(model_dir)
         self.signature_name = signature or self.manifest.signature
-        self.loaded: Any = tf.saved_model.load(model_dir)
-        if self.signature_name not in self.loaded.signatures:
-            raise KeyError(f"{model_dir} has no signature {self.signature_name!r}")
-        self.signature: Any = self.loaded.signatures[self.signature_name]
+        names = [self.signature_name] + [n for n in self._extra_signatures()
+                                         if n != self.signature_name]
+        self.library: FunctionLibrary | None = FunctionLibrary(model_dir, names)
+        self.signature: SignatureFunction | None = self.library.signatures[self.signature_name]
         self.deadline_s = deadline_s
         self._last_call_s: float | None = None
         self._needs_reconnect = False
         self.connection.track(self)
+
+    def _extra_signatures(self) -> list[str]:
+        """Signatures loaded beside the called one (a generation model's prefill)."""
+        return []
 
     def _deadline(self) -> float:
         if self.deadline_s is not None:
@@ -131,7 +137,10 @@ class SecureModel:
 
     def close(self) -> None:
         """Releases the model's functions on the parties; later calls raise ModelClosed."""
-        self.signature = self.loaded = None
+        self.signature = None
+        if self.library is not None:
+            self.library.release()
+            self.library = None
 
     def __call__(self, **inputs: Any) -> dict[str, tf.Tensor]:
         if self.manifest.generation is not None:
@@ -191,7 +200,7 @@ class SecureModel:
             return False
 
     def _call_with_deadline(self, feeds: dict[str, tf.Tensor],
-                            signature: Any = None) -> dict[str, tf.Tensor]:
+                            signature: SignatureFunction | None = None) -> dict[str, tf.Tensor]:
         result: dict[str, Any] = {}
         signature = signature or self.signature
 

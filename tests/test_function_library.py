@@ -1,0 +1,110 @@
+"""tf_puma.function_library: a SavedModel's signatures called without tf.saved_model.load."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+from tf_puma.function_library import FunctionLibrary
+
+
+def _save(path: str, scale: float) -> str:
+    """Two signatures; one branches (an If with two branch functions) and calls a nested
+    tf.function, so the library holds functions that call functions."""
+
+    @tf.function
+    def inner(x):
+        return x * scale
+
+    @tf.function(input_signature=[tf.TensorSpec([2, 3], tf.float32, name="x"),
+                                  tf.TensorSpec([], tf.int32, name="k")])
+    def branchy(x, k):
+        y = tf.cond(k > 0, lambda: inner(x) + 1.0, lambda: inner(x) - 1.0)
+        return {"y": y, "total": tf.reduce_sum(y), "k2": k * 2}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="v")])
+    def plain(v):
+        return {"w": tf.sqrt(v)}
+
+    module = tf.Module()
+    tf.saved_model.save(module, path, signatures={"serving_default": branchy, "other": plain})
+    return path
+
+
+def _save_in_process(path: str, scale: float) -> str:
+    """The model saved by a fresh Python process: its functions get the names the same trace
+    gets in any fresh process, so two such models share every function name."""
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
+            f"import test_function_library as t; t._save({path!r}, {scale!r})")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
+    return path
+
+
+def _function_names(path: str) -> list[str]:
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString(open(os.path.join(path, "saved_model.pb"), "rb").read())
+    return [f.signature.name for f in saved.meta_graphs[0].graph_def.library.function]
+
+
+def test_signatures_give_what_tf_saved_model_load_gives(tmp_path):
+    path = _save(str(tmp_path / "m"), 3.0)
+    library = FunctionLibrary(path, ["serving_default", "other"])
+    restored = tf.saved_model.load(path).signatures
+    x = tf.constant(np.arange(6, dtype=np.float32).reshape(2, 3) - 2.5)
+    for k in (1, -1):
+        got = library.signatures["serving_default"](x=x, k=tf.constant(k))
+        want = restored["serving_default"](x=x, k=tf.constant(k))
+        assert sorted(got) == ["k2", "total", "y"]
+        for key in want:
+            np.testing.assert_array_equal(got[key].numpy(), want[key].numpy())
+    np.testing.assert_array_equal(library.signatures["other"](v=tf.constant([4.0, 9.0]))["w"],
+                                  [2.0, 3.0])
+    assert library.signatures["serving_default"].input_names == ["k", "x"]  # the call's order
+
+
+def test_models_whose_functions_share_names_stay_apart_and_release_only_their_own(tmp_path):
+    a = _save_in_process(str(tmp_path / "a"), 3.0)
+    b = _save_in_process(str(tmp_path / "b"), 5.0)
+    assert sorted(_function_names(a)) == sorted(_function_names(b))
+    lib_a, lib_b = FunctionLibrary(a, ["serving_default"]), FunctionLibrary(b, ["serving_default"])
+    x, k = tf.ones([2, 3]), tf.constant(1)
+    assert float(lib_a.signatures["serving_default"](x=x, k=k)["total"]) == 6 * 4.0
+    assert float(lib_b.signatures["serving_default"](x=x, k=k)["total"]) == 6 * 6.0
+    call_a = lib_a.signatures["serving_default"]
+    lib_a.release()
+    with pytest.raises(tf.errors.NotFoundError):
+        call_a(x=x, k=k)
+    assert float(lib_b.signatures["serving_default"](x=x, k=k)["total"]) == 6 * 6.0
+    lib_b.release()
+    lib_b.release()  # idempotent
+
+
+def test_mistakes_are_named(tmp_path):
+    path = _save(str(tmp_path / "m"), 1.0)
+    with pytest.raises(KeyError, match=r"has no signature 'nope' \(it has \['other', "
+                                       r"'serving_default'\]\)"):
+        FunctionLibrary(path, ["nope"])
+    library = FunctionLibrary(path, ["serving_default"])
+    with pytest.raises(TypeError, match=r"takes \['k', 'x'\]; missing \['k'\], unexpected "
+                                        r"\['z'\]"):
+        library.signatures["serving_default"](x=tf.ones([2, 3]), z=1)
+    with pytest.raises(FileNotFoundError, match="is not a SavedModel"):
+        FunctionLibrary(str(tmp_path / "missing"), ["serving_default"])
+
+    class WithState(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.v = tf.Variable(2.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([], tf.float32)])
+        def __call__(self, x):
+            return {"y": x * self.v}
+
+    stateful = WithState()
+    tf.saved_model.save(stateful, str(tmp_path / "s"), signatures=stateful.__call__)
+    with pytest.raises(ValueError, match="reads state that is not one of its inputs"):
+        FunctionLibrary(str(tmp_path / "s"), ["serving_default"])

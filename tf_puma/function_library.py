@@ -1,0 +1,182 @@
+"""A SavedModel's signatures as functions of the eager context, without `tf.saved_model.load`.
+
+`tf.saved_model.load` rebuilds every function of the model's library as a Python FuncGraph, one
+Python object per op, before anything is called. A client only calls the signatures, whose
+graphs (tens of thousands of ops each for a secure model) then sit in its memory for nothing:
+for SmolLM2's generation model (two signatures of 77k ops) that load took 32 s and 1.8 GB.
+
+Here the client registers the FunctionDefs a signature needs with the eager context as they are
+(C++ only) and calls the signature's function by name, as a restored ConcreteFunction does when
+executing eagerly (`context.call_function`: TF's runtime partitions it across the devices named
+in it, the party tasks included). Every function is registered under a name of its own for this
+load, so two models (or two loads of one) in a process never meet. `release()` removes them
+again, which also releases their instantiations on the parties.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from typing import Iterable, Mapping
+
+import tensorflow as tf
+from tensorflow.core.framework import attr_value_pb2, function_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.python.eager import context
+
+_CALL_OPS = ("StatefulPartitionedCall", "PartitionedCall")
+_load_ids = itertools.count()
+_load_ids_lock = threading.Lock()
+
+
+class SignatureFunction:
+    """One signature of a SavedModel, callable with its named inputs (tensors, including
+    tensors on other tasks) and returning {output name: tensor}, like
+    `tf.saved_model.load(d).signatures[name]`."""
+
+    def __init__(self, name: str, function_name: str, input_names: list[str],
+                 output_index: dict[str, int], num_outputs: int):
+        self.name = name
+        self.function_name = function_name
+        self.input_names = input_names      # the order of the function's arguments
+        self.output_index = output_index    # output name -> position in the function's outputs
+        self.num_outputs = num_outputs
+
+    def __call__(self, **inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        missing = [k for k in self.input_names if k not in inputs]
+        extra = sorted(set(inputs) - set(self.input_names))
+        if missing or extra:
+            raise TypeError(f"signature {self.name!r} takes {self.input_names}; missing "
+                            f"{missing}, unexpected {extra}")
+        args = [tf.convert_to_tensor(inputs[k]) for k in self.input_names]
+        flat = context.context().call_function(self.function_name.encode(), args,
+                                               self.num_outputs)
+        return {key: flat[i] for key, i in self.output_index.items()}
+
+
+class FunctionLibrary:
+    """The named signatures of the SavedModel in `model_dir`, registered for eager calls."""
+
+    def __init__(self, model_dir: str, signatures: Iterable[str]):
+        meta_graph = _read_meta_graph(model_dir)
+        library = {f.signature.name: f for f in meta_graph.graph_def.library.function}
+        nodes = {n.name: n for n in meta_graph.graph_def.node}
+        with _load_ids_lock:
+            suffix = f"_tfpuma{next(_load_ids)}"
+        self.signatures: dict[str, SignatureFunction] = {}
+        needed: list[str] = []
+        for name in signatures:
+            if name not in meta_graph.signature_def:
+                raise KeyError(f"{model_dir} has no signature {name!r} (it has "
+                               f"{sorted(k for k in meta_graph.signature_def if '__' not in k)})")
+            signature, called = _signature_function(model_dir, name,
+                                                    meta_graph.signature_def[name], nodes,
+                                                    library, suffix)
+            self.signatures[name] = signature
+            needed.append(called)
+        self._names: list[str] = []
+        ctx = context.context()
+        ctx.ensure_initialized()
+        for renamed in _closure(needed, library):  # renamed in place: no second copy
+            renamed.signature.name += suffix
+            for node in renamed.node_def:
+                if node.op in library:  # a function called as an op
+                    node.op += suffix
+                for value in node.attr.values():
+                    _rename_functions(value, library, suffix)
+            ctx.add_function_def(renamed)
+            self._names.append(renamed.signature.name)
+
+    def release(self) -> None:
+        """Removes this load's functions from the eager context (idempotent)."""
+        ctx = context.context()
+        for name in self._names:
+            if ctx.has_function(name):
+                ctx.remove_function(name)
+        self._names = []
+        self.signatures = {}
+
+
+def _read_meta_graph(model_dir: str) -> meta_graph_pb2.MetaGraphDef:
+    path = os.path.join(model_dir, "saved_model.pb")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise FileNotFoundError(f"{model_dir} is not a SavedModel: cannot read {path} "
+                                f"({err.strerror})") from None
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString(data)
+    for meta_graph in saved.meta_graphs:
+        if tf.saved_model.SERVING in meta_graph.meta_info_def.tags:
+            return meta_graph
+    raise ValueError(f"{path} has no MetaGraph tagged 'serve'")
+
+
+def _signature_function(model_dir: str, name: str, signature: meta_graph_pb2.SignatureDef,
+                        nodes: Mapping, library: Mapping, suffix: str
+                        ) -> tuple[SignatureFunction, str]:
+    """The signature's call node in the SavedModel's graph: which function, its arguments in
+    order (each one of the signature's inputs) and where each output comes from."""
+    callers = {t.name.split(":")[0] for t in signature.outputs.values()}
+    if len(callers) != 1 or nodes.get(next(iter(callers))) is None \
+            or nodes[next(iter(callers))].op not in _CALL_OPS:
+        raise ValueError(f"{model_dir}: signature {name!r} is not one function call (outputs "
+                         f"from {sorted(callers)}); load it with tf.saved_model.load")
+    call = nodes[callers.pop()]
+    input_of = {t.name.split(":")[0]: key for key, t in signature.inputs.items()}
+    arguments = [i.split(":")[0] for i in call.input if not i.startswith("^")]
+    captured = [a for a in arguments if a not in input_of]
+    if captured:
+        raise ValueError(f"{model_dir}: signature {name!r} reads state that is not one of its "
+                         f"inputs ({captured[:3]}); load it with tf.saved_model.load")
+    called = call.attr["f"].func.name
+    if called not in library:
+        raise ValueError(f"{model_dir}: signature {name!r} calls {called!r}, which the "
+                         "SavedModel's function library lacks")
+    outputs = {key: int(t.name.split(":")[1]) if ":" in t.name else 0
+               for key, t in signature.outputs.items()}
+    num_outputs = len(library[called].signature.output_arg)
+    return (SignatureFunction(name, called + suffix, [input_of[a] for a in arguments], outputs,
+                              num_outputs), called)
+
+
+def _closure(roots: list[str], library: Mapping) -> list[function_pb2.FunctionDef]:
+    """The functions `roots` call, directly or not (If/While branches, nested calls)."""
+    seen: dict[str, None] = {}
+    stack = list(roots)
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in library:
+            continue
+        seen[name] = None
+        for node in library[name].node_def:
+            if node.op in library:
+                stack.append(node.op)
+            for value in node.attr.values():
+                stack.extend(_function_names(value))
+    return [library[name] for name in seen]
+
+
+def _function_names(value: attr_value_pb2.AttrValue) -> list[str]:
+    kind = value.WhichOneof("value")
+    if kind == "func":
+        return [value.func.name] + [n for v in value.func.attr.values()
+                                    for n in _function_names(v)]
+    if kind == "list":
+        return [f.name for f in value.list.func]
+    return []
+
+
+def _rename_functions(value: attr_value_pb2.AttrValue, library: Mapping, suffix: str) -> None:
+    kind = value.WhichOneof("value")
+    if kind == "func":
+        if value.func.name in library:
+            value.func.name += suffix
+        for nested in value.func.attr.values():
+            _rename_functions(nested, library, suffix)
+    elif kind == "list":
+        for func in value.list.func:
+            if func.name in library:
+                func.name += suffix
