@@ -1,9 +1,13 @@
 // Ring GEMM over Z_2^64: packed panels, register-blocked micro-kernels, run-time dispatch.
 //
-// op(A) is packed once per call into micro-panels ([M/MR][K][MR], zero-padded); op(B) (+ op(B2))
-// kNc columns at a time ([kNc/NR][K][NR]), so the scratch is K x kNc, not a copy of a weight
-// matrix. For each column block the MR x NR tiles of C are computed in parallel, each over the
-// full K. The AVX-512 micro-kernel keeps an 8 x 16 tile of C in 16 zmm registers and multiplies
+// The inner dimension is taken kKc at a time. For each slice, op(A) is packed into micro-panels
+// ([M/MR][kc][MR], zero-padded) and op(B) (+ op(B2)) kNc columns at a time ([kNc/NR][kc][NR]), so
+// the scratch is at most M x kKc plus kKc x kNc, never a copy of a weight matrix or of a one-hot
+// row block (an embedding's product has K = the vocabulary: 49,152 for SmolLM2, whose panels
+// packed over the full K took 250 MB), and a tile's A and B panels stay in cache (the one-hot
+// product [128,30522]x[30522,384] took 805 ms over the full K, 285 ms in 1,024-wide slices).
+// For each column block the MR x NR tiles of C are computed in parallel over the slice and
+// added to C. The AVX-512 micro-kernel keeps an 8 x 16 tile of C in 16 zmm registers and multiplies
 // with vpmullq (AVX512DQ); the portable kernel does the same arithmetic in scalar code. Both give
 // the exact product mod 2^64, so results are bit-identical.
 #include "custom_ops/ring_gemm.h"
@@ -21,6 +25,7 @@ namespace {
 constexpr int64_t kMr = 8;   // rows of a micro-tile
 constexpr int64_t kNr = 16;  // columns of a micro-tile (two zmm registers of 8 lanes)
 constexpr int64_t kNc = 512;  // columns of op(B) packed at a time (a multiple of kNr)
+constexpr int64_t kKc = 1024;  // inner-dimension slice packed at a time (a tile's panels: L2)
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -265,30 +270,39 @@ void RingGemmAccumulate(int64_t M, int64_t N, int64_t K, const uint64_t* A, int6
   const MicroKernel kernel = ChooseKernel(path);
   const int64_t a_panels = CeilDiv(M, kMr), b_panels = CeilDiv(N, kNr);
   const int64_t block_panels = std::min(b_panels, kNc / kNr);
-  std::unique_ptr<uint64_t[]> packed_a(new uint64_t[a_panels * K * kMr]);
-  std::unique_ptr<uint64_t[]> packed_b(new uint64_t[block_panels * K * kNr]);
-  runner(a_panels, K * kMr * 2, [&](int64_t b, int64_t e) {
-    PackA(M, K, A, lda, trans_a, packed_a.get(), b, e);
-  });
-  for (int64_t q0 = 0; q0 < b_panels; q0 += block_panels) {
-    const int64_t q1 = std::min(b_panels, q0 + block_panels);
-    runner(q1 - q0, K * kNr * (B2 ? 3 : 2), [&](int64_t b, int64_t e) {
-      PackB(N, K, B, B2, ldb, trans_b, packed_b.get(), q0, q0 + b, q0 + e);
+  const int64_t kc_max = std::min(K, kKc);
+  std::unique_ptr<uint64_t[]> packed_a(new uint64_t[a_panels * kc_max * kMr]);
+  std::unique_ptr<uint64_t[]> packed_b(new uint64_t[block_panels * kc_max * kNr]);
+  for (int64_t k0 = 0; k0 < K; k0 += kKc) {
+    const int64_t kc = std::min(kKc, K - k0);
+    // op(A)[:, k0:k0+kc] and op(B)[k0:k0+kc, :] with the same leading dimensions
+    const uint64_t* a_k = trans_a ? A + k0 * lda : A + k0;
+    const uint64_t* b_k = trans_b ? B + k0 : B + k0 * ldb;
+    const uint64_t* b2_k = B2 == nullptr ? nullptr : trans_b ? B2 + k0 : B2 + k0 * ldb;
+    runner(a_panels, kc * kMr * 2, [&](int64_t b, int64_t e) {
+      PackA(M, kc, a_k, lda, trans_a, packed_a.get(), b, e);
     });
-    // Tiles ordered B-panel-major so consecutive tiles of one worker reuse a B panel from cache.
-    const int64_t tiles = a_panels * (q1 - q0);
-    runner(tiles, K * kMr * kNr, [&](int64_t begin, int64_t end) {
-      alignas(64) uint64_t tile[kMr * kNr];
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t q = q0 + t / a_panels, p = t % a_panels;
-        kernel(K, packed_a.get() + p * K * kMr, packed_b.get() + (q - q0) * K * kNr, tile);
-        const int64_t rows = std::min(kMr, M - p * kMr), cols = std::min(kNr, N - q * kNr);
-        for (int64_t r = 0; r < rows; ++r) {
-          uint64_t* c_row = C + (p * kMr + r) * ldc + q * kNr;
-          for (int64_t c = 0; c < cols; ++c) c_row[c] += tile[r * kNr + c];
+    for (int64_t q0 = 0; q0 < b_panels; q0 += block_panels) {
+      const int64_t q1 = std::min(b_panels, q0 + block_panels);
+      runner(q1 - q0, kc * kNr * (B2 ? 3 : 2), [&](int64_t b, int64_t e) {
+        PackB(N, kc, b_k, b2_k, ldb, trans_b, packed_b.get(), q0, q0 + b, q0 + e);
+      });
+      // Tiles ordered B-panel-major so consecutive tiles of one worker reuse a B panel from
+      // cache.
+      const int64_t tiles = a_panels * (q1 - q0);
+      runner(tiles, kc * kMr * kNr, [&](int64_t begin, int64_t end) {
+        alignas(64) uint64_t tile[kMr * kNr];
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t q = q0 + t / a_panels, p = t % a_panels;
+          kernel(kc, packed_a.get() + p * kc * kMr, packed_b.get() + (q - q0) * kc * kNr, tile);
+          const int64_t rows = std::min(kMr, M - p * kMr), cols = std::min(kNr, N - q * kNr);
+          for (int64_t r = 0; r < rows; ++r) {
+            uint64_t* c_row = C + (p * kMr + r) * ldc + q * kNr;
+            for (int64_t c = 0; c < cols; ++c) c_row[c] += tile[r * kNr + c];
+          }
         }
-      }
-    });
+      });
+    }
   }
 }
 

@@ -25,9 +25,10 @@ ParallelRunner SerialRunner();
 // it falls back to portable).
 enum class GemmPath { kAuto, kPortable, kAvx512 };
 
-// C += op(A) @ (op(B) + op(B2)) over Z_2^64; B2 may be null (then C += op(A) @ op(B)). op(B)
-// is packed (with B2 added) a block of columns at a time: the scratch is K x 512 values and
-// A's panels, never a copy of B, and no B + B2 is stored.
+// C += op(A) @ (op(B) + op(B2)) over Z_2^64; B2 may be null (then C += op(A) @ op(B)). The
+// inner dimension is taken 1,024 at a time, and op(B) is packed (with B2 added) a block of
+// columns at a time: the scratch is at most 1,024 x 512 values and M x 1,024 of A's panels,
+// never a copy of B or of A, and no B + B2 is stored.
 void RingGemmAccumulate(int64_t M, int64_t N, int64_t K, const uint64_t* A, int64_t lda,
                         bool trans_a, const uint64_t* B, const uint64_t* B2, int64_t ldb,
                         bool trans_b, uint64_t* C, int64_t ldc, const ParallelRunner& runner,

@@ -133,7 +133,9 @@ def test_ring_matmul_matches_numpy(m, k, n, ta, tb):
                                          (1, 700, 1100, False, False), (8, 65, 530, True, True),
                                          (3, 33, 1030, False, True), (9, 40, 600, True, False),
                                          # packed, B packed 512 columns at a time: 3 blocks
-                                         (20, 40, 1100, False, True), (9, 70, 1030, True, False)])
+                                         (20, 40, 1100, False, True), (9, 70, 1030, True, False),
+                                         # the inner dimension in 1,024-wide slices: 3 and 2
+                                         (20, 2085, 70, False, False), (9, 1025, 530, True, True)])
 def test_portable_and_avx512_kernels_are_bit_identical(m, k, n, ta, tb):
     a, b = random_ring([k, m] if ta else [m, k]), random_ring([n, k] if tb else [k, n])
     outs = [ops.puma_ring_mat_mul(a, b, transpose_a=ta, transpose_b=tb, kernel=kern).numpy()
@@ -204,6 +206,23 @@ def test_matmul_share_of_a_few_rows_with_a_weight(m, tb):
                                 keys[(i + 1) % 3], stream=5, transpose_b=tb).numpy()
          for i in range(3)]
     np.testing.assert_array_equal(ring_sum(z), ring_matmul_ref(ring_sum(xb), w.T if tb else w))
+
+
+@pytest.mark.parametrize("tb", [False, True])
+def test_matmul_share_with_a_vocabulary_sized_inner_dimension(tb):
+    """An embedding's one-hot product: 20 rows of one-hot shares by a table of 8,229 rows, the
+    inner dimension taken in nine 1,024-wide slices (y_own + y_next summed while packing each)."""
+    keys = [tf.constant(random_ring([2])) for _ in range(3)]
+    vocab, width = 8229, 40
+    one_hot = np.zeros([20, vocab], np.int64)
+    one_hot[np.arange(20), np.random.default_rng(3).integers(0, vocab, 20)] = 1
+    one_hot[:, [0, 1023, 1024, 8191, 8192, vocab - 1]] = 1  # columns at the slices' edges too
+    table = random_ring([width, vocab]) if tb else random_ring([vocab, width])
+    xb, ws = replicated(one_hot), replicated(table)
+    z = [ops.puma_mat_mul_share(xb[i], xb[(i + 1) % 3], ws[i], ws[(i + 1) % 3], keys[i],
+                                keys[(i + 1) % 3], stream=7, transpose_b=tb).numpy()
+         for i in range(3)]
+    np.testing.assert_array_equal(ring_sum(z), ring_matmul_ref(one_hot, table.T if tb else table))
 
 
 # --- TruncPr local steps, the three roles simulated in one process --------------------------
