@@ -166,8 +166,8 @@ def cast(ctx, node, args):
 def _add(ctx, node, a: Value, b: Value) -> Shared:
     out_shape = ctx.output_shape(node)
     for x, c in ((a, b), (b, a)):
-        if isinstance(c, np.ndarray):
-            return arithmetic.add_public(ctx.broadcast(ctx.shared(x), out_shape), c)
+        if isinstance(c, (np.ndarray, np.generic)):  # a numpy scalar too (see _mul)
+            return arithmetic.add_public(ctx.broadcast(ctx.shared(x), out_shape), np.asarray(c))
     return ctx.broadcast(arithmetic.add(*ctx.aligned([a, b])), out_shape)
 
 
@@ -202,9 +202,12 @@ def add_n(ctx, node, args):
 
 # ---- products --------------------------------------------------------------------------------
 def _mul(ctx, node, a: Value, b: Value) -> Shared:
+    # A constant may arrive as a numpy scalar (1 / c or -c of a 0-d array): taken for a value
+    # to share, it made a share product with the constant broadcast to the output's shape.
     for x, c in ((a, b), (b, a)):
-        if isinstance(c, np.ndarray):
-            return ctx.broadcast(arithmetic.mul_public(ctx.shared(x), c), ctx.output_shape(node))
+        if isinstance(c, (np.ndarray, np.generic)):
+            return ctx.broadcast(arithmetic.mul_public(ctx.shared(x), np.asarray(c)),
+                                 ctx.output_shape(node))
     return arithmetic.mul(ctx.shared(a), ctx.shared(b))
 
 

@@ -390,6 +390,35 @@ def test_division_powers_and_two_secret_rules_match_plaintext(tmp_path, cluster,
     assert all(errors[k] <= bounds[k] for k in bounds), (errors, bounds)
 
 
+def test_a_secret_divided_by_or_minus_a_scalar_constant_stays_a_local_product(tmp_path):
+    """`h / 8` and `h - 1.5` with 0-d constants (attention's 1/sqrt(d)): numpy turns 1 / c and -c
+    of a 0-d array into scalars, which the rules once took for values to share, so the division
+    became a share product with the constant broadcast to the scores' shape on every party (2.3
+    MB each per SmolLM2 layer at 128 tokens). Now: mul_public and add_public, no share product
+    and no constant broadcast."""
+    w, = _weights((6, 8), seed=5)
+
+    def fn(x):
+        h = tf.einsum("bsi,ij->bsj", x, w)
+        return {"y": h / tf.constant(8.0) - tf.constant(1.5)}
+
+    plain = _save(tmp_path, "plain", fn, [tf.TensorSpec([2, 5, 6], tf.float32, name="x")], [w])
+    secure = str(tmp_path / "secure")
+    convert.convert(plain, secure, **QUIET)
+    from tensorflow.core.protobuf import saved_model_pb2  # noqa: PLC0415
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(secure, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    nodes = [n for f in saved.meta_graphs[0].graph_def.library.function for n in f.node_def]
+    by_name = {n.name: n for n in nodes}
+    assert sum(n.op == "PumaMatMulShare" for n in nodes) == 3  # x @ w, one per party
+    assert not [n.name for n in nodes if n.op == "PumaMulShare"]
+    constant_broadcasts = [n.name for n in nodes if n.op == "BroadcastTo" and
+                           by_name[n.input[0].split(":")[0]].op in ("Const", "Fill")]
+    assert not constant_broadcasts
+
+
 def test_keras_layer_norms_on_any_axis_and_in_the_fused_form(tmp_path, cluster, deploy):
     """Keras LayerNormalization(axis=1) is not the last-axis idiom: it converts through the
     generic rules (Mean, SquaredDifference, lone Rsqrt with its range). With epsilon >= 1.001e-5
