@@ -18,10 +18,10 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import tensorflow as tf
-from tensorflow.core.framework import attr_value_pb2, function_pb2
+from tensorflow.core.framework import attr_value_pb2, function_pb2, node_def_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow.python.eager import context
 
@@ -83,8 +83,9 @@ class FunctionLibrary:
             for node in renamed.node_def:
                 if node.op in library:  # a function called as an op
                     node.op += suffix
-                for value in node.attr.values():
-                    _rename_functions(value, library, suffix)
+                for ref in _function_refs(node):
+                    if ref.name in library:
+                        ref.name += suffix
             ctx.add_function_def(renamed)
             self._names.append(renamed.signature.name)
 
@@ -154,29 +155,19 @@ def _closure(roots: list[str], library: Mapping) -> list[function_pb2.FunctionDe
         for node in library[name].node_def:
             if node.op in library:
                 stack.append(node.op)
-            for value in node.attr.values():
-                stack.extend(_function_names(value))
+            stack.extend(ref.name for ref in _function_refs(node))
     return [library[name] for name in seen]
 
 
-def _function_names(value: attr_value_pb2.AttrValue) -> list[str]:
-    kind = value.WhichOneof("value")
-    if kind == "func":
-        return [value.func.name] + [n for v in value.func.attr.values()
-                                    for n in _function_names(v)]
-    if kind == "list":
-        return [f.name for f in value.list.func]
-    return []
-
-
-def _rename_functions(value: attr_value_pb2.AttrValue, library: Mapping, suffix: str) -> None:
-    kind = value.WhichOneof("value")
-    if kind == "func":
-        if value.func.name in library:
-            value.func.name += suffix
-        for nested in value.func.attr.values():
-            _rename_functions(nested, library, suffix)
-    elif kind == "list":
-        for func in value.list.func:
-            if func.name in library:
-                func.name += suffix
+def _function_refs(node: node_def_pb2.NodeDef) -> Iterator[attr_value_pb2.NameAttrList]:
+    """The functions a node's attrs name (If/While branches, a call's `f`, nested in a func
+    attr's own attrs), as the protos themselves: renaming one renames the reference."""
+    stack = list(node.attr.values())
+    while stack:
+        value = stack.pop()
+        kind = value.WhichOneof("value")
+        if kind == "func":
+            yield value.func
+            stack.extend(value.func.attr.values())
+        elif kind == "list":
+            yield from value.list.func
