@@ -21,6 +21,7 @@ Figures are per call: the share of the window a kind takes, times the steady cal
 
 from __future__ import annotations
 
+import argparse
 import glob
 import os
 import re
@@ -109,13 +110,13 @@ def read_party(path: str) -> tuple[dict[str, float], dict[str, float]]:
     return dict(by_kind), dict(by_scope)
 
 
-def profile(name: str, seconds: float) -> dict:
+def profile(name: str, seconds: float, trunc_rounds: int = 2) -> dict:
     import numpy as np  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
     work = tempfile.mkdtemp(prefix=f"tf-puma-profile-{name}-")
     try:
-        prepare_in_child(MODELS_SCRIPT, [name, work], work)
+        prepare_in_child(MODELS_SCRIPT, [name, work, str(trunc_rounds)], work)
         saved = np.load(os.path.join(work, "reference.npz"))
         inputs = {k: saved[k] for k in ("input_ids", "attention_mask")}
         secure_dir = os.path.join(work, "secure")
@@ -201,14 +202,13 @@ def report(result: dict) -> None:
 
 
 def main(argv: list[str]) -> None:
-    args = [a for a in argv[1:]]
-    seconds = 8.0
-    if "--seconds" in args:
-        at = args.index("--seconds")
-        seconds = float(args[at + 1])
-        del args[at:at + 2]
-    name = args[0] if args else "minilm-128"
-    report(profile(name, seconds))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", nargs="?", default="minilm-128", help="a models.py model")
+    parser.add_argument("--seconds", type=float, default=8.0, help="the profiled window")
+    parser.add_argument("--trunc-rounds", type=int, choices=(2, 3), default=2,
+                        help="convert --trunc-rounds")
+    args = parser.parse_args(argv[1:])
+    report(profile(args.model, args.seconds, args.trunc_rounds))
 
 
 if __name__ == "__main__":
