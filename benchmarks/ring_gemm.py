@@ -1,7 +1,9 @@
 """Ring GEMM kernel (PumaRingMatMul, Z_2^64) against TensorFlow's int64 and float32 matmul.
 
 Prints G multiply-adds per second (M*N*K / time) on this machine's CPU thread pool and writes
-benchmarks/results/ring_gemm.json. Target: >= 3x TF's int64 matmul.
+benchmarks/results/ring_gemm.json. Target: >= 3x TF's int64 matmul. Each vectorised path this
+CPU runs (PumaRingGemmPaths: vpmullq "avx512", the AMX-INT8 byte-limb tiles "amx") is timed on
+its own, then "auto" (what the share products take: AMX from an inner dimension of 64).
 
 Second table: a party's share of a product at decoding shapes (one row by a weight,
 PumaMatMulShare: z = x_own @ (y_own + y_next) + x_next @ y_own + a zero share), which reads the
@@ -23,9 +25,11 @@ import tensorflow as tf  # noqa: E402
 from benchmarks.common import best_time, print_table, write_json  # noqa: E402
 from tf_puma import _ops  # noqa: E402
 
-# BERT-base's dense layers at 128 tokens, then MiniLM's one-hot embedding product (K = the
-# vocabulary: the GEMM takes the inner dimension 1,024 at a time)
-SHAPES = [(128, 768, 768), (128, 768, 3072), (128, 3072, 768), (128, 30522, 384)]
+# A MiniLM head's attention products (K = 32 and 128) and dense layers, BERT-base's dense
+# layers at 128 tokens, then MiniLM's one-hot embedding product (K = the vocabulary: the GEMM
+# takes the inner dimension 1,024 at a time)
+SHAPES = [(128, 32, 128), (128, 128, 32), (128, 384, 384), (128, 384, 1536), (128, 768, 768),
+          (128, 768, 3072), (128, 3072, 768), (128, 30522, 384)]
 # (rows, k, n, weight stored transposed): SmolLM2's MLP, its head and one-hot embedding, GPT-2's
 # tied head (the token table, transposed), 8 prompt rows
 THIN_SHAPES = [(1, 576, 1536, False), (1, 576, 49152, False), (1, 49152, 576, False),
@@ -57,34 +61,41 @@ def thin_products(ops, rng) -> list[dict]:
 def main() -> None:
     ops = _ops.load()
     rng = np.random.default_rng(0)
+    paths = [p.decode() for p in ops.puma_ring_gemm_paths().numpy() if p != b"portable"]
     rows, results = [], []
     for m, k, n in SHAPES:
         a64 = tf.constant(rng.integers(-(2 ** 62), 2 ** 62, size=(m, k), dtype=np.int64))
         b64 = tf.constant(rng.integers(-(2 ** 62), 2 ** 62, size=(k, n), dtype=np.int64))
         a32, b32 = tf.cast(a64, tf.float32), tf.cast(b64, tf.float32)
-        ring = tf.function(lambda: ops.puma_ring_mat_mul(a64, b64))
         tf_int = tf.function(lambda: tf.linalg.matmul(a64, b64))
         tf_f32 = tf.function(lambda: tf.linalg.matmul(a32, b32))
-        np.testing.assert_array_equal(ring().numpy(), tf_int().numpy())  # same ring result
+        expected = tf_int().numpy()
         macs = m * n * k
-        t_ring = best_time(lambda: ring().numpy())
+        row = {"shape": f"[{m},{k}]x[{k},{n}]"}
+        for path in [*paths, "auto"]:
+            ring = tf.function(lambda: ops.puma_ring_mat_mul(a64, b64, kernel=path))
+            np.testing.assert_array_equal(ring().numpy(), expected)  # same ring result
+            t_ring = best_time(lambda: ring().numpy())
+            row[f"ring_{path}_gmacs"] = macs / t_ring / 1e9
+            row[f"ring_{path}_ms"] = t_ring * 1e3
         t_int = best_time(lambda: tf_int().numpy())
         t_f32 = best_time(lambda: tf_f32().numpy())
-        row = {"shape": f"[{m},{k}]x[{k},{n}]", "ring_gmacs": macs / t_ring / 1e9,
-               "tf_int64_gmacs": macs / t_int / 1e9, "tf_float32_gmacs": macs / t_f32 / 1e9,
-               "ring_ms": t_ring * 1e3, "speedup_vs_tf_int64": t_int / t_ring}
+        row.update({"tf_int64_gmacs": macs / t_int / 1e9, "tf_float32_gmacs": macs / t_f32 / 1e9,
+                    "speedup_vs_tf_int64": t_int / (row["ring_auto_ms"] / 1e3)})
         results.append(row)
-        rows.append([row["shape"], row["ring_ms"], row["ring_gmacs"], row["tf_int64_gmacs"],
-                     row["tf_float32_gmacs"], row["speedup_vs_tf_int64"]])
-    print(f"threads: {os.cpu_count()}")
-    print_table(["shape", "ring ms", "ring GMAC/s", "TF int64 GMAC/s", "TF f32 GMAC/s",
-                 "ring / TF int64"], rows)
+        rows.append([row["shape"], row["ring_auto_ms"],
+                     *[row[f"ring_{path}_gmacs"] for path in [*paths, "auto"]],
+                     row["tf_int64_gmacs"], row["tf_float32_gmacs"], row["speedup_vs_tf_int64"]])
+    print(f"threads: {os.cpu_count()}; ring GEMM paths: {', '.join(paths)}")
+    print_table(["shape", "auto ms", *[f"{p} GMAC/s" for p in [*paths, "auto"]],
+                 "TF int64 GMAC/s", "TF f32 GMAC/s", "auto / TF int64"], rows)
     thin = thin_products(ops, rng)
     print_table(["share product (decoding)", "ms", "TF int64 ms", "weights GB/s",
                  "TF int64 / ours"],
                 [[r["shape"], r["share_ms"], r["tf_int64_ms"], r["weights_gb_s"],
                   r["speedup_vs_tf_int64"]] for r in thin])
-    write_json("ring_gemm", {"unit": "G multiply-adds per second", "results": results,
+    write_json("ring_gemm", {"unit": "G multiply-adds per second", "paths": paths,
+                             "results": results,
                              "decoding_share_products": thin})
 
 

@@ -1,4 +1,5 @@
-// AES-128-CTR keystream: AES-NI fast path (8 blocks in flight) and a portable FIPS-197 fallback.
+// AES-128-CTR keystream: a VAES path (AVX-512, 4 blocks per instruction, 32 in flight), an
+// AES-NI path (8 blocks in flight) and a portable FIPS-197 fallback.
 #include "custom_ops/aes_ctr.h"
 
 #include <immintrin.h>
@@ -169,6 +170,50 @@ TF_PUMA_AESNI void KeystreamNi(const uint8_t key[16], const uint8_t iv[16], uint
   }
 }
 
+// ---- VAES (AVX-512): each 128-bit lane of a zmm register is one block --------------------
+#define TF_PUMA_VAES __attribute__((target("aes,sse4.1,ssse3,avx512f,avx512bw,vaes")))
+
+constexpr uint64_t kVaesChunk = 32;  // blocks per iteration: 8 registers of 4 blocks
+
+TF_PUMA_VAES void KeystreamVaes(const uint8_t key[16], const uint8_t iv[16],
+                                uint64_t first_block, uint64_t n_blocks, uint8_t* out) {
+  __m128i rk128[11];
+  ExpandKeyNi(key, rk128);
+  __m512i rk[11];
+  for (int r = 0; r < 11; ++r) rk[r] = _mm512_broadcast_i32x4(rk128[r]);
+  // vpshufb shuffles within each 128-bit lane: every lane's (lo, hi) counter becomes big-endian.
+  const __m512i bswap = _mm512_broadcast_i32x4(
+      _mm_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  const __m512i step = _mm512_set_epi64(0, 4, 0, 4, 0, 4, 0, 4);  // +4 on each lane's lo
+  uint64_t hi = 0, lo = 0;
+  for (int i = 0; i < 8; ++i) hi = (hi << 8) | iv[i];
+  for (int i = 8; i < 16; ++i) lo = (lo << 8) | iv[i];
+  uint64_t j = 0;
+  for (; j + kVaesChunk <= n_blocks; j += kVaesChunk) {
+    const uint64_t chunk_lo = lo + first_block + j;  // the chunk's first counter, mod 2^128
+    const uint64_t chunk_hi = hi + (chunk_lo < lo ? 1 : 0);
+    if (chunk_lo > ~uint64_t{0} - (kVaesChunk - 1)) {
+      // The low word wraps inside this chunk: the AES-NI path carries into the high word.
+      KeystreamNi(key, iv, first_block + j, kVaesChunk, out + 16 * j);
+      continue;
+    }
+    const int64_t h = static_cast<int64_t>(chunk_hi), l = static_cast<int64_t>(chunk_lo);
+    __m512i ctr = _mm512_set_epi64(h, l + 3, h, l + 2, h, l + 1, h, l);
+    __m512i b[8];
+    for (int i = 0; i < 8; ++i) {
+      b[i] = _mm512_xor_si512(_mm512_shuffle_epi8(ctr, bswap), rk[0]);
+      ctr = _mm512_add_epi64(ctr, step);
+    }
+    for (int r = 1; r < 10; ++r) {
+      for (int i = 0; i < 8; ++i) b[i] = _mm512_aesenc_epi128(b[i], rk[r]);
+    }
+    for (int i = 0; i < 8; ++i) {
+      _mm512_storeu_si512(out + 16 * (j + 4 * i), _mm512_aesenclast_epi128(b[i], rk[10]));
+    }
+  }
+  if (j < n_blocks) KeystreamNi(key, iv, first_block + j, n_blocks - j, out + 16 * j);
+}
+
 }  // namespace
 
 bool AesNiAvailable() {
@@ -178,9 +223,35 @@ bool AesNiAvailable() {
   return available;
 }
 
+bool VaesAvailable() {
+  static const bool available = AesNiAvailable() && __builtin_cpu_supports("avx512f") &&
+                                __builtin_cpu_supports("avx512bw") &&
+                                __builtin_cpu_supports("vaes");
+  return available;
+}
+
+bool AesPathAvailable(AesPath path) {
+  switch (path) {
+    case AesPath::kPortable:
+    case AesPath::kAuto:
+      return true;
+    case AesPath::kAesNi:
+      return AesNiAvailable();
+    case AesPath::kVaes:
+      return VaesAvailable();
+  }
+  return false;
+}
+
 void Aes128CtrKeystream(const uint8_t key[16], const uint8_t iv[16], uint64_t first_block,
-                        uint64_t n_blocks, uint8_t* out, bool force_portable) {
-  if (!force_portable && AesNiAvailable()) {
+                        uint64_t n_blocks, uint8_t* out, AesPath path) {
+  if (path == AesPath::kAuto) {
+    path = VaesAvailable() ? AesPath::kVaes
+                           : (AesNiAvailable() ? AesPath::kAesNi : AesPath::kPortable);
+  }
+  if (path == AesPath::kVaes && VaesAvailable()) {
+    KeystreamVaes(key, iv, first_block, n_blocks, out);
+  } else if (path != AesPath::kPortable && AesNiAvailable()) {
     KeystreamNi(key, iv, first_block, n_blocks, out);
   } else {
     KeystreamPortable(key, iv, first_block, n_blocks, out);

@@ -3,6 +3,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <string>
 
 #include "custom_ops/aes_ctr.h"
 #include "custom_ops/kernel_util.h"
@@ -111,7 +112,16 @@ class Aes128CtrOp : public OpKernel {
  public:
   explicit Aes128CtrOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("num_blocks", &num_blocks_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("portable", &portable_));
+    std::string path;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("path", &path));
+    path_ = path == "portable" ? AesPath::kPortable
+            : path == "aesni"  ? AesPath::kAesNi
+            : path == "vaes"   ? AesPath::kVaes
+                               : AesPath::kAuto;
+    OP_REQUIRES(ctx, AesPathAvailable(path_),
+                errors::InvalidArgument("this CPU lacks the '", path, "' AES path (",
+                                        path == "vaes" ? "VAES with AVX-512" : "AES-NI",
+                                        "); use path='auto'"));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -120,12 +130,12 @@ class Aes128CtrOp : public OpKernel {
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({2 * num_blocks_}), &out));
     Aes128CtrKeystream(key.bytes, iv.bytes, 0, static_cast<uint64_t>(num_blocks_),
-                       reinterpret_cast<uint8_t*>(RingData(out)), portable_);
+                       reinterpret_cast<uint8_t*>(RingData(out)), path_);
   }
 
  private:
   int64_t num_blocks_;
-  bool portable_;
+  AesPath path_;
 };
 
 REGISTER_KERNEL_BUILDER(Name("PumaNewKey").Device(DEVICE_CPU), NewKeyOp);

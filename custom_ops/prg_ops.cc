@@ -89,7 +89,7 @@ REGISTER_OP("PumaAes128Ctr")
     .Input("key: int64")
     .Input("iv: int64")
     .Attr("num_blocks: int >= 0")
-    .Attr("portable: bool = false")
+    .Attr("path: {'auto', 'portable', 'aesni', 'vaes'} = 'auto'")
     .Output("keystream: int64")
     .SetShapeFn([](InferenceContext* c) {
       TF_RETURN_IF_ERROR(KeyShape(c, 0));
@@ -101,7 +101,9 @@ REGISTER_OP("PumaAes128Ctr")
     })
     .Doc(R"doc(
 Raw AES-128-CTR keystream (key and iv as 16 bytes each, packed little-endian in two int64),
-for checking the PRG against published test vectors. `portable` forces the non-AES-NI path.
+for checking the PRG against published test vectors. `path` picks the implementation: 'auto' (the
+kernels' choice: VAES, else AES-NI, else portable) or one of them; a path this CPU lacks is an
+error.
 )doc");
 
 }  // namespace tf_puma

@@ -12,7 +12,10 @@
 // the exact product mod 2^64, so results are bit-identical.
 #include "custom_ops/ring_gemm.h"
 
+#include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -231,7 +234,294 @@ __attribute__((target("avx512f,avx512dq"))) void ThinAvx512(
   ThinBlock(trans_b, has_b2, M, K, a1, a2, B1, B2, ldb, n0, n1, acc);
 }
 
+
+// ---- AMX-INT8: 64-bit products from 8-bit limbs -------------------------------------------
+// a b mod 2^64 = sum_{s<8} 2^(8s) sum_{i+j=s} a_i b_j, with a_i, b_j the bytes of a and b
+// (36 byte pairs). TDPBUUD multiplies a 16 x 64 tile of u8 by a 64 x 16 one into 16 x 16
+// int32: 16,384 byte products in 16 cycles, so the 36 pairs give ~28 ring multiply-adds a cycle
+// against ~6 for vpmullq. Sums are exact: per slice (kc <= 1,024) and s, at most
+// 8 x 1,024 x 255^2 < 2^32 (read as uint32). op(A)'s bytes are packed as row tiles (16 rows x 64
+// of the inner dimension, one tile per limb), op(B)'s as column tiles in TDPBUUD's layout (row
+// r, byte 4n + t holds B[4r + t][n]; AmxTileAt), kcp = kc rounded up to 64 (zero-padded, as are rows and columns
+// to pairs of tiles). Each worker computes 2 x 2 blocks of 16 x 16 tiles (tmm0-3: C for one s,
+// tmm4-5: A, tmm6-7: B) and adds sum_s C_s << 8s into C (AmxBlock).
+constexpr int64_t kAmxTile = 16;  // rows and columns of a C tile
+constexpr int64_t kAmxK = 64;     // inner-dimension bytes of one TDPBUUD
+constexpr int64_t kLimbs = 8;
+
+struct AmxTileConfig {
+  uint8_t palette_id;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+// The CPU has AMX-TILE and AMX-INT8, the OS saves their state (XCR0 bits 17-18), and Linux
+// granted this process the tile data (arch_prctl ARCH_REQ_XCOMP_PERM; it can refuse, e.g. when
+// a thread's signal stack is too small for the larger frame): then, and only then, AMX runs.
+bool AmxUsable() {
+  static const bool usable = [] {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    if (!(d & (1u << 24)) || !(d & (1u << 25))) return false;  // AMX-TILE, AMX-INT8
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    const uint64_t xcr0 = (static_cast<uint64_t>(hi) << 32) | lo;
+    if ((xcr0 & (uint64_t{3} << 17)) != (uint64_t{3} << 17)) return false;
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+        !__builtin_cpu_supports("avx512vbmi")) {
+      return false;  // the packing's byte shuffles
+    }
+    constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return usable;
+}
+
+#define TF_PUMA_AMX_PACK __attribute__((target("avx512f,avx512bw,avx512vbmi")))
+#define TF_PUMA_AMX __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw")))
+
+// vpermb index: byte 8j + e of the result = byte j of 64-bit value e (an 8 x 8 byte transpose).
+TF_PUMA_AMX_PACK inline __m512i LimbTransposeIndex() {
+  alignas(64) uint8_t idx[64];
+  for (int j = 0; j < 8; ++j) {
+    for (int e = 0; e < 8; ++e) idx[8 * j + e] = static_cast<uint8_t>(8 * e + j);
+  }
+  return _mm512_load_si512(idx);
+}
+
+// Tiles are stored whole (16 rows of 64 bytes, 1 KiB), ordered [row or column tile][64-wide
+// chunk of the slice][limb]: a 2 x 2 block's operands for one chunk are four runs of 8 KiB, which
+// stay in L1 while its 36 limb pairs use them (planes of kcp-byte rows put a tile's 16 rows in
+// 4 cache sets and thrashed).
+inline uint8_t* AmxTileAt(uint8_t* packed, int64_t tile, int64_t chunk, int64_t limb,
+                          int64_t kcp) {
+  return packed + ((tile * (kcp / kAmxK) + chunk) * kLimbs + limb) * kAmxTile * kAmxK;
+}
+inline const uint8_t* AmxTileAt(const uint8_t* packed, int64_t tile, int64_t chunk,
+                                int64_t limb, int64_t kcp) {
+  return AmxTileAt(const_cast<uint8_t*>(packed), tile, chunk, limb, kcp);
+}
+
+// Row tiles of op(A)[:, slice]: tile (p, chunk, i), row r, byte k % 64 = byte i of
+// op(A)[16p + r][k] for k in the chunk. Rows p_begin * 16 .. p_end * 16 (zero beyond M).
+TF_PUMA_AMX_PACK void PackAmxA(int64_t M, int64_t kc, int64_t kcp, const uint64_t* A,
+                               int64_t lda, bool trans, uint8_t* packed, int64_t p_begin,
+                               int64_t p_end) {
+  const __m512i transpose = LimbTransposeIndex();
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    for (int64_t r = 0; r < kAmxTile; ++r) {
+      const int64_t m = p * kAmxTile + r;
+      for (int64_t k = 0; k < kcp; k += 8) {
+        __m512i v;
+        if (m < M && !trans && k + 8 <= kc) {
+          v = _mm512_loadu_si512(A + m * lda + k);
+        } else {
+          alignas(64) uint64_t e[8];
+          for (int64_t d = 0; d < 8; ++d) {
+            e[d] = m >= M || k + d >= kc ? 0 : trans ? A[(k + d) * lda + m] : A[m * lda + k + d];
+          }
+          v = _mm512_load_si512(e);
+        }
+        alignas(64) uint64_t limbs[8];
+        _mm512_store_si512(limbs, _mm512_permutexvar_epi8(transpose, v));
+        for (int64_t i = 0; i < kLimbs; ++i) {
+          std::memcpy(AmxTileAt(packed, p, k / kAmxK, i, kcp) + r * kAmxK + k % kAmxK,
+                      &limbs[i], 8);
+        }
+      }
+    }
+  }
+}
+
+// op(B)[k][j .. j + 7] (+ op(B2)), zero beyond the slice's kc rows and N columns: one load
+// (two with B2) for a row of B stored [K][N], else element by element.
+TF_PUMA_AMX_PACK inline __m512i EightOfB(const uint64_t* B, const uint64_t* B2, int64_t ldb,
+                                         bool trans, int64_t kc, int64_t N, int64_t k,
+                                         int64_t j) {
+  if (!trans && k < kc && j + 8 <= N) {
+    const __m512i v = _mm512_loadu_si512(B + k * ldb + j);
+    return B2 ? _mm512_add_epi64(v, _mm512_loadu_si512(B2 + k * ldb + j)) : v;
+  }
+  alignas(64) uint64_t v[8];
+  for (int64_t n = 0; n < 8; ++n) {
+    const int64_t at = trans ? (j + n) * ldb + k : k * ldb + j + n;
+    v[n] = k >= kc || j + n >= N ? 0 : B2 ? B[at] + B2[at] : B[at];
+  }
+  return _mm512_load_si512(v);
+}
+
+// Column tiles of op(B)[slice, :] (+ op(B2)) in TDPBUUD's layout: tile (q, chunk, j), row r,
+// byte 4n + t = byte j of op(B)[64 chunk + 4r + t][16q + n]. Columns q_begin * 16 ..
+// q_end * 16 (zero beyond N).
+TF_PUMA_AMX_PACK void PackAmxB(int64_t N, int64_t kc, int64_t kcp, const uint64_t* B,
+                               const uint64_t* B2, int64_t ldb, bool trans, uint8_t* packed,
+                               int64_t q_begin, int64_t q_end) {
+  const __m512i transpose = LimbTransposeIndex();
+  // Within each 32-byte half: byte 4n + t of the result = byte 8t + n (4 rows interleaved).
+  alignas(64) uint8_t interleave_idx[64];
+  for (int g = 0; g < 2; ++g) {
+    for (int n = 0; n < 8; ++n) {
+      for (int t = 0; t < 4; ++t) interleave_idx[32 * g + 4 * n + t] = 32 * g + 8 * t + n;
+    }
+  }
+  const __m512i interleave = _mm512_load_si512(interleave_idx);
+  const __m512i pair_lo = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
+  const __m512i pair_hi = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
+  const __m512i quad_lo = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+  const __m512i quad_hi = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+  for (int64_t q = q_begin; q < q_end; ++q) {
+    for (int64_t r = 0; r < kcp / 4; ++r) {  // row r % 16 of the tiles of chunk r / 16
+      for (int64_t h = 0; h < 2; ++h) {  // columns 8h .. 8h + 7
+        __m512i t[4];
+        for (int64_t row = 0; row < 4; ++row) {  // qword j of t[row]: byte j of 8 values
+          t[row] = _mm512_permutexvar_epi8(
+              transpose, EightOfB(B, B2, ldb, trans, kc, N, 4 * r + row, q * kAmxTile + 8 * h));
+        }
+        const __m512i u01[2] = {_mm512_permutex2var_epi64(t[0], pair_lo, t[1]),
+                                _mm512_permutex2var_epi64(t[0], pair_hi, t[1])};
+        const __m512i u23[2] = {_mm512_permutex2var_epi64(t[2], pair_lo, t[3]),
+                                _mm512_permutex2var_epi64(t[2], pair_hi, t[3])};
+        for (int64_t half = 0; half < 2; ++half) {  // limbs 4 half .. 4 half + 3
+          const __m512i v[2] = {_mm512_permutex2var_epi64(u01[half], quad_lo, u23[half]),
+                                _mm512_permutex2var_epi64(u01[half], quad_hi, u23[half])};
+          for (int64_t pair = 0; pair < 2; ++pair) {  // v[pair]: limbs 4 half + 2 pair, + 1
+            alignas(64) uint8_t bytes[64];
+            _mm512_store_si512(bytes, _mm512_permutexvar_epi8(interleave, v[pair]));
+            const int64_t limb = 4 * half + 2 * pair;
+            const int64_t offset = r % kAmxTile * kAmxK + 32 * h;
+            std::memcpy(AmxTileAt(packed, q, r / kAmxTile, limb, kcp) + offset, bytes, 32);
+            std::memcpy(AmxTileAt(packed, q, r / kAmxTile, limb + 1, kcp) + offset, bytes + 32,
+                        32);
+          }
+        }
+      }
+    }
+  }
+}
+
+// C tiles (2p .. 2p+1) x (2q .. 2q+1) of the slice, added into C (rows < M, columns < N).
+// Chunk by chunk (64 of the inner dimension), every s = i + j: C_s's four tiles are loaded from
+// `sums` (zeroed on the first chunk), take the s + 1 limb pairs, and are stored back; so the
+// chunk's operand tiles are reused from L1 by all 36 pairs. Then C += sum_s C_s << 8s.
+TF_PUMA_AMX void AmxBlock(int64_t M, int64_t N, int64_t kcp, const uint8_t* packed_a,
+                          const uint8_t* packed_b, int64_t p, int64_t q, uint64_t* C,
+                          int64_t ldc) {
+  alignas(64) uint32_t sums[kLimbs][4][kAmxTile * kAmxTile];
+  const int64_t chunks = kcp / kAmxK;
+  for (int64_t c = 0; c < chunks; ++c) {
+    for (int s = 0; s < kLimbs; ++s) {
+      if (c == 0) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+      } else {
+        _tile_loadd(0, sums[s][0], 64);
+        _tile_loadd(1, sums[s][1], 64);
+        _tile_loadd(2, sums[s][2], 64);
+        _tile_loadd(3, sums[s][3], 64);
+      }
+      for (int i = 0; i <= s; ++i) {
+        const int j = s - i;
+        _tile_loadd(4, AmxTileAt(packed_a, 2 * p, c, i, kcp), kAmxK);
+        _tile_loadd(5, AmxTileAt(packed_a, 2 * p + 1, c, i, kcp), kAmxK);
+        _tile_loadd(6, AmxTileAt(packed_b, 2 * q, c, j, kcp), kAmxK);
+        _tile_loadd(7, AmxTileAt(packed_b, 2 * q + 1, c, j, kcp), kAmxK);
+        _tile_dpbuud(0, 4, 6);
+        _tile_dpbuud(1, 4, 7);
+        _tile_dpbuud(2, 5, 6);
+        _tile_dpbuud(3, 5, 7);
+      }
+      _tile_stored(0, sums[s][0], 64);
+      _tile_stored(1, sums[s][1], 64);
+      _tile_stored(2, sums[s][2], 64);
+      _tile_stored(3, sums[s][3], 64);
+    }
+  }
+  for (int t = 0; t < 4; ++t) {
+    const int64_t row0 = (2 * p + t / 2) * kAmxTile, col0 = (2 * q + t % 2) * kAmxTile;
+    const int64_t rows = std::min(kAmxTile, M - row0), cols = std::min(kAmxTile, N - col0);
+    if (rows <= 0 || cols <= 0) continue;
+    alignas(64) uint64_t tile[kAmxTile * kAmxTile];
+    for (int64_t e = 0; e < kAmxTile * kAmxTile; e += 8) {
+      __m512i total = _mm512_setzero_si512();
+      for (int s = 0; s < kLimbs; ++s) {
+        const __m512i wide = _mm512_cvtepu32_epi64(
+            _mm256_load_si256(reinterpret_cast<const __m256i*>(sums[s][t] + e)));
+        total = _mm512_add_epi64(total, _mm512_slli_epi64(wide, 8 * s));
+      }
+      _mm512_store_si512(tile + e, total);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      uint64_t* c_row = C + (row0 + r) * ldc + col0;
+      for (int64_t col = 0; col < cols; ++col) c_row[col] += tile[r * kAmxTile + col];
+    }
+  }
+}
+
+TF_PUMA_AMX void AmxBlocks(int64_t M, int64_t N, int64_t kcp, const uint8_t* packed_a,
+                           const uint8_t* packed_b, int64_t p_pairs, int64_t begin, int64_t end,
+                           uint64_t* C, int64_t ldc) {
+  AmxTileConfig cfg = {};
+  cfg.palette_id = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = kAmxTile;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  for (int64_t b = begin; b < end; ++b) {
+    // block-column-major: consecutive blocks of one worker reuse B's tiles from cache
+    const int64_t q = b / p_pairs, p = b % p_pairs;
+    AmxBlock(M, N, kcp, packed_a, packed_b, p, q, C, ldc);
+  }
+  _tile_release();
+}
+
+void RingGemmAccumulateAmx(int64_t M, int64_t N, int64_t K, const uint64_t* A, int64_t lda,
+                           bool trans_a, const uint64_t* B, const uint64_t* B2, int64_t ldb,
+                           bool trans_b, uint64_t* C, int64_t ldc, const ParallelRunner& runner) {
+  const int64_t p_pairs = CeilDiv(M, 2 * kAmxTile), q_pairs = CeilDiv(N, 2 * kAmxTile);
+  const int64_t kcp_max = CeilDiv(std::min(K, kKc), kAmxK) * kAmxK;
+  std::unique_ptr<uint8_t[]> packed_a(
+      new uint8_t[2 * p_pairs * kLimbs * kAmxTile * kcp_max]);
+  // B's column tiles kNc columns at a time, as the vpmullq path does
+  const int64_t block_pairs = std::min(q_pairs, kNc / (2 * kAmxTile));
+  std::unique_ptr<uint8_t[]> packed_b(
+      new uint8_t[2 * block_pairs * kLimbs * kcp_max * kAmxTile]);
+  for (int64_t k0 = 0; k0 < K; k0 += kKc) {
+    const int64_t kc = std::min(kKc, K - k0);
+    const int64_t kcp = CeilDiv(kc, kAmxK) * kAmxK;
+    const uint64_t* a_k = trans_a ? A + k0 * lda : A + k0;
+    const uint64_t* b_k = trans_b ? B + k0 : B + k0 * ldb;
+    const uint64_t* b2_k = B2 == nullptr ? nullptr : trans_b ? B2 + k0 : B2 + k0 * ldb;
+    runner(2 * p_pairs, kc * kAmxTile * 4, [&](int64_t b, int64_t e) {
+      PackAmxA(M, kc, kcp, a_k, lda, trans_a, packed_a.get(), b, e);
+    });
+    for (int64_t q0 = 0; q0 < q_pairs; q0 += block_pairs) {
+      const int64_t q1 = std::min(q_pairs, q0 + block_pairs);
+      const int64_t col0 = q0 * 2 * kAmxTile;
+      runner(2 * (q1 - q0), kc * kAmxTile * 4, [&](int64_t b, int64_t e) {
+        PackAmxB(N - col0, kc, kcp, trans_b ? b_k + col0 * ldb : b_k + col0,
+                 b2_k == nullptr ? nullptr : trans_b ? b2_k + col0 * ldb : b2_k + col0, ldb,
+                 trans_b, packed_b.get(), b, e);
+      });
+      const int64_t blocks = p_pairs * (q1 - q0);
+      runner(blocks, kcp * kAmxTile * kAmxTile * 2, [&](int64_t begin, int64_t end) {
+        AmxBlocks(M, N - col0, kcp, packed_a.get(), packed_b.get(), p_pairs, begin, end,
+                  C + col0, ldc);
+      });
+    }
+  }
+}
+
 }  // namespace
+
+bool AmxAvailable() { return AmxUsable(); }
+
+bool Avx512Available() { return CpuHasAvx512(); }
 
 void RingGemmThinAccumulate(int64_t M, int64_t N, int64_t K, const uint64_t* A1,
                             const uint64_t* A2, int64_t lda, bool trans_a, const uint64_t* B1,
@@ -267,6 +557,12 @@ void RingGemmAccumulate(int64_t M, int64_t N, int64_t K, const uint64_t* A, int6
                         bool trans_b, uint64_t* C, int64_t ldc, const ParallelRunner& runner,
                         GemmPath path) {
   if (M <= 0 || N <= 0 || K <= 0) return;
+  if (path == GemmPath::kAmx || (path == GemmPath::kAuto && K >= kAmxMinInner)) {
+    if (AmxUsable()) {
+      RingGemmAccumulateAmx(M, N, K, A, lda, trans_a, B, B2, ldb, trans_b, C, ldc, runner);
+      return;
+    }
+  }
   const MicroKernel kernel = ChooseKernel(path);
   const int64_t a_panels = CeilDiv(M, kMr), b_panels = CeilDiv(N, kNr);
   const int64_t block_panels = std::min(b_panels, kNc / kNr);

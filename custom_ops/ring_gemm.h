@@ -21,9 +21,20 @@ using ParallelRunner =
 // A runner that executes everything on the calling thread.
 ParallelRunner SerialRunner();
 
-// Which micro-kernel to use; kAuto picks AVX-512 when the CPU has it (kAvx512 on a CPU without
-// it falls back to portable).
-enum class GemmPath { kAuto, kPortable, kAvx512 };
+// Which micro-kernel to use; kAuto picks AMX-INT8 for packed products with an inner dimension of
+// at least kAmxMinInner when the CPU and OS allow it, else AVX-512 when the CPU has it, else
+// portable. kAmx falls back to AVX-512 (or portable) where AMX is unusable, kAvx512 to portable.
+// Every path gives the same bits.
+enum class GemmPath { kAuto, kPortable, kAvx512, kAmx };
+
+// Inner dimension from which kAuto takes AMX (below it, packing the bytes costs more than the
+// tile products save: benchmarks/ring_gemm.py).
+constexpr int64_t kAmxMinInner = 64;
+
+// True when this process can run AMX-INT8 tiles (CPU, OS state and Linux's permission), and
+// when the CPU has AVX512F + DQ.
+bool AmxAvailable();
+bool Avx512Available();
 
 // C += op(A) @ (op(B) + op(B2)) over Z_2^64; B2 may be null (then C += op(A) @ op(B)). The
 // inner dimension is taken 1,024 at a time, and op(B) is packed (with B2 added) a block of

@@ -133,6 +133,7 @@ class RingMatMulOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("kernel", &kernel));
     path_ = kernel == "portable" ? GemmPath::kPortable
             : kernel == "avx512" ? GemmPath::kAvx512
+            : kernel == "amx"    ? GemmPath::kAmx
                                  : GemmPath::kAuto;
   }
 
@@ -242,7 +243,23 @@ class MulShareOp : public StreamOpKernel {
 
 }  // namespace
 
+class RingGemmPathsOp : public OpKernel {
+ public:
+  explicit RingGemmPathsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    std::vector<std::string> paths = {"portable"};
+    if (Avx512Available()) paths.push_back("avx512");
+    if (AmxAvailable()) paths.push_back("amx");
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({static_cast<int64_t>(paths.size())}),
+                                             &out));
+    for (size_t i = 0; i < paths.size(); ++i) out->vec<tensorflow::tstring>()(i) = paths[i];
+  }
+};
+
 REGISTER_KERNEL_BUILDER(Name("PumaRingMatMul").Device(DEVICE_CPU), RingMatMulOp);
+REGISTER_KERNEL_BUILDER(Name("PumaRingGemmPaths").Device(DEVICE_CPU), RingGemmPathsOp);
 REGISTER_KERNEL_BUILDER(Name("PumaMatMulShare").Device(DEVICE_CPU), MatMulShareOp);
 REGISTER_KERNEL_BUILDER(Name("PumaMulShare").Device(DEVICE_CPU), MulShareOp);
 

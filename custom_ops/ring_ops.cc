@@ -63,12 +63,24 @@ REGISTER_OP("PumaRingMatMul")
     .Input("b: int64")
     .Attr("transpose_a: bool = false")
     .Attr("transpose_b: bool = false")
-    .Attr("kernel: {'auto', 'portable', 'avx512'} = 'auto'")
+    .Attr("kernel: {'auto', 'portable', 'avx512', 'amx'} = 'auto'")
     .Output("product: int64")
     .SetShapeFn([](InferenceContext* c) { return RingMatMulShape(c, 0, 1); })
     .Doc(R"doc(
 op(a) @ op(b) mod 2^64, batched (see the batch rule in the file comment). `kernel` forces a
-micro-kernel (tests compare them; 'avx512' on a CPU without it runs the portable one).
+micro-kernel (tests compare them; 'amx' where AMX is unusable runs AVX-512, 'avx512' on a CPU
+without it the portable one).
+)doc");
+
+REGISTER_OP("PumaRingGemmPaths")
+    .Output("paths: string")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->Vector(InferenceContext::kUnknownDim));
+      return ::tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+The ring GEMM paths this process runs for real (not by falling back): "portable", then "avx512"
+and "amx" where the CPU (and, for AMX, the OS) allows them. For tests and benchmarks.
 )doc");
 
 REGISTER_OP("PumaMatMulShare")

@@ -39,28 +39,60 @@ NIST_CIPHER = ["874d6191b620e3261bef6864990db6ce", "9806f66b7970fdff8617187bb9ff
                "5ae4df3edbd5d35e5b4f09020db03eab", "1e031dda2fbe03d1792170a0f3009cee"]
 
 
-@pytest.mark.parametrize("portable", [False, True])
-def test_aes_ctr_nist_sp800_38a(portable):
+def aes_paths() -> list:
+    """The AES paths this CPU has (the portable one always)."""
+    paths = ["portable"]
+    for path in ("aesni", "vaes"):
+        try:
+            ops.puma_aes128_ctr(key_tensor(NIST_KEY), key_tensor(NIST_IV), num_blocks=1,
+                                path=path)
+            paths.append(path)
+        except tf.errors.InvalidArgumentError:
+            pass
+    return paths
+
+
+AES_PATHS = aes_paths()
+
+
+@pytest.mark.parametrize("path", ["auto", "portable", "aesni", "vaes"])
+def test_aes_ctr_nist_sp800_38a(path):
+    if path not in AES_PATHS + ["auto"]:
+        pytest.skip(f"this CPU has no {path} path")
     out = ops.puma_aes128_ctr(key_tensor(NIST_KEY), key_tensor(NIST_IV), num_blocks=4,
-                              portable=portable)
+                              path=path)
     expected = [bytes(a ^ b for a, b in zip(bytes.fromhex(p), bytes.fromhex(c))).hex()
                 for p, c in zip(NIST_PLAIN, NIST_CIPHER)]
     assert keystream_hex(out) == expected
 
 
-@pytest.mark.parametrize("portable", [False, True])
-def test_aes_fips197_single_block(portable):
+@pytest.mark.parametrize("path", ["auto", "portable", "aesni", "vaes"])
+def test_aes_fips197_single_block(path):
+    if path not in AES_PATHS + ["auto"]:
+        pytest.skip(f"this CPU has no {path} path")
     out = ops.puma_aes128_ctr(key_tensor("000102030405060708090a0b0c0d0e0f"),
                               key_tensor("00112233445566778899aabbccddeeff"), num_blocks=1,
-                              portable=portable)
+                              path=path)
     assert keystream_hex(out) == ["69c4e0d86a7b0430d8cdb78070b4c55a"]
 
 
-def test_aes_fast_and_portable_paths_agree():
-    key, iv = tf.constant(random_ring([2])), tf.constant(random_ring([2]))
-    fast = ops.puma_aes128_ctr(key, iv, num_blocks=1001)
-    slow = ops.puma_aes128_ctr(key, iv, num_blocks=1001, portable=True)
-    np.testing.assert_array_equal(fast.numpy(), slow.numpy())
+def iv_with_low_word(low: int) -> tf.Tensor:
+    """A random 128-bit counter whose low (big-endian) 64-bit word is `low`."""
+    high = np.random.default_rng(low % 1000).integers(0, 256, 8, dtype=np.uint8).tobytes()
+    return tf.constant(np.frombuffer(high + low.to_bytes(8, "big"), dtype="<i8").copy())
+
+
+@pytest.mark.parametrize("low", [12345, 2 ** 64 - 40, 2 ** 64 - 32, 2 ** 64 - 1])
+def test_aes_paths_agree_across_lengths_and_counter_carries(low):
+    """Every path against the portable one, for lengths around VAES's 32-block chunks and
+    AES-NI's 8, with counters whose low word wraps inside a chunk, at its edge, or at once
+    (the carry into the high word)."""
+    key, iv = tf.constant(random_ring([2])), iv_with_low_word(low)
+    for n in (0, 1, 7, 31, 32, 33, 40, 64, 95, 1001):
+        slow = ops.puma_aes128_ctr(key, iv, num_blocks=n, path="portable").numpy()
+        for path in AES_PATHS[1:] + ["auto"]:
+            fast = ops.puma_aes128_ctr(key, iv, num_blocks=n, path=path).numpy()
+            np.testing.assert_array_equal(fast, slow, err_msg=f"{path}, {n} blocks")
 
 
 def prg_iv(stream: int, sub: int) -> tf.Tensor:
@@ -136,13 +168,41 @@ def test_ring_matmul_matches_numpy(m, k, n, ta, tb):
                                          (20, 40, 1100, False, True), (9, 70, 1030, True, False),
                                          # the inner dimension in 1,024-wide slices: 3 and 2
                                          (20, 2085, 70, False, False), (9, 1025, 530, True, True)])
-def test_portable_and_avx512_kernels_are_bit_identical(m, k, n, ta, tb):
+def test_portable_avx512_and_amx_kernels_are_bit_identical(m, k, n, ta, tb):
     a, b = random_ring([k, m] if ta else [m, k]), random_ring([n, k] if tb else [k, n])
     outs = [ops.puma_ring_mat_mul(a, b, transpose_a=ta, transpose_b=tb, kernel=kern).numpy()
-            for kern in ("portable", "avx512", "auto")]
-    np.testing.assert_array_equal(outs[0], outs[1])
-    np.testing.assert_array_equal(outs[0], outs[2])
+            for kern in ("portable", "avx512", "amx", "auto")]
+    for out in outs[1:]:
+        np.testing.assert_array_equal(outs[0], out)
     np.testing.assert_array_equal(outs[0], ring_matmul_ref(a.T if ta else a, b.T if tb else b))
+
+
+GEMM_PATHS = [p.decode() for p in ops.puma_ring_gemm_paths().numpy()]
+
+
+@pytest.mark.skipif("amx" not in GEMM_PATHS, reason="AMX-INT8 is unusable here (CPU, OS or "
+                                                    "Linux's permission)")
+@pytest.mark.parametrize("m,k,n,ta,tb", [
+    # rows and columns off the 32-wide pairs of tiles, inner dimensions off the 64-byte chunks
+    (9, 5, 3, False, False), (33, 65, 17, True, False), (47, 300, 70, False, True),
+    (128, 384, 1100, False, False),  # three 512-column blocks of B's tiles
+    (40, 2085, 33, True, True),      # three 1,024-wide slices, the last partial
+    (16, 1024, 32, False, False)])   # exactly one slice, one pair of tiles
+def test_amx_kernel_matches_numpy(m, k, n, ta, tb):
+    """The AMX path (taken: this CPU lists it) against numpy's ring product."""
+    a, b = random_ring([k, m] if ta else [m, k]), random_ring([n, k] if tb else [k, n])
+    got = ops.puma_ring_mat_mul(a, b, transpose_a=ta, transpose_b=tb, kernel="amx").numpy()
+    np.testing.assert_array_equal(got, ring_matmul_ref(a.T if ta else a, b.T if tb else b))
+
+
+@pytest.mark.skipif("amx" not in GEMM_PATHS, reason="AMX-INT8 is unusable here")
+def test_amx_kernel_at_its_largest_byte_sums():
+    """Every byte 0xff (the ring's -1) in full 1,024-wide slices: each of the 8 limb sums per
+    slice reaches 8 x 1,024 x 255^2, the most its uint32 tiles hold (plus a partial slice)."""
+    a, b = np.full([20, 2085], -1, np.int64), np.full([2085, 40], -1, np.int64)
+    got = ops.puma_ring_mat_mul(a, b, kernel="amx").numpy()
+    np.testing.assert_array_equal(got, ring_matmul_ref(a, b))
+    np.testing.assert_array_equal(got, np.full([20, 40], 2085, np.int64))
 
 
 def test_ring_matmul_batched_and_broadcast():
