@@ -7,6 +7,13 @@
 
 #include <cstring>
 
+// GCC 12's AVX-512 intrinsics start from `__m512i __Y = __Y;` (an undefined vector), which its
+// own -Wmaybe-uninitialized then reports at every inlined call.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 namespace tf_puma {
 namespace {
 
