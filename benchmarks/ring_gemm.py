@@ -4,6 +4,8 @@ Prints G multiply-adds per second (M*N*K / time) on this machine's CPU thread po
 benchmarks/results/ring_gemm.json. Target: >= 3x TF's int64 matmul. Each vectorised path this
 CPU runs (PumaRingGemmPaths: vpmullq "avx512", the AMX-INT8 byte-limb tiles "amx") is timed on
 its own, then "auto" (what the share products take: AMX from an inner dimension of 64).
+`--threads 1` runs every op on one thread, as a local party does (LocalCluster gives each of
+the three a third of the cores).
 
 Second table: a party's share of a product at decoding shapes (one row by a weight,
 PumaMatMulShare: z = x_own @ (y_own + y_next) + x_next @ y_own + a zero share), which reads the
@@ -13,6 +15,7 @@ GB/s counts the two weight shares read once.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -58,7 +61,13 @@ def thin_products(ops, rng) -> list[dict]:
     return results
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TensorFlow's intra-op threads (0: its default, every core)")
+    args = parser.parse_args(argv[1:])
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     ops = _ops.load()
     rng = np.random.default_rng(0)
     paths = [p.decode() for p in ops.puma_ring_gemm_paths().numpy() if p != b"portable"]
@@ -86,7 +95,8 @@ def main() -> None:
         rows.append([row["shape"], row["ring_auto_ms"],
                      *[row[f"ring_{path}_gmacs"] for path in [*paths, "auto"]],
                      row["tf_int64_gmacs"], row["tf_float32_gmacs"], row["speedup_vs_tf_int64"]])
-    print(f"threads: {os.cpu_count()}; ring GEMM paths: {', '.join(paths)}")
+    threads = args.threads or os.cpu_count()
+    print(f"threads: {threads}; ring GEMM paths: {', '.join(paths)}")
     print_table(["shape", "auto ms", *[f"{p} GMAC/s" for p in [*paths, "auto"]],
                  "TF int64 GMAC/s", "TF f32 GMAC/s", "auto / TF int64"], rows)
     thin = thin_products(ops, rng)
@@ -94,10 +104,10 @@ def main() -> None:
                  "TF int64 / ours"],
                 [[r["shape"], r["share_ms"], r["tf_int64_ms"], r["weights_gb_s"],
                   r["speedup_vs_tf_int64"]] for r in thin])
-    write_json("ring_gemm", {"unit": "G multiply-adds per second", "paths": paths,
-                             "results": results,
-                             "decoding_share_products": thin})
+    write_json(f"ring_gemm_{args.threads}_threads" if args.threads else "ring_gemm",
+               {"unit": "G multiply-adds per second", "threads": threads,
+                "paths": paths, "results": results, "decoding_share_products": thin})
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv)
