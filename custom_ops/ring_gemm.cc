@@ -8,8 +8,10 @@
 // (benchmarks/ring_gemm.py, [128,30522]x[30522,384]: 12 -> 20 G multiply-adds/s).
 // For each column block the MR x NR tiles of C are computed in parallel over the slice and
 // added to C. The AVX-512 micro-kernel keeps an 8 x 16 tile of C in 16 zmm registers and multiplies
-// with vpmullq (AVX512DQ); the portable kernel does the same arithmetic in scalar code. Both give
-// the exact product mod 2^64, so results are bit-identical.
+// with vpmullq (AVX512DQ); the portable kernel does the same arithmetic in scalar code. Where
+// AMX-INT8 is usable, packed products with an inner dimension of at least kAmxMinInner take
+// byte-limb tiles instead (RingGemmAccumulateAmx, below). All give the exact product mod 2^64,
+// so results are bit-identical.
 #include "custom_ops/ring_gemm.h"
 
 #include <cpuid.h>
@@ -241,17 +243,17 @@ __attribute__((target("avx512f,avx512dq"))) void ThinAvx512(
   ThinBlock(trans_b, has_b2, M, K, a1, a2, B1, B2, ldb, n0, n1, acc);
 }
 
-
 // ---- AMX-INT8: 64-bit products from 8-bit limbs -------------------------------------------
 // a b mod 2^64 = sum_{s<8} 2^(8s) sum_{i+j=s} a_i b_j, with a_i, b_j the bytes of a and b
 // (36 byte pairs). TDPBUUD multiplies a 16 x 64 tile of u8 by a 64 x 16 one into 16 x 16
 // int32: 16,384 byte products in 16 cycles, so the 36 pairs give ~28 ring multiply-adds a cycle
 // against ~6 for vpmullq. Sums are exact: per slice (kc <= 1,024) and s, at most
-// 8 x 1,024 x 255^2 < 2^32 (read as uint32). op(A)'s bytes are packed as row tiles (16 rows x 64
-// of the inner dimension, one tile per limb), op(B)'s as column tiles in TDPBUUD's layout (row
-// r, byte 4n + t holds B[4r + t][n]; AmxTileAt), kcp = kc rounded up to 64 (zero-padded, as are rows and columns
-// to pairs of tiles). Each worker computes 2 x 2 blocks of 16 x 16 tiles (tmm0-3: C for one s,
-// tmm4-5: A, tmm6-7: B) and adds sum_s C_s << 8s into C (AmxBlock).
+// 8 x 1,024 x 255^2 < 2^32 (read as uint32). op(A)'s bytes are packed as row tiles (16 rows x
+// 64 of the inner dimension, one tile per limb), op(B)'s as column tiles in TDPBUUD's layout
+// (row r, byte 4n + t holds B[4r + t][n]; AmxTileAt), over kcp = kc rounded up to 64 and rows
+// and columns rounded up to pairs of tiles, zero-padded. Each worker computes 2 x 2 blocks of
+// 16 x 16 tiles (tmm0-3: C for one s, tmm4-5: A, tmm6-7: B) and adds sum_s C_s << 8s into C
+// (AmxBlock).
 constexpr int64_t kAmxTile = 16;  // rows and columns of a C tile
 constexpr int64_t kAmxK = 64;     // inner-dimension bytes of one TDPBUUD
 constexpr int64_t kLimbs = 8;
