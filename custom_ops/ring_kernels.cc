@@ -241,8 +241,7 @@ class MulShareOp : public StreamOpKernel {
   }
 };
 
-}  // namespace
-
+// The ring GEMM paths this process runs for real (PumaRingGemmPaths).
 class RingGemmPathsOp : public OpKernel {
  public:
   explicit RingGemmPathsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
@@ -257,6 +256,8 @@ class RingGemmPathsOp : public OpKernel {
     for (size_t i = 0; i < paths.size(); ++i) out->vec<tensorflow::tstring>()(i) = paths[i];
   }
 };
+
+}  // namespace
 
 REGISTER_KERNEL_BUILDER(Name("PumaRingMatMul").Device(DEVICE_CPU), RingMatMulOp);
 REGISTER_KERNEL_BUILDER(Name("PumaRingGemmPaths").Device(DEVICE_CPU), RingGemmPathsOp);
