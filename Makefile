@@ -70,6 +70,7 @@ serve-demo: build
 
 bench: build
 	$(PY) benchmarks/ring_gemm.py
+	$(PY) benchmarks/prg.py
 	$(PY) benchmarks/secure_matmul.py
 
 clean:
