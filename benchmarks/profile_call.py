@@ -14,6 +14,12 @@ is the executor's Process events minus the ops inside them.
 
     python benchmarks/profile_call.py                  # MiniLM-L6, 128 tokens
     python benchmarks/profile_call.py minilm-32 --seconds 4
+    python benchmarks/profile_call.py --perf           # Linux perf instead of TF's profiler
+
+With --perf the window is sampled by `perf record` on the three party processes instead (every
+thread, kernel time included): each party's CPU samples are summed by symbol and sorted into
+kinds (PERF_KINDS: our kernels by family, Eigen, gRPC, the kernel's TCP path and scheduling,
+malloc, memcpy, TensorFlow's runtime), as shares of the party's CPU.
 
 Figures are per call: the share of the window a kind takes, times the steady call's wall time
 (measured right before the window). Writes benchmarks/results/profile_call.json.
@@ -54,6 +60,75 @@ CPU_CALLS = 3  # calls over which each process's CPU time is read
 EXECUTOR = "executor"
 NUMBERED = re.compile(r"_\d+$")
 CALL = re.compile(r"(Stateful)?PartitionedCall(_\d+)?$")  # the function call around the graph
+
+
+# Symbols by kind for --perf: the first pattern that matches "[.] symbol" or "[k] symbol" wins.
+PERF_KINDS = [
+    ("ring GEMM", r"MicroKernel|RingGemm|Amx|PackA|PackB|Thin(Rows|Dots|Block|Avx512|Portable)"),
+    ("MSB / boolean kernels", r"Absorb|SignBits|Msb|XorPack|UnpackBits|AndShare|B2a"),
+    ("AES-CTR (PRG)", r"Keystream|CounterBlock|FillPrss|ZeroShare|PrgFill"),
+    ("TruncPr kernels", r"TruncPr|OpenMasked|MessageOf"),
+    ("elementwise share products", r"MulShare"),
+    ("other tf-puma kernels", r"tf_puma::"),
+    ("Eigen (TensorFlow's elementwise ops)", r"Eigen::"),
+    ("gRPC and tensor coding", r"grpc|protobuf|Grpc|gpr_|absl::"),
+    ("kernel: TCP and loopback", r"\[k\] .*(tcp_|_copy_to_iter|_copy_from_iter|skb|sock|inet|"
+                                 r"ip_|net_|loopback|dev_|napi|softirq)"),
+    ("kernel: scheduling", r"\[k\] .*(finish_task_switch|schedule|futex|_raw_spin|irqentry|"
+                           r"enqueue|dequeue|pick_next|update_|wake|select_task|ttwu|switch_|"
+                           r"psi_)"),
+    ("malloc / free", r"malloc|_int_free|cfree|\bfree\b|unlink_chunk|consolidate|memalign"),
+    ("memcpy / memset", r"memmove|memcpy|memset"),
+    ("TensorFlow runtime", r"tensorflow::|tsl::"),
+    ("kernel: other", r"\[k\]"),
+]
+PERF_OTHER = "other"
+PERF_SAMPLE_HZ = 499
+
+
+def perf_kind_of(symbol: str) -> str:
+    for kind, pattern in PERF_KINDS:
+        if re.search(pattern, symbol):
+            return kind
+    return PERF_OTHER
+
+
+def read_perf(path: str) -> dict[str, float]:
+    """Share (0..1) of one party's CPU samples by PERF_KINDS kind, from `perf report`."""
+    import subprocess  # noqa: PLC0415
+
+    report = subprocess.run(["perf", "report", "-i", path, "--sort", "sym", "--stdio"],
+                            capture_output=True, text=True, check=True).stdout
+    shares: dict[str, float] = defaultdict(float)
+    for line in report.splitlines():
+        match = re.match(r"\s+([\d.]+)%\s+(\[.\]\s+.*)", line)
+        if match:
+            shares[perf_kind_of(match.group(2))] += float(match.group(1)) / 100
+    return dict(shares)
+
+
+def perf_window(pids: list[int], seconds: float, out_dir: str) -> list[dict[str, float]]:
+    """`perf record` on each party process for `seconds`; their shares by kind."""
+    import signal  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    if shutil.which("perf") is None:
+        raise SystemExit("--perf needs Linux perf (Debian: apt-get install linux-perf); "
+                         "run without --perf for TensorFlow's profiler")
+    paths = [os.path.join(out_dir, f"party{i}.perf.data") for i in range(len(pids))]
+    procs = [subprocess.Popen(["perf", "record", "-q", "-F", str(PERF_SAMPLE_HZ), "-p", str(pid),
+                               "-o", path], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for pid, path in zip(pids, paths)]
+    time.sleep(seconds)
+    for proc in procs:
+        proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode not in (0, -signal.SIGINT) or err.strip():
+            raise SystemExit(f"perf record failed ({proc.returncode}): {err.decode().strip()} "
+                             "(is /proc/sys/kernel/perf_event_paranoid above 1 for a non-root "
+                             "user?)")
+    return [read_perf(path) for path in paths]
 
 
 def kind_of(op_type: str) -> str:
@@ -110,7 +185,7 @@ def read_party(path: str) -> tuple[dict[str, float], dict[str, float]]:
     return dict(by_kind), dict(by_scope)
 
 
-def profile(name: str, seconds: float, trunc_rounds: int = 2) -> dict:
+def profile(name: str, seconds: float, trunc_rounds: int = 2, use_perf: bool = False) -> dict:
     import numpy as np  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
@@ -145,14 +220,23 @@ def profile(name: str, seconds: float, trunc_rounds: int = 2) -> dict:
             caller = threading.Thread(target=call_back_to_back)
             caller.start()
             logdir = os.path.join(work, "profile")
+            perf_shares = None
             try:
                 time.sleep(min(wall, 2.0))  # the window starts inside a call, not at its start
-                tf.profiler.experimental.client.trace(
-                    ",".join(f"grpc://{address}" for address in local.cluster.parties), logdir,
-                    int(seconds * 1000))
+                if use_perf:
+                    perf_shares = perf_window(pids[:3], seconds, work)
+                else:
+                    tf.profiler.experimental.client.trace(
+                        ",".join(f"grpc://{address}" for address in local.cluster.parties),
+                        logdir, int(seconds * 1000))
             finally:
                 stop.set()
                 caller.join()
+        if perf_shares is not None:
+            return {"model": name, "window_s": seconds, "steady_wall_s": wall,
+                    "calls_in_window": len(calls), "cpu_wall_s": cpu_wall,
+                    "cpu_s_per_call": {"parties": cpu[:3], "client": cpu[3]},
+                    "perf_share_by_kind": perf_shares}
         parties = []
         for address in local.cluster.parties:
             found = glob.glob(os.path.join(logdir, "plugins", "profile", "*",
@@ -168,7 +252,33 @@ def profile(name: str, seconds: float, trunc_rounds: int = 2) -> dict:
             "parties": [{"by_kind_s": kinds, "by_scope_s": scopes} for kinds, scopes in parties]}
 
 
+def report_perf(result: dict) -> None:
+    """The --perf table: share of each party's CPU by kind, and CPU ms per call."""
+    kinds = [k for k, _ in PERF_KINDS] + [PERF_OTHER]
+    shares = result["perf_share_by_kind"]
+    cpu = result["cpu_s_per_call"]["parties"]
+    rows = []
+    for kind in sorted(kinds, key=lambda k: -sum(p.get(k, 0.0) for p in shares)):
+        cells = [100 * p.get(kind, 0.0) for p in shares]
+        ms = sum(p.get(kind, 0.0) * c * 1e3 for p, c in zip(shares, cpu)) / 3
+        rows.append([kind, *cells, sum(cells) / 3, ms])
+    print(f"{result['model']}: steady call {result['steady_wall_s']:.2f} s; perf samples of the "
+          f"three parties over {result['window_s']:.0f} s of back-to-back calls; % of each "
+          "party's CPU")
+    print_table(["kind", "party 0 %", "party 1 %", "party 2 %", "mean %",
+                 "CPU ms per call (mean party)"], rows)
+    write_json("profile_call_perf", result)
+
+
 def report(result: dict) -> None:
+    cpu = result["cpu_s_per_call"]
+    print(f"{result['model']}: CPU seconds per call (/proc, {CPU_CALLS} calls of "
+          f"{result['cpu_wall_s']:.2f} s; 2 cores give {2 * result['cpu_wall_s']:.2f})")
+    print_table(["party 0", "party 1", "party 2", "client", "all"],
+                [[*cpu["parties"], cpu["client"], sum(cpu["parties"]) + cpu["client"]]])
+    if "perf_share_by_kind" in result:
+        report_perf(result)
+        return
     wall, window = result["steady_wall_s"], result["window_s"]
     per_call = wall / window * 1e3  # ms per call for each second of the window
     kinds = [k for k, _ in KINDS] + [OTHER, EXECUTOR]
@@ -178,11 +288,6 @@ def report(result: dict) -> None:
         rows.append([kind, *cells, sum(cells) / 3])
     totals = [sum(p["by_kind_s"].values()) * per_call for p in result["parties"]]
     rows.append(["all of the above", *totals, sum(totals) / 3])
-    cpu = result["cpu_s_per_call"]
-    print(f"{result['model']}: CPU seconds per call (/proc, {CPU_CALLS} calls of "
-          f"{result['cpu_wall_s']:.2f} s; 2 cores give {2 * result['cpu_wall_s']:.2f})")
-    print_table(["party 0", "party 1", "party 2", "client", "all"],
-                [[*cpu["parties"], cpu["client"], sum(cpu["parties"]) + cpu["client"]]])
     print(f"{result['model']}: steady call {wall:.2f} s; a {window:.0f} s window of back-to-back "
           f"calls on the three parties; ms per call (op wall time on each party's executor "
           "threads)")
@@ -207,8 +312,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="the profiled window")
     parser.add_argument("--trunc-rounds", type=int, choices=(2, 3), default=2,
                         help="convert --trunc-rounds")
+    parser.add_argument("--perf", action="store_true",
+                        help="sample the parties with Linux perf instead of TF's profiler")
     args = parser.parse_args(argv[1:])
-    report(profile(args.model, args.seconds, args.trunc_rounds))
+    report(profile(args.model, args.seconds, args.trunc_rounds, args.perf))
 
 
 if __name__ == "__main__":
