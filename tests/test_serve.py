@@ -551,16 +551,12 @@ def test_serving_the_real_minilm_through_tf_servings_clients(tmp_path, capsys):
     inputs = hf.tokenize([text_data.movie_reviews()[i][1] for i in (3, 7)], 16)
     fn = tf.saved_model.load(plain).signatures["serving_default"]
     want = {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
-    grpc_port, rest_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tf_puma.apps.cli", "serve", "--model_name", "minilm",
-         "--model_base_path", str(base), "--port", str(grpc_port), "--rest_api_port",
-         str(rest_port), "--local"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # fresh ports again if another test process took one between free_port() and the bind
+    proc, grpc_address, rest_address = _start_serve(None, "--model_name", "minilm",
+                                                    "--model_base_path", str(base))
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("tf-puma serve ready"), line + proc.stderr.read()[-3000:]
         stub = prediction_service_pb2_grpc.PredictionServiceStub(
-            grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
+            grpc.insecure_channel(grpc_address))
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "minilm"
         for name, value in inputs.items():
@@ -570,8 +566,8 @@ def test_serving_the_real_minilm_through_tf_servings_clients(tmp_path, capsys):
         for name in want:
             assert np.abs(got[name] - want[name]).max() <= 0.02, name
         rows = [{k: v[i].tolist() for k, v in inputs.items()} for i in range(2)]
-        code, body = _rest({"rest": f"http://127.0.0.1:{rest_port}"},
-                           "/v1/models/minilm:predict", {"instances": rows})
+        code, body = _rest({"rest": rest_address}, "/v1/models/minilm:predict",
+                           {"instances": rows})
         assert code == 200, body
         rest = np.array([r["sentence_embedding"] for r in body["predictions"]])
         assert np.abs(rest - want["sentence_embedding"]).max() <= 0.02
@@ -580,6 +576,7 @@ def test_serving_the_real_minilm_through_tf_servings_clients(tmp_path, capsys):
         # The README's client snippet, as written (the default port swapped for this one's).
         from tests.test_readme import serving_snippet  # noqa: PLC0415
 
+        grpc_port = grpc_address.rsplit(":", 1)[1]
         snippet = serving_snippet().replace("localhost:8500", f"localhost:{grpc_port}")
         namespace = {"ids": inputs["input_ids"], "mask": inputs["attention_mask"]}
         exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - our README
