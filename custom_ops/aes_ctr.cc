@@ -84,16 +84,23 @@ void EncryptBlockPortable(const uint8_t round_keys[176], const uint8_t in[16], u
   std::memcpy(out, s, 16);
 }
 
-// Adds `delta` to a 128-bit big-endian counter.
-void CounterAdd(const uint8_t iv[16], uint64_t delta, uint8_t out[16]) {
+// iv + delta as a 128-bit big-endian counter, in two words (carry included).
+struct Counter128 {
+  uint64_t hi, lo;
+};
+inline Counter128 CounterAt(const uint8_t iv[16], uint64_t delta) {
   uint64_t hi = 0, lo = 0;
   for (int i = 0; i < 8; ++i) hi = (hi << 8) | iv[i];
   for (int i = 8; i < 16; ++i) lo = (lo << 8) | iv[i];
   const uint64_t new_lo = lo + delta;
-  if (new_lo < lo) ++hi;
-  for (int i = 7; i >= 0; --i, hi >>= 8) out[i] = static_cast<uint8_t>(hi);
-  uint64_t l = new_lo;
-  for (int i = 15; i >= 8; --i, l >>= 8) out[i] = static_cast<uint8_t>(l);
+  return {hi + (new_lo < lo ? 1 : 0), new_lo};
+}
+
+// Adds `delta` to a 128-bit big-endian counter.
+void CounterAdd(const uint8_t iv[16], uint64_t delta, uint8_t out[16]) {
+  Counter128 c = CounterAt(iv, delta);
+  for (int i = 7; i >= 0; --i, c.hi >>= 8) out[i] = static_cast<uint8_t>(c.hi);
+  for (int i = 15; i >= 8; --i, c.lo >>= 8) out[i] = static_cast<uint8_t>(c.lo);
 }
 
 void KeystreamPortable(const uint8_t key[16], const uint8_t iv[16], uint64_t first_block,
@@ -145,14 +152,8 @@ TF_PUMA_AESNI void KeystreamNi(const uint8_t key[16], const uint8_t iv[16], uint
   __m128i rk[11];
   ExpandKeyNi(key, rk);
   const __m128i bswap = _mm_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  uint64_t hi = 0, lo = 0;
-  for (int i = 0; i < 8; ++i) hi = (hi << 8) | iv[i];
-  for (int i = 8; i < 16; ++i) lo = (lo << 8) | iv[i];
-  {
-    const uint64_t new_lo = lo + first_block;
-    if (new_lo < lo) ++hi;
-    lo = new_lo;
-  }
+  const Counter128 start = CounterAt(iv, first_block);
+  uint64_t hi = start.hi, lo = start.lo;
   auto next = [&]() {
     const __m128i block = CounterBlock(hi, lo, bswap);
     if (++lo == 0) ++hi;
@@ -192,19 +193,15 @@ TF_PUMA_VAES void KeystreamVaes(const uint8_t key[16], const uint8_t iv[16],
   const __m512i bswap = _mm512_broadcast_i32x4(
       _mm_set_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
   const __m512i step = _mm512_set_epi64(0, 4, 0, 4, 0, 4, 0, 4);  // +4 on each lane's lo
-  uint64_t hi = 0, lo = 0;
-  for (int i = 0; i < 8; ++i) hi = (hi << 8) | iv[i];
-  for (int i = 8; i < 16; ++i) lo = (lo << 8) | iv[i];
   uint64_t j = 0;
   for (; j + kVaesChunk <= n_blocks; j += kVaesChunk) {
-    const uint64_t chunk_lo = lo + first_block + j;  // the chunk's first counter, mod 2^128
-    const uint64_t chunk_hi = hi + (chunk_lo < lo ? 1 : 0);
-    if (chunk_lo > ~uint64_t{0} - (kVaesChunk - 1)) {
+    const Counter128 chunk = CounterAt(iv, first_block + j);  // the chunk's first counter
+    if (chunk.lo > ~uint64_t{0} - (kVaesChunk - 1)) {
       // The low word wraps inside this chunk: the AES-NI path carries into the high word.
       KeystreamNi(key, iv, first_block + j, kVaesChunk, out + 16 * j);
       continue;
     }
-    const int64_t h = static_cast<int64_t>(chunk_hi), l = static_cast<int64_t>(chunk_lo);
+    const int64_t h = static_cast<int64_t>(chunk.hi), l = static_cast<int64_t>(chunk.lo);
     __m512i ctr = _mm512_set_epi64(h, l + 3, h, l + 2, h, l + 1, h, l);
     __m512i b[8];
     for (int i = 0; i < 8; ++i) {

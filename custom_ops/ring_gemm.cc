@@ -41,6 +41,12 @@ constexpr int64_t kKc = 1024;  // inner-dimension slice packed at a time (a tile
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The matrix x (null stays null) from inner index k0 on, with the inner dimension along its
+// rows (`k_along_rows`: x stored [K][..]) or along its columns: a slice's op(A) or op(B).
+inline const uint64_t* FromInner(const uint64_t* x, int64_t k0, int64_t ld, bool k_along_rows) {
+  return x == nullptr ? nullptr : k_along_rows ? x + k0 * ld : x + k0;
+}
+
 // Packs op(A) (M x K) into panels of kMr rows: panel p, step k holds A[p*kMr + r][k], r < kMr.
 void PackA(int64_t M, int64_t K, const uint64_t* A, int64_t lda, bool trans, uint64_t* out,
            int64_t p_begin, int64_t p_end) {
@@ -503,9 +509,9 @@ void RingGemmAccumulateAmx(int64_t M, int64_t N, int64_t K, const uint64_t* A, i
   for (int64_t k0 = 0; k0 < K; k0 += kKc) {
     const int64_t kc = std::min(kKc, K - k0);
     const int64_t kcp = CeilDiv(kc, kAmxK) * kAmxK;
-    const uint64_t* a_k = trans_a ? A + k0 * lda : A + k0;
-    const uint64_t* b_k = trans_b ? B + k0 : B + k0 * ldb;
-    const uint64_t* b2_k = B2 == nullptr ? nullptr : trans_b ? B2 + k0 : B2 + k0 * ldb;
+    const uint64_t* a_k = FromInner(A, k0, lda, trans_a);
+    const uint64_t* b_k = FromInner(B, k0, ldb, !trans_b);
+    const uint64_t* b2_k = FromInner(B2, k0, ldb, !trans_b);
     runner(2 * p_pairs, kc * kAmxTile * 4, [&](int64_t b, int64_t e) {
       PackAmxA(M, kc, kcp, a_k, lda, trans_a, packed_a.get(), b, e);
     });
@@ -581,9 +587,9 @@ void RingGemmAccumulate(int64_t M, int64_t N, int64_t K, const uint64_t* A, int6
   for (int64_t k0 = 0; k0 < K; k0 += kKc) {
     const int64_t kc = std::min(kKc, K - k0);
     // op(A)[:, k0:k0+kc] and op(B)[k0:k0+kc, :] with the same leading dimensions
-    const uint64_t* a_k = trans_a ? A + k0 * lda : A + k0;
-    const uint64_t* b_k = trans_b ? B + k0 : B + k0 * ldb;
-    const uint64_t* b2_k = B2 == nullptr ? nullptr : trans_b ? B2 + k0 : B2 + k0 * ldb;
+    const uint64_t* a_k = FromInner(A, k0, lda, trans_a);
+    const uint64_t* b_k = FromInner(B, k0, ldb, !trans_b);
+    const uint64_t* b2_k = FromInner(B2, k0, ldb, !trans_b);
     runner(a_panels, kc * kMr * 2, [&](int64_t b, int64_t e) {
       PackA(M, kc, a_k, lda, trans_a, packed_a.get(), b, e);
     });
