@@ -232,11 +232,11 @@ def profile(name: str, seconds: float, trunc_rounds: int = 2, use_perf: bool = F
             finally:
                 stop.set()
                 caller.join()
+        result = {"model": name, "window_s": seconds, "steady_wall_s": wall,
+                  "calls_in_window": len(calls), "cpu_wall_s": cpu_wall,
+                  "cpu_s_per_call": {"parties": cpu[:3], "client": cpu[3]}}
         if perf_shares is not None:
-            return {"model": name, "window_s": seconds, "steady_wall_s": wall,
-                    "calls_in_window": len(calls), "cpu_wall_s": cpu_wall,
-                    "cpu_s_per_call": {"parties": cpu[:3], "client": cpu[3]},
-                    "perf_share_by_kind": perf_shares}
+            return {**result, "perf_share_by_kind": perf_shares}
         parties = []
         for address in local.cluster.parties:
             found = glob.glob(os.path.join(logdir, "plugins", "profile", "*",
@@ -246,9 +246,7 @@ def profile(name: str, seconds: float, trunc_rounds: int = 2, use_perf: bool = F
             parties.append(read_party(found[0]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"model": name, "window_s": seconds, "steady_wall_s": wall,
-            "calls_in_window": len(calls), "cpu_wall_s": cpu_wall,
-            "cpu_s_per_call": {"parties": cpu[:3], "client": cpu[3]},
+    return {**result,
             "parties": [{"by_kind_s": kinds, "by_scope_s": scopes} for kinds, scopes in parties]}
 
 
