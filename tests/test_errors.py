@@ -260,3 +260,73 @@ def test_a_local_cluster_starts_again_on_fresh_ports_when_one_was_taken(monkeypa
         tf_puma.LocalCluster().start()
     holder.close()
 
+
+
+def test_a_party_check_tells_a_dead_address_from_one_that_does_not_answer():
+    """check_party's `refused`: nothing listening (a killed party) is refused at once; a
+    listener that never answers (a stopped party, or only a slow one) times out, not refused."""
+    import socket  # noqa: PLC0415
+
+    from tf_puma.cluster import PartyUnavailable, check_party  # noqa: PLC0415
+
+    with pytest.raises(PartyUnavailable, match="party 2 at 127.0.0.1:") as dead:
+        check_party(2, f"127.0.0.1:{free_port()}", timeout=5.0)
+    assert dead.value.refused
+    with socket.socket() as silent:  # accepts (the kernel's backlog) and never speaks gRPC
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        start = time.monotonic()
+        with pytest.raises(PartyUnavailable, match="does not answer") as stopped:
+            check_party(1, f"127.0.0.1:{silent.getsockname()[1]}", timeout=1.0)
+    assert not stopped.value.refused and 0.9 < time.monotonic() - start < 5
+
+
+class _SlowSession:
+    """A TF1 session stand-in whose run takes `seconds`."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def run(self, fetches, feed_dict):
+        time.sleep(self.seconds)
+        return {"y": 1}
+
+
+def _servable_checked(monkeypatch, checks: list[str], run_s: float):
+    """A Servable (no model) whose health checks answer from `checks` ('ok', 'slow': a timeout,
+    'refused'; the last one repeats), checked every 0.05 s with a 0.5 s miss allowance."""
+    from tf_puma.apps.serving import servable as servable_lib  # noqa: PLC0415
+    from tf_puma.cluster import PartyUnavailable  # noqa: PLC0415
+
+    answers = iter(checks)
+    last = [checks[-1]]
+
+    def check(cluster, timeout):
+        answer = next(answers, last[0])
+        if answer != "ok":
+            raise PartyUnavailable(f"party 1 {answer}", refused=answer == "refused")
+
+    monkeypatch.setattr(servable_lib, "check_parties", check)
+    monkeypatch.setattr(servable_lib, "HEALTH_EVERY_S", 0.05)
+    monkeypatch.setattr(servable_lib, "HEALTH_MISS_S", 0.5)
+    served = object.__new__(servable_lib.Servable)
+    served.cluster, served.session = None, _SlowSession(run_s)
+    served._last_call_s, served._party_failed, served.calls = None, None, 0
+    return served
+
+
+def test_a_served_call_outlives_a_few_slow_health_checks(monkeypatch):
+    """CI, with the 2 cores also running benchmarks: a restarted party's 1 s status check timed
+    out during a served call, the call was abandoned as if the party were down, twice, and the
+    request failed ('a party restarted during the call and the call failed again'). Misses now
+    count only when they last HEALTH_MISS_S; a refused connection still ends the call at once."""
+    served = _servable_checked(monkeypatch, ["slow", "slow", "slow", "ok"], run_s=0.6)
+    assert served._run({"y": "y:0"}, {}) == {"y": 1} and served.calls == 1
+    start = time.monotonic()
+    with pytest.raises(tf.errors.UnavailableError, match="party 1 slow"):
+        _servable_checked(monkeypatch, ["slow"], run_s=30)._run({"y": "y:0"}, {})
+    assert 0.5 <= time.monotonic() - start < 2
+    start = time.monotonic()
+    with pytest.raises(tf.errors.UnavailableError, match="party 1 refused"):
+        _servable_checked(monkeypatch, ["ok", "refused"], run_s=30)._run({"y": "y:0"}, {})
+    assert time.monotonic() - start < 0.5

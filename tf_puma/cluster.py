@@ -117,7 +117,13 @@ def port_in_use(address: str) -> bool:
 
 
 class PartyUnavailable(ConnectionError):
-    """A party does not answer: stopped, overloaded, gone, or not a tf-puma party at all."""
+    """A party does not answer: stopped, overloaded, gone, or not a tf-puma party at all.
+    `refused` is True when nothing listens on its address any more (a dead process), as opposed
+    to a listener that does not answer in time (stopped, or only overloaded)."""
+
+    def __init__(self, message: str, refused: bool = False):
+        super().__init__(message)
+        self.refused = refused
 
 
 def check_party(index: int, address: str, timeout: float = 5.0) -> None:
@@ -138,7 +144,8 @@ def check_party(index: int, address: str, timeout: float = 5.0) -> None:
                 f"party {index} at {address} does not answer as a TensorFlow server within "
                 f"{timeout:.0f} s ({err.code().name}): it is stopped, overloaded, restarting or "
                 "not a tf-puma party; check `tf-puma party --task "
-                f"{index}` on that host") from None
+                f"{index}` on that host", refused=err.code() == grpc.StatusCode.UNAVAILABLE
+            ) from None
 
 
 def check_parties(cluster: "Cluster", timeout: float = 5.0) -> None:

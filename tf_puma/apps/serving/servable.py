@@ -30,6 +30,9 @@ from tf_puma.manifest import Manifest
 FIRST_CALL_TIMEOUT_S = 600.0
 RESTART_GRACE_S = 8.0
 HEALTH_EVERY_S = 1.0
+# A party that refuses connections is gone at once; one that only fails to answer in time (a
+# stopped process, or a loaded machine's slow gRPC threads) must keep failing this long.
+HEALTH_MISS_S = 5.0
 
 
 class ServingError(ValueError):
@@ -190,7 +193,8 @@ class Servable:
         """One session.run, watched: TF1's distributed runtime does not end a step whose
         party died (the client's partition waits for that party's tensors forever), so the run
         happens in a thread while the parties are asked for their status every
-        HEALTH_EVERY_S; a party that stops answering, or the deadline (first call 600 s, then
+        HEALTH_EVERY_S; a party that refuses connections or does not answer for HEALTH_MISS_S
+        in a row (one slow answer on a loaded host is not a fault), or the deadline (first call 600 s, then
         10x the last + 30 s), abandons the run and its session (the next call loads a new one)
         and raises UnavailableError / TimeoutError."""
         timeout = (FIRST_CALL_TIMEOUT_S if self._last_call_s is None
@@ -207,15 +211,19 @@ class Servable:
         start = time.monotonic()
         worker = threading.Thread(target=run, name="tf-puma-serve-call", daemon=True)
         worker.start()
+        missed_since: float | None = None  # when the parties' current run of misses began
         while True:
             worker.join(HEALTH_EVERY_S)
             if not worker.is_alive():
                 break
             try:
                 check_parties(self.cluster, timeout=HEALTH_EVERY_S)
+                missed_since = None
             except PartyUnavailable as down:
-                self._abandon()
-                raise tf.errors.UnavailableError(None, None, str(down)) from None
+                missed_since = missed_since or time.monotonic()
+                if down.refused or time.monotonic() - missed_since >= HEALTH_MISS_S:
+                    self._abandon()
+                    raise tf.errors.UnavailableError(None, None, str(down)) from None
             if time.monotonic() - start > timeout:
                 self._abandon()
                 raise TimeoutError(f"the secure call did not finish within {timeout:.0f} s "
