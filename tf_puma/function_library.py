@@ -11,10 +11,18 @@ executing eagerly (`context.call_function`: TF's runtime partitions it across th
 in it, the party tasks included). Every function is registered under a name of its own for this
 load, so two models (or two loads of one) in a process never meet. `release()` removes them
 again, which also releases their instantiations on the parties.
+
+Only the client holds the functions' bodies. TensorFlow sends every function a client adds to
+every remote task, but a party runs only its own partition of a signature, which TF registers
+with it at the first call: the whole functions cost each party as much again (~350 MiB for
+SmolLM2's generation model). So each function is added by name only (the parties keep that
+empty definition until `release()` removes it) and the op library's
+TfPumaReplaceFunctionLocally gives it its body in this process.
 """
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import os
 import threading
@@ -86,7 +94,7 @@ class FunctionLibrary:
                 for ref in _function_refs(node):
                     if ref.name in library:
                         ref.name += suffix
-            ctx.add_function_def(renamed)
+            _add_function_here(ctx, renamed)
             self._names.append(renamed.signature.name)
 
     def release(self) -> None:
@@ -97,6 +105,40 @@ class FunctionLibrary:
                 ctx.remove_function(name)
         self._names = []
         self.signatures = {}
+
+
+def _add_function_here(ctx: context.Context, fdef: function_pb2.FunctionDef) -> None:
+    """Adds `fdef` to the eager context with its body in this process only: its name alone
+    goes to the remote tasks (one RPC per party, a few bytes)."""
+    name_only = function_pb2.FunctionDef()
+    name_only.signature.name = fdef.signature.name
+    ctx.add_function_def(name_only)
+    data = fdef.SerializeToString()
+    error = ctypes.create_string_buffer(1024)
+    if _replace_locally()(_context_pointer(ctx), data, len(data), error, len(error)) != 0:
+        ctx.remove_function(fdef.signature.name)
+        raise RuntimeError(f"cannot register function {fdef.signature.name}: "
+                           f"{error.value.decode(errors='replace')}")
+
+
+def _replace_locally():
+    """The op library's TfPumaReplaceFunctionLocally (custom_ops/client_functions.cc)."""
+    from tf_puma import _ops  # noqa: PLC0415
+
+    _ops.load()
+    replace = ctypes.CDLL(_ops.library_path()).TfPumaReplaceFunctionLocally
+    replace.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
+                        ctypes.c_size_t]
+    replace.restype = ctypes.c_int
+    return replace
+
+
+def _context_pointer(ctx: context.Context) -> int:
+    """The TFE_Context* inside the eager context's handle (a PyCapsule without a name)."""
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    get_pointer.restype = ctypes.c_void_p
+    return get_pointer(ctx._handle, None)  # noqa: SLF001 - TF's own handle, no public getter
 
 
 def _read_meta_graph(model_dir: str) -> meta_graph_pb2.MetaGraphDef:
