@@ -4,9 +4,9 @@
 // (EagerContext::AddFunctionDef -> MaybeRegisterFunctionRemotely). A party never runs a secure
 // signature's whole function, only its own partition, which the client registers with it when
 // the function is first called. For SmolLM2's generation model the two whole functions cost
-// each party ~350 MiB. tf_puma.function_library therefore adds a stub of each function (its
-// name only; the parties store that and remove it again on release) and then gives the stub
-// its real body here.
+// each party ~350 MiB. tf_puma.function_library therefore adds each function by name only (the
+// parties store that empty definition and remove it again on release) and then gives it its
+// body here, in the client's library alone.
 #include <cstdio>
 #include <string>
 

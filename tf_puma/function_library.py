@@ -23,6 +23,7 @@ TfPumaReplaceFunctionLocally gives it its body in this process.
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
 import os
 import threading
@@ -121,24 +122,32 @@ def _add_function_here(ctx: context.Context, fdef: function_pb2.FunctionDef) -> 
                            f"{error.value.decode(errors='replace')}")
 
 
+@functools.lru_cache(maxsize=1)
 def _replace_locally():
     """The op library's TfPumaReplaceFunctionLocally (custom_ops/client_functions.cc)."""
     from tf_puma import _ops  # noqa: PLC0415
 
     _ops.load()
-    replace = ctypes.CDLL(_ops.library_path()).TfPumaReplaceFunctionLocally
+    try:
+        replace = ctypes.CDLL(_ops.library_path()).TfPumaReplaceFunctionLocally
+    except AttributeError:
+        raise RuntimeError(f"the op library {_ops.library_path()} predates this tf-puma (it "
+                           "lacks TfPumaReplaceFunctionLocally): rebuild it with `make build` "
+                           "or `make bazel-build`") from None
     replace.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
                         ctypes.c_size_t]
     replace.restype = ctypes.c_int
     return replace
 
 
+# Python's PyCapsule_GetPointer with its own prototype (ctypes.pythonapi's is shared).
+_capsule_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
+    ("PyCapsule_GetPointer", ctypes.pythonapi))
+
+
 def _context_pointer(ctx: context.Context) -> int:
     """The TFE_Context* inside the eager context's handle (a PyCapsule without a name)."""
-    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
-    get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    get_pointer.restype = ctypes.c_void_p
-    return get_pointer(ctx._handle, None)  # noqa: SLF001 - TF's own handle, no public getter
+    return _capsule_pointer(ctx._handle, None)  # noqa: SLF001 - TF's handle, no public getter
 
 
 def _read_meta_graph(model_dir: str) -> meta_graph_pb2.MetaGraphDef:

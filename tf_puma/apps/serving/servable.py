@@ -194,9 +194,9 @@ class Servable:
         party died (the client's partition waits for that party's tensors forever), so the run
         happens in a thread while the parties are asked for their status every
         HEALTH_EVERY_S; a party that refuses connections or does not answer for HEALTH_MISS_S
-        in a row (one slow answer on a loaded host is not a fault), or the deadline (first call 600 s, then
-        10x the last + 30 s), abandons the run and its session (the next call loads a new one)
-        and raises UnavailableError / TimeoutError."""
+        in a row (one slow answer on a loaded host is not a fault), or the deadline (first call
+        600 s, then 10x the last + 30 s), abandons the run and its session (the next call loads
+        a new one) and raises UnavailableError / TimeoutError."""
         timeout = (FIRST_CALL_TIMEOUT_S if self._last_call_s is None
                    else 10 * self._last_call_s + 30)
         session = self.session
