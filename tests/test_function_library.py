@@ -65,6 +65,16 @@ def test_signatures_give_what_tf_saved_model_load_gives(tmp_path):
     np.testing.assert_array_equal(library.signatures["other"](v=tf.constant([4.0, 9.0]))["w"],
                                   [2.0, 3.0])
     assert library.signatures["serving_default"].input_names == ["k", "x"]  # the call's order
+    from tensorflow.python.eager import context  # noqa: PLC0415
+
+    registered = context.context().get_function_def(
+        library.signatures["serving_default"].function_name)
+    assert registered.node_def and not any(  # shape hints dropped (copied into every graph)
+        "_output_shapes" in n.attr or "_puma_sent_to" in n.attr for n in registered.node_def)
+    saved = [f for f in saved_model_pb2.SavedModel.FromString(
+        open(os.path.join(path, "saved_model.pb"), "rb").read()).meta_graphs[0]
+        .graph_def.library.function if f.node_def]
+    assert any("_output_shapes" in n.attr for f in saved for n in f.node_def)  # they were there
 
 
 def test_models_whose_functions_share_names_stay_apart_and_release_only_their_own(tmp_path):
