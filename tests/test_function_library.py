@@ -45,10 +45,15 @@ def _save_in_process(path: str, scale: float) -> str:
     return path
 
 
-def _function_names(path: str) -> list[str]:
+def _saved_functions(path: str) -> list:
+    """The FunctionDefs of the SavedModel at `path`, as saved."""
     saved = saved_model_pb2.SavedModel()
     saved.ParseFromString(open(os.path.join(path, "saved_model.pb"), "rb").read())
-    return [f.signature.name for f in saved.meta_graphs[0].graph_def.library.function]
+    return list(saved.meta_graphs[0].graph_def.library.function)
+
+
+def _function_names(path: str) -> list[str]:
+    return [f.signature.name for f in _saved_functions(path)]
 
 
 def test_signatures_give_what_tf_saved_model_load_gives(tmp_path):
@@ -71,10 +76,8 @@ def test_signatures_give_what_tf_saved_model_load_gives(tmp_path):
         library.signatures["serving_default"].function_name)
     assert registered.node_def and not any(  # shape hints dropped (copied into every graph)
         "_output_shapes" in n.attr or "_puma_sent_to" in n.attr for n in registered.node_def)
-    saved = [f for f in saved_model_pb2.SavedModel.FromString(
-        open(os.path.join(path, "saved_model.pb"), "rb").read()).meta_graphs[0]
-        .graph_def.library.function if f.node_def]
-    assert any("_output_shapes" in n.attr for f in saved for n in f.node_def)  # they were there
+    assert any("_output_shapes" in n.attr  # they were there
+               for f in _saved_functions(path) for n in f.node_def)
 
 
 def test_models_whose_functions_share_names_stay_apart_and_release_only_their_own(tmp_path):
@@ -119,7 +122,6 @@ def test_mistakes_are_named(tmp_path):
     tf.saved_model.save(stateful, str(tmp_path / "s"), signatures=stateful.__call__)
     with pytest.raises(ValueError, match="reads state that is not one of its inputs"):
         FunctionLibrary(str(tmp_path / "s"), ["serving_default"])
-
 
 
 def _identity_chain(name: str, length: int):

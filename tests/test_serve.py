@@ -57,12 +57,13 @@ def _plain_y(path: str, x: np.ndarray) -> np.ndarray:
     return tf.saved_model.load(path).signatures["serving_default"](x=tf.constant(x))["y"].numpy()
 
 
-def _start_serve(base, *extra: str) -> tuple[subprocess.Popen, str, str]:
-    """Starts `tf-puma serve --local` on free ports; again on fresh ones if a port chosen free
-    was taken before the server bound it (another test process's connection, say)."""
+def _start_serve(base, *extra: str, cluster=None) -> tuple[subprocess.Popen, str, str]:
+    """Starts `tf-puma serve` (with `--local` parties, or against `cluster`'s) on free ports;
+    again on fresh ones if a port chosen free was taken before the server bound it (another
+    test process's connection, say)."""
     for attempt in range(3):
         try:
-            return _start_serve_once(base, *extra)
+            return _start_serve_once(base, *extra, cluster=cluster)
         except PortTaken:
             if attempt == 2:
                 raise
@@ -73,13 +74,14 @@ class PortTaken(Exception):
     pass
 
 
-def _start_serve_once(base, *extra: str) -> tuple[subprocess.Popen, str, str]:
+def _start_serve_once(base, *extra: str, cluster=None) -> tuple[subprocess.Popen, str, str]:
     grpc_port, rest_port = free_port(), free_port()
+    parties = ["--local"] if cluster is None else ["--cluster", cluster.to_json()]
     proc = subprocess.Popen(
         [sys.executable, "-m", "tf_puma.apps.cli", "serve",
          *(["--model_name", "tiny", "--model_base_path", str(base)] if base else []),
-         "--port", str(grpc_port), "--rest_api_port", str(rest_port), "--local", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+         "--port", str(grpc_port), "--rest_api_port", str(rest_port), *parties, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     ready = ""
     while time.monotonic() < deadline:
@@ -499,17 +501,12 @@ def test_a_killed_party_gets_unavailable_naming_it_and_the_server_recovers(serve
 
     local = tf_puma.LocalCluster(shares_dir=str(served["base"] / "1" / "shares"))
     spec = local.start()
-    grpc_port, rest_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tf_puma.apps.cli", "serve", "--model_name", "tiny",
-         "--model_base_path", str(served["base"]), "--port", str(grpc_port), "--rest_api_port",
-         str(rest_port), "--cluster", spec.to_json()], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+    proc = None
     try:
-        assert proc.stdout.readline().startswith("tf-puma serve ready"), proc.stderr.read()
-        rest = {"rest": f"http://127.0.0.1:{rest_port}"}
+        proc, grpc_address, rest_address = _start_serve(served["base"], cluster=spec)
+        rest = {"rest": rest_address}
         stub = prediction_service_pb2_grpc.PredictionServiceStub(
-            grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
+            grpc.insecure_channel(grpc_address))
         x = _x(2, seed=11)
         plain = served["plain"](x)["y"]
         request = predict_pb2.PredictRequest()
@@ -533,7 +530,8 @@ def test_a_killed_party_gets_unavailable_naming_it_and_the_server_recovers(serve
         assert code == 200 and np.abs(np.array([r["y"] for r in body["predictions"]])
                                       - plain).max() < BOUND
     finally:
-        _stop(proc)
+        if proc is not None:
+            _stop(proc)
         local.stop()
 
 
