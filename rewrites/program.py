@@ -237,6 +237,7 @@ class BuildContext:
         self.env: dict[str, Value] = {}
         self._shared: dict[object, Shared] = {}
         self._public: dict[tuple[int, int], tf.Tensor] = {}
+        self._public_ring: dict[tuple[tuple, int], tf.Tensor] = {}
         for ref, value in program.constants.items():
             self.env[ref] = value
         for name, value in program.weights.items():
@@ -305,6 +306,30 @@ class BuildContext:
         raise ConversionError(f"{node.op} {node.name}: this operand must be a constant or a "
                               "public input (it would be shown to the parties); mark the "
                               "input --public-input if that is acceptable")
+
+    def public_ring(self, v: ClientValue, parties: Iterable[int],
+                    floor: float | None = None) -> tuple[dict[int, tf.Tensor], int]:
+        """A public client value (raised to at least `floor`, if given) in the ring on each of
+        `parties`, and its fractional bits: floats encoded in the format on the client,
+        integers as they are (0 bits). Encoded and sent once per party and trace. For sums and
+        products with shares that need no zero shares of it (arithmetic.add_public_tensor,
+        mul_public_tensor)."""
+        t = v.tensor
+        frac = arithmetic.fixed_point().frac_bits if t.dtype.is_floating else 0
+        key = (id(t), floor)
+        if (key, -1) not in self._public_ring:
+            with tf.device(runtime.CLIENT_DEVICE):
+                if floor is not None:
+                    t = tf.maximum(t, tf.cast(floor, t.dtype))
+                self._public_ring[(key, -1)] = (arithmetic.fixed_point().encode(t) if frac
+                                                else tf.cast(t, tf.int64))
+        out = {}
+        for party in parties:
+            if (key, party) not in self._public_ring:
+                self._public_ring[(key, party)] = runtime.transfer(
+                    self._public_ring[(key, -1)], runtime.CLIENT, party)
+            out[party] = self._public_ring[(key, party)]
+        return out, frac
 
     def state_out(self, ref: str) -> Shared:
         """A state output as shares at the format's fractional bits (the next call's input)."""

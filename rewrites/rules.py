@@ -168,12 +168,25 @@ def _add(ctx, node, a: Value, b: Value) -> Shared:
     for x, c in ((a, b), (b, a)):
         if isinstance(c, (np.ndarray, np.generic)):  # a numpy scalar too (see _mul)
             return arithmetic.add_public(ctx.broadcast(ctx.shared(x), out_shape), np.asarray(c))
+    for x, c in ((a, b), (b, a)):
+        if _is_public_client(c) and not isinstance(x, ClientValue):  # e.g. an attention mask
+            ring, frac = ctx.public_ring(c, (0, 2))
+            return arithmetic.add_public_tensor(ctx.broadcast(ctx.shared(x), out_shape), ring,
+                                                frac)
     return ctx.broadcast(arithmetic.add(*ctx.aligned([a, b])), out_shape)
+
+
+def _is_public_client(v: Value) -> bool:
+    """A client value the parties may see (positions, masks, rotary tables: --public-input)."""
+    return isinstance(v, ClientValue) and v.public
 
 
 def _negated(ctx, v: Value) -> Value:
     if isinstance(v, np.ndarray):
         return -v
+    if _is_public_client(v):
+        with tf.device(runtime.CLIENT_DEVICE):
+            return ClientValue(tf.negative(v.tensor), public=True)
     return arithmetic.neg(ctx.shared(v))
 
 
@@ -208,6 +221,11 @@ def _mul(ctx, node, a: Value, b: Value) -> Shared:
         if isinstance(c, (np.ndarray, np.generic)):
             return ctx.broadcast(arithmetic.mul_public(ctx.shared(x), np.asarray(c)),
                                  ctx.output_shape(node))
+    for x, c in ((a, b), (b, a)):
+        if _is_public_client(c) and not isinstance(x, ClientValue):  # e.g. rotary cos / sin
+            ring, frac = ctx.public_ring(c, range(NUM_PARTIES))
+            return arithmetic.mul_public_tensor(
+                ctx.broadcast(ctx.shared(x), ctx.output_shape(node)), ring, frac)
     return arithmetic.mul(ctx.shared(a), ctx.shared(b))
 
 

@@ -32,6 +32,16 @@ def _save(tmp_path, name: str, fn, specs, variables) -> str:
     return path
 
 
+def _saved_nodes(path: str) -> list:
+    """Every node of every function in the SavedModel at `path`."""
+    from tensorflow.core.protobuf import saved_model_pb2  # noqa: PLC0415
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    return [n for f in saved.meta_graphs[0].graph_def.library.function for n in f.node_def]
+
+
 def _weights(*shapes, seed=0):
     rng = np.random.default_rng(seed)
     return [tf.Variable(rng.normal(size=s).astype(np.float32) * 0.3) for s in shapes]
@@ -303,30 +313,44 @@ def test_cli_convert_with_three_round_truncations(tmp_path):
 
 
 def test_public_inputs_reach_the_parties_in_plaintext(tmp_path, cluster, deploy):
-    """--public-input: positions gather shared rows locally (no one-hot), a public bias is added
-    by the parties; the secret input still travels only as shares."""
+    """--public-input: positions gather shared rows locally (no one-hot); a public tensor is
+    added to share x_0 only and multiplied into each share locally, then truncated (rotary cos /
+    sin, attention masks): no zero shares of it and no share product. The secret input still
+    travels only as shares."""
     w, = _weights((5, 6), seed=6)
 
-    def fn(x, pos, bias):
+    def fn(x, pos, bias, scale):
         h = x @ w                                              # [4, 6] secret
-        return {"y": tf.gather(h, pos, axis=0) * 2.0 + bias}  # public ids, public bias
+        return {"y": tf.gather(h, pos, axis=0) * 2.0 + bias,  # public ids, public bias
+                "z": h * scale - scale + scale[:1] * h}        # public factors and a difference
 
     specs = [tf.TensorSpec([4, 5], tf.float32, name="x"),
              tf.TensorSpec([3], tf.int32, name="pos"),
-             tf.TensorSpec([3, 6], tf.float32, name="bias")]
+             tf.TensorSpec([3, 6], tf.float32, name="bias"),
+             tf.TensorSpec([4, 6], tf.float32, name="scale")]
     plain = _save(tmp_path, "plain", fn, specs, [w])
     secure = str(tmp_path / "secure")
-    manifest = convert.convert(plain, secure, public_inputs=["pos", "bias"], **QUIET)
+    manifest = convert.convert(plain, secure, public_inputs=["pos", "bias", "scale"], **QUIET)
     assert manifest.inputs["pos"].public and not manifest.inputs["x"].public
     assert manifest.protocols["matmul"]["calls"] == 1  # x @ w only: no one-hot lookup
+    assert "mul" not in manifest.protocols and manifest.protocols["mul_public"]["calls"] == 3
+    nodes = _saved_nodes(secure)
+    by_name = {n.name: n for n in nodes}
+    assert not [n.name for n in nodes if n.op == "PumaMulShare"]
+    made_at_start = [n.name for n in nodes if n.op in ("Fill", "BroadcastTo", "ZerosLike")
+                     and "/task:" in n.device and all(
+                         by_name[i.split(":")[0]].op == "Const" for i in n.input)]
+    assert not made_at_start  # a zero share of each public tensor on every party, before
     deploy(secure, "public")
     rng = np.random.default_rng(9)
     inputs = {"x": rng.normal(size=(4, 5)).astype(np.float32),
               "pos": np.array([3, 0, 3], np.int32),
-              "bias": rng.normal(size=(3, 6)).astype(np.float32)}
-    reference = fn(*[tf.constant(v) for v in inputs.values()])["y"].numpy()
-    out = secure_model.load(secure)(**inputs)["y"].numpy()
-    assert np.abs(out - reference).max() <= 1e-3
+              "bias": rng.normal(size=(3, 6)).astype(np.float32),
+              "scale": rng.uniform(-4.0, 4.0, size=(4, 6)).astype(np.float32)}
+    reference = fn(*[tf.constant(v) for v in inputs.values()])
+    out = secure_model.load(secure)(**inputs)
+    errors = {k: float(np.abs(out[k].numpy() - reference[k].numpy()).max()) for k in ("y", "z")}
+    assert errors["y"] <= 1e-3 and errors["z"] <= 1e-3, errors
     with pytest.raises(ConversionError, match="no such signature input"):
         graph.load_signature(plain, public_inputs=["nope"])
 
@@ -405,12 +429,7 @@ def test_a_secret_divided_by_or_minus_a_scalar_constant_stays_a_local_product(tm
     plain = _save(tmp_path, "plain", fn, [tf.TensorSpec([2, 5, 6], tf.float32, name="x")], [w])
     secure = str(tmp_path / "secure")
     convert.convert(plain, secure, **QUIET)
-    from tensorflow.core.protobuf import saved_model_pb2  # noqa: PLC0415
-
-    saved = saved_model_pb2.SavedModel()
-    with open(os.path.join(secure, "saved_model.pb"), "rb") as f:
-        saved.ParseFromString(f.read())
-    nodes = [n for f in saved.meta_graphs[0].graph_def.library.function for n in f.node_def]
+    nodes = _saved_nodes(secure)
     by_name = {n.name: n for n in nodes}
     assert sum(n.op == "PumaMatMulShare" for n in nodes) == 3  # x @ w, one per party
     assert not [n.name for n in nodes if n.op == "PumaMulShare"]

@@ -112,6 +112,46 @@ def add_public(x: Shared, c: Public) -> Shared:
     return Shared(pairs, x.frac_bits, x.depth)
 
 
+def _public_at(c: tf.Tensor, c_frac: int, frac_bits: int) -> tf.Tensor:
+    """A public ring tensor with c_frac fractional bits brought to frac_bits >= c_frac by an
+    exact local product with 2^(frac_bits - c_frac); built under the caller's device."""
+    if frac_bits == c_frac:
+        return c
+    return opbuild.multiply(c, runtime.local_const(2 ** (frac_bits - c_frac), tf.int64))
+
+
+def add_public_tensor(x: Shared, c: dict[int, tf.Tensor], c_frac: int) -> Shared:
+    """x + c for a public tensor c in the ring with c_frac fractional bits, already on P0 and P2
+    (c[0], c[2]) and broadcasting to x's shape. Local, like add_public: share x_0 (P0's first,
+    P2's second) += c; no zero shares of c are made. Cost: 0 rounds, 0 bytes."""
+    if c_frac > x.frac_bits:
+        x = tensor.scale(x, 2 ** (c_frac - x.frac_bits), c_frac)
+    pairs = list(x.pairs)
+    with tf.device(runtime.device(0)):
+        pairs[0] = (opbuild.add(pairs[0][0], _public_at(c[0], c_frac, x.frac_bits)), pairs[0][1])
+    with tf.device(runtime.device(2)):
+        pairs[2] = (pairs[2][0], opbuild.add(pairs[2][1], _public_at(c[2], c_frac, x.frac_bits)))
+    return Shared(pairs, x.frac_bits, max(x.depth, 1))
+
+
+def mul_public_tensor(x: Shared, c: dict[int, tf.Tensor], c_frac: int,
+                      fxp: FixedPoint | None = None) -> Shared:
+    """x * c for a public tensor c in the ring with c_frac fractional bits, on every party
+    (c[i]) and broadcasting to x's shape: the local products x_i c (frac x.frac_bits + c_frac),
+    then TruncPr down to fxp's fractional bits (rescale). Cost: trunc_rounds() rounds and
+    TruncPr's ~5.3n ring elements when it truncates (a share product of x with c shared as
+    (c, 0, 0) moved ~7.3n and first made c's zero shares on every party), else 0."""
+    fxp = fxp or fixed_point()
+    frac = x.frac_bits + c_frac
+    with costs.protocol("mul_public", rounds=trunc_rounds() if frac > fxp.frac_bits else 0):
+        pairs = []
+        for i in range(NUM_PARTIES):
+            with tf.device(runtime.device(i)):
+                pairs.append((opbuild.multiply(x.pairs[i][0], c[i]),
+                              opbuild.multiply(x.pairs[i][1], c[i])))
+        return rescale(Shared(pairs, frac, max(x.depth, 1)), fxp.frac_bits)
+
+
 def mul_public(x: Shared, c: Public, fxp: FixedPoint | None = None,
                frac_out: int | None = None) -> Shared:
     """x * c for a public constant c: local product, then TruncPr when c is not an integer,
