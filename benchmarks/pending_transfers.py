@@ -8,7 +8,8 @@ N scalars, at once or after a chain of float matmuls (so that every request wait
 doubled and added up on party 1 ("other"), or on party 0 itself ("same": the same graph with no
 transfers, the control). Each configuration runs in a process and local parties of its own; the
 table shows each party's RSS growth over the first call (the function's registration included)
-and, per transfer, the growth over the control's.
+and, per transfer, both parties' growth over the control's (the consumer's ops move from party 0
+to party 1 between the two, so only the sum isolates the transfers).
 
     python benchmarks/pending_transfers.py [--transfers 1000 12000] [--delay-matmuls 60]
 """
@@ -96,18 +97,20 @@ def main() -> None:
     for row in rows:
         control = next(r for r in rows if r["values"] == row["values"] and
                        r["producer_waits"] == row["producer_waits"] and r["consumer"] == "same")
-        for k in (0, 1):
-            extra = row[f"party{k}_growth_mib"] - control[f"party{k}_growth_mib"]
-            row[f"party{k}_kib_per_transfer"] = (extra * 1024 / row["values"]
-                                                 if row["consumer"] == "other" else None)
+        both = (row["party0_growth_mib"] + row["party1_growth_mib"]
+                - control["party0_growth_mib"] - control["party1_growth_mib"])
+        # Both parties together: the consumer's ops sit on party 0 in the control and on
+        # party 1 otherwise, so only the sum isolates the transfers.
+        row["kib_per_transfer_both_parties"] = (both * 1024 / row["values"]
+                                                if row["consumer"] == "other" else None)
         table.append([row["values"], "yes" if row["producer_waits"] else "no", row["consumer"],
                       f"{row['first_call_s']:.2f}", f"{row['party0_growth_mib']:.0f}",
                       f"{row['party1_growth_mib']:.0f}",
-                      *("-" if row[f"party{k}_kib_per_transfer"] is None else
-                        f"{row[f'party{k}_kib_per_transfer']:.1f}" for k in (0, 1))])
+                      "-" if row["kib_per_transfer_both_parties"] is None else
+                      f"{row['kib_per_transfer_both_parties']:.1f}"])
     print_table(["values", "producer waits", "consumer party", "first call s",
-                 "party 0 growth MiB", "party 1 growth MiB", "party 0 KiB per transfer",
-                 "party 1 KiB per transfer"], table)
+                 "party 0 growth MiB", "party 1 growth MiB", "KiB per transfer (both parties)"],
+                table)
     write_json("pending_transfers", {"delay_matmuls": args.delay_matmuls, "rows": rows})
 
 

@@ -238,6 +238,7 @@ class BuildContext:
         self._shared: dict[object, Shared] = {}
         self._public: dict[tuple[int, int], tf.Tensor] = {}
         self._public_ring: dict[tuple[tuple, int], tf.Tensor] = {}
+        self._public_negated: dict[tuple[int, str], ClientValue] = {}
         for ref, value in program.constants.items():
             self.env[ref] = value
         for name, value in program.weights.items():
@@ -306,6 +307,15 @@ class BuildContext:
         raise ConversionError(f"{node.op} {node.name}: this operand must be a constant or a "
                               "public input (it would be shown to the parties); mark the "
                               "input --public-input if that is acceptable")
+
+    def public_negated(self, v: ClientValue) -> ClientValue:
+        """-v for a public client value, computed on the client once per trace (so a public
+        tensor subtracted in many places is encoded and sent once, see public_ring)."""
+        key = (id(v.tensor), "neg")
+        if key not in self._public_negated:
+            with tf.device(runtime.CLIENT_DEVICE):
+                self._public_negated[key] = ClientValue(tf.negative(v.tensor), public=True)
+        return self._public_negated[key]
 
     def public_ring(self, v: ClientValue, parties: Iterable[int],
                     floor: float | None = None) -> tuple[dict[int, tf.Tensor], int]:

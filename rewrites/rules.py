@@ -185,8 +185,7 @@ def _negated(ctx, v: Value) -> Value:
     if isinstance(v, np.ndarray):
         return -v
     if _is_public_client(v):
-        with tf.device(runtime.CLIENT_DEVICE):
-            return ClientValue(tf.negative(v.tensor), public=True)
+        return ctx.public_negated(v)
     return arithmetic.neg(ctx.shared(v))
 
 

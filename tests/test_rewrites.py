@@ -317,17 +317,18 @@ def test_public_inputs_reach_the_parties_in_plaintext(tmp_path, cluster, deploy)
     added to share x_0 only and multiplied into each share locally, then truncated (rotary cos /
     sin, attention masks): no zero shares of it and no share product. The secret input still
     travels only as shares."""
-    w, = _weights((5, 6), seed=6)
+    w, = _weights((5, 30), seed=6)
 
     def fn(x, pos, bias, scale):
-        h = x @ w                                              # [4, 6] secret
+        h = x @ w                                              # [40, 30] secret
         return {"y": tf.gather(h, pos, axis=0) * 2.0 + bias,  # public ids, public bias
                 "z": h * scale - scale + scale[:1] * h}        # public factors and a difference
 
-    specs = [tf.TensorSpec([4, 5], tf.float32, name="x"),
+    # scale has >= 1,000 elements: TensorFlow makes smaller zeros as a Const, not a Fill
+    specs = [tf.TensorSpec([40, 5], tf.float32, name="x"),
              tf.TensorSpec([3], tf.int32, name="pos"),
-             tf.TensorSpec([3, 6], tf.float32, name="bias"),
-             tf.TensorSpec([4, 6], tf.float32, name="scale")]
+             tf.TensorSpec([3, 30], tf.float32, name="bias"),
+             tf.TensorSpec([40, 30], tf.float32, name="scale")]
     plain = _save(tmp_path, "plain", fn, specs, [w])
     secure = str(tmp_path / "secure")
     manifest = convert.convert(plain, secure, public_inputs=["pos", "bias", "scale"], **QUIET)
@@ -343,10 +344,10 @@ def test_public_inputs_reach_the_parties_in_plaintext(tmp_path, cluster, deploy)
     assert not made_at_start  # a zero share of each public tensor on every party, before
     deploy(secure, "public")
     rng = np.random.default_rng(9)
-    inputs = {"x": rng.normal(size=(4, 5)).astype(np.float32),
-              "pos": np.array([3, 0, 3], np.int32),
-              "bias": rng.normal(size=(3, 6)).astype(np.float32),
-              "scale": rng.uniform(-4.0, 4.0, size=(4, 6)).astype(np.float32)}
+    inputs = {"x": rng.normal(size=(40, 5)).astype(np.float32),
+              "pos": np.array([39, 0, 39], np.int32),
+              "bias": rng.normal(size=(3, 30)).astype(np.float32),
+              "scale": rng.uniform(-4.0, 4.0, size=(40, 30)).astype(np.float32)}
     reference = fn(*[tf.constant(v) for v in inputs.values()])
     out = secure_model.load(secure)(**inputs)
     errors = {k: float(np.abs(out[k].numpy() - reference[k].numpy()).max()) for k in ("y", "z")}

@@ -137,7 +137,7 @@ def add_public_tensor(x: Shared, c: dict[int, tf.Tensor], c_frac: int) -> Shared
 def mul_public_tensor(x: Shared, c: dict[int, tf.Tensor], c_frac: int,
                       fxp: FixedPoint | None = None) -> Shared:
     """x * c for a public tensor c in the ring with c_frac fractional bits, on every party
-    (c[i]) and broadcasting to x's shape: the local products x_i c (frac x.frac_bits + c_frac),
+    (c[i]: all three see it, as --public-input allows) and broadcasting to x's shape: the local products x_i c (frac x.frac_bits + c_frac),
     then TruncPr down to fxp's fractional bits (rescale). Cost: trunc_rounds() rounds and
     TruncPr's ~5.3n ring elements when it truncates (a share product of x with c shared as
     (c, 0, 0) moved ~7.3n and first made c's zero shares on every party), else 0."""
