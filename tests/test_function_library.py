@@ -157,8 +157,14 @@ def test_the_parties_get_a_functions_name_not_its_body(cluster):
 
     def growth(add) -> float:  # party 0's RSS growth once it has stored the function
         start = party_rss_mib()
-        add()
-        time.sleep(1.0)
+        add()  # the party stores a function asynchronously: wait until its RSS stops growing
+        last, deadline = party_rss_mib(), time.monotonic() + 20.0
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            now = party_rss_mib()
+            if now - last < 1.0:
+                break
+            last = now
         return party_rss_mib() - start
 
     ctx = context.context()
