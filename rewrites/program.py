@@ -238,7 +238,7 @@ class BuildContext:
         self._shared: dict[object, Shared] = {}
         self._public: dict[tuple[int, int], tf.Tensor] = {}
         self._public_ring: dict[tuple[tuple, int], tf.Tensor] = {}
-        self._public_negated: dict[tuple[int, str], ClientValue] = {}
+        self._public_negated: dict[int, ClientValue] = {}
         for ref, value in program.constants.items():
             self.env[ref] = value
         for name, value in program.weights.items():
@@ -311,7 +311,7 @@ class BuildContext:
     def public_negated(self, v: ClientValue) -> ClientValue:
         """-v for a public client value, computed on the client once per trace (so a public
         tensor subtracted in many places is encoded and sent once, see public_ring)."""
-        key = (id(v.tensor), "neg")
+        key = id(v.tensor)
         if key not in self._public_negated:
             with tf.device(runtime.CLIENT_DEVICE):
                 self._public_negated[key] = ClientValue(tf.negative(v.tensor), public=True)

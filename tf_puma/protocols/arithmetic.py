@@ -104,12 +104,18 @@ def _encode_public(c: Public, frac_bits: int) -> np.ndarray:
 def add_public(x: Shared, c: Public) -> Shared:
     """x + c for a public constant c. Local: share x_0 (held by P0 first and P2 second) += c."""
     enc = _encode_public(c, x.frac_bits)
+    return _add_to_share0(x, lambda i: runtime.const_on(i, enc), x.depth)
+
+
+def _add_to_share0(x: Shared, public_on, depth: int) -> Shared:
+    """x with public_on(i) (built on P0 and P2, under their devices) added to share x_0: P0's
+    first and P2's second."""
     pairs = list(x.pairs)
     with tf.device(runtime.device(0)):
-        pairs[0] = (opbuild.add(pairs[0][0], runtime.const_on(0, enc)), pairs[0][1])
+        pairs[0] = (opbuild.add(pairs[0][0], public_on(0)), pairs[0][1])
     with tf.device(runtime.device(2)):
-        pairs[2] = (pairs[2][0], opbuild.add(pairs[2][1], runtime.const_on(2, enc)))
-    return Shared(pairs, x.frac_bits, x.depth)
+        pairs[2] = (pairs[2][0], opbuild.add(pairs[2][1], public_on(2)))
+    return Shared(pairs, x.frac_bits, depth)
 
 
 def _public_at(c: tf.Tensor, c_frac: int, frac_bits: int) -> tf.Tensor:
@@ -126,19 +132,14 @@ def add_public_tensor(x: Shared, c: dict[int, tf.Tensor], c_frac: int) -> Shared
     P2's second) += c; no zero shares of c are made. Cost: 0 rounds, 0 bytes."""
     if c_frac > x.frac_bits:
         x = tensor.scale(x, 2 ** (c_frac - x.frac_bits), c_frac)
-    pairs = list(x.pairs)
-    with tf.device(runtime.device(0)):
-        pairs[0] = (opbuild.add(pairs[0][0], _public_at(c[0], c_frac, x.frac_bits)), pairs[0][1])
-    with tf.device(runtime.device(2)):
-        pairs[2] = (pairs[2][0], opbuild.add(pairs[2][1], _public_at(c[2], c_frac, x.frac_bits)))
-    return Shared(pairs, x.frac_bits, max(x.depth, 1))
+    return _add_to_share0(x, lambda i: _public_at(c[i], c_frac, x.frac_bits), max(x.depth, 1))
 
 
 def mul_public_tensor(x: Shared, c: dict[int, tf.Tensor], c_frac: int,
                       fxp: FixedPoint | None = None) -> Shared:
     """x * c for a public tensor c in the ring with c_frac fractional bits, on every party
-    (c[i]: all three see it, as --public-input allows) and broadcasting to x's shape: the local products x_i c (frac x.frac_bits + c_frac),
-    then TruncPr down to fxp's fractional bits (rescale). Cost: trunc_rounds() rounds and
+    (c[i]: all three see it, as --public-input allows) and broadcasting to x's shape: the local
+    products x_i c (frac x.frac_bits + c_frac), then TruncPr down to fxp's fractional bits (rescale). Cost: trunc_rounds() rounds and
     TruncPr's ~5.3n ring elements when it truncates (a share product of x with c shared as
     (c, 0, 0) moved ~7.3n and first made c's zero shares on every party), else 0."""
     fxp = fxp or fixed_point()
