@@ -276,9 +276,9 @@ class BuildContext:
         if isinstance(v, Weight):
             out = bundle.party_weight(v.name, v.shape, bundle_id=self.program.bundle_id)
         elif isinstance(v, ClientValue):
-            frac = None if v.tensor.dtype.is_floating else 0
-            out = (_public_shared(v.tensor, frac) if v.public
-                   else sharing.share(v.tensor, frac_bits=frac, name="client_value"))
+            out = (self._public_shared(v) if v.public else sharing.share(
+                v.tensor, frac_bits=None if v.tensor.dtype.is_floating else 0,
+                name="client_value"))
         else:
             out = _constant_shared(np.asarray(v))
         if key is not None:
@@ -341,6 +341,19 @@ class BuildContext:
             out[party] = self._public_ring[(key, party)]
         return out, frac
 
+    def _public_shared(self, v: ClientValue) -> Shared:
+        """A public client value as the sharing (t, 0, 0), for operations that need it as
+        shares: t is the value public_ring sent to P0 and P2 (so it crosses once per trace,
+        however it is used); the zeros are made on the parties."""
+        ring, frac = self.public_ring(v, (0, 2))
+        shape = v.tensor.shape.as_list()
+        pairs = []
+        for i in range(NUM_PARTIES):
+            with tf.device(runtime.device(i)):
+                zero = tf.zeros(shape, tf.int64)
+                pairs.append({0: (ring[0], zero), 1: (zero, zero), 2: (zero, ring[2])}[i])
+        return Shared(pairs, frac, depth=1)
+
     def state_out(self, ref: str) -> Shared:
         """A state output as shares at the format's fractional bits (the next call's input)."""
         x = self.shared(self.value(ref))
@@ -376,25 +389,6 @@ def _constant_shared(c: np.ndarray, fxp: FixedPoint | None = None) -> Shared:
             zero = tf.zeros(enc.shape, tf.int64)
             pairs.append({0: (value, zero), 1: (zero, zero), 2: (zero, value)}[i])
     return Shared(pairs, fxp.frac_bits)
-
-
-def _public_shared(t: tf.Tensor, frac: int | None) -> Shared:
-    """A public client tensor as the sharing (t, 0, 0): sent in the clear to P0 and P2."""
-    fxp = arithmetic.fixed_point()
-    f = fxp.frac_bits if frac is None else frac
-    with tf.device(runtime.CLIENT_DEVICE):
-        enc = fxp.encode(t) if frac is None else tf.cast(t, tf.int64)
-    shape = t.shape.as_list()
-    pairs = []
-    for i in range(NUM_PARTIES):
-        with tf.device(runtime.device(i)):
-            zero = tf.zeros(shape, tf.int64)
-            if i == 1:
-                pairs.append((zero, zero))
-            else:
-                value = runtime.transfer(enc, runtime.CLIENT, i)
-                pairs.append((value, zero) if i == 0 else (zero, value))
-    return Shared(pairs, f, depth=1)
 
 
 runtime.exclude_from_autograph(globals())

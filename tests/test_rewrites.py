@@ -315,14 +315,16 @@ def test_cli_convert_with_three_round_truncations(tmp_path):
 def test_public_inputs_reach_the_parties_in_plaintext(tmp_path, cluster, deploy):
     """--public-input: positions gather shared rows locally (no one-hot); a public tensor is
     added to share x_0 only and multiplied into each share locally, then truncated (rotary cos /
-    sin, attention masks): no zero shares of it and no share product. The secret input still
+    sin, attention masks): no zero shares of it and no share product. A public tensor that is
+    also needed as shares (a concatenation) crosses to each party once. The secret input still
     travels only as shares."""
     w, = _weights((5, 30), seed=6)
 
     def fn(x, pos, bias, scale):
         h = x @ w                                              # [40, 30] secret
         return {"y": tf.gather(h, pos, axis=0) * 2.0 + bias,  # public ids, public bias
-                "z": h * scale - scale + scale[:1] * h}        # public factors and a difference
+                "z": h * scale - scale + scale[:1] * h,       # public factors and a difference
+                "m": tf.concat([h, scale], 0)}                 # scale as shares as well
 
     # scale has >= 1,000 elements: TensorFlow makes smaller zeros as a Const, not a Fill
     specs = [tf.TensorSpec([40, 5], tf.float32, name="x"),
@@ -339,9 +341,20 @@ def test_public_inputs_reach_the_parties_in_plaintext(tmp_path, cluster, deploy)
     by_name = {n.name: n for n in nodes}
     assert not [n.name for n in nodes if n.op == "PumaMulShare"]
     made_at_start = [n.name for n in nodes if n.op in ("Fill", "BroadcastTo", "ZerosLike")
-                     and "/task:" in n.device and all(
+                     and "/task:" in n.device and not n.name.startswith("ConcatV2/") and all(
                          by_name[i.split(":")[0]].op == "Const" for i in n.input)]
-    assert not made_at_start  # a zero share of each public tensor on every party, before
+    # a zero share of each public tensor on every party, before (the concatenation needs
+    # scale as shares, zeros included)
+    assert not made_at_start
+    # client tensors of scale's size that parties read: scale and -scale, once each (before,
+    # the shares of scale for the concatenation were a second encoding and transfer of it)
+    crossing = {i for n in nodes if "job:puma" in n.device for i in n.input
+                if i.split(":")[0] in by_name  # data inputs made by a node (not an argument)
+                and "client" in by_name[i.split(":")[0]].device}
+    big = [t for t in crossing if any(
+        np.prod([d.size for d in shape.dim]) == 1200
+        for shape in by_name[t.split(":")[0]].attr["_output_shapes"].list.shape)]
+    assert len(big) == 2, big
     deploy(secure, "public")
     rng = np.random.default_rng(9)
     inputs = {"x": rng.normal(size=(40, 5)).astype(np.float32),
@@ -350,8 +363,9 @@ def test_public_inputs_reach_the_parties_in_plaintext(tmp_path, cluster, deploy)
               "scale": rng.uniform(-4.0, 4.0, size=(40, 30)).astype(np.float32)}
     reference = fn(*[tf.constant(v) for v in inputs.values()])
     out = secure_model.load(secure)(**inputs)
-    errors = {k: float(np.abs(out[k].numpy() - reference[k].numpy()).max()) for k in ("y", "z")}
-    assert errors["y"] <= 1e-3 and errors["z"] <= 1e-3, errors
+    errors = {k: float(np.abs(out[k].numpy() - reference[k].numpy()).max())
+              for k in ("y", "z", "m")}
+    assert max(errors.values()) <= 1e-3, errors
     with pytest.raises(ConversionError, match="no such signature input"):
         graph.load_signature(plain, public_inputs=["nope"])
 
