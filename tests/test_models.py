@@ -52,7 +52,9 @@ def test_minilm_matches_plaintext(minilm):
     out = {k: v.numpy() for k, v in loaded(**{k: tf.constant(v)
                                                for k, v in inputs.items()}).items()}
     hidden_err = np.abs(out["last_hidden_state"] - reference["last_hidden_state"]).max()
-    assert hidden_err <= 0.02, hidden_err  # issue 4 bound; measured ~4e-3
+    print(f"MiniLM 4 x 32 tokens: max abs error {hidden_err:.2e}")
+    # measured 9.1e-4 (4e-3 with Taylor's exp cubic, approx.EXP_CUBIC); issue 4 asked <= 0.02
+    assert hidden_err <= 2e-3, hidden_err
     secure_emb, plain_emb = out["sentence_embedding"], reference["sentence_embedding"]
     cos = np.sum(secure_emb * plain_emb, -1) / (np.linalg.norm(secure_emb, axis=-1)
                                                 * np.linalg.norm(plain_emb, axis=-1))

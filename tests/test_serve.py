@@ -539,7 +539,7 @@ def test_a_killed_party_gets_unavailable_naming_it_and_the_server_recovers(serve
 def test_serving_the_real_minilm_through_tf_servings_clients(tmp_path, capsys):
     """The issue's check: `tf-puma serve --local` on converted MiniLM, queried through
     PredictionServiceStub and REST; both equal each other and plaintext TensorFlow within the
-    model bound (tests/test_models.py: 0.02, measured ~4e-3)."""
+    model bound (tests/test_models.py: 2e-3, measured 9.1e-4 with six layers)."""
     from tf_puma.apps import hf, text_data  # noqa: PLC0415
 
     hf.use_transformers().logging.set_verbosity_error()
@@ -562,13 +562,13 @@ def test_serving_the_real_minilm_through_tf_servings_clients(tmp_path, capsys):
         response = stub.Predict(request, timeout=300)
         got = {k: tf.make_ndarray(response.outputs[k]) for k in want}
         for name in want:
-            assert np.abs(got[name] - want[name]).max() <= 0.02, name
+            assert np.abs(got[name] - want[name]).max() <= 2e-3, name
         rows = [{k: v[i].tolist() for k, v in inputs.items()} for i in range(2)]
         code, body = _rest({"rest": rest_address}, "/v1/models/minilm:predict",
                            {"instances": rows})
         assert code == 200, body
         rest = np.array([r["sentence_embedding"] for r in body["predictions"]])
-        assert np.abs(rest - want["sentence_embedding"]).max() <= 0.02
+        assert np.abs(rest - want["sentence_embedding"]).max() <= 2e-3
         # Same secure model, same inputs: the two APIs differ only by fixed-point noise.
         assert np.abs(rest - got["sentence_embedding"]).max() <= 1e-3
         # The README's client snippet, as written (the default port swapped for this one's).
