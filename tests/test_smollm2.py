@@ -75,5 +75,6 @@ def test_smollm2_first_layers_match_plaintext(tmp_path):
         shutil.rmtree(str(tmp_path), ignore_errors=True)
     err, top, agree = lines[-3:]
     print(f"SmolLM2 4 layers: max abs error {float(err):.2e}, |logits| max {float(top):.1f}")
-    assert float(err) <= 1e-2, err  # measured 4.1e-3 and 4.8e-3 on logits up to 71
+    # measured 4.1e-3 and 4.8e-3 on logits up to 71; 3.8e-3 with exp's fitted cubic
+    assert float(err) <= 1e-2, err
     assert agree == "True"
