@@ -81,12 +81,10 @@ def fit_exp_cubic() -> dict:
     fine = np.round(np.arange(coarse - 1e-3, coarse + 1.01e-3, 1e-4), 4)
     c3 = float(min(fine, key=softmax_worst_error))
     x = np.linspace(EXP_CLIP, 0.03, 100001)  # the max tree lets exp's argument reach 0.03
-    out = {"c3": c3}
-    for name, c in (("taylor", 1 / 6), ("fit", c3)):
-        out[name] = {"c3": c, "exp_max_abs_error": float(np.abs(exp_cubic(x, c) - np.exp(x)).max()),
-                     "softmax_worst_error": softmax_worst_error(c),
-                     "softmax_worst_error_heldout": softmax_worst_error(c, seed=1)}
-    return out
+    return {name: {"c3": c, "exp_max_abs_error": float(np.abs(exp_cubic(x, c) - np.exp(x)).max()),
+                   "softmax_worst_error": softmax_worst_error(c),
+                   "softmax_worst_error_heldout": softmax_worst_error(c, seed=1)}
+            for name, c in (("taylor", 1 / 6), ("fit", c3))}
 
 
 def main() -> None:
@@ -100,12 +98,12 @@ def main() -> None:
         print(f"{name.upper()}_EVEN = {coeffs!r}")
     print_table(["function", "T", "degree", "max |poly - f| on [-T, T]", "|f(T) - T|"], rows)
     out["exp"] = fit_exp_cubic()
-    print(f"\nEXP_CUBIC = {out['exp']['c3']!r}")
+    print(f"\nEXP_CUBIC = {out['exp']['fit']['c3']!r}")
     print_table(["exp cubic", "c3", "max |exp| error on [-14, 0.03]", "softmax worst error",
                  "held out"],
                 [[name, f"{row['c3']:.4f}", f"{row['exp_max_abs_error']:.2e}",
                   f"{row['softmax_worst_error']:.2e}", f"{row['softmax_worst_error_heldout']:.2e}"]
-                 for name, row in ((k, out["exp"][k]) for k in ("taylor", "fit"))])
+                 for name, row in out["exp"].items()])
     write_json("fit_activations", out)
 
 

@@ -346,13 +346,7 @@ class BuildContext:
         shares: t is the value public_ring sent to P0 and P2 (so it crosses once per trace,
         however it is used); the zeros are made on the parties."""
         ring, frac = self.public_ring(v, (0, 2))
-        shape = v.tensor.shape.as_list()
-        pairs = []
-        for i in range(NUM_PARTIES):
-            with tf.device(runtime.device(i)):
-                zero = tf.zeros(shape, tf.int64)
-                pairs.append({0: (ring[0], zero), 1: (zero, zero), 2: (zero, ring[2])}[i])
-        return Shared(pairs, frac, depth=1)
+        return _trivial_sharing(lambda i: ring[i], v.tensor.shape.as_list(), frac, depth=1)
 
     def state_out(self, ref: str) -> Shared:
         """A state output as shares at the format's fractional bits (the next call's input)."""
@@ -382,13 +376,20 @@ def _constant_shared(c: np.ndarray, fxp: FixedPoint | None = None) -> Shared:
     """The trivial sharing (enc(c), 0, 0) of a public constant (no communication)."""
     fxp = fxp or arithmetic.fixed_point()
     enc = fxp.encode_np(c.astype(np.float64))
+    return _trivial_sharing(lambda i: tf.constant(enc), enc.shape, fxp.frac_bits)
+
+
+def _trivial_sharing(value_on: Callable[[int], tf.Tensor], shape: Iterable[int], frac: int,
+                     depth: int = 0) -> Shared:
+    """The sharing (t, 0, 0): share x_0 = value_on(i) (called under party i's device) held by
+    P0 (first) and P2 (second), zeros everywhere else."""
     pairs = []
     for i in range(NUM_PARTIES):
         with tf.device(runtime.device(i)):
-            value = tf.constant(enc)
-            zero = tf.zeros(enc.shape, tf.int64)
-            pairs.append({0: (value, zero), 1: (zero, zero), 2: (zero, value)}[i])
-    return Shared(pairs, fxp.frac_bits)
+            zero = tf.zeros(shape, tf.int64)
+            pairs.append((zero, zero) if i == 1 else
+                         (value_on(i), zero) if i == 0 else (zero, value_on(i)))
+    return Shared(pairs, frac, depth)
 
 
 runtime.exclude_from_autograph(globals())
