@@ -105,6 +105,37 @@ tensorflow::Status PrgFill(const PrgKey& key, uint64_t stream, uint32_t sub, uin
   return tensorflow::OkStatus();
 }
 
+tensorflow::Status PrgSubtractFrom(const PrgKey& key, uint64_t stream, uint32_t sub,
+                                   uint64_t* out, int64_t n, const ParallelRunner& runner) {
+  if (n > kMaxDrawWords) {
+    return errors::InvalidArgument("a PRG draw of ", n, " ring elements exceeds the limit of 2^33 "
+                                   "per (key, stream, sub): split the tensor into smaller pieces");
+  }
+  if (n <= 0) return tensorflow::OkStatus();
+  uint8_t iv[16] = {0};
+  for (int i = 0; i < 8; ++i) iv[i] = static_cast<uint8_t>(stream >> (56 - 8 * i));
+  for (int i = 0; i < 4; ++i) iv[8 + i] = static_cast<uint8_t>(sub >> (24 - 8 * i));
+  const int64_t blocks = (n + 1) / 2;  // the last block's second word is drawn, not used
+  // Keystream in pieces of kPiece blocks (8 KiB, stays in L1) subtracted in place: no buffer of n.
+  constexpr int64_t kPiece = 512;
+  auto subtract = [&](int64_t begin, int64_t end) {
+    uint64_t stream_words[2 * kPiece];
+    for (int64_t b = begin; b < end; b += kPiece) {
+      const int64_t count = std::min(kPiece, end - b);
+      Aes128CtrKeystream(key.bytes, iv, static_cast<uint64_t>(b), static_cast<uint64_t>(count),
+                         reinterpret_cast<uint8_t*>(stream_words));
+      const int64_t first = 2 * b, last = std::min(n, 2 * (b + count));
+      for (int64_t i = first; i < last; ++i) out[i] -= stream_words[i - first];
+    }
+  };
+  if (blocks < 8192) {
+    subtract(0, blocks);
+  } else {
+    runner(blocks, 22, subtract);
+  }
+  return tensorflow::OkStatus();
+}
+
 namespace {
 
 // out = F(own, stream, 0) `combine` F(next, stream, 0), elementwise (scratch: n words).

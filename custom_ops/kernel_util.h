@@ -53,6 +53,11 @@ constexpr int64_t kMaxDrawWords = int64_t{1} << 33;
 tensorflow::Status PrgFill(const PrgKey& key, uint64_t stream, uint32_t sub, uint64_t* out, int64_t n,
              const ParallelRunner& runner);
 
+// out[0..n) -= F(key, stream, sub), the keystream made and used in 8 KiB pieces (no n-word
+// buffer). The same words as PrgFill. Same limit as PrgFill.
+tensorflow::Status PrgSubtractFrom(const PrgKey& key, uint64_t stream, uint32_t sub,
+                                   uint64_t* out, int64_t n, const ParallelRunner& runner);
+
 // out[0..n) = F(own, stream, 0) - F(next, stream, 0): party i's PRSS share of zero (the three
 // sum to 0 mod 2^64). scratch holds n words. Same limit as PrgFill.
 tensorflow::Status FillZeroShare(const PrgKey& own, const PrgKey& next, uint64_t stream, uint64_t* out,

@@ -27,6 +27,9 @@ constexpr uint32_t kTruncOutShare = 3;
 // reshare s_0 = F(k_0, s, 1), s_1 = F(k_1, s, 1) of c b_2.
 constexpr uint32_t kB2aBitShare = 0;
 constexpr uint32_t kB2aProductShare = 1;
+// The client's input sharing: x_2 = v - F(c_0, s, 0) - F(c_1, s, 0); the parties holding c_0
+// and c_1 expand the same words with PumaPrgUniform (sub 0).
+constexpr uint32_t kInputMask = 0;
 // PumaPrgUniform takes its sub from its `sub` attribute.
 constexpr int64_t kSubFromAttr = -1;
 
@@ -72,6 +75,8 @@ constexpr Draw kDraws[] = {
     {"PumaB2aParty2", "b2a", "key_next", kB2aBitShare},
     {"PumaB2aParty2", "b2a", "key_next", kB2aProductShare},
     {"PumaPrgUniform", "prg", "key", kSubFromAttr},
+    {"PumaMaskInput", "prg", "key_0", kInputMask},
+    {"PumaMaskInput", "prg", "key_1", kInputMask},
 };
 
 }  // namespace draws

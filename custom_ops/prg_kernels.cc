@@ -71,6 +71,26 @@ class PrgUniformOp : public StreamOpKernel {
   uint32_t sub_;
 };
 
+class MaskInputOp : public StreamOpKernel {
+ public:
+  explicit MaskInputOp(OpKernelConstruction* ctx) : StreamOpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    PrgKey key_0, key_1;
+    if (!ReadKey(ctx, 1, &key_0) || !ReadKey(ctx, 2, &key_1)) return;
+    const Tensor& value = ctx->input(0);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, value.shape(), &out));
+    uint64_t* words = RingData(out);
+    const int64_t n = out->NumElements();
+    if (words != RingData(value)) std::memcpy(words, RingData(value), n * sizeof(uint64_t));
+    const uint64_t stream = stream_;
+    const auto runner = TfRunner(ctx);
+    OP_REQUIRES_OK(ctx, PrgSubtractFrom(key_0, stream, draws::kInputMask, words, n, runner));
+    OP_REQUIRES_OK(ctx, PrgSubtractFrom(key_1, stream, draws::kInputMask, words, n, runner));
+  }
+};
+
 class ZeroShareOp : public StreamOpKernel {
  public:
   explicit ZeroShareOp(OpKernelConstruction* ctx) : StreamOpKernel(ctx) {}
@@ -141,6 +161,7 @@ class Aes128CtrOp : public OpKernel {
 REGISTER_KERNEL_BUILDER(Name("PumaNewKey").Device(DEVICE_CPU), NewKeyOp);
 REGISTER_KERNEL_BUILDER(Name("PumaPrgUniform").Device(DEVICE_CPU).HostMemory("shape"),
                         PrgUniformOp);
+REGISTER_KERNEL_BUILDER(Name("PumaMaskInput").Device(DEVICE_CPU), MaskInputOp);
 REGISTER_KERNEL_BUILDER(Name("PumaZeroShare").Device(DEVICE_CPU).HostMemory("shape"),
                         ZeroShareOp);
 REGISTER_KERNEL_BUILDER(Name("PumaPrgDrawTable").Device(DEVICE_CPU), PrgDrawTableOp);

@@ -55,6 +55,24 @@ REGISTER_OP("PumaPrgUniform")
 Uniform ring elements F(key, stream, sub) of the given shape (deterministic in its inputs).
 )doc");
 
+REGISTER_OP("PumaMaskInput")
+    .Input("value: int64")
+    .Input("key_0: int64")
+    .Input("key_1: int64")
+    .Attr("stream: int >= 0")
+    .Output("masked: int64")
+    .SetShapeFn([](InferenceContext* c) {
+      TF_RETURN_IF_ERROR(KeyShape(c, 1));
+      TF_RETURN_IF_ERROR(KeyShape(c, 2));
+      c->set_output(0, c->input(0));
+      return ::tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+The client's third share of its encoded input: value - F(key_0, stream, 0) - F(key_1, stream, 0),
+the keystream made in small pieces and subtracted in value's buffer when nothing else reads it
+(one tensor of value's size in memory, where three separate ops held four).
+)doc");
+
 REGISTER_OP("PumaZeroShare")
     .Input("key_own: int64")
     .Input("key_next: int64")

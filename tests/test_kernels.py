@@ -139,6 +139,32 @@ def test_zero_shares_sum_to_zero():
     assert len({a.numpy().tobytes() for a in alphas}) == 3
 
 
+@pytest.mark.parametrize("shape", [[0], [3, 7], [300_001]])
+def test_mask_input_subtracts_both_keystreams(shape):
+    """x_2 = v - F(c_0, s, 0) - F(c_1, s, 0), the words PumaPrgUniform gives the parties; 300,001
+    elements split over the thread pool and end in half a block. v (held here) is unchanged."""
+    v = tf.constant(random_ring(shape))
+    before = v.numpy().copy()
+    c0, c1 = tf.constant(random_ring([2])), tf.constant(random_ring([2]))
+    got = ops.puma_mask_input(v, c0, c1, stream=4).numpy().view(np.uint64)
+    want = (before.view(np.uint64) - ops.puma_prg_uniform(c0, shape, stream=4).numpy().view(
+        np.uint64) - ops.puma_prg_uniform(c1, shape, stream=4).numpy().view(np.uint64))
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(v.numpy(), before)
+
+
+def test_mask_input_of_an_intermediate_matches():
+    """In a graph the one-hot's buffer is masked in place; the result is the same words."""
+    ids = tf.constant([[5, 0, 99, 42]], tf.int32)
+    c0, c1 = tf.constant(random_ring([2])), tf.constant(random_ring([2]))
+    masked = tf.function(lambda: ops.puma_mask_input(tf.one_hot(ids, 100, dtype=tf.int64),
+                                                     c0, c1, stream=0))().numpy()
+    total = (masked.view(np.uint64) + ops.puma_prg_uniform(c0, [1, 4, 100], stream=0).numpy()
+             .view(np.uint64) + ops.puma_prg_uniform(c1, [1, 4, 100], stream=0).numpy()
+             .view(np.uint64))
+    np.testing.assert_array_equal(total, tf.one_hot(ids, 100, dtype=tf.int64).numpy())
+
+
 def test_key_shape_errors_are_clear():
     with pytest.raises(tf.errors.InvalidArgumentError, match="128-bit key"):
         ops.puma_prg_uniform(tf.constant([1, 2, 3], tf.int64), [2], stream=0)
@@ -584,7 +610,7 @@ def test_draw_table_lists_every_draw_of_every_kernel():
     for cls, body in re.findall(r"class (\w+) : public (?:Stream)?OpKernel \{(.*?)\n\};", source,
                                 re.S):
         subs = []
-        for sub in re.findall(r"PrgFill\(\w+, stream, ([\w:]+),", body):
+        for sub in re.findall(r"(?:PrgFill|PrgSubtractFrom)\(\w+, stream, ([\w:]+),", body):
             subs.append(constants[sub.split("::")[-1]] if "::" in sub else -1)
         subs += [constants["kZeroShare"]] * 2 * (body.count("FillZeroShare(")
                                                  + body.count("FillXorZeroShare("))

@@ -58,9 +58,10 @@ def share(x: tf.Tensor, fxp: FixedPoint | None = None, frac_bits: int | None = N
     """The client secret-shares its plaintext x (float, or integer with frac_bits=0).
 
     Steps (client): v = encode(x); draw fresh keys c0, c1; x_0 = F(c0), x_1 = F(c1),
-    x_2 = v - x_0 - x_1. Messages: (c0, c1) to P0, (c1, x_2) to P1, (x_2, c0) to P2; each party
-    expands the keys itself. Cost: 1 round; 2 ring elements per value + 64 bytes, all from the
-    client. A party sees two uniform shares (x_2 is masked by the other parties' F(c) values).
+    x_2 = v - x_0 - x_1 (one kernel, in v's buffer: the client never holds x_0 or x_1).
+    Messages: (c0, c1) to P0, (c1, x_2) to P1, (x_2, c0) to P2; each party expands the keys
+    itself. Cost: 1 round; 2 ring elements per value + 64 bytes, all from the client. A party
+    sees two uniform shares (x_2 is masked by the other parties' F(c) values).
     """
     fxp = fxp or config.current().fxp
     runtime.require_graph()
@@ -74,14 +75,14 @@ def share(x: tf.Tensor, fxp: FixedPoint | None = None, frac_bits: int | None = N
             if x.dtype.is_floating:
                 v = FixedPoint(f).encode(x, name=name) if f else tf.cast(tf.round(x), tf.int64)
             elif x.dtype.is_integer:
-                v = tf.cast(x, tf.int64) * (2 ** f)
+                v = tf.cast(x, tf.int64)
+                if f:
+                    v = v * (2 ** f)
             else:
                 raise TypeError(f"{name}: cannot secret-share dtype {x.dtype.name}; "
                                 "use a float or integer tensor")
-            shape_c = tf.constant(x.shape.as_list(), tf.int64)
             c0, c1 = ops.puma_new_key(), ops.puma_new_key()
-            x2 = (v - ops.puma_prg_uniform(c0, shape_c, stream=0)
-                  - ops.puma_prg_uniform(c1, shape_c, stream=0))
+            x2 = ops.puma_mask_input(v, c0, c1, stream=0)
         keys_at = {0: (runtime.transfer(c0, runtime.CLIENT, 0),
                        runtime.transfer(c1, runtime.CLIENT, 0)),
                    1: runtime.transfer(c1, runtime.CLIENT, 1),
