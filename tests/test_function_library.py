@@ -158,21 +158,23 @@ def test_the_parties_get_a_functions_name_not_its_body(cluster):
     def growth(add) -> float:  # party 0's RSS growth once it has stored the function
         start = party_rss_mib()
         add()  # the party stores a function asynchronously: wait until its RSS stops growing
-        last, deadline = party_rss_mib(), time.monotonic() + 20.0
-        while time.monotonic() < deadline:
+        last, steady, deadline = party_rss_mib(), 0, time.monotonic() + 30.0
+        while time.monotonic() < deadline and steady < 2:  # two still seconds in a row
             time.sleep(1.0)
             now = party_rss_mib()
-            if now - last < 1.0:
-                break
+            steady = steady + 1 if now - last < 1.0 else 0
             last = now
         return party_rss_mib() - start
 
+    # 300k Identity nodes: party 0's RSS grows 282 MiB at once and falls to ~140 a few seconds
+    # later (the request's buffers released), so either reading clears 100 MiB. At 150k nodes
+    # the later reading (68 of 141 MiB) once failed CI.
     ctx = context.context()
     name_only = growth(lambda: function_library._add_function_here(  # noqa: SLF001
-        ctx, _identity_chain("body_on_the_client", 150_000)))
+        ctx, _identity_chain("body_on_the_client", 300_000)))
     whole = growth(lambda: ctx.add_function_def(_identity_chain("whole_on_every_party",
-                                                                150_000)))
-    assert whole > 100 and name_only < 2, (whole, name_only)  # measured 141-147 and 0.03 MiB
+                                                                300_000)))
+    assert whole > 100 and name_only < 2, (whole, name_only)
     x = tf.constant([1.5, -2.0])
     np.testing.assert_array_equal(ctx.call_function(b"body_on_the_client", [x], 1)[0], x)
     for name in ("whole_on_every_party", "body_on_the_client"):
