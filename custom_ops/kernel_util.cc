@@ -74,16 +74,31 @@ void ParallelElementwise(const ParallelRunner& runner, int64_t n, int64_t cost_p
   runner(n, cost_per_element, fn);
 }
 
-tensorflow::Status PrgFill(const PrgKey& key, uint64_t stream, uint32_t sub, uint64_t* out,
-                           int64_t n, const ParallelRunner& runner) {
+namespace {
+
+tensorflow::Status CheckDrawSize(int64_t n) {
   if (n > kMaxDrawWords) {
     return errors::InvalidArgument("a PRG draw of ", n, " ring elements exceeds the limit of 2^33 "
                                    "per (key, stream, sub): split the tensor into smaller pieces");
   }
-  if (n <= 0) return tensorflow::OkStatus();
-  uint8_t iv[16] = {0};
+  return tensorflow::OkStatus();
+}
+
+// The first counter block of F(key, stream, sub): stream || sub || 0, big-endian.
+void DrawCounterBlock(uint64_t stream, uint32_t sub, uint8_t iv[16]) {
+  std::memset(iv, 0, 16);
   for (int i = 0; i < 8; ++i) iv[i] = static_cast<uint8_t>(stream >> (56 - 8 * i));
   for (int i = 0; i < 4; ++i) iv[8 + i] = static_cast<uint8_t>(sub >> (24 - 8 * i));
+}
+
+}  // namespace
+
+tensorflow::Status PrgFill(const PrgKey& key, uint64_t stream, uint32_t sub, uint64_t* out,
+                           int64_t n, const ParallelRunner& runner) {
+  TF_RETURN_IF_ERROR(CheckDrawSize(n));
+  if (n <= 0) return tensorflow::OkStatus();
+  uint8_t iv[16];
+  DrawCounterBlock(stream, sub, iv);
   const int64_t full_blocks = n / 2;
   // Pieces of whole blocks in parallel; ~20 cycles a block is a fair cost estimate for AES-NI.
   auto fill = [&](int64_t begin, int64_t end) {
@@ -107,14 +122,10 @@ tensorflow::Status PrgFill(const PrgKey& key, uint64_t stream, uint32_t sub, uin
 
 tensorflow::Status PrgSubtractFrom(const PrgKey& key, uint64_t stream, uint32_t sub,
                                    uint64_t* out, int64_t n, const ParallelRunner& runner) {
-  if (n > kMaxDrawWords) {
-    return errors::InvalidArgument("a PRG draw of ", n, " ring elements exceeds the limit of 2^33 "
-                                   "per (key, stream, sub): split the tensor into smaller pieces");
-  }
+  TF_RETURN_IF_ERROR(CheckDrawSize(n));
   if (n <= 0) return tensorflow::OkStatus();
-  uint8_t iv[16] = {0};
-  for (int i = 0; i < 8; ++i) iv[i] = static_cast<uint8_t>(stream >> (56 - 8 * i));
-  for (int i = 0; i < 4; ++i) iv[8 + i] = static_cast<uint8_t>(sub >> (24 - 8 * i));
+  uint8_t iv[16];
+  DrawCounterBlock(stream, sub, iv);
   const int64_t blocks = (n + 1) / 2;  // the last block's second word is drawn, not used
   // Keystream in pieces of kPiece blocks (8 KiB, stays in L1) subtracted in place: no buffer of n.
   constexpr int64_t kPiece = 512;
