@@ -34,6 +34,11 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tf_puma.apps import prepare_process  # noqa: E402
+
+prepare_process()  # before TensorFlow loads: the client process `tf-puma run` would be
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (party_memory_target_mib, prepare_in_child, print_table,  # noqa: E402
                     reference_columns, secure_session, shares_mib, spu_reference, status_mib,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tf_puma.apps.cli", *args], capture_output=True,
@@ -81,6 +83,56 @@ def test_run_on_a_directory_that_is_not_a_secure_model(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         f"tf-puma run: {tmp_path} is not a tf-puma secure model (no tf_puma.json); create one "
         "with `tf-puma convert IN_SAVEDMODEL OUT_DIR`")
+
+
+_COUNT_ARENAS = r"""
+import ctypes, os, sys, tempfile, threading
+sys.path.insert(0, sys.argv[1])
+if sys.argv[2] == "client":
+    from tf_puma.apps import prepare_process
+    prepare_process(client=True)
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+go, held = threading.Event(), []
+def work():  # a new thread's first malloc takes a new arena while the limit allows
+    held.append(libc.malloc(4096))
+    go.wait()
+threads = [threading.Thread(target=work) for _ in range(6)]
+for t in threads:
+    t.start()
+while len(held) < 6:
+    pass
+path = os.path.join(tempfile.mkdtemp(), "info.xml")
+fp = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, fp)
+libc.fclose(fp)
+go.set()
+print(open(path).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.parametrize("process, arenas", [("client", 1), ("plain", 7)])
+def test_a_client_app_keeps_one_malloc_arena(process, arenas):
+    """prepare_process(client=True) caps glibc's arenas at one (six threads that malloc share
+    it); without it each of them takes its own. MALLOC_ARENA_MAX set by the user is left alone
+    (the plain process shows the default)."""
+    import os  # noqa: PLC0415
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    out = subprocess.run([sys.executable, "-c", _COUNT_ARENAS, root, process], env=env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert int(out.strip().splitlines()[-1]) == arenas
+
+
+def test_a_users_malloc_arena_max_wins(monkeypatch):
+    from tf_puma.apps import limit_malloc_arenas  # noqa: PLC0415
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas(1) is False
 
 
 def test_app_settings_apply_where_unset_and_parties_drop_a_clients(monkeypatch):
