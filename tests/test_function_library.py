@@ -72,12 +72,50 @@ def test_signatures_give_what_tf_saved_model_load_gives(tmp_path):
     assert library.signatures["serving_default"].input_names == ["k", "x"]  # the call's order
     from tensorflow.python.eager import context  # noqa: PLC0415
 
-    registered = context.context().get_function_def(
-        library.signatures["serving_default"].function_name)
-    assert registered.node_def and not any(  # shape hints dropped (copied into every graph)
-        "_output_shapes" in n.attr or "_puma_sent_to" in n.attr for n in registered.node_def)
+    from tf_puma.function_library import RELEASED_NODE  # noqa: PLC0415
+
+    held = library.bodies.body(library.signatures["serving_default"].function_name)
+    assert held.node_def and not any(  # shape hints dropped (copied into every graph)
+        "_output_shapes" in n.attr or "_puma_sent_to" in n.attr for n in held.node_def)
     assert any("_output_shapes" in n.attr  # they were there
                for f in _saved_functions(path) for n in f.node_def)
+
+
+def test_the_client_holds_a_body_only_while_tensorflow_instantiates_it(tmp_path):
+    """Between instantiations the context's library holds stubs (signature, outputs naming
+    RELEASED_NODE); a call TensorFlow instantiates again (here: its kernel cache cleared, as a
+    reconnect does) fails on the stub before it runs and is run again with the bodies."""
+    from tensorflow.python.eager import context  # noqa: PLC0415
+
+    from tf_puma.function_library import RELEASED_NODE  # noqa: PLC0415
+
+    path = _save(str(tmp_path / "m"), 3.0)
+    library = FunctionLibrary(path, ["serving_default", "other"])
+    branchy, plain = library.signatures["serving_default"], library.signatures["other"]
+    # the signature's wrapper and its function; branchy's also cond's two branches and inner
+    assert len(branchy.closure) == 5 and len(plain.closure) == 2
+    ctx = context.context()
+
+    def stubs_only() -> bool:
+        defs = [ctx.get_function_def(name) for name in branchy.closure + plain.closure]
+        return all(not d.node_def and set(d.ret.values()) == {f"{RELEASED_NODE}:output:0"}
+                   for d in defs)
+
+    assert stubs_only()
+    x = tf.constant(np.arange(6, dtype=np.float32).reshape(2, 3) - 2.5)
+    want = 3 * x + 1
+    for k in (1, 1, -1):  # the If's branches: instantiated with the function
+        got = branchy(x=x, k=tf.constant(k))["y"]
+        np.testing.assert_array_equal(got, want if k > 0 else 3 * x - 1)
+        assert stubs_only() and branchy.instantiations == 1
+    ctx.clear_kernel_cache()
+    with pytest.raises(tf.errors.InvalidArgumentError, match=RELEASED_NODE):  # what TF meets
+        ctx.call_function(branchy.function_name.encode(), [tf.constant(1), x], 3)
+    np.testing.assert_array_equal(branchy(x=x, k=tf.constant(1))["y"], want)
+    assert branchy.instantiations == 2 and plain.instantiations == 0 and stubs_only()
+    np.testing.assert_array_equal(plain(v=tf.constant([4.0]))["w"], [2.0])
+    assert plain.instantiations == 1 and stubs_only()
+    library.release()
 
 
 def test_models_whose_functions_share_names_stay_apart_and_release_only_their_own(tmp_path):
@@ -170,12 +208,13 @@ def test_the_parties_get_a_functions_name_not_its_body(cluster):
     # later (the request's buffers released), so either reading clears 100 MiB. At 150k nodes
     # the later reading (68 of 141 MiB) once failed CI.
     ctx = context.context()
-    name_only = growth(lambda: function_library._add_function_here(  # noqa: SLF001
-        ctx, _identity_chain("body_on_the_client", 300_000)))
+    bodies = function_library._Bodies(ctx)  # noqa: SLF001
+    name_only = growth(lambda: bodies.add(_identity_chain("body_on_the_client", 300_000)))
     whole = growth(lambda: ctx.add_function_def(_identity_chain("whole_on_every_party",
                                                                 300_000)))
     assert whole > 100 and name_only < 2, (whole, name_only)
     x = tf.constant([1.5, -2.0])
+    bodies.give(["body_on_the_client"])
     np.testing.assert_array_equal(ctx.call_function(b"body_on_the_client", [x], 1)[0], x)
     for name in ("whole_on_every_party", "body_on_the_client"):
         ctx.remove_function(name)
