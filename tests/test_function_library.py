@@ -116,6 +116,11 @@ def test_the_client_holds_a_body_only_while_tensorflow_instantiates_it(tmp_path)
     np.testing.assert_array_equal(plain(v=tf.constant([4.0]))["w"], [2.0])
     assert plain.instantiations == 1 and stubs_only()
     library.release()
+    released = FunctionLibrary(path, ["other"])  # released before its first call
+    never_called = released.signatures["other"]
+    released.release()
+    with pytest.raises(tf.errors.NotFoundError):
+        never_called(v=tf.constant([4.0]))
 
 
 def test_models_whose_functions_share_names_stay_apart_and_release_only_their_own(tmp_path):

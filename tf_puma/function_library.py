@@ -194,12 +194,15 @@ class _Bodies:
         return function_pb2.FunctionDef.FromString(zlib.decompress(self._held[name]))
 
     def give(self, names: Iterable[str]) -> None:
+        """Puts the bodies back (names released meanwhile are skipped: TF's NotFoundError)."""
         for name in names:
-            _replace_here(self._ctx, zlib.decompress(self._held[name]), name)
+            if name in self._held:
+                _replace_here(self._ctx, zlib.decompress(self._held[name]), name)
 
     def take(self, names: Iterable[str]) -> None:
         for name in names:
-            _replace_here(self._ctx, self._stubs[name], name)
+            if name in self._stubs:
+                _replace_here(self._ctx, self._stubs[name], name)
 
     def forget(self) -> None:
         self._held, self._stubs = {}, {}
