@@ -5,6 +5,7 @@ parties; a small random LLaMA-style model)."""
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -180,6 +181,13 @@ def test_greedy_model_reveals_no_logits(tmp_path, cluster, deploy):
     assert gen.generate([4, 5], 3) == greedy_reference(model, [4, 5], 3)[0]
     with pytest.raises(ValueError, match="does not reveal"):
         gen.generate([4], 2, temperature=0.7)
+    from tensorflow.python.eager import context  # noqa: PLC0415
+
+    zeros = gen._empty_cache.get_concrete_function().name  # noqa: SLF001 - traced by generate
+    assert context.context().has_function(zeros)
+    gen.close()  # releases it too, while the parties answer (not at exit, with ERROR lines)
+    gc.collect()
+    assert not context.context().has_function(zeros)
 
 
 def test_gpt2_generation_matches_plaintext(tmp_path, cluster, deploy):

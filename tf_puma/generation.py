@@ -53,9 +53,11 @@ class SecureGenerator(SecureModel):
         return ["prefill"]
 
     def close(self) -> None:
-        """Releases both signatures' functions on the parties; later calls raise ModelClosed."""
+        """Releases both signatures' functions and the empty cache's on the parties; later
+        calls raise ModelClosed."""
         self.prefill = None
-        super().close()
+        self._empty_cache = None  # its traced function goes from the parties with it (else at
+        super().close()           # exit, after local parties stopped: one ERROR line each)
 
     @property
     def max_new_tokens(self) -> int:
