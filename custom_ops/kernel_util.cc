@@ -120,62 +120,57 @@ tensorflow::Status PrgFill(const PrgKey& key, uint64_t stream, uint32_t sub, uin
   return tensorflow::OkStatus();
 }
 
-tensorflow::Status PrgSubtractFrom(const PrgKey& key, uint64_t stream, uint32_t sub,
-                                   uint64_t* out, int64_t n, const ParallelRunner& runner) {
+namespace {
+
+// out[0..n) = combine(out[i], F(key, stream, sub)[i]), the keystream made and used in pieces of
+// kPiece blocks (8 KiB, stays in L1): no buffer of n words.
+template <typename Combine>
+tensorflow::Status PrgCombineInto(const PrgKey& key, uint64_t stream, uint32_t sub,
+                                  uint64_t* out, int64_t n, const ParallelRunner& runner,
+                                  Combine combine) {
   TF_RETURN_IF_ERROR(CheckDrawSize(n));
   if (n <= 0) return tensorflow::OkStatus();
   uint8_t iv[16];
   DrawCounterBlock(stream, sub, iv);
   const int64_t blocks = (n + 1) / 2;  // the last block's second word is drawn, not used
-  // Keystream in pieces of kPiece blocks (8 KiB, stays in L1) subtracted in place: no buffer of n.
   constexpr int64_t kPiece = 512;
-  auto subtract = [&](int64_t begin, int64_t end) {
+  auto apply = [&](int64_t begin, int64_t end) {
     uint64_t stream_words[2 * kPiece];
     for (int64_t b = begin; b < end; b += kPiece) {
       const int64_t count = std::min(kPiece, end - b);
       Aes128CtrKeystream(key.bytes, iv, static_cast<uint64_t>(b), static_cast<uint64_t>(count),
                          reinterpret_cast<uint8_t*>(stream_words));
       const int64_t first = 2 * b, last = std::min(n, 2 * (b + count));
-      for (int64_t i = first; i < last; ++i) out[i] -= stream_words[i - first];
+      for (int64_t i = first; i < last; ++i) out[i] = combine(out[i], stream_words[i - first]);
     }
   };
   if (blocks < 8192) {
-    subtract(0, blocks);
+    apply(0, blocks);
   } else {
-    runner(blocks, 22, subtract);
+    runner(blocks, 22, apply);
   }
-  return tensorflow::OkStatus();
-}
-
-namespace {
-
-// out = F(own, stream, 0) `combine` F(next, stream, 0), elementwise (scratch: n words).
-template <typename Combine>
-tensorflow::Status FillPrssPair(const PrgKey& own, const PrgKey& next, uint64_t stream,
-                                uint64_t* out, uint64_t* scratch, int64_t n,
-                                const ParallelRunner& runner, Combine combine) {
-  TF_RETURN_IF_ERROR(PrgFill(own, stream, draws::kZeroShare, out, n, runner));
-  TF_RETURN_IF_ERROR(PrgFill(next, stream, draws::kZeroShare, scratch, n, runner));
-  ParallelElementwise(runner, n, 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) out[i] = combine(out[i], scratch[i]);
-  });
   return tensorflow::OkStatus();
 }
 
 }  // namespace
 
+tensorflow::Status PrgSubtractFrom(const PrgKey& key, uint64_t stream, uint32_t sub,
+                                   uint64_t* out, int64_t n, const ParallelRunner& runner) {
+  return PrgCombineInto(key, stream, sub, out, n, runner,
+                        [](uint64_t a, uint64_t b) { return a - b; });
+}
+
 tensorflow::Status FillZeroShare(const PrgKey& own, const PrgKey& next, uint64_t stream,
-                                 uint64_t* out, uint64_t* scratch, int64_t n,
-                                 const ParallelRunner& runner) {
-  return FillPrssPair(own, next, stream, out, scratch, n, runner,
-                      [](uint64_t a, uint64_t b) { return a - b; });
+                                 uint64_t* out, int64_t n, const ParallelRunner& runner) {
+  TF_RETURN_IF_ERROR(PrgFill(own, stream, draws::kZeroShare, out, n, runner));
+  return PrgSubtractFrom(next, stream, draws::kZeroShare, out, n, runner);
 }
 
 tensorflow::Status FillXorZeroShare(const PrgKey& own, const PrgKey& next, uint64_t stream,
-                                    uint64_t* out, uint64_t* scratch, int64_t n,
-                                    const ParallelRunner& runner) {
-  return FillPrssPair(own, next, stream, out, scratch, n, runner,
-                      [](uint64_t a, uint64_t b) { return a ^ b; });
+                                    uint64_t* out, int64_t n, const ParallelRunner& runner) {
+  TF_RETURN_IF_ERROR(PrgFill(own, stream, draws::kZeroShare, out, n, runner));
+  return PrgCombineInto(next, stream, draws::kZeroShare, out, n, runner,
+                        [](uint64_t a, uint64_t b) { return a ^ b; });
 }
 
 Tensor* AllocateLike(OpKernelContext* ctx, int output, const TensorShape& shape) {

@@ -59,15 +59,15 @@ tensorflow::Status PrgSubtractFrom(const PrgKey& key, uint64_t stream, uint32_t 
                                    uint64_t* out, int64_t n, const ParallelRunner& runner);
 
 // out[0..n) = F(own, stream, 0) - F(next, stream, 0): party i's PRSS share of zero (the three
-// sum to 0 mod 2^64). scratch holds n words. Same limit as PrgFill.
-tensorflow::Status FillZeroShare(const PrgKey& own, const PrgKey& next, uint64_t stream, uint64_t* out,
-                   uint64_t* scratch, int64_t n, const ParallelRunner& runner);
+// sum to 0 mod 2^64). The second keystream is subtracted in pieces (no n-word scratch). Same
+// limit as PrgFill.
+tensorflow::Status FillZeroShare(const PrgKey& own, const PrgKey& next, uint64_t stream,
+                                 uint64_t* out, int64_t n, const ParallelRunner& runner);
 
 // out[0..n) = F(own, stream, 0) ^ F(next, stream, 0): party i's PRSS share of zero under XOR
-// (the three XOR to 0). scratch holds n words. Same limit as PrgFill.
+// (the three XOR to 0). No scratch, as FillZeroShare. Same limit as PrgFill.
 tensorflow::Status FillXorZeroShare(const PrgKey& own, const PrgKey& next, uint64_t stream,
-                                    uint64_t* out, uint64_t* scratch, int64_t n,
-                                    const ParallelRunner& runner);
+                                    uint64_t* out, int64_t n, const ParallelRunner& runner);
 
 // Allocates output `output` with `shape`; nullptr (the error set on ctx) on failure.
 tensorflow::Tensor* AllocateLike(tensorflow::OpKernelContext* ctx, int output,

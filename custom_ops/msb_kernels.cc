@@ -247,10 +247,7 @@ class MsbStartOp : public StreamOpKernel {
     };
     const AndOperands operands{either(0, 0), either(0, 1), either(1, 0), either(1, 1)};
     uint64_t* z = RingData(z_t);
-    Tensor scratch_t;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, TensorShape({total}), &scratch_t));
-    OP_REQUIRES_OK(ctx, FillXorZeroShare(own, next, stream, z, RingData(&scratch_t), total,
-                                         runner));
+    OP_REQUIRES_OK(ctx, FillXorZeroShare(own, next, stream, z, total, runner));
     XorPackedAnd(ctx, msb::RoundSegments(0, width_), {operands}, n, portable_, z);
   }
 
@@ -305,10 +302,7 @@ class MsbStepOp : public StreamOpKernel {
     Tensor* z_t = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({total}), &z_t));
     uint64_t* z = RingData(z_t);
-    Tensor scratch_t;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, TensorShape({total}), &scratch_t));
-    OP_REQUIRES_OK(ctx, FillXorZeroShare(own, next, stream, z, RingData(&scratch_t), total,
-                                         runner));
+    OP_REQUIRES_OK(ctx, FillXorZeroShare(own, next, stream, z, total, runner));
     if (round_ > 1) {  // P & G (G segment), P & P (P segment), the state updated on the way
       AbsorbAndPack(ctx, round_, n, width_, portable_, st, z);
       return;

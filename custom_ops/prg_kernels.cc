@@ -105,10 +105,8 @@ class ZeroShareOp : public StreamOpKernel {
     }
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &out));
-    Tensor scratch;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, shape, &scratch));
-    OP_REQUIRES_OK(ctx, FillZeroShare(own, next, stream, RingData(out), RingData(&scratch),
-                                      out->NumElements(), TfRunner(ctx)));
+    OP_REQUIRES_OK(ctx, FillZeroShare(own, next, stream, RingData(out), out->NumElements(),
+                                      TfRunner(ctx)));
   }
 };
 

@@ -192,12 +192,8 @@ class MatMulShareOp : public StreamOpKernel {
     const int64_t n_out = out->NumElements();
     // z = alpha + x_own @ (y_own + y_next) + x_next @ y_own; y_own + y_next is never stored
     // (added while packing, or read in place by the thin product).
-    Tensor scratch;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, TensorShape({n_out}),
-                                           &scratch));
     auto runner = TfRunner(ctx);
-    OP_REQUIRES_OK(ctx, FillZeroShare(own, next, stream, RingData(out), RingData(&scratch), n_out,
-                                      runner));
+    OP_REQUIRES_OK(ctx, FillZeroShare(own, next, stream, RingData(out), n_out, runner));
     if (plan.m <= kThinRows) {
       RunBatchedThin(plan, trans_a_, trans_b_, RingData(x_own), RingData(x_next), RingData(y_own),
                      RingData(y_next), RingData(out), runner);
@@ -225,12 +221,10 @@ class MulShareOp : public StreamOpKernel {
     if (!ReadPrss(ctx, &own, &next)) return;
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &out));
-    Tensor scratch;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_INT64, shape, &scratch));
     const int64_t n = out->NumElements();
     auto runner = TfRunner(ctx);
     uint64_t* z = RingData(out);
-    OP_REQUIRES_OK(ctx, FillZeroShare(own, next, stream, z, RingData(&scratch), n, runner));
+    OP_REQUIRES_OK(ctx, FillZeroShare(own, next, stream, z, n, runner));
     const uint64_t* xo = RingData(ctx->input(0));
     const uint64_t* xn = RingData(ctx->input(1));
     const uint64_t* yo = RingData(ctx->input(2));

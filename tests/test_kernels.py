@@ -130,13 +130,21 @@ def test_new_key_is_fresh_each_call():
     assert len(keys) == 50
 
 
-def test_zero_shares_sum_to_zero():
+@pytest.mark.parametrize("shape", [[4, 5], [300_001]])
+def test_zero_shares_sum_to_zero(shape):
+    """alpha_i = F(k_i, s, 0) - F(k_(i+1), s, 0) exactly (the second keystream is subtracted in
+    pieces; 300,001 words split over the thread pool and end in half a block), and they sum to
+    zero."""
     keys = [tf.constant(random_ring([2])) for _ in range(3)]
     s = 17
-    alphas = [ops.puma_zero_share(keys[i], keys[(i + 1) % 3], [4, 5], stream=s) for i in range(3)]
-    total = sum(a.numpy().astype(np.uint64) for a in alphas)
+    alphas = [ops.puma_zero_share(keys[i], keys[(i + 1) % 3], shape, stream=s).numpy()
+              for i in range(3)]
+    streams = [ops.puma_prg_uniform(k, shape, stream=s).numpy().view(np.uint64) for k in keys]
+    for i in range(3):
+        np.testing.assert_array_equal(alphas[i].view(np.uint64), streams[i] - streams[(i + 1) % 3])
+    total = sum(a.astype(np.uint64) for a in alphas)
     assert not total.any()
-    assert len({a.numpy().tobytes() for a in alphas}) == 3
+    assert len({a.tobytes() for a in alphas}) == 3
 
 
 @pytest.mark.parametrize("shape", [[0], [3, 7], [300_001]])
