@@ -63,14 +63,15 @@ class SignatureFunction:
     `tf.saved_model.load(d).signatures[name]`."""
 
     def __init__(self, name: str, function_name: str, input_names: list[str],
-                 output_index: dict[str, int], num_outputs: int):
+                 output_index: dict[str, int], num_outputs: int, bodies: _Bodies,
+                 closure: list[str]):
         self.name = name
         self.function_name = function_name
         self.input_names = input_names      # the order of the function's arguments
         self.output_index = output_index    # output name -> position in the function's outputs
         self.num_outputs = num_outputs
-        self.bodies: _Bodies | None = None  # set by FunctionLibrary: where the bodies wait
-        self.closure: list[str] = []        # the functions its instantiation reads
+        self.bodies = bodies                # where its library's bodies wait
+        self.closure = closure              # the functions its instantiation reads
         self.instantiations = 0             # times TensorFlow instantiated it with the bodies
         self._instantiated = False
 
@@ -89,8 +90,6 @@ class SignatureFunction:
             return context.context().call_function(self.function_name.encode(), args,
                                                    self.num_outputs)
 
-        if self.bodies is None:
-            return call()
         if self._instantiated:
             try:
                 return call()  # TensorFlow's cached instantiation: the stubs are not read
@@ -120,6 +119,8 @@ class FunctionLibrary:
         nodes = {n.name: n for n in meta_graph.graph_def.node}
         with _load_ids_lock:
             suffix = f"_tfpuma{next(_load_ids)}"
+        ctx = context.context()
+        self.bodies = _Bodies(ctx)
         self.signatures: dict[str, SignatureFunction] = {}
         needed: list[str] = []
         for name in signatures:
@@ -128,16 +129,11 @@ class FunctionLibrary:
                                f"{sorted(k for k in meta_graph.signature_def if '__' not in k)})")
             signature, called = _signature_function(model_dir, name,
                                                     meta_graph.signature_def[name], nodes,
-                                                    library, suffix)
+                                                    library, suffix, self.bodies)
             self.signatures[name] = signature
             needed.append(called)
         self._names: list[str] = []
-        ctx = context.context()
         ctx.ensure_initialized()
-        self.bodies = _Bodies(ctx)
-        for signature, called in zip(self.signatures.values(), needed):
-            signature.bodies = self.bodies
-            signature.closure = [f.signature.name + suffix for f in _closure([called], library)]
         for renamed in _closure(needed, library):  # renamed in place: no second copy
             renamed.signature.name += suffix
             for node in renamed.node_def:
@@ -274,7 +270,7 @@ def _read_meta_graph(model_dir: str) -> meta_graph_pb2.MetaGraphDef:
 
 
 def _signature_function(model_dir: str, name: str, signature: meta_graph_pb2.SignatureDef,
-                        nodes: Mapping, library: Mapping, suffix: str
+                        nodes: Mapping, library: Mapping, suffix: str, bodies: _Bodies
                         ) -> tuple[SignatureFunction, str]:
     """The signature's call node in the SavedModel's graph: which function, its arguments in
     order (each one of the signature's inputs) and where each output comes from."""
@@ -297,8 +293,9 @@ def _signature_function(model_dir: str, name: str, signature: meta_graph_pb2.Sig
     outputs = {key: int(t.name.split(":")[1]) if ":" in t.name else 0
                for key, t in signature.outputs.items()}
     num_outputs = len(library[called].signature.output_arg)
+    closure = [f.signature.name + suffix for f in _closure([called], library)]
     return (SignatureFunction(name, called + suffix, [input_of[a] for a in arguments], outputs,
-                              num_outputs), called)
+                              num_outputs, bodies, closure), called)
 
 
 def _closure(roots: list[str], library: Mapping) -> list[function_pb2.FunctionDef]:

@@ -56,8 +56,10 @@ class SecureGenerator(SecureModel):
         """Releases both signatures' functions and the empty cache's on the parties; later
         calls raise ModelClosed."""
         self.prefill = None
-        self._empty_cache = None  # its traced function goes from the parties with it (else at
-        super().close()           # exit, after local parties stopped: one ERROR line each)
+        # The empty cache's traced function leaves the parties with the signatures' (otherwise
+        # at exit, after local parties stopped: one ERROR line per party).
+        self._empty_cache = None
+        super().close()
 
     @property
     def max_new_tokens(self) -> int:
