@@ -24,9 +24,17 @@ int64_t NumElements(InferenceContext* c, ShapeHandle s) {
   return n;
 }
 
-void SetMessageShape(InferenceContext* c, int output, int round, int64_t n, int width) {
-  c->set_output(output, c->Vector(n < 0 ? InferenceContext::kUnknownDim
-                                        : msb::RoundWords(round, n, width)));
+// Round r's message: a vector of RoundWords(r, blocks, width) words (unknown blocks: -1).
+void SetMessageShape(InferenceContext* c, int output, int round, int64_t blocks, int width) {
+  c->set_output(output, c->Vector(blocks < 0 ? InferenceContext::kUnknownDim
+                                             : msb::RoundWords(round, blocks, width)));
+}
+
+// The state's blocks dimension (-1 when unknown).
+int64_t StateBlocks(InferenceContext* c) {
+  ShapeHandle state = c->input(0);
+  if (!c->RankKnown(state) || c->Rank(state) != 3) return -1;
+  return c->Value(c->Dim(state, 2));
 }
 
 Status GetWidth(InferenceContext* c, int* width) {
@@ -63,10 +71,11 @@ REGISTER_OP("PumaMsbStart")
       }
       ShapeHandle x;
       TF_RETURN_IF_ERROR(c->Merge(c->input(0), c->input(1), &x));
-      ShapeHandle state;
-      TF_RETURN_IF_ERROR(c->Concatenate(c->Vector(msb::kStateRows), x, &state));
-      c->set_output(0, state);
-      SetMessageShape(c, 1, 0, NumElements(c, x), width);
+      const int64_t n = NumElements(c, x);
+      const int64_t blocks = n < 0 ? -1 : msb::Blocks(n);
+      c->set_output(0, c->MakeShape({c->MakeDim(msb::kStateRows), c->MakeDim(width),
+                                     blocks < 0 ? c->UnknownDim() : c->MakeDim(blocks)}));
+      SetMessageShape(c, 1, 0, blocks, width);
       return ::tensorflow::OkStatus();
     })
     .Doc(R"doc(
@@ -76,8 +85,11 @@ w_j = x_j >> low_bit mod 2^width and returns bit width - 1 of the sum (the whole
 for the defaults 0 and 64; see tf_puma/protocols/compare.py for what a window means).
 The addends A = w_0, B = w_1, C = w_2 as XOR sharings need no communication; the carry-save
 adder gives S = A ^ B ^ C and the carries M = ((A ^ C) & (B ^ C)) ^ C. This op sends party i's
-share of (A ^ C) & (B ^ C) on bits 0..width-2, packed, masked with the XOR zero share
-F(k_i, s, 0) ^ F(k_{i+1}, s, 0). state = (P, G, E) pairs [6, ...]: (S, 0, C).
+share of (A ^ C) & (B ^ C) on bits 0..width-2, masked with the XOR zero share
+F(k_i, s, 0) ^ F(k_{i+1}, s, 0). The rounds run bit-sliced (custom_ops/msb_plan.h): state =
+(P, G, E) pairs as [6, width, blocks] planes, here (S, 0, C); a message holds one plane of
+`blocks` words per AND bit. `portable`: transpose without AVX-512 (taken anyway on a CPU without
+it; the same result).
 )doc");
 
 REGISTER_OP("PumaMsbStep")
@@ -89,7 +101,6 @@ REGISTER_OP("PumaMsbStep")
     .Attr("stream: int >= 0")
     .Attr("round: int >= 1")
     .Attr("width: int = 64")
-    .Attr("portable: bool = false")
     .Output("state_out: int64")
     .Output("z: int64")
     .SetShapeFn([](InferenceContext* c) -> Status {
@@ -100,16 +111,14 @@ REGISTER_OP("PumaMsbStep")
         return ::tensorflow::errors::InvalidArgument("round must be in [1, ", msb::Rounds(width),
                                                      ") for width ", width);
       }
-      ShapeHandle values;
-      TF_RETURN_IF_ERROR(c->Subshape(c->input(0), 1, &values));
       c->set_output(0, c->input(0));
-      SetMessageShape(c, 1, round, NumElements(c, values), width);
+      SetMessageShape(c, 1, round, StateBlocks(c), width);
       return ::tensorflow::OkStatus();
     })
     .Doc(R"doc(
 Round r (1..7 for width 64, 1..6 for widths 18 to 33) of party i's MSB: takes the previous
-round's packed AND shares (its own z_i and z_{i+1} received from party i+1), unpacks them into
-the state, and sends its share of this round's ANDs (masked with a fresh XOR zero share under
+round's AND shares (its own z_i and z_{i+1} received from party i+1), absorbs them into the
+state, and sends its share of this round's ANDs (masked with a fresh XOR zero share under
 `stream`). `width` is PumaMsbStart's.
 Round 1: M = unpacked ^ C, carries Y = M << 1, P = S ^ Y (kept in E), AND S & Y on bits
 1..width-2. Later rounds: G ^= unpacked G segment, P = unpacked P segment (if any), then
@@ -121,6 +130,7 @@ REGISTER_OP("PumaMsbFinish")
     .Input("state: int64")
     .Input("z_own: int64")
     .Input("z_received: int64")
+    .Input("like: int64")
     .Attr("width: int = 64")
     .Attr("portable: bool = false")
     .Output("bit_own: int64")
@@ -128,16 +138,15 @@ REGISTER_OP("PumaMsbFinish")
     .SetShapeFn([](InferenceContext* c) -> Status {
       int width = 0;
       TF_RETURN_IF_ERROR(GetWidth(c, &width));
-      ShapeHandle values;
-      TF_RETURN_IF_ERROR(c->Subshape(c->input(0), 1, &values));
-      c->set_output(0, values);
-      c->set_output(1, values);
+      c->set_output(0, c->input(3));
+      c->set_output(1, c->input(3));
       return ::tensorflow::OkStatus();
     })
     .Doc(R"doc(
 Party i's last MSB step (no communication): unpacks the last round's G segment into G, then
 msb = P_(width-1) ^ G_(width-2) with P the original propagate bits, in bit 0 of (bit_own,
-bit_next). `width` is PumaMsbStart's.
+bit_next), shaped as `like` (PumaMsbStart's x_own: only its shape is read). `width` is
+PumaMsbStart's; `portable` as there (the planes unpacked without AVX-512).
 )doc");
 
 }  // namespace tf_puma

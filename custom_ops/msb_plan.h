@@ -2,6 +2,11 @@
 // bits each round ANDs, for a window of `width` bits whose top bit (width - 1) is the sign.
 // Shared by the op shape functions and the kernels; the Python mirror is
 // tf_puma/protocols/boolean.py (msb_plan).
+//
+// The rounds run bit-sliced: values go in blocks of 64, and plane j of a block is one word
+// holding bit j of its 64 values (bit e of the word: value 64 b + e). The state is
+// [kStateRows][width planes][blocks] words; a round's message is, segment by segment, one
+// plane of `blocks` words per bit of the segment's mask, in increasing bit order.
 #ifndef TF_PUMA_CUSTOM_OPS_MSB_PLAN_H_
 #define TF_PUMA_CUSTOM_OPS_MSB_PLAN_H_
 
@@ -66,11 +71,14 @@ inline std::vector<Segment> RoundSegments(int round, int width) {
   return segs;
 }
 
-// Words of round r's packed message for n values.
-inline int64_t RoundWords(int round, int64_t n, int width) {
-  int64_t words = 0;
-  for (const Segment& seg : RoundSegments(round, width)) words += (n * seg.width() + 63) / 64;
-  return words;
+// Blocks of 64 values that n values take (the last one padded).
+inline int64_t Blocks(int64_t n) { return (n + 63) / 64; }
+
+// Words of round r's message for `blocks` blocks of values: a plane per AND bit.
+inline int64_t RoundWords(int round, int64_t blocks, int width) {
+  int64_t planes = 0;
+  for (const Segment& seg : RoundSegments(round, width)) planes += seg.width();
+  return planes * blocks;
 }
 
 }  // namespace msb

@@ -55,10 +55,11 @@ def test_msb_and_b2a_on_edge_values(cluster, rng):
     np.testing.assert_array_equal(bits, (np.round(values * 2 ** 18) < 0).astype(np.int64))
     assert ledger.ops["less"].rounds == 10
     assert ledger.critical_rounds == 1 + 10 + 1
-    # msb: 244 bits per value per party, packed over all values; b2a: one word per party.
+    # msb: 244 bits per value per party, a word per AND bit and block of 64 values (the rounds
+    # run bit-sliced); b2a: one word per value and party.
     n = values.size
-    msb_words = sum((n * k + 63) // 64 for k in (63, 62, 31, 31, 16, 15, 8, 7, 4, 3, 2, 1, 1))
-    assert sum((n * k) for k in (63, 62, 31, 31, 16, 15, 8, 7, 4, 3, 2, 1, 1)) == 244 * n
+    assert sum((63, 62, 31, 31, 16, 15, 8, 7, 4, 3, 2, 1, 1)) == 244
+    msb_words = 244 * ((n + 63) // 64)
     sent = ledger.ops["less"].bytes_sent
     assert sent[0] == sent[1] == sent[2] == 8 * (msb_words + n)
 
@@ -86,7 +87,7 @@ def test_coarse_less_is_exact_but_within_its_resolution_above_the_threshold(clus
     n = x.size
     segments = [37, 36] + [k for _, g, p in boolean.msb_plan(38) for k in (len(g), len(p)) if k]
     assert sum(segments) == 143
-    msb_words = sum((n * k + 63) // 64 for k in segments)
+    msb_words = sum(segments) * ((n + 63) // 64)
     assert ledger.ops["less"].bytes_sent[0] == 8 * (msb_words + n)
 
 

@@ -447,8 +447,8 @@ def test_packed_and_rejects_unsorted_positions():
                                   positions=[5, 1], y_positions=[0, 1], counts=[2])
 
 
-def _msb_rounds(x: np.ndarray, portable: bool, keys=None, low_bit: int = 0, width: int = 64,
-                shares=None):
+def _msb_rounds(x: np.ndarray, keys=None, low_bit: int = 0, width: int = 64, shares=None,
+                portable: bool = False):
     """Runs the fused MSB kernels of the three parties on x's arithmetic shares (as three
     parties would, messages passed by hand), in the window (low_bit, width):
     ([bit_own, bit_next] per party, messages, shares)."""
@@ -462,8 +462,8 @@ def _msb_rounds(x: np.ndarray, portable: bool, keys=None, low_bit: int = 0, widt
     state, sent, log = [], [], []
     for i in range(3):
         st, z = ops.puma_msb_start(shares[i], shares[(i + 1) % 3], keys[i], keys[(i + 1) % 3],
-                                   stream=100, party=i, portable=portable, low_bit=low_bit,
-                                   width=width)
+                                   stream=100, party=i, low_bit=low_bit, width=width,
+                                   portable=portable)
         state.append(st)
         sent.append(z)
     for r in range(1, boolean.msb_rounds(width)):
@@ -472,20 +472,22 @@ def _msb_rounds(x: np.ndarray, portable: bool, keys=None, low_bit: int = 0, widt
         for i in range(3):
             state[i], sent[i] = ops.puma_msb_step(state[i], sent[i], got[i], keys[i],
                                                   keys[(i + 1) % 3], stream=100 + r, round=r,
-                                                  portable=portable, width=width)
+                                                  width=width)
     log.append([z.numpy() for z in sent])
     bits = [[b.numpy() for b in ops.puma_msb_finish(state[i], sent[i], sent[(i + 1) % 3],
-                                                      portable=portable, width=width)]
+                                                      shares[i], width=width,
+                                                      portable=portable)]
             for i in range(3)]
     return bits, log, shares
 
 
-@pytest.mark.parametrize("portable", [False, True])
-@pytest.mark.parametrize("shape", [[5, 13], [70_001]])  # the large one splits over threads
+@pytest.mark.parametrize("portable", [False, True])  # AVX-512 and scalar transposition
+@pytest.mark.parametrize("shape", [[5, 13], [64], [70_001]])  # the large one splits over threads
 def test_msb_rounds_give_the_sign_bit(portable, shape):
     """PumaMsbStart/Step/Finish on three parties' shares give x < 0 in bit 0 of a replicated
-    XOR sharing, at the ring's edges too; each round's message has the plan's size
-    (boolean.msb_plan: 63, 62, then the Kogge-Stone levels' ANDs, 244 bits per value)."""
+    XOR sharing, at the ring's edges too, shaped as x; each round's message has the plan's size
+    (boolean.msb_plan: 63, 62, then the Kogge-Stone levels' ANDs, 244 bits per value), a word
+    per AND bit and block of 64 values (the last block padded)."""
     from tf_puma.protocols import boolean  # noqa: PLC0415
 
     x = random_ring(shape).reshape(-1)
@@ -493,16 +495,39 @@ def test_msb_rounds_give_the_sign_bit(portable, shape):
                       -(2**31), 2**31], dtype=np.int64)
     x[:len(edges)] = edges
     x = x.reshape(shape)
-    bits, log, _ = _msb_rounds(x, portable)
-    n = x.size
+    bits, log, _ = _msb_rounds(x, portable=portable)
+    blocks = (x.size + 63) // 64
     widths = [[63], [62]] + [[len(g)] + ([len(p)] if p else []) for _, g, p in boolean.msb_plan()]
     assert sum(sum(w) for w in widths) == 244
     for r, messages in enumerate(log):
-        assert all(m.shape == (sum((n * w + 63) // 64 for w in widths[r]),) for m in messages)
+        assert all(m.shape == (sum(widths[r]) * blocks,) for m in messages)
     for i in range(3):  # replicated: party i's second share is party i+1's first
         np.testing.assert_array_equal(bits[i][1], bits[(i + 1) % 3][0])
+        assert bits[i][0].shape == tuple(shape)
     msb = bits[0][0] ^ bits[1][0] ^ bits[2][0]
     np.testing.assert_array_equal(msb, (x < 0).astype(np.int64))
+
+
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("n", [64, 200])
+def test_msb_round_zero_is_bit_sliced(portable, n):
+    """The layout msb_plan.h states, against numpy: the three parties' round-0 messages XOR to
+    (A ^ C) & (B ^ C) (A, B, C the shares' windows) with plane j, word b, bit e holding bit j of
+    value 64 b + e, planes for bits 0..width-2 in order, the last block's padding 0."""
+    low_bit, width = 5, 38
+    x = random_ring([n])
+    _, log, shares = _msb_rounds(x, low_bit=low_bit, width=width, portable=portable)
+    blocks = (n + 63) // 64
+    got = (log[0][0] ^ log[0][1] ^ log[0][2]).view(np.uint64).reshape(width - 1, blocks)
+    a, b, c = ((s.view(np.uint64) >> np.uint64(low_bit)) for s in shares)
+    want_values = (a ^ c) & (b ^ c)
+    for j in range(width - 1):
+        plane = (want_values >> np.uint64(j)) & np.uint64(1)
+        padded = np.zeros(blocks * 64, np.uint64)
+        padded[:n] = plane
+        words = (padded.reshape(blocks, 64) << np.arange(64, dtype=np.uint64)).sum(
+            axis=1, dtype=np.uint64)
+        np.testing.assert_array_equal(got[j], words)
 
 
 @pytest.mark.parametrize("portable", [False, True])
@@ -520,12 +545,12 @@ def test_msb_in_a_window_is_the_top_bit_of_the_windows_sum(portable, low_bit, wi
     x = rng.integers(-edge, edge + 1, size=n, dtype=np.int64)
     special = [0, 1, -1, edge, -edge, near - 1, near, -near, 2 ** low_bit, -(2 ** low_bit)]
     x[:len(special)] = special
-    bits, log, shares = _msb_rounds(x, portable, low_bit=low_bit, width=width)
+    bits, log, shares = _msb_rounds(x, low_bit=low_bit, width=width, portable=portable)
     widths = ([[width - 1], [width - 2]]
               + [[len(g)] + ([len(p)] if p else []) for _, g, p in boolean.msb_plan(width)])
     assert len(log) == boolean.msb_rounds(width) == len(widths)
     for r, messages in enumerate(log):
-        assert all(m.shape == (sum((n * w + 63) // 64 for w in widths[r]),) for m in messages)
+        assert all(m.shape == (sum(widths[r]) * ((n + 63) // 64),) for m in messages)
     for i in range(3):
         np.testing.assert_array_equal(bits[i][1], bits[(i + 1) % 3][0])
     got = (bits[0][0] ^ bits[1][0] ^ bits[2][0]).astype(bool)
@@ -538,7 +563,7 @@ def test_msb_in_a_window_is_the_top_bit_of_the_windows_sum(portable, low_bit, wi
         assert got[(x >= 0) & (x < near)].any()
     if low_bit + width < 63:  # outside the range a window wraps: 1.5 times it reads negative
         far = np.full(64, 3 * 2 ** (low_bit + width - 2), np.int64)
-        far_bits, _, _ = _msb_rounds(far, portable, low_bit=low_bit, width=width)
+        far_bits, _, _ = _msb_rounds(far, low_bit=low_bit, width=width, portable=portable)
         assert (far_bits[0][0] ^ far_bits[1][0] ^ far_bits[2][0]).all()
 
 
@@ -552,6 +577,23 @@ def test_msb_refuses_windows_outside_the_word():
     st, z = ops.puma_msb_start(x, x, key, key, stream=1, party=0, width=33)
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="round must be"):
         ops.puma_msb_step(st, z, z, key, key, stream=2, round=7, width=33)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="MSB state must be"):
+        ops.puma_msb_step(st, z, z, key, key, stream=2, round=1, width=34)
+
+
+def test_msb_finish_refuses_a_like_of_other_blocks():
+    """PumaMsbFinish shapes its bits as `like` (PumaMsbStart's x_own), which must have the
+    state's blocks: 65 values are two blocks, 64 one."""
+    from tf_puma.protocols import boolean  # noqa: PLC0415
+
+    x, key = random_ring([64]), tf.constant(random_ring([2]))
+    st, z = ops.puma_msb_start(x, x, key, key, stream=1, party=0)
+    for r in range(1, boolean.msb_rounds(64)):
+        st, z = ops.puma_msb_step(st, z, z, key, key, stream=1 + r, round=r)
+    own, _ = ops.puma_msb_finish(st, z, z, x.reshape(8, 8))
+    assert own.shape == (8, 8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="has 65 values but the MSB state"):
+        ops.puma_msb_finish(st, z, z, random_ring([65]))
 
 
 def test_msb_messages_are_masked_and_refused_at_the_wrong_size():
@@ -561,8 +603,8 @@ def test_msb_messages_are_masked_and_refused_at_the_wrong_size():
     x = random_ring([64])
     keys = [tf.constant(random_ring([2])) for _ in range(3)]
     other = [tf.constant(random_ring([2])) for _ in range(3)]
-    _, log_other, _ = _msb_rounds(x, False, other)
-    _, log, _ = _msb_rounds(x, False, keys)
+    _, log_other, _ = _msb_rounds(x, other)
+    _, log, _ = _msb_rounds(x, keys)
     bits_other = np.unpackbits(log_other[3][0].view(np.uint8))
     bits_log = np.unpackbits(log[3][0].view(np.uint8))
     assert 0.4 < np.mean(bits_other != bits_log) < 0.6  # fresh masks: half the bits differ

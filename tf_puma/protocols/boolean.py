@@ -209,9 +209,10 @@ def msb(x: Shared, low_bit: int = 0, width: int = WORD_BITS) -> BoolShared:
     (A window of width W: bits 0..W-2 in steps 2-3, levels s < W - 1, msb = P_(W-1) ^ G_(W-2).)
     Each party runs this as one fused kernel per round (PumaMsbStart, PumaMsbStep for rounds
     1..7, PumaMsbFinish; the rounds' bits in custom_ops/msb_plan.h, as msb_plan): the local
-    XORs, packing and unpacking of a round are one op, the state (P, G, original P) stays in one
-    tensor per party, and each round's message is the packed AND share masked with a fresh XOR
-    zero share (its own stream).
+    XORs of a round are one op, bit-sliced (PumaMsbStart transposes each block of 64 values into
+    one word per bit position, so every AND and shift after it is a whole-word operation), the
+    state (P, G, original P) stays in one tensor per party, and each round's message is the AND
+    share, a word per bit and block, masked with a fresh XOR zero share (its own stream).
     Cost: 8 rounds (log2 64 + 2); 63 + 62 + 119 = 244 bits per party per value. A 38-bit
     window: 8 rounds, 37 + 36 + 70 = 143 bits (33 bits: 7 rounds, 120).
     """
@@ -248,7 +249,7 @@ def msb(x: Shared, low_bit: int = 0, width: int = WORD_BITS) -> BoolShared:
         for i in range(NUM_PARTIES):
             with tf.device(runtime.device(i)):
                 pairs.append(tuple(ops.puma_msb_finish(state[i], sent[i], got[i],
-                                                       width=width)))
+                                                       x.pairs[i][0], width=width)))
         return BoolShared(pairs, x.depth + rounds)
 
 
