@@ -65,7 +65,8 @@ CALL = re.compile(r"(Stateful)?PartitionedCall(_\d+)?$")  # the function call ar
 # Symbols by kind for --perf: the first pattern that matches "[.] symbol" or "[k] symbol" wins.
 PERF_KINDS = [
     ("ring GEMM", r"MicroKernel|RingGemm|Amx|PackA|PackB|Thin(Rows|Dots|Block|Avx512|Portable)"),
-    ("MSB / boolean kernels", r"Absorb|SignBits|Msb|XorPack|UnpackBits|AndShare|B2a"),
+    ("MSB / boolean kernels", r"Absorb|SignBits|Msb|XorPack|UnpackBits|AndShare|B2a|BlockPlanes|"
+                               r"XorSegmentAnds|UnpackWord"),
     ("AES-CTR (PRG)", r"Keystream|CounterBlock|FillPrss|ZeroShare|PrgFill"),
     ("TruncPr kernels", r"TruncPr|OpenMasked|MessageOf"),
     ("elementwise share products", r"MulShare"),

@@ -183,19 +183,17 @@ bool ReadMessages(OpKernelContext* ctx, int first, int round, int64_t blocks, in
 }
 
 // z's segment planes ^= AndShare(x plane j, y plane j - shift) for each bit j of the segment
-// (blocks [b0, b1)); x(side, j) and y(side, j) give a plane or nullptr for a zero share.
+// (blocks [b0, b1)); x(side, j) and y(side, j) give a plane.
 template <typename X, typename Y>
 void XorSegmentAnds(const msb::Segment& seg, int64_t blocks, int64_t b0, int64_t b1,
                     const X& x, const Y& y, uint64_t* z) {
   int m = 0;
   for (uint64_t mask = seg.x_mask; mask; mask &= mask - 1, ++m) {
     const int j = __builtin_ctzll(mask);
-    const uint64_t *xo = x(0, j), *xn = x(1, j), *yo = y(0, j - seg.shift),
-                   *yn = y(1, j - seg.shift);
-    uint64_t* out = z + m * blocks;
-    for (int64_t b = b0; b < b1; ++b) {
-      out[b] ^= AndShare(xo ? xo[b] : 0, xn ? xn[b] : 0, yo ? yo[b] : 0, yn ? yn[b] : 0);
-    }
+    const uint64_t *__restrict xo = x(0, j), *__restrict xn = x(1, j),
+                   *__restrict yo = y(0, j - seg.shift), *__restrict yn = y(1, j - seg.shift);
+    uint64_t* __restrict out = z + m * blocks;
+    for (int64_t b = b0; b < b1; ++b) out[b] ^= AndShare(xo[b], xn[b], yo[b], yn[b]);
   }
 }
 
