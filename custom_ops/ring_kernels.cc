@@ -1,4 +1,5 @@
 // Kernels: ring matmul and the parties' local multiplication steps (interfaces in ring_ops.cc).
+#include <algorithm>
 #include <functional>
 #include <string>
 #include <vector>
@@ -235,6 +236,47 @@ class MulShareOp : public StreamOpKernel {
   }
 };
 
+// sum_k c_k t_k mod 2^64 (PumaLinearCombination), a cache-sized piece of the output at a time.
+class LinearCombinationOp : public OpKernel {
+ public:
+  explicit LinearCombinationOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    std::vector<int64_t> coefficients;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("coefficients", &coefficients));
+    for (int64_t c : coefficients) coefficients_.push_back(static_cast<uint64_t>(c));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const int terms = ctx->num_inputs();
+    OP_REQUIRES(ctx, static_cast<int>(coefficients_.size()) == terms,
+                errors::InvalidArgument("PumaLinearCombination takes one coefficient per term: ",
+                                        terms, " terms, ", coefficients_.size(),
+                                        " coefficients"));
+    if (!InputsShareShape(ctx, terms, "linear combination")) return;
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(0).shape(), &out));
+    std::vector<const uint64_t*> t(terms);
+    for (int k = 0; k < terms; ++k) t[k] = RingData(ctx->input(k));
+    uint64_t* z = RingData(out);
+    ParallelElementwise(TfRunner(ctx), out->NumElements(), 2 * terms,
+                        [&](int64_t b, int64_t e) {
+      constexpr int64_t kPiece = 2048;  // 16 KiB of output stays in L1 over the terms
+      for (int64_t p = b; p < e; p += kPiece) {
+        const int64_t q = std::min(e, p + kPiece);
+        const uint64_t c0 = coefficients_[0];
+        for (int64_t i = p; i < q; ++i) z[i] = c0 * t[0][i];
+        for (int k = 1; k < terms; ++k) {
+          const uint64_t c = coefficients_[k];
+          const uint64_t* tk = t[k];
+          for (int64_t i = p; i < q; ++i) z[i] += c * tk[i];
+        }
+      }
+    });
+  }
+
+ private:
+  std::vector<uint64_t> coefficients_;
+};
+
 // The ring GEMM paths this process runs for real (PumaRingGemmPaths).
 class RingGemmPathsOp : public OpKernel {
  public:
@@ -257,5 +299,6 @@ REGISTER_KERNEL_BUILDER(Name("PumaRingMatMul").Device(DEVICE_CPU), RingMatMulOp)
 REGISTER_KERNEL_BUILDER(Name("PumaRingGemmPaths").Device(DEVICE_CPU), RingGemmPathsOp);
 REGISTER_KERNEL_BUILDER(Name("PumaMatMulShare").Device(DEVICE_CPU), MatMulShareOp);
 REGISTER_KERNEL_BUILDER(Name("PumaMulShare").Device(DEVICE_CPU), MulShareOp);
+REGISTER_KERNEL_BUILDER(Name("PumaLinearCombination").Device(DEVICE_CPU), LinearCombinationOp);
 
 }  // namespace tf_puma

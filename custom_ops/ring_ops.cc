@@ -126,4 +126,28 @@ Party i's local step of elementwise replicated-share multiplication (equal shape
   z_i = x_i*y_i + x_i*y_{i+1} + x_{i+1}*y_i + alpha_i.
 )doc");
 
+REGISTER_OP("PumaLinearCombination")
+    .Input("terms: N * int64")
+    .Attr("N: int >= 1")
+    .Attr("coefficients: list(int)")
+    .Output("sum: int64")
+    .SetShapeFn([](InferenceContext* c) {
+      std::vector<int64_t> coefficients;
+      TF_RETURN_IF_ERROR(c->GetAttr("coefficients", &coefficients));
+      if (static_cast<int>(coefficients.size()) != c->num_inputs()) {
+        return ::tensorflow::errors::InvalidArgument(
+            "PumaLinearCombination takes one coefficient per term: ", c->num_inputs(),
+            " terms, ", coefficients.size(), " coefficients");
+      }
+      ShapeHandle merged;
+      TF_RETURN_IF_ERROR(SameShapes(c, 0, c->num_inputs(), &merged));
+      c->set_output(0, merged);
+      return ::tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+sum_k coefficients[k] * terms[k] mod 2^64, elementwise over terms of one shape: a public linear
+combination of one party's shares (local, exact), in one pass where Mul and AddV2 per term took
+2N - 1 ops and passes.
+)doc");
+
 }  // namespace tf_puma

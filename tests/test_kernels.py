@@ -287,6 +287,25 @@ def test_mul_and_matmul_share_sum_to_products():
     np.testing.assert_array_equal(ring_sum(z), ring_matmul_ref(xfull, b))
 
 
+@pytest.mark.parametrize("shape", [[7], [3, 5000]])  # the second spans several 2048-word pieces
+def test_linear_combination_wraps_like_the_ring(shape):
+    """PumaLinearCombination is sum_k c_k t_k mod 2^64 against numpy's uint64 arithmetic, for
+    full-range terms and coefficients at int64's ends; mismatched shapes and counts are named."""
+    terms = [random_ring(shape) for _ in range(4)]
+    coefficients = [2**63 - 1, -(2**63), 3, -1]
+    got = ops.puma_linear_combination(terms, coefficients=coefficients).numpy()
+    want = np.zeros(shape, np.uint64)
+    for c, t in zip(coefficients, terms):
+        want += np.uint64(c % 2**64) * t.view(np.uint64)
+    np.testing.assert_array_equal(got, want.view(np.int64))
+    one = ops.puma_linear_combination(terms[:1], coefficients=[5]).numpy()
+    np.testing.assert_array_equal(one, (np.uint64(5) * terms[0].view(np.uint64)).view(np.int64))
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="equal shapes"):
+        ops.puma_linear_combination([terms[0], random_ring([2])], coefficients=[1, 1])
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="one coefficient"):
+        ops.puma_linear_combination(terms[:2], coefficients=[1])
+
+
 @pytest.mark.parametrize("m", [1, 8, 9])  # thin (rows <= 8: weights read in place) and packed
 @pytest.mark.parametrize("tb", [False, True])
 def test_matmul_share_of_a_few_rows_with_a_weight(m, tb):

@@ -55,17 +55,24 @@ def powers(x: Shared, needed: Sequence[int]) -> dict[int, Shared]:
     return out
 
 
-def _weighted_sum(x_powers: dict[int, Shared], coeffs: Sequence[float],
-                  coeff_frac: int) -> Shared | None:
-    """sum_{k >= 1} c_k x^k, local and exact: each c_k encoded with `coeff_frac` fractional
-    bits times x^k (result: x's fractional bits + coeff_frac). None if every such c_k is 0."""
+def _weighted_sum(x_powers: dict[int, Shared], coeffs: Sequence[float], coeff_frac: int,
+                  extra: tuple[Shared, int] | None = None) -> Shared | None:
+    """sum_{k >= 1} c_k x^k (+ f y for extra = (y, f)), local and exact: each c_k encoded with
+    `coeff_frac` fractional bits times x^k (result: x's fractional bits + coeff_frac; f puts y
+    at that scale). One PumaLinearCombination per share when the terms have one shape. None if
+    there is no term."""
     frac = x_powers[1].frac_bits + coeff_frac
+    terms = [(x_powers[k], int(round(c * 2.0 ** coeff_frac)))
+             for k, c in enumerate(coeffs) if k and c]
+    if extra is not None:
+        terms.append(extra)
+    if not terms:
+        return None
+    if tensor.same_static_shape([x for x, _ in terms]):
+        return tensor.linear_combination([x for x, _ in terms], [f for _, f in terms], frac)
     total = None
-    for k, c in enumerate(coeffs):
-        if k == 0 or c == 0:
-            continue
-        enc = int(round(c * 2.0 ** coeff_frac))
-        term = tensor.scale(x_powers[k], enc, frac)
+    for x, enc in terms:
+        term = tensor.scale(x, enc, frac)
         total = term if total is None else arithmetic.add(total, term)
     return total
 
@@ -218,8 +225,9 @@ def _split_polynomial(v: Shared, coeffs: Sequence[float], extra: Shared | None =
         raise ValueError("polynomial coefficients too large for the ring")
     pw = powers(v, sorted(set(range(2, max(m, len(b_coeffs) - 1) + 1)) | {m}))
 
-    def local_sum(cs: Sequence[float], coeff_frac: int) -> Shared:
-        total = _weighted_sum(pw, cs, coeff_frac)
+    def local_sum(cs: Sequence[float], coeff_frac: int,
+                  plus: tuple[Shared, int] | None = None) -> Shared:
+        total = _weighted_sum(pw, cs, coeff_frac, plus)
         if total is None:  # constant: a zero share at the right scale
             total = v.map_local(lambda t: t * 0, frac_bits=p + coeff_frac)
         return arithmetic.add_public(total, cs[0]) if cs[0] else total
@@ -228,9 +236,9 @@ def _split_polynomial(v: Shared, coeffs: Sequence[float], extra: Shared | None =
     b_raw = local_sum(b_coeffs, b_coeff_frac)
     with costs.protocol("polynomial", rounds=arithmetic.trunc_rounds()):
         b = arithmetic.rescale(b_raw, b_frac)
-    a = local_sum(a_coeffs, b_frac)
-    if extra is not None:
-        a = arithmetic.add(a, tensor.scale(extra, 2 ** (out_frac - extra.frac_bits), out_frac))
+    # A (+ extra at A's scale p + b_frac = out_frac) in one combination
+    a = local_sum(a_coeffs, b_frac,
+                  None if extra is None else (extra, 2 ** (out_frac - extra.frac_bits)))
     return arithmetic.mul(pw[m], b, frac_out=fxp.frac_bits, addend=a)
 
 

@@ -24,6 +24,35 @@ def combine(fn, xs: Sequence[Shared]) -> Shared:
     return Shared(pairs, frac.pop(), max(x.depth for x in xs))
 
 
+def linear_combination(terms: Sequence[Shared], coefficients: Sequence[int],
+                       frac_bits: int) -> Shared:
+    """sum_k c_k x_k for public integers c_k, labelled `frac_bits` fractional bits: local and
+    exact (mod 2^64). One PumaLinearCombination per share, one pass over the terms, where a
+    multiply and an add per term took 2N - 1 ops; the terms must have one shape."""
+    from tf_puma import _ops  # noqa: PLC0415
+
+    if len(terms) != len(coefficients) or not terms:
+        raise ValueError(f"{len(terms)} terms and {len(coefficients)} coefficients: give one "
+                         "coefficient per term, at least one")
+    ring = [((int(c) + 2 ** 63) % 2 ** 64) - 2 ** 63 for c in coefficients]  # as int64
+    ops = _ops.load()
+    pairs = []
+    for i in range(NUM_PARTIES):
+        with runtime.on(i):
+            pairs.append(tuple(ops.puma_linear_combination([x.pairs[i][side] for x in terms],
+                                                           coefficients=ring)
+                               for side in (0, 1)))
+    return Shared(pairs, frac_bits, max(x.depth for x in terms))
+
+
+def same_static_shape(xs: Sequence[Shared]) -> bool:
+    """All of xs have one fully known shape (what linear_combination needs without
+    broadcasting)."""
+    shapes = {tuple(x.pairs[0][0].shape.as_list()) if x.pairs[0][0].shape.is_fully_defined()
+              else None for x in xs}
+    return len(shapes) == 1 and None not in shapes
+
+
 def stack(xs: Sequence[Shared], axis: int = 0) -> Shared:
     return combine(lambda ts: tf.stack(ts, axis=axis), xs)
 
