@@ -87,7 +87,8 @@ The addends A = w_0, B = w_1, C = w_2 as XOR sharings need no communication; the
 adder gives S = A ^ B ^ C and the carries M = ((A ^ C) & (B ^ C)) ^ C. This op sends party i's
 share of (A ^ C) & (B ^ C) on bits 0..width-2, masked with the XOR zero share
 F(k_i, s, 0) ^ F(k_{i+1}, s, 0). The rounds run bit-sliced (custom_ops/msb_plan.h): state =
-(P, G, E) pairs as [6, width, blocks] planes, here (S, 0, C); a message holds one plane of
+(P, G, E) pairs as [6, width, blocks] planes, here P = S and E = C (G is written by round 1
+before it is read); a message holds one plane of
 `blocks` words per AND bit. `portable`: transpose without AVX-512 (taken anyway on a CPU without
 it; the same result).
 )doc");

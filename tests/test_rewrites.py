@@ -106,6 +106,8 @@ def test_old_foreign_and_broken_manifests_are_clear_errors(tmp_path):
     good = {"format": manifest_lib.FORMAT, "version": manifest_lib.VERSION}
     cases = {"old": ({"format": "tf-puma-secure-savedmodel/1", "ring_bits": 64},
                      "older tf-puma.*convert the model again"),
+             "before the bit-sliced MSB": ({"format": manifest_lib.FORMAT, "version": 2},
+                                           "older tf-puma.*version 2.*convert the model again"),
              "foreign": ({"format": "onnx"}, "not a tf-puma secure model manifest"),
              "broken": (good, "malformed.*KeyError")}
     for name, (data, message) in cases.items():

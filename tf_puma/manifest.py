@@ -7,6 +7,8 @@ fingerprint of the weights: the bundle id is random, and the source's hash stays
 
 Versions: 2 adds party and fixed-point headers to the bundles (bundles of version 1 are refused
 by the parties), so a version-1 manifest is refused here with the same advice: convert again.
+3: the MSB rounds run bit-sliced (PumaMsbFinish takes a `like` input, PumaMsbStep lost
+`portable`), so a graph converted before does not match the kernels; its bundles still would.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Mapping, Optional
 
 FILE = "tf_puma.json"
 FORMAT = "tf-puma-secure-savedmodel"
-VERSION = 2
+VERSION = 3
 
 
 class ManifestError(ValueError):
