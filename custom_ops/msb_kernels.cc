@@ -74,7 +74,9 @@ TF_PUMA_BIT_SLICE void BlockPlanesAvx512(const uint64_t* x, int64_t count, int l
   for (int q = 0; q < 8; ++q) {
     const int64_t left = count - 8 * q;
     const __mmask8 live = left >= 8 ? 0xFF : left <= 0 ? 0 : (1u << left) - 1;
-    r[q] = _mm512_permutexvar_epi8(bytes_by_k, _mm512_maskz_loadu_epi64(live, x + 8 * q));
+    // the maskz form: the plain intrinsic's undefined pass-through draws a GCC warning
+    r[q] = _mm512_maskz_permutexvar_epi8(~__mmask64{0}, bytes_by_k,
+                                         _mm512_maskz_loadu_epi64(live, x + 8 * q));
   }
   // 8 x 8 transpose of qwords: t[k] qword q = r[q] qword k, in three steps of pairs.
   const __m512i lo1 = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);

@@ -215,6 +215,9 @@ def _child_pid(pid: int) -> int | None:
 
 
 START_ATTEMPTS = 3  # LocalCluster starts on fresh ports when one was taken meanwhile
+# A party's exit status when its port is taken (`tf-puma party`; other start-up errors exit 1).
+# LocalCluster reads it: the program that held the port may have let it go by the time it looks.
+PORT_IN_USE_EXIT = 3
 
 
 class LocalCluster:
@@ -266,8 +269,10 @@ class LocalCluster:
     def start(self) -> Cluster:
         """Starts the three parties and waits until each is ready. A free port can be taken by
         another program between choosing it and the party binding it (seen with two test
-        processes starting clusters at once): then the cluster starts again on fresh ports, up
-        to START_ATTEMPTS times; any other start-up failure is raised at once."""
+        processes starting clusters at once, where another process's outgoing connection can
+        hold it only briefly): when a party exits with PORT_IN_USE_EXIT or a port is still
+        taken, the cluster starts again on fresh ports, up to START_ATTEMPTS times; any other
+        start-up failure is raised at once."""
         atexit.register(self.stop)
         for attempt in range(1, START_ATTEMPTS + 1):
             self.processes = [self._spawn(i) for i in range(NUM_PARTIES)]
@@ -276,8 +281,10 @@ class LocalCluster:
                     self._wait_ready(i, proc)
                 return self.cluster
             except Exception as err:
+                refused = [a for a, p in zip(self.cluster.parties, self.processes)
+                           if p.poll() == PORT_IN_USE_EXIT]
                 self.stop()
-                taken = [a for a in self.cluster.parties if port_in_use(a)]
+                taken = [a for a in self.cluster.parties if port_in_use(a)] or refused
                 if not taken or not isinstance(err, RuntimeError):
                     raise
                 if attempt == START_ATTEMPTS:

@@ -126,10 +126,10 @@ def _parse_shapes(items: list[str]) -> dict[str, list[int]]:
     return shapes
 
 
-def _fail(command: str, err: object) -> None:
-    """A user's mistake: one line on stderr, exit 1 (no traceback)."""
+def _fail(command: str, err: object, status: int = 1) -> None:
+    """A user's mistake: one line on stderr, exit `status` (no traceback)."""
     print(f"tf-puma {command}: {err}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(status)
 
 
 def _convert(argv: list[str]) -> None:
@@ -240,7 +240,11 @@ def _party(argv: list[str]) -> None:
     try:
         serve(tf_cluster, FLAGS.task, FLAGS.shares, bind_host=host,
               intra_op_threads=FLAGS["intra-op-threads"].value)
-    except (BundleError, listen.ListenError, PortInUse) as err:
+    except PortInUse as err:  # its own status: LocalCluster then starts on fresh ports
+        from tf_puma.cluster import PORT_IN_USE_EXIT  # noqa: PLC0415
+
+        _fail("party", err, PORT_IN_USE_EXIT)
+    except (BundleError, listen.ListenError) as err:
         _fail("party", err)
 
 
