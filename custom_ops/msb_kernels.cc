@@ -150,12 +150,6 @@ std::vector<int> Positions(uint64_t mask) {
   return out;
 }
 
-// Blocks split over the runner: fn(first block, end block).
-void ForBlocks(const ParallelRunner& runner, int64_t blocks, int64_t cost_per_block,
-               const std::function<void(int64_t, int64_t)>& fn) {
-  runner(blocks, cost_per_block, fn);
-}
-
 bool ReadState(OpKernelContext* ctx, int width, int64_t* blocks) {
   const Tensor& state = ctx->input(0);
   if (state.dims() != 3 || state.dim_size(0) != msb::kStateRows ||
@@ -252,7 +246,7 @@ class MsbStartOp : public StreamOpKernel {
       in_a_xor_c[side] = addend_of[side] != 1;
       in_b_xor_c[side] = addend_of[side] != 0;
     }
-    ForBlocks(runner, blocks, 64 * 8, [&](int64_t b0, int64_t b1) {
+    runner(blocks, 64 * 8, [&](int64_t b0, int64_t b1) {
       // kChunk blocks at a time, so that each plane is written a cache line at once (the
       // planes of one block are `blocks` words apart and would share few cache sets).
       constexpr int64_t kChunk = 8;
@@ -336,7 +330,7 @@ class MsbStepOp : public StreamOpKernel {
       // G = round 0's (A^C)&(B^C); M = that ^ C (into G), P_0 = S ^ (M << 1) (into E); the AND
       // S & (M << 1) on bits 1..width-2; then P = P_0 and G = 0 for the prefix levels.
       const std::vector<int> bits = Positions(prev[0].x_mask);  // 0..width-2
-      ForBlocks(runner, blocks, 16 * width, [&](int64_t b0, int64_t b1) {
+      runner(blocks, 16 * width, [&](int64_t b0, int64_t b1) {
         for (int side = 0; side < 2; ++side) {
           for (size_t m = 0; m < bits.size(); ++m) {
             const int j = bits[m];
@@ -368,7 +362,7 @@ class MsbStepOp : public StreamOpKernel {
     const std::vector<int> prev_p = Positions(prev_p_mask);
     const int64_t g_words = static_cast<int64_t>(prev_g.size()) * blocks;
     const int64_t cur_g_words = static_cast<int64_t>(cur[0].width()) * blocks;
-    ForBlocks(runner, blocks, 12 * width, [&](int64_t b0, int64_t b1) {
+    runner(blocks, 12 * width, [&](int64_t b0, int64_t b1) {
       for (int side = 0; side < 2; ++side) {
         for (size_t m = 0; m < prev_g.size(); ++m) {
           const uint64_t* in = msgs[side] + m * blocks;
@@ -429,7 +423,7 @@ class MsbFinishOp : public OpKernel {
     }
     const auto unpack = portable_ || !BitSliceAvx512Usable() ? UnpackWordPortable
                                                               : UnpackWordAvx512;
-    ForBlocks(TfRunner(ctx), blocks, 64 * 2, [&](int64_t b0, int64_t b1) {
+    TfRunner(ctx)(blocks, 64 * 2, [&](int64_t b0, int64_t b1) {
       for (int side = 0; side < 2; ++side) {
         const uint64_t *p0 = st.e(side, top), *g = st.g(side, top - 1);
         const uint64_t* msg = in_last ? msgs[side] + m * blocks : nullptr;
