@@ -311,20 +311,21 @@ TF_PUMA_AMX_PACK inline __m512i LimbTransposeIndex() {
 // chunk of the slice][limb]: a 2 x 2 block's operands for one chunk are four runs of 8 KiB, which
 // stay in L1 while its 36 limb pairs use them (planes of kcp-byte rows put a tile's 16 rows in
 // 4 cache sets and thrashed).
+// `limbs` is the number of low byte limbs kept: 8 for Z_2^64, 4 for a product wanted mod 2^32.
 inline uint8_t* AmxTileAt(uint8_t* packed, int64_t tile, int64_t chunk, int64_t limb,
-                          int64_t kcp) {
-  return packed + ((tile * (kcp / kAmxK) + chunk) * kLimbs + limb) * kAmxTile * kAmxK;
+                          int64_t kcp, int64_t limbs) {
+  return packed + ((tile * (kcp / kAmxK) + chunk) * limbs + limb) * kAmxTile * kAmxK;
 }
 inline const uint8_t* AmxTileAt(const uint8_t* packed, int64_t tile, int64_t chunk,
-                                int64_t limb, int64_t kcp) {
-  return AmxTileAt(const_cast<uint8_t*>(packed), tile, chunk, limb, kcp);
+                                int64_t limb, int64_t kcp, int64_t limbs) {
+  return AmxTileAt(const_cast<uint8_t*>(packed), tile, chunk, limb, kcp, limbs);
 }
 
 // Row tiles of op(A)[:, slice]: tile (p, chunk, i), row r, byte k % 64 = byte i of
 // op(A)[16p + r][k] for k in the chunk. Rows p_begin * 16 .. p_end * 16 (zero beyond M).
 TF_PUMA_AMX_PACK void PackAmxA(int64_t M, int64_t kc, int64_t kcp, const uint64_t* A,
                                int64_t lda, bool trans, uint8_t* packed, int64_t p_begin,
-                               int64_t p_end) {
+                               int64_t p_end, int64_t limbs) {
   const __m512i transpose = LimbTransposeIndex();
   for (int64_t p = p_begin; p < p_end; ++p) {
     for (int64_t r = 0; r < kAmxTile; ++r) {
@@ -340,11 +341,11 @@ TF_PUMA_AMX_PACK void PackAmxA(int64_t M, int64_t kc, int64_t kcp, const uint64_
           }
           v = _mm512_load_si512(e);
         }
-        alignas(64) uint64_t limbs[8];
-        _mm512_store_si512(limbs, _mm512_permutexvar_epi8(transpose, v));
-        for (int64_t i = 0; i < kLimbs; ++i) {
-          std::memcpy(AmxTileAt(packed, p, k / kAmxK, i, kcp) + r * kAmxK + k % kAmxK,
-                      &limbs[i], 8);
+        alignas(64) uint64_t limb_bytes[8];  // qword i: byte i of the 8 values
+        _mm512_store_si512(limb_bytes, _mm512_permutexvar_epi8(transpose, v));
+        for (int64_t i = 0; i < limbs; ++i) {
+          std::memcpy(AmxTileAt(packed, p, k / kAmxK, i, kcp, limbs) + r * kAmxK + k % kAmxK,
+                      &limb_bytes[i], 8);
         }
       }
     }
@@ -373,7 +374,7 @@ TF_PUMA_AMX_PACK inline __m512i EightOfB(const uint64_t* B, const uint64_t* B2, 
 // q_end * 16 (zero beyond N).
 TF_PUMA_AMX_PACK void PackAmxB(int64_t N, int64_t kc, int64_t kcp, const uint64_t* B,
                                const uint64_t* B2, int64_t ldb, bool trans, uint8_t* packed,
-                               int64_t q_begin, int64_t q_end) {
+                               int64_t q_begin, int64_t q_end, int64_t limbs) {
   const __m512i transpose = LimbTransposeIndex();
   // Within each 32-byte half: byte 4n + t of the result = byte 8t + n (4 rows interleaved).
   alignas(64) uint8_t interleave_idx[64];
@@ -399,7 +400,7 @@ TF_PUMA_AMX_PACK void PackAmxB(int64_t N, int64_t kc, int64_t kcp, const uint64_
                                 _mm512_permutex2var_epi64(t[0], pair_hi, t[1])};
         const __m512i u23[2] = {_mm512_permutex2var_epi64(t[2], pair_lo, t[3]),
                                 _mm512_permutex2var_epi64(t[2], pair_hi, t[3])};
-        for (int64_t half = 0; half < 2; ++half) {  // limbs 4 half .. 4 half + 3
+        for (int64_t half = 0; half < limbs / 4; ++half) {  // limbs 4 half .. 4 half + 3
           const __m512i v[2] = {_mm512_permutex2var_epi64(u01[half], quad_lo, u23[half]),
                                 _mm512_permutex2var_epi64(u01[half], quad_hi, u23[half])};
           for (int64_t pair = 0; pair < 2; ++pair) {  // v[pair]: limbs 4 half + 2 pair, + 1
@@ -407,9 +408,10 @@ TF_PUMA_AMX_PACK void PackAmxB(int64_t N, int64_t kc, int64_t kcp, const uint64_
             _mm512_store_si512(bytes, _mm512_permutexvar_epi8(interleave, v[pair]));
             const int64_t limb = 4 * half + 2 * pair;
             const int64_t offset = r % kAmxTile * kAmxK + 32 * h;
-            std::memcpy(AmxTileAt(packed, q, r / kAmxTile, limb, kcp) + offset, bytes, 32);
-            std::memcpy(AmxTileAt(packed, q, r / kAmxTile, limb + 1, kcp) + offset, bytes + 32,
+            std::memcpy(AmxTileAt(packed, q, r / kAmxTile, limb, kcp, limbs) + offset, bytes,
                         32);
+            std::memcpy(AmxTileAt(packed, q, r / kAmxTile, limb + 1, kcp, limbs) + offset,
+                        bytes + 32, 32);
           }
         }
       }
@@ -423,11 +425,11 @@ TF_PUMA_AMX_PACK void PackAmxB(int64_t N, int64_t kc, int64_t kcp, const uint64_
 // chunk's operand tiles are reused from L1 by all 36 pairs. Then C += sum_s C_s << 8s.
 TF_PUMA_AMX void AmxBlock(int64_t M, int64_t N, int64_t kcp, const uint8_t* packed_a,
                           const uint8_t* packed_b, int64_t p, int64_t q, uint64_t* C,
-                          int64_t ldc) {
+                          int64_t ldc, int64_t limbs) {
   alignas(64) uint32_t sums[kLimbs][4][kAmxTile * kAmxTile];
   const int64_t chunks = kcp / kAmxK;
   for (int64_t c = 0; c < chunks; ++c) {
-    for (int s = 0; s < kLimbs; ++s) {
+    for (int s = 0; s < limbs; ++s) {
       if (c == 0) {
         _tile_zero(0);
         _tile_zero(1);
@@ -441,10 +443,10 @@ TF_PUMA_AMX void AmxBlock(int64_t M, int64_t N, int64_t kcp, const uint8_t* pack
       }
       for (int i = 0; i <= s; ++i) {
         const int j = s - i;
-        _tile_loadd(4, AmxTileAt(packed_a, 2 * p, c, i, kcp), kAmxK);
-        _tile_loadd(5, AmxTileAt(packed_a, 2 * p + 1, c, i, kcp), kAmxK);
-        _tile_loadd(6, AmxTileAt(packed_b, 2 * q, c, j, kcp), kAmxK);
-        _tile_loadd(7, AmxTileAt(packed_b, 2 * q + 1, c, j, kcp), kAmxK);
+        _tile_loadd(4, AmxTileAt(packed_a, 2 * p, c, i, kcp, limbs), kAmxK);
+        _tile_loadd(5, AmxTileAt(packed_a, 2 * p + 1, c, i, kcp, limbs), kAmxK);
+        _tile_loadd(6, AmxTileAt(packed_b, 2 * q, c, j, kcp, limbs), kAmxK);
+        _tile_loadd(7, AmxTileAt(packed_b, 2 * q + 1, c, j, kcp, limbs), kAmxK);
         _tile_dpbuud(0, 4, 6);
         _tile_dpbuud(1, 4, 7);
         _tile_dpbuud(2, 5, 6);
@@ -463,7 +465,7 @@ TF_PUMA_AMX void AmxBlock(int64_t M, int64_t N, int64_t kcp, const uint8_t* pack
     alignas(64) uint64_t tile[kAmxTile * kAmxTile];
     for (int64_t e = 0; e < kAmxTile * kAmxTile; e += 8) {
       __m512i total = _mm512_setzero_si512();
-      for (int s = 0; s < kLimbs; ++s) {
+      for (int s = 0; s < limbs; ++s) {
         const __m512i wide = _mm512_cvtepu32_epi64(
             _mm256_load_si256(reinterpret_cast<const __m256i*>(sums[s][t] + e)));
         total = _mm512_add_epi64(total, _mm512_slli_epi64(wide, 8 * s));
@@ -479,7 +481,7 @@ TF_PUMA_AMX void AmxBlock(int64_t M, int64_t N, int64_t kcp, const uint8_t* pack
 
 TF_PUMA_AMX void AmxBlocks(int64_t M, int64_t N, int64_t kcp, const uint8_t* packed_a,
                            const uint8_t* packed_b, int64_t p_pairs, int64_t begin, int64_t end,
-                           uint64_t* C, int64_t ldc) {
+                           uint64_t* C, int64_t ldc, int64_t limbs) {
   AmxTileConfig cfg = {};
   cfg.palette_id = 1;
   for (int t = 0; t < 8; ++t) {
@@ -490,22 +492,23 @@ TF_PUMA_AMX void AmxBlocks(int64_t M, int64_t N, int64_t kcp, const uint8_t* pac
   for (int64_t b = begin; b < end; ++b) {
     // block-column-major: consecutive blocks of one worker reuse B's tiles from cache
     const int64_t q = b / p_pairs, p = b % p_pairs;
-    AmxBlock(M, N, kcp, packed_a, packed_b, p, q, C, ldc);
+    AmxBlock(M, N, kcp, packed_a, packed_b, p, q, C, ldc, limbs);
   }
   _tile_release();
 }
 
 void RingGemmAccumulateAmx(int64_t M, int64_t N, int64_t K, const uint64_t* A, int64_t lda,
                            bool trans_a, const uint64_t* B, const uint64_t* B2, int64_t ldb,
-                           bool trans_b, uint64_t* C, int64_t ldc, const ParallelRunner& runner) {
+                           bool trans_b, uint64_t* C, int64_t ldc, const ParallelRunner& runner,
+                           int64_t limbs) {
   const int64_t p_pairs = CeilDiv(M, 2 * kAmxTile), q_pairs = CeilDiv(N, 2 * kAmxTile);
   const int64_t kcp_max = CeilDiv(std::min(K, kKc), kAmxK) * kAmxK;
   std::unique_ptr<uint8_t[]> packed_a(
-      new uint8_t[2 * p_pairs * kLimbs * kAmxTile * kcp_max]);
+      new uint8_t[2 * p_pairs * limbs * kAmxTile * kcp_max]);
   // B's column tiles kNc columns at a time, as the vpmullq path does
   const int64_t block_pairs = std::min(q_pairs, kNc / (2 * kAmxTile));
   std::unique_ptr<uint8_t[]> packed_b(
-      new uint8_t[2 * block_pairs * kLimbs * kcp_max * kAmxTile]);
+      new uint8_t[2 * block_pairs * limbs * kcp_max * kAmxTile]);
   for (int64_t k0 = 0; k0 < K; k0 += kKc) {
     const int64_t kc = std::min(kKc, K - k0);
     const int64_t kcp = CeilDiv(kc, kAmxK) * kAmxK;
@@ -513,7 +516,7 @@ void RingGemmAccumulateAmx(int64_t M, int64_t N, int64_t K, const uint64_t* A, i
     const uint64_t* b_k = FromInner(B, k0, ldb, !trans_b);
     const uint64_t* b2_k = FromInner(B2, k0, ldb, !trans_b);
     runner(2 * p_pairs, kc * kAmxTile * 4, [&](int64_t b, int64_t e) {
-      PackAmxA(M, kc, kcp, a_k, lda, trans_a, packed_a.get(), b, e);
+      PackAmxA(M, kc, kcp, a_k, lda, trans_a, packed_a.get(), b, e, limbs);
     });
     for (int64_t q0 = 0; q0 < q_pairs; q0 += block_pairs) {
       const int64_t q1 = std::min(q_pairs, q0 + block_pairs);
@@ -521,12 +524,12 @@ void RingGemmAccumulateAmx(int64_t M, int64_t N, int64_t K, const uint64_t* A, i
       runner(2 * (q1 - q0), kc * kAmxTile * 4, [&](int64_t b, int64_t e) {
         PackAmxB(N - col0, kc, kcp, trans_b ? b_k + col0 * ldb : b_k + col0,
                  b2_k == nullptr ? nullptr : trans_b ? b2_k + col0 * ldb : b2_k + col0, ldb,
-                 trans_b, packed_b.get(), b, e);
+                 trans_b, packed_b.get(), b, e, limbs);
       });
       const int64_t blocks = p_pairs * (q1 - q0);
       runner(blocks, kcp * kAmxTile * kAmxTile * 2, [&](int64_t begin, int64_t end) {
         AmxBlocks(M, N - col0, kcp, packed_a.get(), packed_b.get(), p_pairs, begin, end,
-                  C + col0, ldc);
+                  C + col0, ldc, limbs);
       });
     }
   }
@@ -570,11 +573,12 @@ ParallelRunner SerialRunner() {
 void RingGemmAccumulate(int64_t M, int64_t N, int64_t K, const uint64_t* A, int64_t lda,
                         bool trans_a, const uint64_t* B, const uint64_t* B2, int64_t ldb,
                         bool trans_b, uint64_t* C, int64_t ldc, const ParallelRunner& runner,
-                        GemmPath path) {
+                        GemmPath path, int ring_bits) {
   if (M <= 0 || N <= 0 || K <= 0) return;
   if (path == GemmPath::kAmx || (path == GemmPath::kAuto && K >= kAmxMinInner)) {
     if (AmxUsable()) {
-      RingGemmAccumulateAmx(M, N, K, A, lda, trans_a, B, B2, ldb, trans_b, C, ldc, runner);
+      RingGemmAccumulateAmx(M, N, K, A, lda, trans_a, B, B2, ldb, trans_b, C, ldc, runner,
+                            ring_bits == 32 ? kLimbs / 2 : kLimbs);
       return;
     }
   }

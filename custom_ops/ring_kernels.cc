@@ -96,14 +96,15 @@ void ForEachBatch(const MatMulPlan& p, int64_t terms, const ParallelRunner& runn
 // Accumulates all terms into out (already initialised), batch by batch.
 void RunBatchedGemm(const MatMulPlan& p, bool trans_a, bool trans_b,
                     const std::vector<GemmTerm>& terms, uint64_t* out,
-                    const ParallelRunner& runner, GemmPath path = GemmPath::kAuto) {
+                    const ParallelRunner& runner, GemmPath path = GemmPath::kAuto,
+                    int ring_bits = 64) {
   const int64_t lda = trans_a ? p.m : p.k;
   const int64_t ldb = trans_b ? p.k : p.n;
   ForEachBatch(p, terms.size(), runner, [&](int64_t i, const ParallelRunner& inner) {
     for (const GemmTerm& t : terms) {
       RingGemmAccumulate(p.m, p.n, p.k, t.a + i * p.a_stride, lda, trans_a,
                          t.b + i * p.b_stride, t.b2 ? t.b2 + i * p.b_stride : nullptr, ldb,
-                         trans_b, out + i * p.m * p.n, p.n, inner, path);
+                         trans_b, out + i * p.m * p.n, p.n, inner, path, ring_bits);
     }
   });
 }
@@ -170,6 +171,10 @@ class MatMulShareOp : public StreamOpKernel {
   explicit MatMulShareOp(OpKernelConstruction* ctx) : StreamOpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("transpose_a", &trans_a_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("transpose_b", &trans_b_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("ring_bits", &ring_bits_));
+    OP_REQUIRES(ctx, ring_bits_ == 32 || ring_bits_ == 64,
+                errors::InvalidArgument("PumaMatMulShare: ring_bits must be 32 or 64, got ",
+                                        ring_bits_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -198,16 +203,23 @@ class MatMulShareOp : public StreamOpKernel {
     if (plan.m <= kThinRows) {
       RunBatchedThin(plan, trans_a_, trans_b_, RingData(x_own), RingData(x_next), RingData(y_own),
                      RingData(y_next), RingData(out), runner);
-      return;
+    } else {
+      RunBatchedGemm(plan, trans_a_, trans_b_,
+                     {{RingData(x_own), RingData(y_own), RingData(y_next)},
+                      {RingData(x_next), RingData(y_own), nullptr}},
+                     RingData(out), runner, GemmPath::kAuto, ring_bits_);
     }
-    RunBatchedGemm(plan, trans_a_, trans_b_,
-                   {{RingData(x_own), RingData(y_own), RingData(y_next)},
-                    {RingData(x_next), RingData(y_own), nullptr}},
-                   RingData(out), runner);
+    if (ring_bits_ == 32) {  // z mod 2^32, in [0, 2^32)
+      uint64_t* z = RingData(out);
+      ParallelElementwise(runner, n_out, 1, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) z[i] &= 0xffffffffu;
+      });
+    }
   }
 
  private:
   bool trans_a_, trans_b_;
+  int64_t ring_bits_;
 };
 
 class MulShareOp : public StreamOpKernel {
@@ -277,6 +289,57 @@ class LinearCombinationOp : public OpKernel {
   std::vector<uint64_t> coefficients_;
 };
 
+// lo = x[:h], diff = x[h:2h] - lo, neg_diff = lo - x[h:2h] along `axis` for each input
+// (PumaHalves): one level of a pairwise max tree, a party's shares in one pass.
+class HalvesOp : public OpKernel {
+ public:
+  explicit HalvesOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("axis", &axis_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const int n = ctx->num_inputs();
+    for (int i = 0; i < n; ++i) {
+      const Tensor& x = ctx->input(i);
+      OP_REQUIRES(ctx, axis_ < x.dims(),
+                  errors::InvalidArgument("PumaHalves: axis ", axis_,
+                                          " is out of range for a tensor of rank ", x.dims()));
+      OP_REQUIRES(ctx, x.dim_size(axis_) >= 2,
+                  errors::InvalidArgument("PumaHalves needs at least 2 positions along axis ",
+                                          axis_, ", got shape ", x.shape().DebugString()));
+      int64_t outer = 1, inner = 1;
+      for (int d = 0; d < axis_; ++d) outer *= x.dim_size(d);
+      for (int d = axis_ + 1; d < x.dims(); ++d) inner *= x.dim_size(d);
+      const int64_t size = x.dim_size(axis_), run = size / 2 * inner;
+      TensorShape half_shape = x.shape();
+      half_shape.set_dim(axis_, size / 2);
+      Tensor *lo = nullptr, *diff = nullptr, *neg_diff = nullptr;
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(i, half_shape, &lo));
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(n + i, half_shape, &diff));
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(2 * n + i, half_shape, &neg_diff));
+      const uint64_t* src = RingData(x);
+      uint64_t *l = RingData(lo), *d = RingData(diff), *nd = RingData(neg_diff);
+      ParallelElementwise(TfRunner(ctx), outer * run, 3, [&](int64_t b, int64_t e) {
+        int64_t o = b / run, r = b % run;  // position j = o * run + r of the outputs
+        for (int64_t j = b; j < e; ++j) {
+          const int64_t at = o * size * inner + r;
+          const uint64_t first = src[at], second = src[at + run];
+          l[j] = first;
+          d[j] = second - first;
+          nd[j] = first - second;
+          if (++r == run) {
+            r = 0;
+            ++o;
+          }
+        }
+      });
+    }
+  }
+
+ private:
+  int64_t axis_;
+};
+
 // The ring GEMM paths this process runs for real (PumaRingGemmPaths).
 class RingGemmPathsOp : public OpKernel {
  public:
@@ -300,5 +363,6 @@ REGISTER_KERNEL_BUILDER(Name("PumaRingGemmPaths").Device(DEVICE_CPU), RingGemmPa
 REGISTER_KERNEL_BUILDER(Name("PumaMatMulShare").Device(DEVICE_CPU), MatMulShareOp);
 REGISTER_KERNEL_BUILDER(Name("PumaMulShare").Device(DEVICE_CPU), MulShareOp);
 REGISTER_KERNEL_BUILDER(Name("PumaLinearCombination").Device(DEVICE_CPU), LinearCombinationOp);
+REGISTER_KERNEL_BUILDER(Name("PumaHalves").Device(DEVICE_CPU), HalvesOp);
 
 }  // namespace tf_puma

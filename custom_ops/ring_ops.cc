@@ -93,6 +93,7 @@ REGISTER_OP("PumaMatMulShare")
     .Attr("stream: int >= 0")
     .Attr("transpose_a: bool = false")
     .Attr("transpose_b: bool = false")
+    .Attr("ring_bits: int = 64")
     .Output("z: int64")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle unused;
@@ -104,6 +105,8 @@ REGISTER_OP("PumaMatMulShare")
 Party i's local step of replicated-share matmul (ABY3): its 3-out-of-3 share of x @ y,
   z_i = x_i @ (y_i + y_{i+1}) + x_{i+1} @ y_i + alpha_i,
 with alpha_i its PRSS zero share (PumaZeroShare with the same keys and stream). Two GEMMs.
+ring_bits = 32: z_i mod 2^32 (in [0, 2^32)), a share of x @ y mod 2^32; the AMX path then
+multiplies only the four low byte limbs of each operand (10 limb pairs instead of 36).
 )doc");
 
 REGISTER_OP("PumaMulShare")
@@ -148,6 +151,42 @@ REGISTER_OP("PumaLinearCombination")
 sum_k coefficients[k] * terms[k] mod 2^64, elementwise over terms of one shape: a public linear
 combination of one party's shares (local, exact), in one pass where Mul and AddV2 per term took
 2N - 1 ops and passes.
+)doc");
+
+REGISTER_OP("PumaHalves")
+    .Input("x: N * int64")
+    .Attr("N: int >= 1")
+    .Attr("axis: int >= 0")
+    .Output("lo: N * int64")
+    .Output("diff: N * int64")
+    .Output("neg_diff: N * int64")
+    .SetShapeFn([](InferenceContext* c) {
+      int64_t axis;
+      TF_RETURN_IF_ERROR(c->GetAttr("axis", &axis));
+      const int n = c->num_inputs();
+      for (int i = 0; i < n; ++i) {
+        ShapeHandle half = c->input(i);
+        if (c->RankKnown(half)) {
+          if (axis >= c->Rank(half)) {
+            return ::tensorflow::errors::InvalidArgument(
+                "PumaHalves: axis ", axis, " is out of range for a tensor of rank ",
+                c->Rank(half));
+          }
+          const ::tensorflow::shape_inference::DimensionHandle dim = c->Dim(half, axis);
+          ::tensorflow::shape_inference::DimensionHandle halved = c->UnknownDim();
+          if (c->ValueKnown(dim)) halved = c->MakeDim(c->Value(dim) / 2);
+          TF_RETURN_IF_ERROR(c->ReplaceDim(half, axis, halved, &half));
+        }
+        c->set_output(i, half);
+        c->set_output(n + i, half);
+        c->set_output(2 * n + i, half);
+      }
+      return ::tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+Along `axis` (h = floor(size / 2); an odd last position is left out), for each x:
+lo = x[:h], diff = x[h:2h] - lo, neg_diff = lo - x[h:2h], mod 2^64. One level of a pairwise max
+tree on one party's shares (local): where four Slice and four Sub ops per level and party did it.
 )doc");
 
 }  // namespace tf_puma

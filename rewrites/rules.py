@@ -17,7 +17,7 @@ shares. Whole idioms (GeLU, LayerNorm, RMSNorm, SiLU, masked Softmax) are declar
 | Softmax                                              | nn.softmax (last axis)         | ~120   |
 | Tanh, Sigmoid, Relu, Abs, Maximum/Minimum            | nn.tanh, nn.sigmoid, relu, msb |        |
 | ArgMax (constant axis; integer index out)            | compare.argmax_index | 11 log2 n |
-| GatherV2 (client ids: embeddings)                    | one-hot matmul                 | 1      |
+| GatherV2 (client ids: embeddings)                    | one-hot matmul mod 2^32, lifted (a weight table; a computed one: Z_2^64, 1) | 8      |
 | idioms: GeLU (erf, erfc, tanh forms), LayerNorm      | approx.gelu, nn.layer_norm     |        |
 | idioms: RMSNorm, SiLU, Softmax(scores + mask)       | nn.rms_norm, approx.silu, nn.softmax |  |
 """
@@ -31,7 +31,7 @@ import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2, node_def_pb2
 
 from tf_puma.rewrites.graph import ConversionError
-from tf_puma.rewrites.values import ClientValue, Value
+from tf_puma.rewrites.values import ClientValue, Value, Weight
 from tf_puma import runtime
 from tf_puma.cluster import NUM_PARTIES
 from tf_puma.protocols import approx, arithmetic, compare, nn, tensor
@@ -140,10 +140,31 @@ def _embedding(ctx, node, args) -> Shared:
     table = ctx.shared(params)
     if table.shape.rank != 2:
         raise ConversionError(f"GatherV2 {node.name}: the table must be 2-D, got {table.shape}")
+    # A weight table is looked up mod 2^32 (nn.embedding); a computed one through the whole
+    # ring, its values unknown here. The limit is checked, never used to choose: the secure
+    # graph's form must not depend on the weights' values.
+    narrow = isinstance(params, Weight)
+    if narrow:
+        _check_lookup_range(node, params.name, ctx.program.weights[params.name])
     with tf.device(runtime.CLIENT_DEVICE):
         flat = tf.reshape(ids, [-1])
-    rows = nn.embedding(flat, table)
+    rows = nn.embedding(flat, table, narrow=narrow)
     return tensor.reshape(rows, [*ids.shape.as_list(), table.shape[1]])
+
+
+def _check_lookup_range(node, name: str, table: np.ndarray) -> None:
+    """A table looked up mod 2^32 must stay below 2^(30 - frac_bits) (compare.lift_from_32)."""
+    limit = 2.0 ** (compare.LIFT_RANGE_LOG2 - arithmetic.fixed_point().frac_bits)
+    if not table.size:
+        return
+    worst = np.unravel_index(np.argmax(np.abs(table)), table.shape)
+    if abs(float(table[worst])) >= limit:
+        raise ConversionError(
+            f"GatherV2 {node.name}: the embedding table {name!r} holds {float(table[worst]):.6g} "
+            f"at index {list(map(int, worst))}; a secret lookup takes tables with |value| < "
+            f"{limit:g} at "
+            f"{arithmetic.fixed_point().frac_bits} fractional bits: convert with fewer "
+            "fractional bits (tf_puma.config) or rescale the table")
 
 
 @rule("IdentityN")

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import tf_puma
 from tf_puma import costs
-from tf_puma.protocols import approx, nn
+from tf_puma.protocols import approx, compare, nn
 from tests.conftest import check, run_secure
 
 ULP = 2.0 ** -18
@@ -207,18 +207,31 @@ def test_rms_norm_with_massive_activations(cluster, rng, n):
     print(f"rms_norm wide: max abs error {err_low:.1e} (mean square 2^-9.7), {err:.1e}")
 
 
-def test_embedding_is_exact_lookup(cluster, rng):
+@pytest.mark.parametrize("narrow", [True, False])
+def test_embedding_is_exact_lookup(cluster, rng, narrow):
+    """table[ids], exactly, mod 2^32 then lifted (narrow) or in Z_2^64; the narrow table's rows
+    reach its range limit 2^(30 - 18) = 4,096 less one ulp on both sides, and zero."""
     table = rng.normal(size=(50, 8))
-    ids = np.array([[3, 0, 49, 7]])
+    limit = 2.0 ** (compare.LIFT_RANGE_LOG2 - 18) - ULP
+    table[0], table[1], table[2] = limit, -limit, 0.0
+    table[3] = rng.uniform(-limit, limit, size=8)
+    ids = np.array([[3, 0, 49, 7], [1, 2, 0, 1]])
 
     @tf.function
     def run(t, i):
-        return tf_puma.reveal(nn.embedding(i, tf_puma.share(t)), tf.float64)
+        return tf_puma.reveal(nn.embedding(i, tf_puma.share(t), narrow=narrow), tf.float64)
 
-    out = run(tf.constant(table), tf.constant(ids)).numpy()
-    check(out, table[ids], ULP / 2)
+    with costs.Ledger() as ledger:
+        run.get_concrete_function(tf.TensorSpec(table.shape, tf.float64),
+                                  tf.TensorSpec(ids.shape, tf.int64))
+    # share, then the product (1) and the lift's comparison (5 msb + 2 b2a), then reveal
+    assert ledger.critical_rounds == 1 + (8 if narrow else 1) + 1
+    for _ in range(3):  # fresh shares each call: the lift's carries differ
+        out = run(tf.constant(table), tf.constant(ids)).numpy()
+        np.testing.assert_array_equal(np.round(out * 2 ** 18),
+                                      np.round(table[ids] * 2 ** 18))
     with pytest.raises(tf.errors.InvalidArgumentError, match="outside the embedding table"):
-        run(tf.constant(table), tf.constant([[50]]))
+        run(tf.constant(table), tf.constant([[50, 0, 0, 0], [0, 0, 0, 0]]))
 
 
 def test_sigmoid_and_tanh(cluster):

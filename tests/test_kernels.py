@@ -306,6 +306,27 @@ def test_linear_combination_wraps_like_the_ring(shape):
         ops.puma_linear_combination(terms[:2], coefficients=[1])
 
 
+@pytest.mark.parametrize("shape,axis", [([9], 0), ([4, 7, 3], 1), ([2, 3, 128], 2),
+                                        ([6, 5], 0)])
+def test_halves_split_and_subtract_like_the_ring(shape, axis):
+    """PumaHalves gives x[:h], x[h:2h] - x[:h] and x[:h] - x[h:2h] mod 2^64 along an axis
+    (h = floor(size / 2), an odd last position left out) for each of its inputs, against numpy
+    on full-range values; an axis of one position and one beyond the rank are refused."""
+    xs = [random_ring(shape) for _ in range(2)]
+    lo, diff, neg_diff = ops.puma_halves(xs, axis=axis)
+    h = shape[axis] // 2
+    for x, got_lo, got_diff, got_neg in zip(xs, lo, diff, neg_diff):
+        first = np.take(x, range(h), axis=axis).view(np.uint64)
+        second = np.take(x, range(h, 2 * h), axis=axis).view(np.uint64)
+        np.testing.assert_array_equal(got_lo.numpy(), first.view(np.int64))
+        np.testing.assert_array_equal(got_diff.numpy(), (second - first).view(np.int64))
+        np.testing.assert_array_equal(got_neg.numpy(), (first - second).view(np.int64))
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="at least 2"):
+        ops.puma_halves([random_ring([3, 1])], axis=1)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="out of range"):
+        ops.puma_halves([random_ring([3, 4])], axis=2)
+
+
 @pytest.mark.parametrize("m", [1, 8, 9])  # thin (rows <= 8: weights read in place) and packed
 @pytest.mark.parametrize("tb", [False, True])
 def test_matmul_share_of_a_few_rows_with_a_weight(m, tb):
@@ -336,6 +357,27 @@ def test_matmul_share_with_a_vocabulary_sized_inner_dimension(tb):
                                 keys[(i + 1) % 3], stream=7, transpose_b=tb).numpy()
          for i in range(3)]
     np.testing.assert_array_equal(ring_sum(z), ring_matmul_ref(one_hot, table.T if tb else table))
+
+
+@pytest.mark.parametrize("m,k,tb", [(20, 8229, False), (20, 8229, True), (40, 70, False),
+                                    (3, 300, True), (9, 40, False)])
+def test_matmul_share_mod_2_to_the_32(m, k, tb):
+    """ring_bits=32: each party's z_i in [0, 2^32) and their sum x @ y mod 2^32, on the AMX
+    path's four low limbs (k >= 64: a one-hot product over nine slices, and 40 rows), the thin
+    path (m <= 8) and the vpmullq one (k < 64); full-range shares. Other widths are refused."""
+    keys = [tf.constant(random_ring([2])) for _ in range(3)]
+    x, w = random_ring([m, k]), random_ring([40, k] if tb else [k, 40])
+    xb, ws = replicated(x), replicated(w)
+    z = [ops.puma_mat_mul_share(xb[i], xb[(i + 1) % 3], ws[i], ws[(i + 1) % 3], keys[i],
+                                keys[(i + 1) % 3], stream=7, transpose_b=tb,
+                                ring_bits=32).numpy() for i in range(3)]
+    for share in z:
+        assert share.min() >= 0 and share.max() < 2**32
+    want = ring_matmul_ref(x, w.T if tb else w).view(np.uint64) & np.uint64(0xFFFFFFFF)
+    np.testing.assert_array_equal(ring_sum(z).view(np.uint64) & np.uint64(0xFFFFFFFF), want)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="32 or 64"):
+        ops.puma_mat_mul_share(xb[0], xb[1], ws[0], ws[1], keys[0], keys[1], stream=7,
+                               transpose_b=tb, ring_bits=48)
 
 
 # --- TruncPr local steps, the three roles simulated in one process --------------------------

@@ -159,6 +159,26 @@ def test_unsupported_op_is_an_error_before_any_output(tmp_path):
     assert not os.path.exists(out) and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
 
 
+def test_an_embedding_table_beyond_the_lookup_range_is_refused(tmp_path):
+    """A secret lookup runs mod 2^32 and takes tables with |value| < 2^(30 - frac_bits): 4,096
+    at 18 fractional bits is refused by name, before anything is written; 4,095 converts."""
+    for largest, refused in ((4096.0, True), (4095.0, False)):
+        table = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+        table[7, 2] = -largest
+        w = tf.Variable(table)
+        path = _save(tmp_path, f"m{int(largest)}", lambda ids: {"y": tf.gather(w, ids)},
+                     [tf.TensorSpec([1, 3], tf.int32, name="ids")], [w])
+        out = str(tmp_path / f"out{int(largest)}")
+        if refused:
+            with pytest.raises(ConversionError,
+                               match=r"holds -4096 at index \[7, 2\].*\|value\| < 4096"):
+                convert.convert(path, out, **QUIET)
+            assert not os.path.exists(out)
+        else:
+            convert.convert(path, out, **QUIET)
+            assert os.path.exists(os.path.join(out, "tf_puma.json"))
+
+
 def test_unknown_dimensions_need_input_shape(tmp_path):
     w, = _weights((4, 4))
     path = _save(tmp_path, "m", lambda x: {"y": x @ w},

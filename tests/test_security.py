@@ -386,7 +386,10 @@ def check_views(build, arrays: list[np.ndarray], shared: list[bool], calls: int 
             candidates = sorted({(d.key, d.stream, d.sub, size[d.node]) for d in draws
                                  if d.key in held})
             for message in received[party]:
-                m = message.numpy().reshape(-1).view(np.uint64)
+                m = message.numpy().reshape(-1)
+                if m.dtype.itemsize == 4:  # a share mod 2^32: its low and high bytes tested
+                    m = m.view(np.uint32).astype(np.uint64) * np.uint64(0x100000001)
+                m = m.view(np.uint64)
                 if m.size < 64:
                     continue  # keys and scalars
                 masks = [prg(k, s, sub, m.size) for k, s, sub, n in candidates if n == m.size]

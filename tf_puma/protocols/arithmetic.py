@@ -293,6 +293,22 @@ def _reshare(z: list[tf.Tensor], frac_bits: int, depth: int) -> Shared:
     return Shared(pairs, frac_bits, depth + 1)
 
 
+def _reshare_32(z: list[tf.Tensor], frac_bits: int, depth: int) -> Shared:
+    """_reshare of 3-out-of-3 shares mod 2^32 (each in [0, 2^32)): 4 bytes a value on the wire
+    (uint32), read back into [0, 2^32). 1 round, n each."""
+    wire = []
+    for i in range(NUM_PARTIES):
+        with runtime.on(i):
+            wire.append(tf.cast(z[i], tf.uint32))
+    pairs = []
+    for i in range(NUM_PARTIES):
+        nxt = (i + 1) % NUM_PARTIES
+        received = runtime.transfer(wire[nxt], nxt, i)
+        with runtime.on(i):
+            pairs.append((z[i], tf.cast(received, tf.int64)))
+    return Shared(pairs, frac_bits, depth + 1)
+
+
 def _product(z: list[tf.Tensor], frac_bits: int, depth: int, fxp: FixedPoint, shift: int = 0,
              frac_out: int | None = None) -> Shared:
     """Finishes a product from 3-out-of-3 shares z_i with `frac_bits` fractional bits: TruncPr
@@ -382,12 +398,20 @@ def mul_sum(products: list[tuple[Shared, Shared]], fxp: FixedPoint | None = None
 
 
 def matmul(x: Shared, y: Shared, transpose_a: bool = False, transpose_b: bool = False,
-           fxp: FixedPoint | None = None) -> Shared:
+           fxp: FixedPoint | None = None, ring_bits: int = 64) -> Shared:
     """op(x) @ op(y), batched like tf.linalg.matmul (batch dims broadcast).
 
     z_i = x_i @ (y_i + y_{i+1}) + x_{i+1} @ y_i + alpha_i   (two ring GEMMs per party)
     then TruncPr (2 rounds, 8 ring elements per output) or a reshare for integer operands.
+    ring_bits=32 (a product with nothing to truncate only): shares of the product mod 2^32,
+    each in [0, 2^32), for compare.lift_from_32 to bring back to Z_2^64; the GEMMs multiply
+    4 byte limbs instead of 8.
     """
+    if ring_bits not in (32, 64):
+        raise ValueError(f"ring_bits must be 32 or 64, got {ring_bits!r}")
+    if ring_bits != 64 and x.frac_bits + y.frac_bits > (fxp or fixed_point()).frac_bits:
+        raise ValueError("a product mod 2^32 cannot be truncated: give it operands whose "
+                         "fractional bits add up to at most the format's")
     fxp = fxp or fixed_point()
     ops = _ops.load()
     x_shape, y_shape = x.shape, y.shape
@@ -407,7 +431,9 @@ def matmul(x: Shared, y: Shared, transpose_a: bool = False, transpose_b: bool = 
                 z.append(ops.puma_mat_mul_share(
                     x.pairs[i][0], x.pairs[i][1], y.pairs[i][0], y.pairs[i][1], keys.own[i],
                     keys.next[i], stream=stream, transpose_a=transpose_a,
-                    transpose_b=transpose_b))
+                    transpose_b=transpose_b, ring_bits=ring_bits))
+        if ring_bits == 32:
+            return _reshare_32(z, x.frac_bits + y.frac_bits, max(x.depth, y.depth))
         return _product(z, x.frac_bits + y.frac_bits, max(x.depth, y.depth), fxp)
 
 

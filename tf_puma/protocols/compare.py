@@ -30,7 +30,7 @@ from typing import Union
 import numpy as np
 import tensorflow as tf
 
-from tf_puma import costs, runtime
+from tf_puma import costs, opbuild, runtime
 from tf_puma.protocols import arithmetic, tensor
 from tf_puma.protocols.boolean import WORD_BITS, b2a, msb, msb_rounds
 from tf_puma.sharing import Shared
@@ -157,16 +157,54 @@ def reduce_max(x: Shared, axis: int = -1, keepdims: bool = False,
     with tf.name_scope("reduce_max"):
         while x.shape[axis] > 1:
             n = x.shape[axis]
-            half = n // 2
-            lo = tensor.slice_along(x, axis, 0, half)
-            hi = tensor.slice_along(x, axis, half, half)
-            best = maximum(lo, hi, window)
+            # max(lo, hi) = lo + [lo < hi] (hi - lo), the select's product taking lo as its
+            # addend: the halves and both differences come from one op per party
+            lo, diff, neg_diff = tensor.halves(x, axis)
+            take_hi = is_negative(neg_diff, window)
+            with costs.protocol("select", rounds=1):
+                best = arithmetic.mul(take_hi, diff, addend=lo)
             if n % 2:
-                best = tensor.concat([best, tensor.slice_along(x, axis, 2 * half, 1)], axis)
+                best = tensor.concat([best, tensor.slice_along(x, axis, n - 1, 1)], axis)
             x = best
         if not keepdims:
             x = x.map_local(lambda t: tf.squeeze(t, axis=axis))
         return x
+
+
+# lift_from_32: values |y| < 2^LIFT_RANGE_LOG2 ring units come back from shares mod 2^32
+LIFT_RANGE_LOG2 = 30
+_LIFT_THRESHOLDS = np.asarray([3 * 2.0 ** 30, 7 * 2.0 ** 30])
+_LIFT_WINDOW = Window(low_bit=29, width=8)
+
+
+def lift_from_32(x: Shared) -> Shared:
+    """y in Z_2^64 from shares of y mod 2^32 (each in [0, 2^32); arithmetic.matmul with
+    ring_bits=32), for |y| < 2^30 ring units.
+
+    y' = y + 2^30 mod 2^32 (added to share 0) lies in [2^29, 3 2^29). The shares read as
+    Z_2^64 shares are shares of their integer sum S = y' + 2^32 w, w in {0, 1, 2} (S < 3 2^32),
+    and w = 2 - [S < 3 2^30] - [S < 7 2^30]. Every possible S lies at least 1.5 2^30 from both
+    thresholds, so the comparison may read bits 29..36 only (a Window exact beyond 2^30 on
+    either side, for |S - t| < 2^35): one batched comparison of both thresholds, then
+    y = S + 2^32 ([S < 3 2^30] + [S < 7 2^30]) - 2^33 - 2^30, local.
+    Cost: msb in an 8-bit window (5 rounds) + b2a (2) on 2n values: 7 rounds.
+    """
+    with tf.name_scope("lift_from_32"):
+        pairs = list(x.pairs)
+        for party, side in ((0, 0), (2, 1)):  # share 0: P0's first, P2's second
+            with runtime.on(party):
+                shifted = tf.bitwise.bitwise_and(
+                    opbuild.add(pairs[party][side], runtime.local_const(2 ** 30, tf.int64)),
+                    runtime.local_const(2 ** 32 - 1, tf.int64))
+            pair = list(pairs[party])
+            pair[side] = shifted
+            pairs[party] = tuple(pair)
+        total = Shared(pairs, 0, x.depth)                   # S, an integer
+        below = less_than_stacked(total, _LIFT_THRESHOLDS, _LIFT_WINDOW)
+        first, second = tensor.split_leading(below)
+        lifted = tensor.linear_combination([total, first, second], [1, 2 ** 32, 2 ** 32],
+                                           frac_bits=x.frac_bits)
+        return arithmetic.add_public(lifted, -(2.0 ** 33 + 2.0 ** 30) / 2.0 ** x.frac_bits)
 
 
 def _max_tree_carrying(vals: Shared, carried: Shared, axis: int) -> Shared:

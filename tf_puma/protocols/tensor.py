@@ -96,6 +96,23 @@ def slice_along(x: Shared, axis: int, begin: int, size: int) -> Shared:
     return x.map_local(lambda t: opbuild.slice(t, _int32(begins), _int32(sizes)))
 
 
+def halves(x: Shared, axis: int) -> tuple[Shared, Shared, Shared]:
+    """(lo, hi - lo, lo - hi) for lo = x[..., :h, ...], hi = x[..., h:2h, ...] along `axis`,
+    h = floor(size / 2) (an odd last position is left out): one level of a pairwise max tree,
+    local, one PumaHalves per party for both shares."""
+    from tf_puma import _ops  # noqa: PLC0415
+
+    axis %= x.shape.rank
+    ops = _ops.load()
+    parts: list[list] = [[], [], []]
+    for i in range(NUM_PARTIES):
+        with runtime.on(i):
+            lo, diff, neg_diff = ops.puma_halves(list(x.pairs[i]), axis=axis)
+        for part, out in zip(parts, (lo, diff, neg_diff)):
+            part.append(tuple(out))
+    return tuple(Shared(pairs, x.frac_bits, x.depth) for pairs in parts)
+
+
 def every_other(x: Shared, axis: int, begin: int, count: int) -> Shared:
     """x[..., begin:begin+2*count:2, ...] along `axis` (even or odd positions): local."""
     axis %= x.shape.rank
