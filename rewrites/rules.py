@@ -162,9 +162,8 @@ def _check_lookup_range(node, name: str, table: np.ndarray) -> None:
         raise ConversionError(
             f"GatherV2 {node.name}: the embedding table {name!r} holds {float(table[worst]):.6g} "
             f"at index {list(map(int, worst))}; a secret lookup takes tables with |value| < "
-            f"{limit:g} at "
-            f"{arithmetic.fixed_point().frac_bits} fractional bits: convert with fewer "
-            "fractional bits (tf_puma.config) or rescale the table")
+            f"{limit:g} at {arithmetic.fixed_point().frac_bits} fractional bits: convert with "
+            "fewer fractional bits (tf_puma.config) or rescale the table")
 
 
 @rule("IdentityN")

@@ -110,12 +110,19 @@ def add_public(x: Shared, c: Public) -> Shared:
 def _add_to_share0(x: Shared, public_on, depth: int) -> Shared:
     """x with public_on(i) (built on P0 and P2, under their devices) added to share x_0: P0's
     first and P2's second."""
+    return map_share0(x, lambda t, i: opbuild.add(t, public_on(i)), depth)
+
+
+def map_share0(x: Shared, fn, depth: int | None = None) -> Shared:
+    """x with share x_0 replaced by fn(x_0, i) on both its holders, P0 (its first share) and
+    P2 (its second), built under party i's device: a public constant added (add_public), or a
+    share reduced mod 2^32 (compare.lift_from_32). Local."""
     pairs = list(x.pairs)
     with tf.device(runtime.device(0)):
-        pairs[0] = (opbuild.add(pairs[0][0], public_on(0)), pairs[0][1])
+        pairs[0] = (fn(pairs[0][0], 0), pairs[0][1])
     with tf.device(runtime.device(2)):
-        pairs[2] = (pairs[2][0], opbuild.add(pairs[2][1], public_on(2)))
-    return Shared(pairs, x.frac_bits, depth)
+        pairs[2] = (pairs[2][0], fn(pairs[2][1], 2))
+    return Shared(pairs, x.frac_bits, x.depth if depth is None else depth)
 
 
 def _public_at(c: tf.Tensor, c_frac: int, frac_bits: int) -> tf.Tensor:
@@ -286,26 +293,24 @@ def _trunc_pr(u_a: tf.Tensor, u_b: tf.Tensor, u_dealer: tf.Tensor | None,
     return Shared(pairs, out_frac, depth + rounds)
 
 
-def _reshare(z: list[tf.Tensor], frac_bits: int, depth: int) -> Shared:
-    """3-out-of-3 shares z_i -> replicated: party i receives z_{i+1} (1 round, n each)."""
-    pairs = [(z[i], runtime.transfer(z[(i + 1) % NUM_PARTIES], (i + 1) % NUM_PARTIES, i))
-             for i in range(NUM_PARTIES)]
-    return Shared(pairs, frac_bits, depth + 1)
-
-
-def _reshare_32(z: list[tf.Tensor], frac_bits: int, depth: int) -> Shared:
-    """_reshare of 3-out-of-3 shares mod 2^32 (each in [0, 2^32)): 4 bytes a value on the wire
-    (uint32), read back into [0, 2^32). 1 round, n each."""
-    wire = []
-    for i in range(NUM_PARTIES):
-        with runtime.on(i):
-            wire.append(tf.cast(z[i], tf.uint32))
+def _reshare(z: list[tf.Tensor], frac_bits: int, depth: int, ring_bits: int = 64) -> Shared:
+    """3-out-of-3 shares z_i -> replicated: party i receives z_{i+1} (1 round, n each).
+    ring_bits=32: shares mod 2^32 (each in [0, 2^32)) cross as 4-byte words (uint32) and are
+    read back into [0, 2^32)."""
+    wire = z
+    if ring_bits == 32:
+        wire = []
+        for i in range(NUM_PARTIES):
+            with runtime.on(i):
+                wire.append(tf.cast(z[i], tf.uint32))
     pairs = []
     for i in range(NUM_PARTIES):
         nxt = (i + 1) % NUM_PARTIES
         received = runtime.transfer(wire[nxt], nxt, i)
-        with runtime.on(i):
-            pairs.append((z[i], tf.cast(received, tf.int64)))
+        if ring_bits == 32:
+            with runtime.on(i):
+                received = tf.cast(received, tf.int64)
+        pairs.append((z[i], received))
     return Shared(pairs, frac_bits, depth + 1)
 
 
@@ -433,7 +438,7 @@ def matmul(x: Shared, y: Shared, transpose_a: bool = False, transpose_b: bool = 
                     keys.next[i], stream=stream, transpose_a=transpose_a,
                     transpose_b=transpose_b, ring_bits=ring_bits))
         if ring_bits == 32:
-            return _reshare_32(z, x.frac_bits + y.frac_bits, max(x.depth, y.depth))
+            return _reshare(z, x.frac_bits + y.frac_bits, max(x.depth, y.depth), ring_bits=32)
         return _product(z, x.frac_bits + y.frac_bits, max(x.depth, y.depth), fxp)
 
 

@@ -190,16 +190,9 @@ def lift_from_32(x: Shared) -> Shared:
     Cost: msb in an 8-bit window (5 rounds) + b2a (2) on 2n values: 7 rounds.
     """
     with tf.name_scope("lift_from_32"):
-        pairs = list(x.pairs)
-        for party, side in ((0, 0), (2, 1)):  # share 0: P0's first, P2's second
-            with runtime.on(party):
-                shifted = tf.bitwise.bitwise_and(
-                    opbuild.add(pairs[party][side], runtime.local_const(2 ** 30, tf.int64)),
-                    runtime.local_const(2 ** 32 - 1, tf.int64))
-            pair = list(pairs[party])
-            pair[side] = shifted
-            pairs[party] = tuple(pair)
-        total = Shared(pairs, 0, x.depth)                   # S, an integer
+        total = arithmetic.map_share0(                      # S, an integer
+            Shared(x.pairs, 0, x.depth), lambda t, i: tf.bitwise.bitwise_and(
+                opbuild.add(t, runtime.const_on(i, 2 ** 30)), runtime.const_on(i, 2 ** 32 - 1)))
         below = less_than_stacked(total, _LIFT_THRESHOLDS, _LIFT_WINDOW)
         first, second = tensor.split_leading(below)
         lifted = tensor.linear_combination([total, first, second], [1, 2 ** 32, 2 ** 32],
