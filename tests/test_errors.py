@@ -342,3 +342,55 @@ def test_a_served_call_outlives_a_few_slow_health_checks(monkeypatch):
     with pytest.raises(tf.errors.UnavailableError, match="party 1 refused"):
         _servable_checked(monkeypatch, ["ok", "refused"], run_s=30)._run({"y": "y:0"}, {})
     assert time.monotonic() - start < 0.5
+
+
+def _servable_failing(monkeypatch, faults: int):
+    """A Servable (no model) whose first `faults` runs fail the way CI's did once a killed party
+    was back: UnavailableError from the client task while all parties answer (the client
+    server's channel to the restarted party still in gRPC's reconnect backoff)."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from tf_puma.apps.serving import servable as servable_lib  # noqa: PLC0415
+
+    monkeypatch.setattr(servable_lib, "await_parties", lambda cluster, within_s: None)
+    monkeypatch.setattr(servable_lib, "RECONNECT_PAUSE_S", 0.1)
+    served = object.__new__(servable_lib.Servable)
+    served.manifest = SimpleNamespace(signature="serving_default")
+    served.signature_defs = {"serving_default": SimpleNamespace(
+        outputs={"y": SimpleNamespace(name="y:0")}, inputs={})}
+    served._lock, served._party_failed, served.cluster = __import__("threading").Lock(), None, None
+    served.loads, served.runs = 0, 0
+
+    def load():
+        served.loads += 1
+
+    def run(fetches, feed_dict):
+        served.runs += 1
+        if served.runs <= faults:
+            raise tf.errors.UnavailableError(
+                None, None, "From /job:client/replica:0/task:0:\nConnection reset by peer")
+        return {"y": 1}
+
+    served._load, served._run = load, run
+    return served
+
+
+def test_a_served_call_waits_out_the_clusters_reconnect_backoff(monkeypatch):
+    """CI: after a killed party was restarted, the served call's run and its one rerun in a new
+    session both failed (UnavailableError from the client task) although the party answered.
+    Now a call runs again up to RESTART_RERUNS times, in a new session, pausing 0, 1, 2 x
+    RECONNECT_PAUSE_S before the reruns; a fourth failure names the fault's origin."""
+    from tf_puma.apps.serving import servable as servable_lib  # noqa: PLC0415
+    from tf_puma.cluster import PartyUnavailable  # noqa: PLC0415
+
+    served = _servable_failing(monkeypatch, faults=servable_lib.RESTART_RERUNS)
+    start = time.monotonic()
+    assert served._call({}, ["y"]) == {"y": 1}
+    assert served.runs == 4 and served.loads == 3 and served._party_failed is None
+    assert time.monotonic() - start >= 0.1 * (0 + 1 + 2)
+    served = _servable_failing(monkeypatch, faults=servable_lib.RESTART_RERUNS + 1)
+    with pytest.raises(PartyUnavailable, match="failed 4 times.*From /job:client/replica:0/"
+                       "task:0: Connection reset by peer"):
+        served._call({}, ["y"])
+    assert served.runs == 4 and served.loads == 3 and served._party_failed is not None
+    assert served._call({}, ["y"]) == {"y": 1} and served.loads == 4  # the next call: new session

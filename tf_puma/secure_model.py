@@ -230,13 +230,17 @@ class SecureModel:
 def _first_line(err: BaseException) -> str:
     """The line of a TF runtime error that says what happened (not its graph-location chatter)."""
     text = getattr(err, "message", None) or str(err)
+    origin = ""  # "From /job:client/replica:0/task:0:" alone on its line: the fault is below
     for line in text.splitlines():
         line = re.sub(r"^\s*\(\d+\)\s*", "", line).strip()
         if line and not line.startswith(("Graph execution error", "Detected at node",
                                          "<stack traces", "defined at", "[[", "Additional")) \
                 and "root error(s) found" not in line:
-            return f"{type(err).__name__}: {line}"[:300]
-    return type(err).__name__
+            if re.fullmatch(r"From /job:\S+:", line) and not origin:
+                origin = line + " "
+                continue
+            return f"{type(err).__name__}: {origin}{line}"[:300]
+    return f"{type(err).__name__}: {origin.strip()}" if origin else type(err).__name__
 
 
 def _party_in(err: BaseException) -> int | None:

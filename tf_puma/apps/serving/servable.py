@@ -11,7 +11,9 @@ rounds, so one packed call beats several interleaved ones).
 Faults: a call through a party that does not answer waits up to `restart_grace_s` for it (a
 party's watcher restarts its server in ~3 s), then fails with PartyUnavailable naming it; a
 party that restarted lost this session on its side (AbortedError "Session handle is not
-found"): the model is loaded into a new session and the call is run again once.
+found"): the model is loaded into a new session and the call is run again, up to
+RESTART_RERUNS times (each party's watcher may recycle its server at its own moment, and the
+cluster's channels to a restarted party reconnect with gRPC's backoff).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from tf_puma.manifest import Manifest
 
 FIRST_CALL_TIMEOUT_S = 600.0
 RESTART_GRACE_S = 8.0
+RESTART_RERUNS = 3  # a call that meets restarted parties runs again this often (one per party)
+RECONNECT_PAUSE_S = 1.0  # before the n-th rerun: n times this
+_PARTY_FAULTS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError)
 HEALTH_EVERY_S = 1.0
 # A party that refuses connections is gone at once; one that only fails to answer in time (a
 # stopped process, or a loaded machine's slow gRPC threads) must keep failing this long.
@@ -172,22 +177,25 @@ class Servable:
                 self._party_failed = None
             try:
                 return self._run(fetches, feed_dict)
-            except (tf.errors.UnavailableError, tf.errors.CancelledError) as err:
+            except _PARTY_FAULTS as err:  # a party died, or restarted (AbortedError)
                 fault: Exception = err
-            except tf.errors.AbortedError as err:  # a party restarted: a new session, once
-                fault = err
+            for rerun in range(RESTART_RERUNS):  # a new session each time; fresh keys and streams
+                self._party_failed = fault
+                self._wait_for_parties(fault, grace_s=RESTART_GRACE_S)
+                # The cluster's own channels to a restarted party reconnect with gRPC's backoff
+                # (TF caps it at 1 s) after the health check's fresh channel already got through.
+                time.sleep(RECONNECT_PAUSE_S * rerun)
+                self._load()
+                self._party_failed = None
+                try:
+                    return self._run(fetches, feed_dict)
+                except _PARTY_FAULTS as err:
+                    fault = err
             self._party_failed = fault
-            self._wait_for_parties(fault, grace_s=RESTART_GRACE_S)
-            self._load()
-            self._party_failed = None
-            try:
-                return self._run(fetches, feed_dict)
-            except (tf.errors.UnavailableError, tf.errors.AbortedError,
-                    tf.errors.CancelledError) as err:
-                self._party_failed = err
-                self._wait_for_parties(err, grace_s=0)
-                raise PartyUnavailable(f"a party restarted during the call and the call failed "
-                                       f"again ({_first_line(err)})") from None
+            self._wait_for_parties(fault, grace_s=0)  # names a party that is down now
+            raise PartyUnavailable(f"a party restarted during the call and the call failed "
+                                   f"{RESTART_RERUNS + 1} times, in a new session after each "
+                                   f"({_first_line(fault)})") from None
 
     def _run(self, fetches: dict[str, str], feed_dict: dict[str, np.ndarray]) -> dict:
         """One session.run, watched: TF1's distributed runtime does not end a step whose
