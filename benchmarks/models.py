@@ -15,6 +15,7 @@ only connects, loads and calls.
     python benchmarks/models.py --party-threads 2 minilm-128   # parties' --intra-op-threads
                                                   # (default: LocalCluster's, a third of the cores)
     python benchmarks/models.py --trunc-rounds 3 minilm-128    # convert --trunc-rounds 3
+                                                  # (default: auto, as tf-puma convert)
 
 With --reference, the reference implementation (SPU 0.9.5 with PUMA's settings, `make spu-venv`)
 runs the same shape right after ours (random weights of the same architecture: time and traffic
@@ -68,7 +69,7 @@ def _export(kind: str, seq_len: int, out: str) -> str:
     return out
 
 
-def run_one(name: str, party_threads: int = 0, trunc_rounds: int = 2) -> dict:
+def run_one(name: str, party_threads: int = 0, trunc_rounds: str = "auto") -> dict:
     """One model in this process: returns its row as a dict (work files are removed)."""
     work = tempfile.mkdtemp(prefix=f"tf-puma-bench-{name}-")
     try:
@@ -77,7 +78,7 @@ def run_one(name: str, party_threads: int = 0, trunc_rounds: int = 2) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _prepare(name: str, work: str, trunc_rounds: int) -> None:
+def _prepare(name: str, work: str, trunc_rounds: str) -> None:
     """Export, convert (in a process of its own, as `tf-puma convert` runs) and run plaintext
     TF; writes work/prepared.json and work/reference.npz."""
     import subprocess  # noqa: PLC0415
@@ -110,7 +111,7 @@ def _prepare(name: str, work: str, trunc_rounds: int) -> None:
         json.dump({"convert_s": convert_s, "plaintext_s": plain_s}, fh)
 
 
-def _measure(name: str, work: str, party_threads: int = 0, trunc_rounds: int = 2) -> dict:
+def _measure(name: str, work: str, party_threads: int = 0, trunc_rounds: str = "auto") -> dict:
     """The secure run, in a process that only connects, loads and calls (like a client)."""
     import numpy as np  # noqa: PLC0415
 
@@ -154,34 +155,34 @@ def with_reference(row: dict) -> dict:
                                        row["wall_s"])}
 
 
-def _convert(plain_dir: str, secure_dir: str, trunc_rounds: int) -> None:
+def _convert(plain_dir: str, secure_dir: str, trunc_rounds: str) -> None:
     """`tf-puma convert`'s conversion, timed without the interpreter's start and imports;
     prints its seconds."""
     from tf_puma import config  # noqa: PLC0415
     from tf_puma.rewrites import convert  # noqa: PLC0415
 
     start = time.perf_counter()
-    with config.use(config.Config(trunc_rounds=trunc_rounds)):
+    with config.use(config.Config(trunc_rounds=config.parse_trunc_rounds(trunc_rounds))):
         convert.convert(plain_dir, secure_dir, log=lambda line: None)
     print(time.perf_counter() - start)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) == 5 and argv[1] == "--convert":
-        _convert(argv[2], argv[3], int(argv[4]))
+        _convert(argv[2], argv[3], argv[4])
         return
     if len(argv) == 5 and argv[1] == "--prepare":
-        _prepare(argv[2], argv[3], int(argv[4]))
+        _prepare(argv[2], argv[3], argv[4])
         return
     if len(argv) == 5 and argv[1] == "--one":
-        print(json.dumps(run_one(argv[2], int(argv[3]), int(argv[4]))))
+        print(json.dumps(run_one(argv[2], int(argv[3]), argv[4])))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", help=f"of {sorted(CONFIGS)} (default: all)")
     parser.add_argument("--reference", action="store_true", help="and SPU, same shape and run")
     parser.add_argument("--party-threads", type=int, default=0,
                         help="the parties' --intra-op-threads (0: LocalCluster's)")
-    parser.add_argument("--trunc-rounds", type=int, choices=(2, 3), default=2,
+    parser.add_argument("--trunc-rounds", choices=("2", "3", "auto"), default="auto",
                         help="convert --trunc-rounds")
     args = parser.parse_args(argv[1:])
     rows = []

@@ -186,7 +186,7 @@ def read_party(path: str) -> tuple[dict[str, float], dict[str, float]]:
     return dict(by_kind), dict(by_scope)
 
 
-def profile(name: str, seconds: float, trunc_rounds: int = 2, use_perf: bool = False) -> dict:
+def profile(name: str, seconds: float, trunc_rounds: str = "auto", use_perf: bool = False) -> dict:
     import numpy as np  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
@@ -309,7 +309,7 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", default="minilm-128", help="a models.py model")
     parser.add_argument("--seconds", type=float, default=8.0, help="the profiled window")
-    parser.add_argument("--trunc-rounds", type=int, choices=(2, 3), default=2,
+    parser.add_argument("--trunc-rounds", choices=("2", "3", "auto"), default="auto",
                         help="convert --trunc-rounds")
     parser.add_argument("--perf", action="store_true",
                         help="sample the parties with Linux perf instead of TF's profiler")

@@ -37,7 +37,7 @@ from tf_puma.rewrites.graph import (ConversionError, FrozenGraph, LoadedSignatur
 from tf_puma.rewrites.program import SecureProgram
 from tf_puma.rewrites import calibrate as calibration
 from tf_puma.rewrites.constants import merge_duplicate_constants
-from tf_puma import _ops, bundle, costs, runtime, warmup
+from tf_puma import _ops, bundle, config, costs, runtime, warmup
 from tf_puma import manifest as manifest_lib
 from tf_puma.manifest import Cost, Manifest, TensorEntry
 from tf_puma.cluster import NUM_PARTIES
@@ -450,7 +450,9 @@ def _manifest(signature, program, total, ledgers, num_ops, seconds) -> Manifest:
                 for k, v in sorted(g.inputs.items()) if k not in g.state_inputs},
         outputs={k: TensorEntry(g.tensor(ref).dtype.name, tuple(g.static_shape(ref)))
                  for k, ref in g.outputs.items() if k not in g.state},
-        frac_bits=arithmetic.fixed_point().frac_bits, trunc_rounds=arithmetic.trunc_rounds(),
+        frac_bits=arithmetic.fixed_point().frac_bits, trunc_rounds=config.current().trunc_rounds,
+        three_rounds_from=(config.current().three_rounds_from
+                           if config.current().trunc_rounds == "auto" else None),
         bundle_id=program.bundle_id,
         weight_tensors=len(program.weights),
         weight_values=int(sum(w.size for w in program.weights.values())),

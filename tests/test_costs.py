@@ -38,9 +38,15 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("trunc_rounds", config.TRUNC_ROUNDS)
+# "auto" from 16 elements takes 3 rounds for these 16-element values, from 17 it takes 2
+SETTINGS = {"2": config.Config(trunc_rounds=2), "3": config.Config(trunc_rounds=3),
+            "auto-3": config.Config(trunc_rounds="auto", three_rounds_from=16),
+            "auto-2": config.Config(trunc_rounds="auto", three_rounds_from=17)}
+
+
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_declared_rounds_equal_the_depth_built(name, trunc_rounds):
+def test_declared_rounds_equal_the_depth_built(name, setting):
     prepare, call = CASES[name]
     seen = {}
 
@@ -53,7 +59,25 @@ def test_declared_rounds_equal_the_depth_built(name, trunc_rounds):
         seen["built"] = out.depth - max(i.depth for i in inputs)
         return tf.constant(0)
 
-    with config.use(config.Config(trunc_rounds=trunc_rounds)):
+    with config.use(SETTINGS[setting]):
         run.get_concrete_function(tf.TensorSpec([16], tf.float64),
                                   tf.TensorSpec([16], tf.float64))
     assert seen["declared"] == {name.split("/")[0]: seen["built"]}
+
+
+def test_auto_truncation_takes_three_rounds_from_the_threshold():
+    """Config(trunc_rounds="auto"): 3 rounds for a value of three_rounds_from elements or
+    more, 2 below it and for a shape not known statically; 2 and 3 stay what they say."""
+    auto = config.Config()
+    assert auto.trunc_rounds == "auto" and auto.three_rounds_from == 1 << 16
+    assert [auto.trunc_rounds_for(n) for n in (None, 1, 65535, 65536, 128 * 1536)] == \
+        [2, 2, 2, 3, 3]
+    assert config.Config(trunc_rounds=2).trunc_rounds_for(10 ** 6) == 2
+    assert config.Config(trunc_rounds=3).trunc_rounds_for(1) == 3
+    with config.use(auto):
+        assert arithmetic.trunc_rounds([1, 128, 384]) == 2  # a dense product's output
+        assert arithmetic.trunc_rounds([1, 12, 128, 128]) == 3  # attention's scores
+        assert arithmetic.trunc_rounds(tf.TensorShape([None, 384])) == 2
+    with pytest.raises(ValueError, match="2, 3 or 'auto'"):
+        config.Config(trunc_rounds=4)
+    assert [config.parse_trunc_rounds(t) for t in ("2", "3", "auto")] == [2, 3, "auto"]

@@ -303,24 +303,30 @@ def test_cli_convert_and_run_local(tmp_path):
 
 def test_cli_convert_with_three_round_truncations(tmp_path):
     """`tf-puma convert --trunc-rounds 3`: the manifest says so, the graph has more rounds and
-    sends less than the default's (the same model converted both ways), and it runs as well."""
+    sends less than with 2 (the same model converted both ways), and it runs as well. The
+    default, auto, builds this small model's truncations (4 x 16 values) with 2 rounds."""
     w, = _weights((6, 16), seed=5)
     plain = _save(tmp_path, "plain", lambda x: {"y": tf.nn.gelu(x @ w) * 0.5},
                   [tf.TensorSpec([None, 6], tf.float32, name="x")], [w])
     cli = [sys.executable, "-m", "tf_puma.apps.cli"]
     raw = {}
-    for rounds in ("2", "3"):
+    for rounds in ("2", "3", "auto"):
         secure = str(tmp_path / f"secure{rounds}")
+        chosen = [] if rounds == "auto" else ["--trunc-rounds", rounds]
         done = subprocess.run([*cli, "convert", plain, secure, "--input-shape", "x=4x6",
-                               "--trunc-rounds", rounds], capture_output=True, text=True,
-                              timeout=300)
+                               *chosen], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         raw[rounds] = json.load(open(os.path.join(secure, "tf_puma.json")))
     assert raw["2"]["trunc_rounds"] == 2 and raw["3"]["trunc_rounds"] == 3
     assert manifest_lib.read(str(tmp_path / "secure3")).trunc_rounds == 3
+    assert raw["auto"]["trunc_rounds"] == "auto" and raw["auto"]["three_rounds_from"] == 65536
+    assert manifest_lib.read(str(tmp_path / "secureauto")).trunc_rounds == "auto"
+    assert (raw["auto"]["critical_path_rounds"], raw["auto"]["bytes_by_sender"]) == \
+        (raw["2"]["critical_path_rounds"], raw["2"]["bytes_by_sender"])
     assert raw["3"]["critical_path_rounds"] > raw["2"]["critical_path_rounds"]
     parties = [str(i) for i in range(3)]
-    sent = {k: sum(v["bytes_by_sender"][p] for p in parties) for k, v in raw.items()}
+    sent = {k: sum(v["bytes_by_sender"][p] for p in parties) for k, v in raw.items()
+            if k != "auto"}
     assert sent["3"] < 0.85 * sent["2"]  # 39,744 -> 32,640 bytes
     x = np.random.default_rng(1).normal(size=(4, 6)).astype(np.float32)
     with open(tmp_path / "in.json", "w") as fh:

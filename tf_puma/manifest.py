@@ -80,14 +80,16 @@ class Manifest:
     # signature; `generation` holds the window, the prompt bucket, the state (KV cache) pairs
     # and shapes, and the `prefill` signature's manifest
     generation: Optional[dict] = None
-    # rounds of each truncation in the graph (tf_puma.config.Config.trunc_rounds: 2, or 3 for
-    # the low-traffic variant)
-    trunc_rounds: int = 2
+    # rounds of each truncation in the graph (tf_puma.config.Config.trunc_rounds: 2, 3 for the
+    # low-traffic variant, or "auto": 3 for values of at least three_rounds_from elements)
+    trunc_rounds: int | str = 2
+    three_rounds_from: int | None = None
 
     def to_json(self) -> dict:
         return {
             "format": FORMAT, "version": VERSION, "ring_bits": self.ring_bits,
             "frac_bits": self.frac_bits, "trunc_rounds": self.trunc_rounds,
+            "three_rounds_from": self.three_rounds_from,
             "bundle_id": self.bundle_id,
             "signature": self.signature,
             "inputs": {k: v.to_json() for k, v in self.inputs.items()},
@@ -130,7 +132,9 @@ class Manifest:
                                for k, v in data.get("convert_steps", {}).items()},
                 generation=(dict(data["generation"]) if data.get("generation") is not None
                             else None),
-                trunc_rounds=int(data.get("trunc_rounds", 2)))
+                trunc_rounds=_trunc_rounds(data.get("trunc_rounds", 2)),
+                three_rounds_from=(None if data.get("three_rounds_from") is None
+                                   else int(data["three_rounds_from"])))
         except (KeyError, TypeError, ValueError) as err:
             raise ManifestError(f"{where} is malformed ({type(err).__name__}: {err}); convert "
                                 "the model again") from err
@@ -168,3 +172,12 @@ def write(model_dir: str, manifest: Manifest) -> None:
 def is_secure_model(model_dir: Optional[str]) -> bool:
     """True if the directory holds a tf-puma manifest (of any version)."""
     return bool(model_dir) and os.path.isfile(path(model_dir))
+
+
+def _trunc_rounds(value) -> int | str:
+    """A manifest's trunc_rounds: 2, 3 or "auto"."""
+    if value == "auto":
+        return value
+    if int(value) not in (2, 3):
+        raise ValueError(f"trunc_rounds {value!r} is not 2, 3 or 'auto'")
+    return int(value)

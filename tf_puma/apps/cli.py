@@ -82,9 +82,11 @@ flags.DEFINE_string("calibrate", None, "convert: a JSON file of sample inputs (o
                     "named inputs, or a list): refuse the conversion if one drives a value out of "
                     "a protocol's range (the report goes to the model owner's log only)")
 flags.DEFINE_boolean("overwrite", False, "convert: replace an existing OUT_DIR")
-flags.DEFINE_enum("trunc-rounds", "2", ["2", "3"], "convert: rounds of each fixed-point "
-                  "truncation: 2 (7.3 ring elements per truncated value), or 3 (5.3: about a "
-                  "quarter less traffic for a model, one more round per product)")
+flags.DEFINE_enum("trunc-rounds", "auto", ["2", "3", "auto"], "convert: rounds of each "
+                  "fixed-point truncation: 2 (7.3 ring elements per truncated value), 3 (5.3: "
+                  "a quarter less traffic, one more round per product), or auto: 3 for values "
+                  "of at least 65,536 elements (an encoder's or a prefill's wide products), "
+                  "2 for smaller ones (a decoded token's)")
 flags.DEFINE_string("model", None, "run: the secure model directory (tf-puma convert's OUT_DIR)")
 flags.DEFINE_string("input", None, "run: JSON file mapping input names to nested lists")
 flags.DEFINE_boolean("local", False, "run, serve: start three local party servers with the model's "
@@ -141,7 +143,8 @@ def _convert(argv: list[str]) -> None:
     from tf_puma import config  # noqa: PLC0415
     out = argv[2] if FLAGS.version is None else os.path.join(argv[2], str(FLAGS.version))
     try:
-        with config.use(config.Config(trunc_rounds=int(FLAGS["trunc-rounds"].value))):
+        rounds = config.parse_trunc_rounds(FLAGS["trunc-rounds"].value)
+        with config.use(config.Config(trunc_rounds=rounds)):
             _convert_with_config(argv, out, input_shapes, convert)
     except ConversionError as err:
         _fail("convert", err)

@@ -92,7 +92,7 @@ def polynomial(x_powers: dict[int, Shared], coeffs: Sequence[float], bound: floa
     if coeff_frac + x1.frac_bits <= fxp.frac_bits:
         raise ValueError(f"polynomial too large for the ring on |x| <= {bound}")
     total = _weighted_sum(x_powers, coeffs, coeff_frac)
-    with costs.protocol("polynomial", rounds=arithmetic.trunc_rounds()):
+    with costs.protocol("polynomial", rounds=arithmetic.trunc_rounds(total.shape)):
         out = arithmetic.rescale(total, fxp.frac_bits)
     return arithmetic.add_public(out, coeffs[0]) if coeffs[0] else out
 
@@ -234,7 +234,7 @@ def _split_polynomial(v: Shared, coeffs: Sequence[float], extra: Shared | None =
 
     b_coeff_frac = int(min(MAX_COEFF_BITS, math.floor(60 - p - math.log2(max_b))))
     b_raw = local_sum(b_coeffs, b_coeff_frac)
-    with costs.protocol("polynomial", rounds=arithmetic.trunc_rounds()):
+    with costs.protocol("polynomial", rounds=arithmetic.trunc_rounds(b_raw.shape)):
         b = arithmetic.rescale(b_raw, b_frac)
     # A (+ extra at A's scale p + b_frac = out_frac) in one combination
     a = local_sum(a_coeffs, b_frac,
@@ -267,7 +267,7 @@ def _activation_rounds(x: Shared, method: str) -> int:
     (puma) with 3-round."""
     in_a_row = 5 if method == "even" else 4
     segments = compare.coarse(x.frac_bits).rounds()
-    return max(in_a_row * arithmetic.trunc_rounds(), segments) + 1
+    return max(in_a_row * arithmetic.trunc_rounds(x.shape), segments) + 1
 
 
 def gelu(x: Shared, method: str = "even") -> Shared:

@@ -38,10 +38,12 @@ def fixed_point() -> FixedPoint:
     return config.current().fxp
 
 
-def trunc_rounds() -> int:
-    """Rounds of a TruncPr, and of a fixed-point product, under the current Config: 2, or 3 in
-    the low-traffic variant (Config.trunc_rounds; _trunc_pr)."""
-    return config.current().trunc_rounds
+def trunc_rounds(shape: tf.TensorShape | list | None) -> int:
+    """Rounds of a TruncPr, and of a fixed-point product, whose value has `shape`, under the
+    current Config: 2, 3 (the low-traffic variant; _trunc_pr), or by size under "auto"
+    (Config.trunc_rounds_for)."""
+    elements = None if shape is None else tf.TensorShape(shape).num_elements()
+    return config.current().trunc_rounds_for(elements)
 
 
 def _aligned(x: Shared, y: Shared) -> tuple[Shared, Shared]:
@@ -151,7 +153,8 @@ def mul_public_tensor(x: Shared, c: dict[int, tf.Tensor], c_frac: int,
     (c, 0, 0) moved ~7.3n and first made c's zero shares on every party), else 0."""
     fxp = fxp or fixed_point()
     frac = x.frac_bits + c_frac
-    with costs.protocol("mul_public", rounds=trunc_rounds() if frac > fxp.frac_bits else 0):
+    with costs.protocol("mul_public",
+                        rounds=trunc_rounds(x.shape) if frac > fxp.frac_bits else 0):
         pairs = []
         for i in range(NUM_PARTIES):
             with tf.device(runtime.device(i)):
@@ -175,7 +178,8 @@ def mul_public(x: Shared, c: Public, fxp: FixedPoint | None = None,
     integral = np.all(np.round(c) == c) and np.all(np.abs(c) < 2 ** 62)
     frac = 0 if integral else fxp.frac_bits + _extra_coeff_bits(c)
     enc = _encode_public(c, frac)
-    with costs.protocol("mul_public", rounds=0 if integral else trunc_rounds()):
+    shape = tf.broadcast_static_shape(x.shape, tf.TensorShape(c.shape))
+    with costs.protocol("mul_public", rounds=0 if integral else trunc_rounds(shape)):
         product = tensor.scale(x, enc, x.frac_bits + frac)
         return rescale(product, fxp.frac_bits if frac_out is None else frac_out)
 
@@ -199,7 +203,7 @@ def trunc(x: Shared, bits: int) -> Shared:
 
     Exact up to one unit in the last place; x's ring value must stay below 2^62 in magnitude.
     """
-    with costs.protocol("trunc", rounds=trunc_rounds()), tf.name_scope("trunc"):
+    with costs.protocol("trunc", rounds=trunc_rounds(x.shape)), tf.name_scope("trunc"):
         return _trunc_replicated(x, bits, x.frac_bits)
 
 
@@ -258,7 +262,7 @@ def _trunc_pr(u_a: tf.Tensor, u_b: tf.Tensor, u_dealer: tf.Tensor | None,
     extras_a = [] if u_dealer is None else [runtime.transfer(u_dealer, d, a)]
     m_b_at_a = runtime.transfer(m_b, b, a)
     corr_at_b = runtime.transfer(corr, d, b)
-    rounds = trunc_rounds()
+    rounds = trunc_rounds(shape)
     if rounds == 3:
         # A alone opens c; B's share needs only c_63, a uniform bit to B (r_A is unknown to it)
         with tf.device(runtime.device(a)):
@@ -332,11 +336,12 @@ def _product(z: list[tf.Tensor], frac_bits: int, depth: int, fxp: FixedPoint, sh
                      (a, b, d))
 
 
-def _product_cost(x: Shared, y: Shared, fxp: FixedPoint, shift: int = 0,
-                  frac_out: int | None = None) -> int:
+def _product_cost(x: Shared, y: Shared, fxp: FixedPoint, shape: tf.TensorShape,
+                  shift: int = 0, frac_out: int | None = None) -> int:
+    """Rounds of a product of `shape`: a TruncPr's, or the reshare's 1 if nothing is dropped."""
     frac = x.frac_bits + y.frac_bits
     out = min(frac, fxp.frac_bits) if frac_out is None else frac_out
-    return trunc_rounds() if frac - out + shift > 0 else 1
+    return trunc_rounds(shape) if frac - out + shift > 0 else 1
 
 
 def mul(x: Shared, y: Union[Shared, Public], fxp: FixedPoint | None = None,
@@ -378,7 +383,7 @@ def mul_sum(products: list[tuple[Shared, Shared]], fxp: FixedPoint | None = None
     depth = max([max(x.depth, y.depth) for x, y in products] +
                 ([addend.depth] if addend is not None else []))
     name = "mul" if len(products) == 1 else "mul_sum"
-    with costs.protocol(name, rounds=_product_cost(x0, y0, fxp, shift, frac_out)), \
+    with costs.protocol(name, rounds=_product_cost(x0, y0, fxp, shape, shift, frac_out)), \
             tf.name_scope(name):
         keys = runtime.prss()
         streams = [runtime.new_stream("zero_share") for _ in products]
@@ -427,7 +432,10 @@ def matmul(x: Shared, y: Shared, transpose_a: bool = False, transpose_b: bool = 
         batch = tf.broadcast_static_shape(x_batch, y_batch)
         x = x.map_local(lambda t: tf.broadcast_to(t, batch.concatenate(x_shape[-2:])))
         y = y.map_local(lambda t: tf.broadcast_to(t, batch.concatenate(y_shape[-2:])))
-    with costs.protocol("matmul", rounds=_product_cost(x, y, fxp)), tf.name_scope("matmul"):
+    out_shape = tf.broadcast_static_shape(x_batch, y_batch).concatenate(
+        [x_shape[-1] if transpose_a else x_shape[-2], y_shape[-2] if transpose_b else y_shape[-1]])
+    with costs.protocol("matmul", rounds=_product_cost(x, y, fxp, out_shape)), \
+            tf.name_scope("matmul"):
         keys = runtime.prss()
         stream = runtime.new_stream("zero_share")
         z = []
