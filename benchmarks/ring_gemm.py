@@ -11,6 +11,9 @@ Second table: a party's share of a product at decoding shapes (one row by a weig
 PumaMatMulShare: z = x_own @ (y_own + y_next) + x_next @ y_own + a zero share), which reads the
 weights' two shares in place (m <= 8 rows), against the same sum with TensorFlow's int64 matmul;
 GB/s counts the two weight shares read once.
+
+Third table: the one-hot embedding's product mod 2^32 (ring_bits=32: 32-bit words on the
+AVX-512 path, four byte limbs on AMX) against the same product in Z_2^64, each path.
 """
 
 from __future__ import annotations
@@ -61,6 +64,29 @@ def thin_products(ops, rng) -> list[dict]:
     return results
 
 
+EMBEDDING_SHAPES = [(128, 30522, 384)]  # MiniLM's one-hot rows by its token table
+
+
+def narrow_products(ops, rng, paths: list[str]) -> list[dict]:
+    """Each path's embedding-shaped product mod 2^32 and mod 2^64 (checked equal mod 2^32)."""
+    results = []
+    for m, k, n in EMBEDDING_SHAPES:
+        a = tf.constant(rng.integers(-(2 ** 62), 2 ** 62, size=(m, k), dtype=np.int64))
+        b = tf.constant(rng.integers(-(2 ** 62), 2 ** 62, size=(k, n), dtype=np.int64))
+        for path in [*paths, "auto"]:
+            row = {"shape": f"[{m},{k}]x[{k},{n}]", "path": path}
+            for bits in (64, 32):
+                ring = tf.function(lambda bits=bits: ops.puma_ring_mat_mul(
+                    a, b, kernel=path, ring_bits=bits))
+                row[f"mod_2^{bits}"] = ring().numpy()
+                row[f"ms_{bits}"] = best_time(lambda: ring().numpy()) * 1e3
+            np.testing.assert_array_equal(row.pop("mod_2^32"),
+                                          row.pop("mod_2^64") & 0xFFFFFFFF)
+            row["speedup"] = row["ms_64"] / row["ms_32"]
+            results.append(row)
+    return results
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=0,
@@ -104,9 +130,14 @@ def main(argv: list[str]) -> None:
                  "TF int64 / ours"],
                 [[r["shape"], r["share_ms"], r["tf_int64_ms"], r["weights_gb_s"],
                   r["speedup_vs_tf_int64"]] for r in thin])
+    narrow = narrow_products(ops, rng, paths)
+    print_table(["product mod 2^32 (embedding)", "path", "ms mod 2^64", "ms mod 2^32",
+                 "2^64 / 2^32"],
+                [[r["shape"], r["path"], r["ms_64"], r["ms_32"], r["speedup"]] for r in narrow])
     write_json(f"ring_gemm_{args.threads}_threads" if args.threads else "ring_gemm",
                {"unit": "G multiply-adds per second", "threads": threads,
-                "paths": paths, "results": results, "decoding_share_products": thin})
+                "paths": paths, "results": results, "decoding_share_products": thin,
+                "products_mod_2_32": narrow})
 
 
 if __name__ == "__main__":

@@ -47,52 +47,69 @@ inline const uint64_t* FromInner(const uint64_t* x, int64_t k0, int64_t ld, bool
   return x == nullptr ? nullptr : k_along_rows ? x + k0 * ld : x + k0;
 }
 
-// Packs op(A) (M x K) into panels of kMr rows: panel p, step k holds A[p*kMr + r][k], r < kMr.
-void PackA(int64_t M, int64_t K, const uint64_t* A, int64_t lda, bool trans, uint64_t* out,
+// Columns of a micro-tile for packed words T: two zmm registers' lanes (16 for Z_2^64, 32 for
+// a product wanted mod 2^32 only, which multiplies 32-bit lanes: twice the products per
+// instruction).
+template <typename T>
+constexpr int64_t NrOf() {
+  return 2 * 64 / static_cast<int64_t>(sizeof(T));
+}
+static_assert(NrOf<uint64_t>() == kNr && kNc % NrOf<uint32_t>() == 0, "tile widths");
+
+// Packs op(A) (M x K) into panels of kMr rows: panel p, step k holds A[p*kMr + r][k], r < kMr
+// (its low bits when T is 32-bit).
+template <typename T>
+void PackA(int64_t M, int64_t K, const uint64_t* A, int64_t lda, bool trans, T* out,
            int64_t p_begin, int64_t p_end) {
   for (int64_t p = p_begin; p < p_end; ++p) {
-    uint64_t* dst = out + p * K * kMr;
+    T* dst = out + p * K * kMr;
     const int64_t rows = std::min(kMr, M - p * kMr);
     for (int64_t k = 0; k < K; ++k) {
       for (int64_t r = 0; r < kMr; ++r) {
         const int64_t i = p * kMr + r;
-        dst[k * kMr + r] = r < rows ? (trans ? A[k * lda + i] : A[i * lda + k]) : 0;
+        dst[k * kMr + r] = r < rows ? static_cast<T>(trans ? A[k * lda + i] : A[i * lda + k]) : 0;
       }
     }
   }
 }
 
-// Packs op(B) + op(B2) (K x N; B2 may be null) into panels of kNr columns: panel q, step k
-// holds B[k][q*kNr + c] (+ B2[k][q*kNr + c]), written at out + (q - q_base) * K * kNr.
+// Packs op(B) + op(B2) (K x N; B2 may be null) into panels of NrOf<T>() columns: panel q, step
+// k holds B[k][q*nr + c] (+ B2[k][q*nr + c]), written at out + (q - q_base) * K * nr.
+template <typename T>
 void PackB(int64_t N, int64_t K, const uint64_t* B, const uint64_t* B2, int64_t ldb, bool trans,
-           uint64_t* out, int64_t q_base, int64_t q_begin, int64_t q_end) {
+           T* out, int64_t q_base, int64_t q_begin, int64_t q_end) {
+  constexpr int64_t nr = NrOf<T>();
   auto at = [&](const uint64_t* m, int64_t k, int64_t j) {
     return trans ? m[j * ldb + k] : m[k * ldb + j];
   };
   for (int64_t q = q_begin; q < q_end; ++q) {
-    uint64_t* dst = out + (q - q_base) * K * kNr;
-    const int64_t cols = std::min(kNr, N - q * kNr);
+    T* dst = out + (q - q_base) * K * nr;
+    const int64_t cols = std::min(nr, N - q * nr);
     for (int64_t k = 0; k < K; ++k) {
-      if (!trans && cols == kNr && B2 == nullptr) {
-        std::memcpy(dst + k * kNr, B + k * ldb + q * kNr, kNr * sizeof(uint64_t));
+      if (!trans && cols == nr && B2 == nullptr) {
+        const uint64_t* row = B + k * ldb + q * nr;
+        for (int64_t c = 0; c < nr; ++c) dst[k * nr + c] = static_cast<T>(row[c]);
         continue;
       }
-      for (int64_t c = 0; c < kNr; ++c) {
-        const int64_t j = q * kNr + c;
-        dst[k * kNr + c] = c >= cols ? 0 : B2 ? at(B, k, j) + at(B2, k, j) : at(B, k, j);
+      for (int64_t c = 0; c < nr; ++c) {
+        const int64_t j = q * nr + c;
+        dst[k * nr + c] = static_cast<T>(c >= cols ? 0 : B2 ? at(B, k, j) + at(B2, k, j)
+                                                            : at(B, k, j));
       }
     }
   }
 }
 
-// tile[kMr][kNr] = sum_k a[k][:] (x) b[k][:], portable.
-void MicroKernelPortable(int64_t K, const uint64_t* a, const uint64_t* b, uint64_t* tile) {
-  uint64_t acc[kMr][kNr] = {};
+// tile[kMr][nr] = sum_k a[k][:] (x) b[k][:] in T's ring, portable.
+template <typename T>
+void MicroKernelPortable(int64_t K, const T* a, const T* b, T* tile) {
+  constexpr int64_t nr = NrOf<T>();
+  T acc[kMr][nr] = {};
   for (int64_t k = 0; k < K; ++k) {
-    const uint64_t* ak = a + k * kMr;
-    const uint64_t* bk = b + k * kNr;
+    const T* ak = a + k * kMr;
+    const T* bk = b + k * nr;
     for (int64_t r = 0; r < kMr; ++r) {
-      for (int64_t c = 0; c < kNr; ++c) acc[r][c] += ak[r] * bk[c];
+      for (int64_t c = 0; c < nr; ++c) acc[r][c] = static_cast<T>(acc[r][c] + ak[r] * bk[c]);
     }
   }
   std::memcpy(tile, acc, sizeof(acc));
@@ -138,22 +155,48 @@ __attribute__((target("avx512f,avx512dq"))) void MicroKernelAvx512(int64_t K,
   }
 }
 
+// The same tile in 32-bit lanes (vpmulld, AVX512F): 8 x 32 values of Z_2^32 in 16 zmm.
+__attribute__((target("avx512f"))) void MicroKernelAvx512U32(int64_t K, const uint32_t* a,
+                                                             const uint32_t* b, uint32_t* tile) {
+  constexpr int64_t nr = NrOf<uint32_t>();
+  __m512i acc[kMr][2];
+#pragma GCC unroll 8
+  for (int64_t r = 0; r < kMr; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512i b0 = _mm512_loadu_si512(b + k * nr);
+    const __m512i b1 = _mm512_loadu_si512(b + k * nr + 16);
+    const uint32_t* ak = a + k * kMr;
+#pragma GCC unroll 8
+    for (int64_t r = 0; r < kMr; ++r) {  // unrolled: acc stays in registers
+      const __m512i ar = _mm512_set1_epi32(static_cast<int32_t>(ak[r]));
+      acc[r][0] = _mm512_add_epi32(acc[r][0], _mm512_mullo_epi32(ar, b0));
+      acc[r][1] = _mm512_add_epi32(acc[r][1], _mm512_mullo_epi32(ar, b1));
+    }
+  }
+#pragma GCC unroll 8
+  for (int64_t r = 0; r < kMr; ++r) {
+    _mm512_storeu_si512(tile + r * nr, acc[r][0]);
+    _mm512_storeu_si512(tile + r * nr + 16, acc[r][1]);
+  }
+}
+
 bool CpuHasAvx512() {
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
   return has;
 }
 
-using MicroKernel = void (*)(int64_t, const uint64_t*, const uint64_t*, uint64_t*);
+template <typename T>
+using MicroKernel = void (*)(int64_t, const T*, const T*, T*);
 
-MicroKernel ChooseKernel(GemmPath path) {
-  switch (path) {
-    case GemmPath::kPortable:
-      return MicroKernelPortable;
-    case GemmPath::kAvx512:
-      return CpuHasAvx512() ? MicroKernelAvx512 : MicroKernelPortable;
-    case GemmPath::kAuto:
-    default:
-      return CpuHasAvx512() ? MicroKernelAvx512 : MicroKernelPortable;
+// The packed kernel for words T: AVX-512 unless the portable path is asked for or the CPU has
+// no AVX-512.
+template <typename T>
+MicroKernel<T> ChooseKernel(GemmPath path) {
+  const bool avx512 = path != GemmPath::kPortable && CpuHasAvx512();
+  if constexpr (sizeof(T) == 8) {
+    return avx512 ? MicroKernelAvx512 : MicroKernelPortable<uint64_t>;
+  } else {
+    return avx512 ? MicroKernelAvx512U32 : MicroKernelPortable<uint32_t>;
   }
 }
 
@@ -570,6 +613,53 @@ ParallelRunner SerialRunner() {
   };
 }
 
+// The packed GEMM (panels, micro-tiles, column blocks; see the top of this file) in words T:
+// uint64_t for Z_2^64, uint32_t when only C mod 2^32 is wanted.
+template <typename T>
+void RingGemmPacked(int64_t M, int64_t N, int64_t K, const uint64_t* A, int64_t lda,
+                    bool trans_a, const uint64_t* B, const uint64_t* B2, int64_t ldb,
+                    bool trans_b, uint64_t* C, int64_t ldc, const ParallelRunner& runner,
+                    GemmPath path) {
+  const MicroKernel<T> kernel = ChooseKernel<T>(path);
+  constexpr int64_t nr = NrOf<T>();
+  const int64_t a_panels = CeilDiv(M, kMr), b_panels = CeilDiv(N, nr);
+  const int64_t block_panels = std::min(b_panels, kNc / nr);
+  const int64_t kc_max = std::min(K, kKc);
+  std::unique_ptr<T[]> packed_a(new T[a_panels * kc_max * kMr]);
+  std::unique_ptr<T[]> packed_b(new T[block_panels * kc_max * nr]);
+  for (int64_t k0 = 0; k0 < K; k0 += kKc) {
+    const int64_t kc = std::min(kKc, K - k0);
+    // op(A)[:, k0:k0+kc] and op(B)[k0:k0+kc, :] with the same leading dimensions
+    const uint64_t* a_k = FromInner(A, k0, lda, trans_a);
+    const uint64_t* b_k = FromInner(B, k0, ldb, !trans_b);
+    const uint64_t* b2_k = FromInner(B2, k0, ldb, !trans_b);
+    runner(a_panels, kc * kMr * 2, [&](int64_t b, int64_t e) {
+      PackA<T>(M, kc, a_k, lda, trans_a, packed_a.get(), b, e);
+    });
+    for (int64_t q0 = 0; q0 < b_panels; q0 += block_panels) {
+      const int64_t q1 = std::min(b_panels, q0 + block_panels);
+      runner(q1 - q0, kc * nr * (B2 ? 3 : 2), [&](int64_t b, int64_t e) {
+        PackB<T>(N, kc, b_k, b2_k, ldb, trans_b, packed_b.get(), q0, q0 + b, q0 + e);
+      });
+      // Tiles ordered B-panel-major so consecutive tiles of one worker reuse a B panel from
+      // cache.
+      const int64_t tiles = a_panels * (q1 - q0);
+      runner(tiles, kc * kMr * nr, [&](int64_t begin, int64_t end) {
+        alignas(64) T tile[kMr * nr];
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t q = q0 + t / a_panels, p = t % a_panels;
+          kernel(kc, packed_a.get() + p * kc * kMr, packed_b.get() + (q - q0) * kc * nr, tile);
+          const int64_t rows = std::min(kMr, M - p * kMr), cols = std::min(nr, N - q * nr);
+          for (int64_t r = 0; r < rows; ++r) {
+            uint64_t* c_row = C + (p * kMr + r) * ldc + q * nr;
+            for (int64_t c = 0; c < cols; ++c) c_row[c] += tile[r * nr + c];
+          }
+        }
+      });
+    }
+  }
+}
+
 void RingGemmAccumulate(int64_t M, int64_t N, int64_t K, const uint64_t* A, int64_t lda,
                         bool trans_a, const uint64_t* B, const uint64_t* B2, int64_t ldb,
                         bool trans_b, uint64_t* C, int64_t ldc, const ParallelRunner& runner,
@@ -582,42 +672,10 @@ void RingGemmAccumulate(int64_t M, int64_t N, int64_t K, const uint64_t* A, int6
       return;
     }
   }
-  const MicroKernel kernel = ChooseKernel(path);
-  const int64_t a_panels = CeilDiv(M, kMr), b_panels = CeilDiv(N, kNr);
-  const int64_t block_panels = std::min(b_panels, kNc / kNr);
-  const int64_t kc_max = std::min(K, kKc);
-  std::unique_ptr<uint64_t[]> packed_a(new uint64_t[a_panels * kc_max * kMr]);
-  std::unique_ptr<uint64_t[]> packed_b(new uint64_t[block_panels * kc_max * kNr]);
-  for (int64_t k0 = 0; k0 < K; k0 += kKc) {
-    const int64_t kc = std::min(kKc, K - k0);
-    // op(A)[:, k0:k0+kc] and op(B)[k0:k0+kc, :] with the same leading dimensions
-    const uint64_t* a_k = FromInner(A, k0, lda, trans_a);
-    const uint64_t* b_k = FromInner(B, k0, ldb, !trans_b);
-    const uint64_t* b2_k = FromInner(B2, k0, ldb, !trans_b);
-    runner(a_panels, kc * kMr * 2, [&](int64_t b, int64_t e) {
-      PackA(M, kc, a_k, lda, trans_a, packed_a.get(), b, e);
-    });
-    for (int64_t q0 = 0; q0 < b_panels; q0 += block_panels) {
-      const int64_t q1 = std::min(b_panels, q0 + block_panels);
-      runner(q1 - q0, kc * kNr * (B2 ? 3 : 2), [&](int64_t b, int64_t e) {
-        PackB(N, kc, b_k, b2_k, ldb, trans_b, packed_b.get(), q0, q0 + b, q0 + e);
-      });
-      // Tiles ordered B-panel-major so consecutive tiles of one worker reuse a B panel from
-      // cache.
-      const int64_t tiles = a_panels * (q1 - q0);
-      runner(tiles, kc * kMr * kNr, [&](int64_t begin, int64_t end) {
-        alignas(64) uint64_t tile[kMr * kNr];
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t q = q0 + t / a_panels, p = t % a_panels;
-          kernel(kc, packed_a.get() + p * kc * kMr, packed_b.get() + (q - q0) * kc * kNr, tile);
-          const int64_t rows = std::min(kMr, M - p * kMr), cols = std::min(kNr, N - q * kNr);
-          for (int64_t r = 0; r < rows; ++r) {
-            uint64_t* c_row = C + (p * kMr + r) * ldc + q * kNr;
-            for (int64_t c = 0; c < cols; ++c) c_row[c] += tile[r * kNr + c];
-          }
-        }
-      });
-    }
+  if (ring_bits == 32) {  // 32-bit lanes: C's low 32 bits are all that is wanted
+    RingGemmPacked<uint32_t>(M, N, K, A, lda, trans_a, B, B2, ldb, trans_b, C, ldc, runner, path);
+  } else {
+    RingGemmPacked<uint64_t>(M, N, K, A, lda, trans_a, B, B2, ldb, trans_b, C, ldc, runner, path);
   }
 }
 

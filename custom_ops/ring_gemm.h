@@ -40,7 +40,8 @@ bool Avx512Available();
 // inner dimension is taken 1,024 at a time, and op(B) is packed (with B2 added) a block of
 // columns at a time: the scratch is at most 1,024 x 512 values and M x 1,024 of A's panels,
 // never a copy of B or of A, and no B + B2 is stored. With ring_bits = 32 only C mod 2^32 is
-// wanted: the AMX path then multiplies the four low byte limbs (10 limb pairs instead of 36);
+// wanted: the AMX path then multiplies the four low byte limbs (10 limb pairs instead of 36),
+// the others pack 32-bit words and multiply 16 lanes a zmm register (vpmulld) instead of 8;
 // C's upper 32 bits are left unspecified on every path.
 void RingGemmAccumulate(int64_t M, int64_t N, int64_t K, const uint64_t* A, int64_t lda,
                         bool trans_a, const uint64_t* B, const uint64_t* B2, int64_t ldb,

@@ -137,6 +137,10 @@ class RingMatMulOp : public OpKernel {
             : kernel == "avx512" ? GemmPath::kAvx512
             : kernel == "amx"    ? GemmPath::kAmx
                                  : GemmPath::kAuto;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("ring_bits", &ring_bits_));
+    OP_REQUIRES(ctx, ring_bits_ == 32 || ring_bits_ == 64,
+                errors::InvalidArgument("PumaRingMatMul: ring_bits must be 32 or 64, got ",
+                                        ring_bits_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -150,15 +154,20 @@ class RingMatMulOp : public OpKernel {
     if (plan.m <= kThinRows) {
       RunBatchedThin(plan, trans_a_, trans_b_, RingData(a), nullptr, RingData(b), nullptr,
                      RingData(out), TfRunner(ctx), path_);
-      return;
+    } else {
+      RunBatchedGemm(plan, trans_a_, trans_b_, {{RingData(a), RingData(b), nullptr}},
+                     RingData(out), TfRunner(ctx), path_, ring_bits_);
     }
-    RunBatchedGemm(plan, trans_a_, trans_b_, {{RingData(a), RingData(b), nullptr}},
-                   RingData(out), TfRunner(ctx), path_);
+    if (ring_bits_ == 32) {  // the product mod 2^32, in [0, 2^32)
+      uint64_t* z = RingData(out);
+      for (int64_t i = 0; i < out->NumElements(); ++i) z[i] &= 0xffffffffu;
+    }
   }
 
  private:
   bool trans_a_, trans_b_;
   GemmPath path_;
+  int64_t ring_bits_;
 };
 
 // Reads the two keys that follow the four share inputs.

@@ -64,12 +64,14 @@ REGISTER_OP("PumaRingMatMul")
     .Attr("transpose_a: bool = false")
     .Attr("transpose_b: bool = false")
     .Attr("kernel: {'auto', 'portable', 'avx512', 'amx'} = 'auto'")
+    .Attr("ring_bits: int = 64")
     .Output("product: int64")
     .SetShapeFn([](InferenceContext* c) { return RingMatMulShape(c, 0, 1); })
     .Doc(R"doc(
 op(a) @ op(b) mod 2^64, batched (see the batch rule in the file comment). `kernel` forces a
 micro-kernel (tests compare them; 'amx' where AMX is unusable runs AVX-512, 'avx512' on a CPU
-without it the portable one).
+without it the portable one). ring_bits = 32: the product mod 2^32, in [0, 2^32) (the packed
+paths then multiply 32-bit words, or the AMX path four byte limbs).
 )doc");
 
 REGISTER_OP("PumaRingGemmPaths")
@@ -106,7 +108,8 @@ Party i's local step of replicated-share matmul (ABY3): its 3-out-of-3 share of 
   z_i = x_i @ (y_i + y_{i+1}) + x_{i+1} @ y_i + alpha_i,
 with alpha_i its PRSS zero share (PumaZeroShare with the same keys and stream). Two GEMMs.
 ring_bits = 32: z_i mod 2^32 (in [0, 2^32)), a share of x @ y mod 2^32; the AMX path then
-multiplies only the four low byte limbs of each operand (10 limb pairs instead of 36).
+multiplies only the four low byte limbs of each operand (10 limb pairs instead of 36), the
+AVX-512 path 32-bit words (16 lanes a register instead of 8).
 )doc");
 
 REGISTER_OP("PumaMulShare")

@@ -214,6 +214,26 @@ def test_portable_avx512_and_amx_kernels_are_bit_identical(m, k, n, ta, tb):
 GEMM_PATHS = [p.decode() for p in ops.puma_ring_gemm_paths().numpy()]
 
 
+@pytest.mark.parametrize("m,k,n,ta,tb", [
+    (9, 5, 33, False, False), (33, 65, 17, True, False), (47, 300, 70, False, True),
+    (16, 2085, 100, True, True),  # three 1,024-wide slices, the last partial
+    (128, 384, 1100, False, False)])  # three 512-column blocks
+def test_products_mod_2_to_the_32_on_every_path(m, k, n, ta, tb):
+    """ring_bits=32: each path's product (the portable and AVX-512 ones in 32-bit words, AMX
+    on four byte limbs where this CPU has it) is numpy's ring product mod 2^32, in [0, 2^32);
+    rows off the 8-row panels, columns off the 32-wide tiles, every operand full-range."""
+    a, b = random_ring([k, m] if ta else [m, k]), random_ring([n, k] if tb else [k, n])
+    want = (ring_matmul_ref(a.T if ta else a, b.T if tb else b).view(np.uint64)
+            & np.uint64(0xFFFFFFFF)).view(np.int64)
+    for kern in ("portable", "avx512", "amx", "auto"):
+        got = ops.puma_ring_mat_mul(a, b, transpose_a=ta, transpose_b=tb, kernel=kern,
+                                    ring_bits=32).numpy()
+        np.testing.assert_array_equal(got, want, err_msg=kern)
+    ones = ops.puma_ring_mat_mul(np.full([m, k], -1, np.int64), np.full([k, n], -1, np.int64),
+                                 kernel="avx512", ring_bits=32).numpy()
+    np.testing.assert_array_equal(ones, np.full([m, n], k % 2**32, np.int64))  # (-1)(-1) k times
+
+
 @pytest.mark.skipif("amx" not in GEMM_PATHS, reason="AMX-INT8 is unusable here (CPU, OS or "
                                                     "Linux's permission)")
 @pytest.mark.parametrize("m,k,n,ta,tb", [
