@@ -226,12 +226,19 @@ def test_embedding_is_exact_lookup(cluster, rng, narrow):
                                   tf.TensorSpec(ids.shape, tf.int64))
     # share, then the product (1) and the lift's comparison (5 msb + 2 b2a), then reveal
     assert ledger.critical_rounds == 1 + (8 if narrow else 1) + 1
+    # the client sends x_2 of the table (8 bytes a value) and of the one-hot rows (4 bytes a
+    # value when narrow: only their product mod 2^32 is used) to two parties, and two keys each
+    one_hot_bytes = 4 if narrow else 8
+    assert ledger.bytes_by_sender()["client"] == 2 * (table.size * 8 + ids.size * 50 *
+                                                      one_hot_bytes) + 2 * 64
     for _ in range(3):  # fresh shares each call: the lift's carries differ
         out = run(tf.constant(table), tf.constant(ids)).numpy()
         np.testing.assert_array_equal(np.round(out * 2 ** 18),
                                       np.round(table[ids] * 2 ** 18))
     with pytest.raises(tf.errors.InvalidArgumentError, match="outside the embedding table"):
         run(tf.constant(table), tf.constant([[50, 0, 0, 0], [0, 0, 0, 0]]))
+    with pytest.raises(ValueError, match="ring_bits must be 32 or 64"):
+        tf_puma.share(np.zeros(2), ring_bits=16)
 
 
 def test_sigmoid_and_tanh(cluster):

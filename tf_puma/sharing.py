@@ -54,7 +54,7 @@ class Shared:
 
 
 def share(x: tf.Tensor, fxp: FixedPoint | None = None, frac_bits: int | None = None,
-          name: str = "input") -> Shared:
+          name: str = "input", ring_bits: int = 64) -> Shared:
     """The client secret-shares its plaintext x (float, or integer with frac_bits=0).
 
     Steps (client): v = encode(x); draw fresh keys c0, c1; x_0 = F(c0), x_1 = F(c1),
@@ -62,7 +62,12 @@ def share(x: tf.Tensor, fxp: FixedPoint | None = None, frac_bits: int | None = N
     Messages: (c0, c1) to P0, (c1, x_2) to P1, (x_2, c0) to P2; each party expands the keys
     itself. Cost: 1 round; 2 ring elements per value + 64 bytes, all from the client. A party
     sees two uniform shares (x_2 is masked by the other parties' F(c) values).
+    ring_bits=32: x_2 crosses as its low 32 bits (4 bytes a value) and the shares add up to v
+    mod 2^32 only: for a product mod 2^32 alone (arithmetic.matmul(..., ring_bits=32), whose
+    result depends on its operands' low 32 bits), as the embedding's one-hot rows are.
     """
+    if ring_bits not in (32, 64):
+        raise ValueError(f"ring_bits must be 32 or 64, got {ring_bits!r}")
     fxp = fxp or config.current().fxp
     runtime.require_graph()
     ops = _ops.load()
@@ -83,12 +88,18 @@ def share(x: tf.Tensor, fxp: FixedPoint | None = None, frac_bits: int | None = N
                                 "use a float or integer tensor")
             c0, c1 = ops.puma_new_key(), ops.puma_new_key()
             x2 = ops.puma_mask_input(v, c0, c1, stream=0)
+            if ring_bits == 32:
+                x2 = tf.cast(x2, tf.uint32)  # its low 32 bits (TensorFlow's casts wrap)
         keys_at = {0: (runtime.transfer(c0, runtime.CLIENT, 0),
                        runtime.transfer(c1, runtime.CLIENT, 0)),
                    1: runtime.transfer(c1, runtime.CLIENT, 1),
                    2: runtime.transfer(c0, runtime.CLIENT, 2)}
         x2_at = {1: runtime.transfer(x2, runtime.CLIENT, 1),
                  2: runtime.transfer(x2, runtime.CLIENT, 2)}
+        if ring_bits == 32:
+            for party in x2_at:
+                with tf.device(runtime.device(party)):
+                    x2_at[party] = tf.cast(x2_at[party], tf.int64)  # in [0, 2^32)
 
         def expand(party: int, key: tf.Tensor) -> tf.Tensor:
             with tf.device(runtime.device(party)):
