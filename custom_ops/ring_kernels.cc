@@ -126,6 +126,22 @@ void RunBatchedThin(const MatMulPlan& p, bool trans_a, bool trans_b, const uint6
   });
 }
 
+// The `ring_bits` attribute of a product op: 64 (Z_2^64) or 32 (the product mod 2^32).
+Status ReadRingBits(OpKernelConstruction* ctx, const char* op, int64_t* ring_bits) {
+  TF_RETURN_IF_ERROR(ctx->GetAttr("ring_bits", ring_bits));
+  if (*ring_bits != 32 && *ring_bits != 64) {
+    return errors::InvalidArgument(op, ": ring_bits must be 32 or 64, got ", *ring_bits);
+  }
+  return tensorflow::OkStatus();
+}
+
+// z mod 2^32, in [0, 2^32): a product's n values whose upper 32 bits the GEMM left unspecified.
+void KeepLow32(uint64_t* z, int64_t n, const ParallelRunner& runner) {
+  ParallelElementwise(runner, n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) z[i] &= 0xffffffffu;
+  });
+}
+
 class RingMatMulOp : public OpKernel {
  public:
   explicit RingMatMulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -137,10 +153,7 @@ class RingMatMulOp : public OpKernel {
             : kernel == "avx512" ? GemmPath::kAvx512
             : kernel == "amx"    ? GemmPath::kAmx
                                  : GemmPath::kAuto;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("ring_bits", &ring_bits_));
-    OP_REQUIRES(ctx, ring_bits_ == 32 || ring_bits_ == 64,
-                errors::InvalidArgument("PumaRingMatMul: ring_bits must be 32 or 64, got ",
-                                        ring_bits_));
+    OP_REQUIRES_OK(ctx, ReadRingBits(ctx, "PumaRingMatMul", &ring_bits_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -158,10 +171,7 @@ class RingMatMulOp : public OpKernel {
       RunBatchedGemm(plan, trans_a_, trans_b_, {{RingData(a), RingData(b), nullptr}},
                      RingData(out), TfRunner(ctx), path_, ring_bits_);
     }
-    if (ring_bits_ == 32) {  // the product mod 2^32, in [0, 2^32)
-      uint64_t* z = RingData(out);
-      for (int64_t i = 0; i < out->NumElements(); ++i) z[i] &= 0xffffffffu;
-    }
+    if (ring_bits_ == 32) KeepLow32(RingData(out), out->NumElements(), TfRunner(ctx));
   }
 
  private:
@@ -180,10 +190,7 @@ class MatMulShareOp : public StreamOpKernel {
   explicit MatMulShareOp(OpKernelConstruction* ctx) : StreamOpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("transpose_a", &trans_a_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("transpose_b", &trans_b_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("ring_bits", &ring_bits_));
-    OP_REQUIRES(ctx, ring_bits_ == 32 || ring_bits_ == 64,
-                errors::InvalidArgument("PumaMatMulShare: ring_bits must be 32 or 64, got ",
-                                        ring_bits_));
+    OP_REQUIRES_OK(ctx, ReadRingBits(ctx, "PumaMatMulShare", &ring_bits_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -218,12 +225,7 @@ class MatMulShareOp : public StreamOpKernel {
                       {RingData(x_next), RingData(y_own), nullptr}},
                      RingData(out), runner, GemmPath::kAuto, ring_bits_);
     }
-    if (ring_bits_ == 32) {  // z mod 2^32, in [0, 2^32)
-      uint64_t* z = RingData(out);
-      ParallelElementwise(runner, n_out, 1, [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) z[i] &= 0xffffffffu;
-      });
-    }
+    if (ring_bits_ == 32) KeepLow32(RingData(out), n_out, runner);
   }
 
  private:

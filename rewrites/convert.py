@@ -440,6 +440,7 @@ def _check_weights(weights: Mapping[str, np.ndarray], fxp) -> None:
 
 def _manifest(signature, program, total, ledgers, num_ops, seconds) -> Manifest:
     g = program.graph
+    settings = config.current()
 
     def cost(rounds: int, ledger: costs.Ledger) -> Cost:
         return Cost(rounds, {str(k): v for k, v in ledger.bytes_by_sender().items()})
@@ -450,9 +451,9 @@ def _manifest(signature, program, total, ledgers, num_ops, seconds) -> Manifest:
                 for k, v in sorted(g.inputs.items()) if k not in g.state_inputs},
         outputs={k: TensorEntry(g.tensor(ref).dtype.name, tuple(g.static_shape(ref)))
                  for k, ref in g.outputs.items() if k not in g.state},
-        frac_bits=arithmetic.fixed_point().frac_bits, trunc_rounds=config.current().trunc_rounds,
-        three_rounds_from=(config.current().three_rounds_from
-                           if config.current().trunc_rounds == "auto" else None),
+        frac_bits=arithmetic.fixed_point().frac_bits, trunc_rounds=settings.trunc_rounds,
+        three_rounds_from=(settings.three_rounds_from if settings.trunc_rounds == "auto"
+                           else None),
         bundle_id=program.bundle_id,
         weight_tensors=len(program.weights),
         weight_values=int(sum(w.size for w in program.weights.values())),

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -358,7 +359,7 @@ def _servable_failing(monkeypatch, faults: int):
     served.manifest = SimpleNamespace(signature="serving_default")
     served.signature_defs = {"serving_default": SimpleNamespace(
         outputs={"y": SimpleNamespace(name="y:0")}, inputs={})}
-    served._lock, served._party_failed, served.cluster = __import__("threading").Lock(), None, None
+    served._lock, served._party_failed, served.cluster = threading.Lock(), None, None
     served.loads, served.runs = 0, 0
 
     def load():

@@ -92,6 +92,20 @@ def transfer(tensor: tf.Tensor, src: Endpoint, dst: Endpoint) -> tf.Tensor:
     return tensor
 
 
+def transfer_low32(tensor: tf.Tensor, src: Endpoint, dsts: list[Endpoint]) -> dict:
+    """`tensor`'s low 32 bits for each of `dsts`, read back there as int64 in [0, 2^32): the
+    value crosses as 4-byte words (uint32; TensorFlow's casts wrap), for a value used mod 2^32
+    only. One message per destination, one cast on src."""
+    with on(src):
+        words = tf.cast(tensor, tf.uint32)
+    received = {}
+    for dst in dsts:
+        moved = transfer(words, src, dst)
+        with on(dst):
+            received[dst] = tf.cast(moved, tf.int64)
+    return received
+
+
 def _mark_sent(tensor: tf.Tensor, dst: Endpoint) -> None:
     """Adds "SLOT>dst" to the SENT_TO_ATTR list of the op producing `tensor` (when it is an op
     of the graph being built; a function's captured inputs are its arguments, which the audit

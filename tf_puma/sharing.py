@@ -88,18 +88,12 @@ def share(x: tf.Tensor, fxp: FixedPoint | None = None, frac_bits: int | None = N
                                 "use a float or integer tensor")
             c0, c1 = ops.puma_new_key(), ops.puma_new_key()
             x2 = ops.puma_mask_input(v, c0, c1, stream=0)
-            if ring_bits == 32:
-                x2 = tf.cast(x2, tf.uint32)  # its low 32 bits (TensorFlow's casts wrap)
         keys_at = {0: (runtime.transfer(c0, runtime.CLIENT, 0),
                        runtime.transfer(c1, runtime.CLIENT, 0)),
                    1: runtime.transfer(c1, runtime.CLIENT, 1),
                    2: runtime.transfer(c0, runtime.CLIENT, 2)}
-        x2_at = {1: runtime.transfer(x2, runtime.CLIENT, 1),
-                 2: runtime.transfer(x2, runtime.CLIENT, 2)}
-        if ring_bits == 32:
-            for party in x2_at:
-                with tf.device(runtime.device(party)):
-                    x2_at[party] = tf.cast(x2_at[party], tf.int64)  # in [0, 2^32)
+        x2_at = (runtime.transfer_low32(x2, runtime.CLIENT, [1, 2]) if ring_bits == 32 else
+                 {p: runtime.transfer(x2, runtime.CLIENT, p) for p in (1, 2)})
 
         def expand(party: int, key: tf.Tensor) -> tf.Tensor:
             with tf.device(runtime.device(party)):

@@ -301,19 +301,11 @@ def _reshare(z: list[tf.Tensor], frac_bits: int, depth: int, ring_bits: int = 64
     """3-out-of-3 shares z_i -> replicated: party i receives z_{i+1} (1 round, n each).
     ring_bits=32: shares mod 2^32 (each in [0, 2^32)) cross as 4-byte words (uint32) and are
     read back into [0, 2^32)."""
-    wire = z
-    if ring_bits == 32:
-        wire = []
-        for i in range(NUM_PARTIES):
-            with runtime.on(i):
-                wire.append(tf.cast(z[i], tf.uint32))
     pairs = []
     for i in range(NUM_PARTIES):
         nxt = (i + 1) % NUM_PARTIES
-        received = runtime.transfer(wire[nxt], nxt, i)
-        if ring_bits == 32:
-            with runtime.on(i):
-                received = tf.cast(received, tf.int64)
+        received = (runtime.transfer_low32(z[nxt], nxt, [i])[i] if ring_bits == 32
+                    else runtime.transfer(z[nxt], nxt, i))
         pairs.append((z[i], received))
     return Shared(pairs, frac_bits, depth + 1)
 

@@ -140,8 +140,9 @@ def rms_norm(x: Shared, gamma: Shared | None = None, eps: float = 1e-6) -> Share
 def embedding(token_ids: tf.Tensor, table: Shared, narrow: bool = True) -> Shared:
     """table[token_ids] with secret ids: the client one-hot encodes its ids and shares the
     one-hot rows (integers; mod 2^32, 4 bytes a value from the client); the lookup is
-    one_hot @ table with no truncation (1 round), mod 2^32, then lifted to Z_2^64 (compare.lift_from_32, 7 rounds): the vocabulary-wide product
-    multiplies 4 byte limbs instead of 8 (MiniLM's 128 x 30,522 x 384: 198 -> 110 ms a party).
+    one_hot @ table with no truncation (1 round), mod 2^32, then lifted to Z_2^64
+    (compare.lift_from_32, 7 rounds): the vocabulary-wide product multiplies 4 byte limbs
+    instead of 8 (MiniLM's 128 x 30,522 x 384: 198 -> 110 ms a party).
     Every table value must then lie below 2^(30 - frac_bits) in magnitude (rewrites check
     weights: 4,096 at 18 fractional bits); narrow=False multiplies in Z_2^64 (1 round), for
     tables whose values are not known when the graph is built."""

@@ -31,7 +31,7 @@ from tf_puma.manifest import Manifest
 
 FIRST_CALL_TIMEOUT_S = 600.0
 RESTART_GRACE_S = 8.0
-RESTART_RERUNS = 3  # a call that meets restarted parties runs again this often (one per party)
+RESTART_RERUNS = secure_model.RESTART_RERUNS  # reruns after restarts, as a Python client's
 RECONNECT_PAUSE_S = 1.0  # before the n-th rerun: n times this
 _PARTY_FAULTS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError)
 HEALTH_EVERY_S = 1.0
